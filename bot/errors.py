@@ -1,0 +1,78 @@
+"""One error tree for the whole gateway.
+
+Every error says what to do next and never carries a secret or a person's message text.
+Vendor errors are translated into these at the adapter that met them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BotError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigIssue:
+    """One problem in a config file: where it is and what would fix it."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(BotError):
+    """The config (file or environment) cannot be used; carries every issue found."""
+
+    def __init__(self, issues: list[ConfigIssue] | str) -> None:
+        if isinstance(issues, str):
+            issues = [ConfigIssue(file="", path="", message=issues)]
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class WebhookAuthError(BotError):
+    """A webhook failed its signature or secret check (HTTP 403/401)."""
+
+
+class BadPayload(BotError):
+    """A webhook body could not be parsed into messages (HTTP 400)."""
+
+
+class StoreUnavailable(BotError):
+    """Redis could not be reached or did not confirm a write; the platform should retry (503)."""
+
+
+class ChannelSendError(BotError):
+    """A reply could not be delivered to a platform."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ModelError(BotError):
+    """A model refused the request itself (e.g. HTTP 400); another model would not help."""
+
+
+class ModelUnavailable(BotError):
+    """A model could not answer now (down, timing out, 5xx, 429, auth, unknown): try the next."""
+
+
+class ContextOverflow(ModelError):
+    """The prompt did not fit the model's context window: compact and retry the same model."""
+
+
+class AllModelsFailed(BotError):
+    """Every model in the chain failed for this turn."""
+
+
+class CommandError(BotError):
+    """A chat command could not be carried out; the message is shown to the person."""

@@ -1,0 +1,68 @@
+"""Process settings from the environment and `.env`: secrets, URLs, ports (DESIGN §3).
+
+Read once at start-up by the CLI and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every environment variable the gateway reads; each one is also in `.env.example`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    bot_config: str = Field(default="./bot.json5", description="Path of the JSON5 gateway config.")
+    bot_host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    bot_port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server binds.")
+    bot_public_url: str | None = Field(
+        default=None, description="Public base URL Twilio/Telegram call; signatures use it."
+    )
+    bot_data_dir: str = Field(
+        default="./var", description="Where the embedded Redis and the log file live."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis to use; unset starts an embedded one under BOT_DATA_DIR."
+    )
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_whatsapp_from: str | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org"
+    anthropic_api_key: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    openrouter_api_key: SecretStr | None = None
+
+    def secrets(self) -> list[str]:
+        """Every secret value that is set, so log sinks can redact them."""
+        values = [
+            self.twilio_auth_token,
+            self.telegram_bot_token,
+            self.telegram_webhook_secret,
+            self.anthropic_api_key,
+            self.openai_api_key,
+            self.openrouter_api_key,
+        ]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+    def config_env(self) -> dict[str, str]:
+        """The hosted-provider keys as the config's `${VAR}` substitution sees them."""
+        env: dict[str, str] = {}
+        for name, value in (
+            ("ANTHROPIC_API_KEY", self.anthropic_api_key),
+            ("OPENAI_API_KEY", self.openai_api_key),
+            ("OPENROUTER_API_KEY", self.openrouter_api_key),
+        ):
+            if value is not None and value.get_secret_value():
+                env[name] = value.get_secret_value()
+        return env
