@@ -1,0 +1,1 @@
+"""The model layer: refs and aliases, providers, failover, final-text extraction."""

@@ -1,0 +1,141 @@
+"""OpenAI-compatible providers: the only module that imports the openai SDK.
+
+One `AsyncOpenAI` per provider with the SDK's own retries off (failover owns retrying).
+Calls stream, so a server that is producing tokens is never cut off while a silent one
+times out. Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from bot.config import ProviderConfig
+from bot.errors import ContextOverflow, ModelError, ModelUnavailable
+from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
+from bot.llm.types import Completion, CompletionRequest, Usage
+
+# Hosted catalog keys: the variable a person must set for each built-in provider.
+KEY_VARIABLES = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
+OVERFLOW_MARKERS = ("context_length_exceeded", "greater than the context length", "context length")
+UNLOADED_MARKERS = ("model not found", "not loaded", "no models loaded", "model_not_found")
+
+
+def _error_text(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return f"{inner.get('code') or ''} {inner.get('message') or ''}".strip()
+        return str(inner)
+    return str(body or exc.message)
+
+
+def translate(exc: openai.OpenAIError, where: str) -> Exception:
+    """Map an SDK error to the gateway's tree; the message names the provider, never a key."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelUnavailable(f"{where}: timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelUnavailable(f"{where}: cannot connect ({exc.__cause__ or exc})")
+    if isinstance(exc, openai.APIStatusError):
+        status, detail = exc.status_code, _error_text(exc)
+        lowered = detail.lower()
+        if status in (400, 413, 422) and any(m in lowered for m in OVERFLOW_MARKERS):
+            return ContextOverflow(f"{where}: prompt too long for the context window ({detail})")
+        if status >= 500 or status in FALLBACK_STATUSES:
+            return ModelUnavailable(f"{where}: HTTP {status} {detail}".rstrip())
+        if any(m in lowered for m in UNLOADED_MARKERS):
+            return ModelUnavailable(f"{where}: model not loaded ({detail})")
+        return ModelError(f"{where}: HTTP {status} {detail}".rstrip())
+    return ModelUnavailable(f"{where}: {type(exc).__name__}")
+
+
+class OpenAIProvider:
+    """A provider reached through the openai SDK, over Responses or Chat Completions."""
+
+    def __init__(self, provider_id: str, config: ProviderConfig) -> None:
+        self.id = provider_id
+        self.api = config.api
+        self._key = config.api_key
+        self.client = AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "unset",
+            max_retries=0,
+            timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
+        )
+
+    @property
+    def missing_key(self) -> str | None:
+        if self._key:
+            return None
+        return KEY_VARIABLES.get(self.id, f"models.providers.{self.id}.apiKey")
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        where = f"{self.id}/{request.model}"
+        try:
+            if self.api == "openai-responses":
+                text, usage = await self._responses(request)
+            else:
+                text, usage = await self._chat(request)
+        except openai.OpenAIError as exc:
+            raise translate(exc, where) from exc
+        if not text:
+            raise ModelUnavailable(f"{where}: answered with no final text")
+        return Completion(text=text, model_ref=where, usage=usage)
+
+    async def _responses(self, request: CompletionRequest) -> tuple[str, Usage]:
+        stream = await self.client.responses.create(
+            model=request.model,
+            instructions=request.instructions,
+            input=[{"role": t.role, "content": t.text} for t in request.turns],
+            max_output_tokens=request.max_output_tokens,
+            stream=True,
+        )
+        deltas: list[str] = []
+        final: dict[str, Any] | None = None
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type in ("response.completed", "response.incomplete"):
+                final = event.response.model_dump()
+            elif event.type in ("response.failed", "error"):
+                raise ModelUnavailable(f"{self.id}/{request.model}: the response failed")
+        if final is None:
+            return strip_reasoning_markup("".join(deltas)), Usage()
+        usage = final.get("usage") or {}
+        return responses_final_text(final.get("output") or []), Usage(
+            tokens_in=int(usage.get("input_tokens") or 0),
+            tokens_out=int(usage.get("output_tokens") or 0),
+        )
+
+    async def _chat(self, request: CompletionRequest) -> tuple[str, Usage]:
+        messages: list[Any] = [{"role": "system", "content": request.instructions}]
+        messages += [{"role": t.role, "content": t.text} for t in request.turns]
+        stream = await self.client.chat.completions.create(
+            model=request.model,
+            messages=messages,
+            max_tokens=request.max_output_tokens,
+            stream=True,
+        )
+        parts: list[str] = []
+        usage = Usage()
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = Usage(
+                    tokens_in=chunk.usage.prompt_tokens, tokens_out=chunk.usage.completion_tokens
+                )
+            for choice in chunk.choices:
+                # delta.reasoning_content / delta.reasoning are never read: reasoning stays out.
+                if choice.delta.content:
+                    parts.append(choice.delta.content)
+        return strip_reasoning_markup("".join(parts)), usage
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,137 @@
+"""Final-text extraction: what a person may see of a model's answer, never its reasoning.
+
+Pure functions over plain dicts and strings (Responses output items, chat-completions messages).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["chat_final_text", "responses_final_text", "strip_reasoning_markup"]
+
+# Tags that local servers and reasoning models use to wrap chain of thought in plain text:
+# <think> (DeepSeek-R1, Qwen3, MiniMax-M2, GLM), <thinking>/<thought> (fine-tunes, Gemma-style
+# prompts), <reasoning> (some chat templates), <seed:think> (ByteDance Seed-OSS).
+_REASONING_TAG = re.compile(
+    r"<(/?)\s*(think|thinking|thought|reasoning|seed:think)\b[^>]*>",
+    re.IGNORECASE,
+)
+_FINAL_TAG = re.compile(r"</?\s*final\b[^>]*>", re.IGNORECASE)
+
+# gpt-oss "harmony" format: <|channel|>NAME[ to=…][<|constrain|>…]<|message|>BODY<|end|>
+_HARMONY_MARKER = "<|channel|>"
+_HARMONY_SEGMENT = re.compile(
+    r"<\|channel\|>(?P<header>.*?)<\|message\|>(?P<body>.*?)"
+    r"(?=<\|(?:end|return|call|start|channel)\|>|\Z)",
+    re.DOTALL,
+)
+# Harmony leaked with its special tokens removed: "analysis…assistantfinalHello".
+_HARMONY_FLATTENED = re.compile(r"\A\s*analysis.*assistantfinal(?P<final>.*)\Z", re.DOTALL)
+_SPECIAL_TOKEN = re.compile(r"<\|[^<>|]{1,64}\|>")
+
+
+def strip_reasoning_markup(text: str) -> str:
+    """Return only the final answer in `text`: reasoning blocks and special tokens removed.
+
+    Returns "" when nothing final remains; reasoning is never a fallback.
+    """
+    if not text:
+        return ""
+    text = _final_harmony_channel(text)
+    text = _drop_reasoning_blocks(text)
+    text = _FINAL_TAG.sub("", text)
+    text = _SPECIAL_TOKEN.sub("", text)
+    return text.strip()
+
+
+def responses_final_text(output: list[dict[str, Any]]) -> str:
+    """Return the final text of a Responses API `output` list, ignoring `reasoning` items.
+
+    Messages labelled `phase: "commentary"` are skipped when a `final_answer` message exists.
+    """
+    messages = [
+        item
+        for item in output
+        if item.get("type") == "message" and item.get("role", "assistant") == "assistant"
+    ]
+    if any(item.get("phase") == "final_answer" for item in messages):
+        messages = [item for item in messages if item.get("phase") == "final_answer"]
+    texts = ["".join(_output_texts(item.get("content"))) for item in messages]
+    return strip_reasoning_markup("\n\n".join(text for text in texts if text))
+
+
+def chat_final_text(message: dict[str, Any]) -> str:
+    """Return the final text of a chat-completions `choices[0].message` dict.
+
+    `reasoning_content` / `reasoning` fields are ignored; content may be a string or parts.
+    """
+    content = message.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") in ("text", "output_text")
+            and isinstance(part.get("text"), str)
+        )
+    else:
+        text = ""
+    return strip_reasoning_markup(text)
+
+
+def _output_texts(content: Any) -> list[str]:
+    """Return the `output_text` strings of one message item's content list."""
+    if not isinstance(content, list):
+        return []
+    return [
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "output_text"
+        and isinstance(part.get("text"), str)
+    ]
+
+
+def _final_harmony_channel(text: str) -> str:
+    """Keep only gpt-oss `final` channel messages; other channels are reasoning or tool calls."""
+    if _HARMONY_MARKER in text:
+        finals = [
+            match.group("body")
+            for match in _HARMONY_SEGMENT.finditer(text)
+            if _channel_name(match.group("header")) == "final"
+        ]
+        return "".join(finals)
+    flattened = _HARMONY_FLATTENED.match(text)
+    if flattened is not None:
+        return flattened.group("final")
+    return text
+
+
+def _channel_name(header: str) -> str:
+    """Return the channel name of a harmony header such as `final` or `commentary to=fn`."""
+    name = _SPECIAL_TOKEN.split(header, maxsplit=1)[0].split()
+    return name[0].lower() if name else ""
+
+
+def _drop_reasoning_blocks(text: str) -> str:
+    """Remove `<think>`-style blocks, nested or unclosed, and text before a stray closing tag."""
+    kept: list[str] = []
+    depth = 0
+    position = 0
+    for match in _REASONING_TAG.finditer(text):
+        if depth == 0:
+            kept.append(text[position : match.start()])
+        position = match.end()
+        if match.group(1):  # a closing tag
+            if depth == 0:
+                kept.clear()  # no opening tag: everything so far was reasoning
+            else:
+                depth -= 1
+        else:
+            depth += 1
+    if depth == 0:
+        kept.append(text[position:])
+    return "".join(kept)

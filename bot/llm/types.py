@@ -1,0 +1,73 @@
+"""The values the model layer speaks and the Provider contract every backend meets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.messages import Turn
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model named as `provider/model`; the model id may itself contain slashes."""
+
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        provider, sep, model = text.strip().partition("/")
+        if not sep or not provider or not model:
+            raise ValueError(f"{text!r} is not a model ref; write it as provider/model")
+        return cls(provider, model)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Tokens the server reported for one call (0 when it reported none)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionRequest:
+    """One model call: instructions, the conversation so far (ending with the user's turn)."""
+
+    model: str
+    instructions: str
+    turns: Sequence[Turn]
+    max_output_tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """A model's answer: the final text only, never its reasoning."""
+
+    text: str
+    model_ref: str
+    usage: Usage
+
+
+class Provider(Protocol):
+    """One OpenAI-compatible endpoint that can answer completion requests."""
+
+    id: str
+
+    @property
+    def missing_key(self) -> str | None:
+        """The environment variable to set before this provider can be used, if any."""
+        ...
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Answer, or raise ModelUnavailable (try another), ModelError or ContextOverflow."""
+        ...
+
+    async def close(self) -> None:
+        """Release the provider's connections."""
+        ...

@@ -1,0 +1,1 @@
+"""In-process fakes of outside services, answering in the real services' HTTP shapes."""

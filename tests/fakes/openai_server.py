@@ -1,0 +1,570 @@
+"""An in-process fake OpenAI-compatible server (LM Studio flavour) built on aiohttp.web.
+
+It answers `GET /v1/models`, `POST /v1/responses` and `POST /v1/chat/completions`, streaming or
+not, in the shapes the openai SDK parses, with scripted replies, errors, delays and hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Self
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+DEFAULT_MODEL = "minimax-m2.1-gs32"
+LMSTUDIO_CONTEXT_MESSAGE = (
+    "The number of tokens to keep from the initial prompt is greater than the context length. "
+    "Try to load the model with a larger context length, or provide a shorter input"
+)
+LMSTUDIO_NOT_LOADED_MESSAGE = (
+    "No models loaded. Please load a model in the developer page or use the 'lms load' command."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One scripted behaviour of the fake: a successful answer, an error, a delay or a hang."""
+
+    text: str = "ok"
+    reasoning: str | None = "thinking about it"
+    status: int = 200
+    error: dict[str, Any] | None = None  # the inner {"message","type","code","param"} object
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    hang: bool = False
+    usage: tuple[int, int] | None = None  # (input_tokens, output_tokens); None: estimated
+    think_in_content: bool = True  # chat completions: also prefix content with <think>…</think>
+    stall_after: int | None = None  # streams: go silent after this many text deltas
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    json: dict[str, Any] | None
+    headers: CIMultiDictProxy[str]
+
+    @property
+    def model(self) -> str | None:
+        """The `model` field of the body, if any."""
+        return (self.json or {}).get("model")
+
+    @property
+    def stream(self) -> bool:
+        """Whether the client asked for a stream."""
+        return bool((self.json or {}).get("stream"))
+
+    @property
+    def prompt(self) -> str:
+        """Every text the model was shown (instructions, input or messages), one per line."""
+        body = self.json or {}
+        parts = [body["instructions"]] if isinstance(body.get("instructions"), str) else []
+        parts.extend(_texts(body.get("input", body.get("messages"))))
+        return "\n".join(parts)
+
+
+def error_reply(
+    status: int,
+    message: str,
+    *,
+    type: str | None = "invalid_request_error",  # OpenAI's field name
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """An error answer with OpenAI's body: {"error": {"message","type","code","param"}}."""
+    error = {"message": message, "type": type, "code": code, "param": param}
+    return Reply(status=status, error=error, headers=dict(headers or {}))
+
+
+def server_error(message: str = "The server had an error while processing your request.") -> Reply:
+    """A 500 as OpenAI sends it."""
+    return error_reply(500, message, type="server_error")
+
+
+def unauthorized() -> Reply:
+    """A 401 for a bad API key."""
+    return error_reply(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def rate_limited(retry_after: float = 1.0) -> Reply:
+    """A 429 with `retry-after` (seconds) and `retry-after-ms` headers."""
+    headers = {"retry-after": f"{retry_after:g}", "retry-after-ms": f"{retry_after * 1000:.0f}"}
+    message = "Rate limit reached for requests. Please try again later."
+    return error_reply(429, message, type="requests", code="rate_limit_exceeded", headers=headers)
+
+
+def unknown_model(model: str | None) -> Reply:
+    """A 404 for a model the server does not know (code `model_not_found`)."""
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return error_reply(404, message, code="model_not_found", param="model")
+
+
+def model_not_loaded() -> Reply:
+    """LM Studio's 400 when no model is loaded; its body carries only a message."""
+    return Reply(status=400, error={"message": LMSTUDIO_NOT_LOADED_MESSAGE})
+
+
+def context_overflow(*, lmstudio: bool = True) -> Reply:
+    """A 400 `context_length_exceeded`, with LM Studio's message or OpenAI's."""
+    message = LMSTUDIO_CONTEXT_MESSAGE
+    if not lmstudio:
+        message = (
+            "This model's maximum context length is 8192 tokens. However, your messages "
+            "resulted in 9000 tokens. Please reduce the length of the messages."
+        )
+    return error_reply(400, message, code="context_length_exceeded", param="input")
+
+
+def closed_port() -> int:
+    """A localhost port nobody listens on (bound then released), for refused connections."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible server on 127.0.0.1 that answers from a script, then `default`."""
+
+    def __init__(
+        self,
+        *,
+        models: list[str] | None = None,
+        default: Reply | Callable[[Recorded], Reply] | None = None,
+    ) -> None:
+        self.models = [DEFAULT_MODEL] if models is None else list(models)
+        self.default: Reply | Callable[[Recorded], Reply] = default or Reply()
+        self.requests: list[Recorded] = []
+        self.port = 0
+        self._script: deque[Reply] = deque()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give the SDK, e.g. `http://127.0.0.1:4321/v1`."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening on a free port."""
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        await self.start_listening()
+
+    async def close(self) -> None:
+        """Wake hanging handlers, drop connections and stop the server."""
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            self._site = None
+
+    async def stop_listening(self) -> None:
+        """Refuse new connections and drop open ones (the port stays reserved in `port`)."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        if self._runner is not None and self._runner.server is not None:
+            for connection in self._runner.server.connections:
+                connection.force_close()
+
+    async def start_listening(self) -> None:
+        """Listen again, on the same port after `stop_listening`."""
+        assert self._runner is not None, "call start() first"
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await self._site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next model requests, consumed in order, then `default`."""
+        self._script.extend(replies)
+
+    def fail(
+        self,
+        status: int,
+        *,
+        message: str = "error",
+        code: str | None = None,
+        type: str | None = "invalid_request_error",  # OpenAI's field name
+        headers: Mapping[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Queue `times` error replies with this status and OpenAI error body."""
+        reply = error_reply(status, message, type=type, code=code, headers=headers)
+        self.script(*[reply] * times)
+
+    def requests_to(self, path: str) -> list[Recorded]:
+        """Recorded requests whose path ends with `path` (e.g. "/responses")."""
+        return [r for r in self.requests if r.path.endswith(path)]
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> Recorded:
+        body: dict[str, Any] | None = None
+        if request.can_read_body:
+            try:
+                loaded = json.loads(await request.read() or b"null")
+            except ValueError:
+                loaded = None
+            body = loaded if isinstance(loaded, dict) else None
+        recorded = Recorded(
+            request.method, request.path, body, CIMultiDictProxy(CIMultiDict(request.headers))
+        )
+        self.requests.append(recorded)
+        return recorded
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"object": "list", "data": [_model_entry(m) for m in self.models]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        model = request.match_info["model"]
+        if self.models and model not in self.models:
+            return _error_response(unknown_model(model))
+        return web.json_response(_model_entry(model))
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, _response_body, _response_events)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, _chat_body, _chat_events)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        body_of: Callable[[dict[str, Any], Reply], dict[str, Any]],
+        events_of: Callable[[dict[str, Any], Reply], Iterator[str | None]],
+    ) -> web.StreamResponse:
+        recorded = await self._record(request)
+        body = recorded.json
+        if body is None:
+            return _error_response(error_reply(400, "The request body is not valid JSON."))
+        if self.models and recorded.model not in self.models:
+            return _error_response(unknown_model(recorded.model))
+        reply = self._next_reply(recorded)
+        if reply.delay:
+            await self._sleep(reply.delay)
+        if reply.hang:
+            await self._closing.wait()
+            return _error_response(error_reply(503, "The fake server is shutting down."))
+        if reply.status != 200:
+            return _error_response(reply)
+        if not recorded.stream:
+            return web.json_response(body_of(body, reply), headers=reply.headers)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **reply.headers,
+            }
+        )
+        await response.prepare(request)
+        for event in events_of(body, reply):
+            if event is None:  # a stall point
+                await self._closing.wait()
+                break
+            await response.write(event.encode())
+        await response.write_eof()
+        return response
+
+    def _next_reply(self, recorded: Recorded) -> Reply:
+        if self._script:
+            return self._script.popleft()
+        return self.default(recorded) if callable(self.default) else self.default
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the server closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+
+# -- shapes ------------------------------------------------------------------------------------
+
+
+def _model_entry(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "organization_owner"}
+
+
+def _error_response(reply: Reply) -> web.Response:
+    kind = "server_error" if reply.status >= 500 else "invalid_request_error"
+    phrase = HTTPStatus(reply.status).phrase
+    error = reply.error or {"message": phrase, "type": kind, "code": None, "param": None}
+    return web.json_response({"error": error}, status=reply.status, headers=reply.headers)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def _pieces(text: str) -> list[str]:
+    """Split text into stream deltas (word by word) that join back to the original."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def _tokens(body: dict[str, Any], reply: Reply) -> tuple[int, int, int]:
+    """(input, output, reasoning) token counts: scripted, or about four characters a token."""
+    reasoning = len(reply.reasoning or "") // 4
+    if reply.usage is not None:
+        return reply.usage[0], reply.usage[1], min(reasoning, reply.usage[1])
+    prompt = json.dumps(body.get("input", body.get("messages", "")))
+    return max(1, len(prompt) // 4), max(1, len(reply.text) // 4) + reasoning, reasoning
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Texts inside a Responses `input` or chat `messages` value, in order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            yield value["text"]
+        elif "content" in value:
+            yield from _texts(value["content"])
+
+
+def _sse(event_type: str | None, data: dict[str, Any]) -> str:
+    prefix = f"event: {event_type}\n" if event_type else ""
+    return f"{prefix}data: {json.dumps(data)}\n\n"
+
+
+# -- Responses API -----------------------------------------------------------------------------
+
+
+def _reasoning_item(item_id: str, text: str, *, done: bool = False) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if done else [],
+        "status": "completed" if done else "in_progress",
+    }
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, text: str, *, done: bool = False) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": "completed" if done else "in_progress",
+        "content": [_output_text(text)] if done else [],
+    }
+
+
+def _response_object(
+    body: dict[str, Any],
+    reply: Reply,
+    response_id: str,
+    output: list[dict[str, Any]],
+    *,
+    done: bool,
+) -> dict[str, Any]:
+    created = int(time.time())
+    usage = None
+    if done:
+        input_tokens, output_tokens, reasoning_tokens = _tokens(body, reply)
+        usage = {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+            "total_tokens": input_tokens + output_tokens,
+        }
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "completed_at": created if done else None,
+        "status": "completed" if done else "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model", DEFAULT_MODEL),
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": (body.get("reasoning") or {}).get("effort"), "summary": None},
+        "store": bool(body.get("store", True)),
+        "temperature": body.get("temperature"),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": body.get("top_p"),
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def _final_output(reply: Reply, reasoning_id: str, message_id: str) -> list[dict[str, Any]]:
+    output = (
+        []
+        if reply.reasoning is None
+        else [_reasoning_item(reasoning_id, reply.reasoning, done=True)]
+    )
+    return [*output, _message_item(message_id, reply.text, done=True)]
+
+
+def _response_body(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    output = _final_output(reply, _new_id("rs_"), _new_id("msg_"))
+    return _response_object(body, reply, _new_id("resp_"), output, done=True)
+
+
+def _response_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
+    """The SSE events of a streamed response, as OpenAI orders them; None marks a stall."""
+    response_id, reasoning_id, message_id = _new_id("resp_"), _new_id("rs_"), _new_id("msg_")
+    sequence = iter(range(1 << 30))
+
+    def event(event_type: str, **data: Any) -> str:
+        return _sse(event_type, {"type": event_type, "sequence_number": next(sequence), **data})
+
+    started = _response_object(body, reply, response_id, [], done=False)
+    yield event("response.created", response=started)
+    yield event("response.in_progress", response=started)
+    index = 0
+    if (thought := reply.reasoning) is not None:
+        at = {"output_index": index}
+        part = {"item_id": reasoning_id, **at, "content_index": 0}
+        empty, full = ({"type": "reasoning_text", "text": t} for t in ("", thought))
+        yield event("response.output_item.added", **at, item=_reasoning_item(reasoning_id, ""))
+        yield event("response.content_part.added", **part, part=empty)
+        for piece in _pieces(thought):
+            yield event("response.reasoning_text.delta", **part, delta=piece)
+        yield event("response.reasoning_text.done", **part, text=thought)
+        yield event("response.content_part.done", **part, part=full)
+        done = _reasoning_item(reasoning_id, thought, done=True)
+        yield event("response.output_item.done", **at, item=done)
+        index += 1
+    at = {"output_index": index}
+    part = {"item_id": message_id, **at, "content_index": 0}
+    yield event("response.output_item.added", **at, item=_message_item(message_id, ""))
+    yield event("response.content_part.added", **part, part=_output_text(""))
+    for count, piece in enumerate(_pieces(reply.text)):
+        if count == reply.stall_after:
+            yield None
+        yield event("response.output_text.delta", **part, delta=piece, logprobs=[])
+    yield event("response.output_text.done", **part, text=reply.text, logprobs=[])
+    yield event("response.content_part.done", **part, part=_output_text(reply.text))
+    yield event(
+        "response.output_item.done", **at, item=_message_item(message_id, reply.text, done=True)
+    )
+    output = _final_output(reply, reasoning_id, message_id)
+    completed = _response_object(body, reply, response_id, output, done=True)
+    yield event("response.completed", response=completed)
+
+
+# -- Chat Completions --------------------------------------------------------------------------
+
+
+def _chat_content(reply: Reply) -> str:
+    if reply.reasoning is None or not reply.think_in_content:
+        return reply.text
+    return f"<think>{reply.reasoning}</think>{reply.text}"
+
+
+def _chat_usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    prompt_tokens, completion_tokens, reasoning_tokens = _tokens(body, reply)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
+
+
+def _chat_body(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": _chat_content(reply)}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    return {
+        "id": _new_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": _chat_usage(body, reply),
+        "system_fingerprint": body.get("model", DEFAULT_MODEL),
+    }
+
+
+def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
+    """The SSE chunks of a streamed chat completion, ending `data: [DONE]`; None marks a stall."""
+    base = {
+        "id": _new_id("chatcmpl-"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", DEFAULT_MODEL),
+        "system_fingerprint": body.get("model", DEFAULT_MODEL),
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse(None, {**base, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in _pieces(reply.reasoning or ""):
+        yield chunk({"reasoning_content": piece})
+    for count, piece in enumerate(_pieces(_chat_content(reply))):
+        if count == reply.stall_after:
+            yield None
+        yield chunk({"content": piece})
+    yield chunk({}, "stop")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield _sse(None, {**base, "choices": [], "usage": _chat_usage(body, reply)})
+    yield "data: [DONE]\n\n"
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FakeOpenAI",
+    "Recorded",
+    "Reply",
+    "closed_port",
+    "context_overflow",
+    "error_reply",
+    "model_not_loaded",
+    "rate_limited",
+    "server_error",
+    "unauthorized",
+    "unknown_model",
+]

@@ -1,0 +1,359 @@
+"""Tests for tests.fakes.openai_server: the real openai SDK parses everything the fake says."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.fakes.openai_server import (
+    DEFAULT_MODEL,
+    FakeOpenAI,
+    Recorded,
+    Reply,
+    closed_port,
+    context_overflow,
+    model_not_loaded,
+    rate_limited,
+    server_error,
+)
+
+TEXT = "Hello there, how are you?"
+REASONING = "The user greets me. I should greet back."
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(default=Reply(TEXT, reasoning=REASONING)) as server:
+        yield server
+
+
+def _client(base_url: str, **options: Any) -> AsyncOpenAI:
+    # Strict validation: the fake's JSON must satisfy the SDK's pydantic types, not just parse.
+    return AsyncOpenAI(
+        base_url=base_url,
+        api_key="sk-test",
+        max_retries=0,
+        _strict_response_validation=True,
+        **options,
+    )
+
+
+@pytest.fixture
+async def client(fake: FakeOpenAI) -> AsyncIterator[AsyncOpenAI]:
+    sdk = _client(fake.base_url, timeout=5.0)
+    yield sdk
+    await sdk.close()
+
+
+class TestResponses:
+    async def test_non_stream_has_reasoning_then_message(self, client: AsyncOpenAI) -> None:
+        """A Responses call returns a reasoning item, then a message whose text is output_text."""
+        response = await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert [item.type for item in response.output] == ["reasoning", "message"]
+        reasoning = response.output[0]
+        assert reasoning.type == "reasoning"
+        assert reasoning.content is not None
+        assert reasoning.content[0].text == REASONING
+        assert response.output_text == TEXT
+        assert response.status == "completed"
+        assert response.usage is not None
+        assert response.usage.total_tokens == (
+            response.usage.input_tokens + response.usage.output_tokens
+        )
+
+    async def test_non_stream_without_reasoning(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A reply with reasoning=None yields only the message item."""
+        fake.script(Reply("plain", reasoning=None, usage=(7, 3)))
+        response = await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert [item.type for item in response.output] == ["message"]
+        assert response.output_text == "plain"
+        assert response.usage is not None
+        assert (response.usage.input_tokens, response.usage.output_tokens) == (7, 3)
+
+    async def test_stream_events_in_order(self, client: AsyncOpenAI) -> None:
+        """A streamed response emits OpenAI's event sequence with several text deltas."""
+        stream = await client.responses.create(model=DEFAULT_MODEL, input="hi", stream=True)
+        events = [event async for event in stream]
+        types = [event.type for event in events]
+        assert types[:3] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+        ]
+        assert "response.reasoning_text.delta" in types
+        assert types.index("response.reasoning_text.done") < types.index(
+            "response.output_text.delta"
+        )
+        assert types[-4:] == [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        assert len(deltas) > 1
+        assert "".join(deltas) == TEXT
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        completed = events[-1]
+        assert completed.type == "response.completed"
+        assert [item.type for item in completed.response.output] == ["reasoning", "message"]
+        assert completed.response.output_text == TEXT
+
+    async def test_stream_helper_accumulates(self, client: AsyncOpenAI) -> None:
+        """The SDK's responses.stream() helper accumulates the fake's events into the text."""
+        async with client.responses.stream(model=DEFAULT_MODEL, input="hi") as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == TEXT
+        assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+class TestChatCompletions:
+    async def test_non_stream_think_and_reasoning_content(self, client: AsyncOpenAI) -> None:
+        """A chat completion carries <think> in content and reasoning_content beside it."""
+        completion = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        message = completion.choices[0].message
+        assert message.content == f"<think>{REASONING}</think>{TEXT}"
+        assert message.model_dump()["reasoning_content"] == REASONING
+        assert completion.choices[0].finish_reason == "stop"
+        assert completion.usage is not None
+
+    async def test_stream_reasoning_then_content(self, client: AsyncOpenAI) -> None:
+        """A streamed chat completion sends reasoning_content deltas, then content, then usage."""
+        stream = await client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        reasoning = "".join(d.model_dump().get("reasoning_content") or "" for d in deltas)
+        content = "".join(d.content or "" for d in deltas)
+        assert reasoning == REASONING
+        assert content == f"<think>{REASONING}</think>{TEXT}"
+        first_content = next(i for i, d in enumerate(deltas) if d.content)
+        last_reasoning = max(
+            i for i, d in enumerate(deltas) if d.model_dump().get("reasoning_content")
+        )
+        assert last_reasoning < first_content
+        assert chunks[-1].usage is not None
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+    async def test_reasoning_only_in_field(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """think_in_content=False leaves content clean, as servers that split reasoning do."""
+        fake.script(Reply("clean", reasoning="r", think_in_content=False))
+        completion = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert completion.choices[0].message.content == "clean"
+
+
+class TestErrors:
+    async def test_500_is_internal_server_error(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A scripted 500 raises the SDK's InternalServerError."""
+        fake.script(server_error())
+        with pytest.raises(openai.InternalServerError):
+            await client.responses.create(model=DEFAULT_MODEL, input="hi")
+
+    async def test_429_is_rate_limit_with_retry_after(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A 429 raises RateLimitError and carries retry-after."""
+        fake.script(rate_limited(retry_after=7))
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert caught.value.response.headers["retry-after"] == "7"
+        assert caught.value.code == "rate_limit_exceeded"
+
+    async def test_unknown_model_is_404(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """A model the fake does not serve raises NotFoundError with code model_not_found."""
+        fake.script(Reply("unused"))
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.responses.create(model="no-such-model", input="hi")
+        assert caught.value.code == "model_not_found"
+        response = await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert response.output_text == "unused"  # the unknown model did not consume the script
+
+    async def test_any_model_when_models_empty(self) -> None:
+        """With models=[] every model name is accepted."""
+        async with FakeOpenAI(models=[]) as fake:
+            sdk = _client(fake.base_url)
+            try:
+                response = await sdk.responses.create(model="whatever", input="hi")
+                models = await sdk.models.list()
+            finally:
+                await sdk.close()
+        assert response.output_text == "ok"
+        assert models.data == []
+
+    @pytest.mark.parametrize(
+        ("reply", "code", "phrase"),
+        [
+            (model_not_loaded(), None, "No models loaded"),
+            (context_overflow(), "context_length_exceeded", "greater than the context length"),
+            (context_overflow(lmstudio=False), "context_length_exceeded", "maximum context length"),
+        ],
+    )
+    async def test_400s(
+        self, client: AsyncOpenAI, fake: FakeOpenAI, reply: Reply, code: str | None, phrase: str
+    ) -> None:
+        """LM Studio's 400s raise BadRequestError with their code and message."""
+        fake.script(reply)
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert caught.value.code == code
+        assert phrase in caught.value.message
+
+    async def test_fail_helper(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """fail() queues the given number of errors, then normal answers resume."""
+        fake.fail(503, message="overloaded", times=2)
+        for _ in range(2):
+            with pytest.raises(openai.InternalServerError):
+                await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert (await client.responses.create(model=DEFAULT_MODEL, input="hi")).output_text == TEXT
+
+    async def test_hang_times_out(self, fake: FakeOpenAI) -> None:
+        """A hanging reply makes the SDK raise APITimeoutError once its timeout passes."""
+        fake.script(Reply(hang=True))
+        sdk = _client(fake.base_url, timeout=0.2)
+        try:
+            with pytest.raises(openai.APITimeoutError):
+                await sdk.responses.create(model=DEFAULT_MODEL, input="hi")
+        finally:
+            await sdk.close()
+
+    async def test_delay_longer_than_timeout(self, fake: FakeOpenAI) -> None:
+        """A delayed reply times out a client whose timeout is shorter than the delay."""
+        fake.script(Reply(delay=2.0))
+        sdk = _client(fake.base_url, timeout=0.2)
+        try:
+            with pytest.raises(openai.APITimeoutError):
+                await sdk.chat.completions.create(
+                    model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
+                )
+        finally:
+            await sdk.close()
+
+    async def test_stall_mid_stream_times_out(self, fake: FakeOpenAI) -> None:
+        """A stream that goes silent after its first delta trips the SDK's read timeout."""
+        fake.script(Reply(TEXT, stall_after=1))
+        sdk = _client(fake.base_url, timeout=0.3)
+        deltas: list[str] = []
+
+        async def read_all() -> None:
+            stream = await sdk.responses.create(model=DEFAULT_MODEL, input="hi", stream=True)
+            async for event in stream:
+                if event.type == "response.output_text.delta":
+                    deltas.append(event.delta)
+
+        try:
+            with pytest.raises(openai.APITimeoutError):
+                await read_all()
+        finally:
+            await sdk.close()
+        assert deltas == ["Hello "]
+
+    async def test_closed_port_is_connection_error(self) -> None:
+        """A port nobody listens on raises APIConnectionError."""
+        sdk = _client(f"http://127.0.0.1:{closed_port()}/v1", timeout=2.0)
+        try:
+            with pytest.raises(openai.APIConnectionError):
+                await sdk.responses.create(model=DEFAULT_MODEL, input="hi")
+        finally:
+            await sdk.close()
+
+    async def test_stop_and_resume_listening(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """stop_listening refuses even a pooled client; start_listening serves the same port."""
+        await client.responses.create(model=DEFAULT_MODEL, input="warm the pool")
+        port = fake.port
+        await fake.stop_listening()
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert not isinstance(caught.value, openai.APITimeoutError)
+        await fake.start_listening()
+        assert fake.port == port
+        assert (await client.responses.create(model=DEFAULT_MODEL, input="hi")).output_text == TEXT
+
+
+class TestScriptAndRecords:
+    async def test_script_order_then_default(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """Scripted replies are used in order across endpoints, then the default."""
+        fake.script(Reply("one"), Reply("two"))
+        first = await client.responses.create(model=DEFAULT_MODEL, input="a")
+        second = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "b"}]
+        )
+        third = await client.responses.create(model=DEFAULT_MODEL, input="c")
+        assert first.output_text == "one"
+        assert second.choices[0].message.content is not None
+        assert second.choices[0].message.content.endswith("two")
+        assert third.output_text == TEXT
+
+    async def test_default_callable_sees_request(self) -> None:
+        """A callable default builds each reply from the recorded request."""
+
+        def echo(request: Recorded) -> Reply:
+            return Reply(f"echo: {request.prompt}", reasoning=None)
+
+        async with FakeOpenAI(default=echo) as fake:
+            sdk = _client(fake.base_url)
+            try:
+                response = await sdk.responses.create(model=DEFAULT_MODEL, input="ping")
+            finally:
+                await sdk.close()
+        assert response.output_text == "echo: ping"
+
+    async def test_requests_recorded(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
+        """Every request is recorded with path, body and headers, and its prompt is readable."""
+        await client.models.list()
+        await client.responses.create(
+            model=DEFAULT_MODEL,
+            instructions="Be brief.",
+            input=[
+                {"role": "user", "content": "My name is Ada."},
+                {"role": "assistant", "content": "Hi Ada."},
+                {"role": "user", "content": [{"type": "input_text", "text": "Who am I?"}]},
+            ],
+        )
+        assert [(r.method, r.path) for r in fake.requests] == [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/responses"),
+        ]
+        recorded = fake.requests_to("/responses")[0]
+        assert recorded.model == DEFAULT_MODEL
+        assert recorded.stream is False
+        assert recorded.headers["Authorization"] == "Bearer sk-test"
+        assert recorded.prompt.splitlines() == [
+            "Be brief.",
+            "My name is Ada.",
+            "Hi Ada.",
+            "Who am I?",
+        ]
+        assert recorded.json is not None
+        assert recorded.json["input"][0]["content"] == "My name is Ada."
+
+    async def test_models_list(self) -> None:
+        """GET /v1/models lists the configured model ids in OpenAI's list shape."""
+        async with FakeOpenAI(models=["a", "b"]) as fake:
+            sdk = _client(fake.base_url)
+            try:
+                models = await sdk.models.list()
+                one = await sdk.models.retrieve("b")
+                with pytest.raises(openai.NotFoundError):
+                    await sdk.models.retrieve("c")
+            finally:
+                await sdk.close()
+        assert [m.id for m in models.data] == ["a", "b"]
+        assert one.id == "b"

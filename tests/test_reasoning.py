@@ -1,0 +1,175 @@
+"""Tests for bot.llm.reasoning: only final text survives, reasoning never leaks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.llm.reasoning import chat_final_text, responses_final_text, strip_reasoning_markup
+
+
+def _message(*texts: str, phase: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": t, "annotations": []} for t in texts],
+    }
+    if phase is not None:
+        item["phase"] = phase
+    return item
+
+
+def _reasoning(text: str) -> dict[str, Any]:
+    return {
+        "id": "rs_1",
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": text}],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
+
+
+class TestResponsesFinalText:
+    def test_reasoning_items_ignored(self) -> None:
+        """Reasoning items contribute nothing; only the message's output_text is returned."""
+        output = [_reasoning("secret plan"), _message("Hello!")]
+        assert responses_final_text(output) == "Hello!"
+
+    def test_message_parts_joined(self) -> None:
+        """Several output_text parts of one message are joined in order."""
+        assert responses_final_text([_message("Hel", "lo ", "world")]) == "Hello world"
+
+    def test_other_items_and_parts_ignored(self) -> None:
+        """Refusal parts, tool calls and non-assistant items are not final text."""
+        message = _message("answer")
+        message["content"].append({"type": "refusal", "refusal": "no"})
+        output = [
+            {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"},
+            {"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]},
+            message,
+        ]
+        assert responses_final_text(output) == "answer"
+
+    def test_commentary_skipped_when_final_answer_present(self) -> None:
+        """A commentary-phase message is dropped when a final_answer message exists."""
+        output = [
+            _message("Let me check.", phase="commentary"),
+            _message("42", phase="final_answer"),
+        ]
+        assert responses_final_text(output) == "42"
+
+    def test_think_markup_in_message_stripped(self) -> None:
+        """Think blocks a local server leaks into message text are removed."""
+        assert responses_final_text([_message("<think>hmm</think>", "Hi")]) == "Hi"
+
+    def test_only_reasoning_gives_empty(self) -> None:
+        """An output with reasoning and no message yields "", never the reasoning."""
+        assert responses_final_text([_reasoning("thoughts")]) == ""
+        assert responses_final_text([]) == ""
+
+
+class TestStripReasoningMarkup:
+    def test_closed_think_block(self) -> None:
+        """A closed think block before the answer is removed."""
+        assert strip_reasoning_markup("<think>\nplan\n</think>\n\nHello") == "Hello"
+
+    def test_unclosed_think_block(self) -> None:
+        """Everything after an unclosed opening tag is reasoning."""
+        assert strip_reasoning_markup("Sure. <think>still reasoning when cut off") == "Sure."
+
+    def test_multiple_and_nested_blocks(self) -> None:
+        """Several blocks, and a block nested inside another, are all removed."""
+        text = "<think>a<think>b</think>c</think>One <thinking>x</thinking>two"
+        assert strip_reasoning_markup(text) == "One two"
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "<THINK>r</THINK>done",
+            "<Thinking>r</Thinking>done",
+            "<reasoning>r</reasoning>done",
+            "<thought>r</thought>done",
+            "<seed:think>r</seed:think>done",
+        ],
+    )
+    def test_tag_variants_and_case(self, text: str) -> None:
+        """The well-known reasoning tags are recognised in any letter case."""
+        assert strip_reasoning_markup(text) == "done"
+
+    def test_lone_closing_tag(self) -> None:
+        """Text before a closing tag with no opening tag is reasoning."""
+        assert strip_reasoning_markup("the user wants a greeting</think>\n\nHello") == "Hello"
+
+    def test_final_tags_unwrapped(self) -> None:
+        """<final> tags are dropped and their content kept."""
+        text = "<think>r</think><final>The answer is 4.</final>"
+        assert strip_reasoning_markup(text) == "The answer is 4."
+
+    def test_harmony_keeps_final_channel(self) -> None:
+        """Only the gpt-oss final channel's message survives harmony markers."""
+        text = (
+            "<|channel|>analysis<|message|>User greets; reply politely.<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>Hello<|return|>"
+        )
+        assert strip_reasoning_markup(text) == "Hello"
+
+    def test_harmony_without_final_is_empty(self) -> None:
+        """Harmony text with only an analysis channel yields ""."""
+        assert strip_reasoning_markup("<|channel|>analysis<|message|>thinking...") == ""
+
+    def test_harmony_flattened(self) -> None:
+        """Harmony leaked without its special tokens keeps only the text after assistantfinal."""
+        assert strip_reasoning_markup("analysisThe user says hi.assistantfinalHi there!") == (
+            "Hi there!"
+        )
+
+    def test_stray_special_tokens_removed(self) -> None:
+        """Leftover <|…|> tokens such as <|im_end|> are stripped."""
+        assert strip_reasoning_markup("Hello<|im_end|>") == "Hello"
+
+    @pytest.mark.parametrize("text", ["", "   ", "<think>only reasoning</think>", "<think>cut"])
+    def test_empty_result_stays_empty(self, text: str) -> None:
+        """When nothing final remains the result is the empty string."""
+        assert strip_reasoning_markup(text) == ""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "I think so.",
+            "Let me think about <b>that</b>: thinking is hard.",
+            "Use a <thinker> tag? 2 < 3 and analysis shows > 1.",
+        ],
+    )
+    def test_mentions_of_think_untouched(self, text: str) -> None:
+        """Text that merely mentions thinking is returned as is."""
+        assert strip_reasoning_markup(text) == text
+
+
+class TestChatFinalText:
+    def test_reasoning_fields_ignored(self) -> None:
+        """reasoning_content and reasoning fields never reach the result."""
+        message = {
+            "role": "assistant",
+            "content": "<think>plan</think>Hello",
+            "reasoning_content": "plan",
+            "reasoning": "plan",
+        }
+        assert chat_final_text(message) == "Hello"
+
+    def test_content_parts_joined(self) -> None:
+        """A list of text parts is joined; non-text parts are skipped."""
+        message = {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Hello "},
+                {"type": "image_url", "image_url": {"url": "x"}},
+                {"type": "text", "text": "there"},
+            ],
+        }
+        assert chat_final_text(message) == "Hello there"
+
+    def test_missing_content_is_empty(self) -> None:
+        """A message with no content (only reasoning) yields ""."""
+        assert chat_final_text({"role": "assistant", "content": None, "reasoning": "r"}) == ""
