@@ -1,0 +1,98 @@
+"""One turn, start to end: history → model (with failover) → remember → the reply.
+
+The agent never sees a platform: it takes the messages of one turn and returns one
+OutboundMessage holding only the model's final text, or a short apology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from bot.errors import AllModelsFailed, ModelError
+from bot.llm.failover import FailoverClient
+from bot.logs import Logger
+from bot.memory import RedisMemory
+from bot.messages import InboundMessage, OutboundMessage, Turn
+
+APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
+REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
+
+
+class Agent:
+    """Runs turns: loads the conversation, asks the models, stores the exchange."""
+
+    def __init__(
+        self,
+        *,
+        llm: FailoverClient,
+        memory: RedisMemory,
+        system_prompt: str,
+        turn_timeout: float,
+        log: Logger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.llm = llm
+        self.memory = memory
+        self.system_prompt = system_prompt
+        self.turn_timeout = turn_timeout
+        self.log = log
+        self.clock = clock
+
+    async def run_turn(self, batch: Sequence[InboundMessage]) -> OutboundMessage:
+        """Answer a burst of messages as one turn; when no model can, a short apology."""
+        last = batch[-1]
+        try:
+            return await self.answer(batch)
+        except AllModelsFailed as exc:
+            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
+            return self._reply(last, APOLOGY)
+        except ModelError as exc:
+            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
+            return self._reply(last, REFUSED)
+
+    async def answer(self, batch: Sequence[InboundMessage]) -> OutboundMessage:
+        """Answer a burst of messages as one turn; raise AllModelsFailed or ModelError."""
+        last = batch[-1]
+        conversation = last.conversation
+        started = time.perf_counter()
+        self.log.info(
+            "turn_started",
+            channel=last.channel,
+            conversation=conversation,
+            msg_id=last.platform_id,
+            messages=len(batch),
+        )
+        user = Turn(role="user", text="\n".join(m.text for m in batch), ts=self.clock())
+        history = await self.memory.load(conversation)
+        try:
+            async with asyncio.timeout(self.turn_timeout):
+                completion = await self.llm.complete(
+                    instructions=self.system_prompt,
+                    turns=[*history, user],
+                    conversation=conversation,
+                )
+        except TimeoutError as exc:
+            raise AllModelsFailed(f"no answer within {self.turn_timeout:g} s") from exc
+        reply = Turn(role="assistant", text=completion.text, ts=self.clock())
+        await self.memory.append(conversation, [user, reply])
+        self.log.info(
+            "turn_finished",
+            channel=last.channel,
+            conversation=conversation,
+            model=completion.model_ref,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            tokens_in=completion.usage.tokens_in,
+            tokens_out=completion.usage.tokens_out,
+        )
+        return self._reply(last, completion.text)
+
+    @staticmethod
+    def _reply(last: InboundMessage, text: str) -> OutboundMessage:
+        return OutboundMessage(
+            channel=last.channel,
+            conversation=last.conversation,
+            text=text,
+            reply_to=last.platform_id,
+        )

@@ -1,0 +1,1 @@
+"""Channel adapters: each turns a platform's requests into InboundMessages and sends replies."""

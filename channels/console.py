@@ -1,0 +1,47 @@
+"""The terminal as a channel: `bot chat` reads lines and prints replies."""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import sys
+import time
+from typing import TextIO
+
+from bot.messages import InboundMessage, OutboundMessage
+from channels.base import RawRequest
+
+
+class ConsoleChannel:
+    """Messages typed by the local user, conversation `console:<user>`."""
+
+    name = "console"
+
+    def __init__(self, *, user: str | None = None, out: TextIO | None = None) -> None:
+        self.user = user or getpass.getuser()
+        self.out = out if out is not None else sys.stdout
+        self._ids = itertools.count(1)
+
+    @property
+    def conversation(self) -> str:
+        return f"console:{self.user}"
+
+    def message(self, text: str) -> InboundMessage:
+        """Wrap a typed line as an InboundMessage."""
+        now = time.time()
+        return InboundMessage(
+            channel=self.name,
+            conversation=self.conversation,
+            sender=self.conversation,
+            text=text,
+            platform_id=f"{now:.6f}-{next(self._ids)}",
+            ts=now,
+            sender_name=self.user,
+        )
+
+    def parse(self, request: RawRequest) -> list[InboundMessage]:
+        text = request.body.decode("utf-8").strip()
+        return [self.message(text)] if text else []
+
+    async def send(self, message: OutboundMessage) -> None:
+        print(message.text, file=self.out, flush=True)

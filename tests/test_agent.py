@@ -1,0 +1,184 @@
+"""One turn through the real stack: Redis memory, the openai SDK, fake model servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.agent import APOLOGY, REFUSED
+from bot.app import App, open_app
+from bot.config import Config, parse_config
+from bot.errors import AllModelsFailed
+from bot.settings import Settings
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
+from tests.helpers import gateway_config, inbound
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["backup-model"]) as fake:
+        yield fake
+
+
+def app_for(config: Config, redis_url: str, tmp_path: Path, events: CapturedEvents):  # type: ignore[no-untyped-def]
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    return open_app(settings, config, events.log)
+
+
+@pytest.fixture
+async def app(
+    primary: FakeOpenAI,
+    backup: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+) -> AsyncIterator[App]:
+    async with app_for(
+        gateway_config(primary.base_url, backup.base_url), redis_url, tmp_path, events
+    ) as running:
+        yield running
+
+
+async def test_reply_holds_only_the_final_text(
+    app: App, primary: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """Responses API reasoning items never reach the reply or the logs."""
+    primary.script(Reply(text="The answer is 4.", reasoning="SECRET-CHAIN-OF-THOUGHT"))
+    reply = await app.agent.run_turn([inbound("what is 2+2?")])
+    assert reply.text == "The answer is 4."
+    assert "SECRET-CHAIN-OF-THOUGHT" not in events.text
+    [request] = primary.requests_to("/responses")
+    assert request.json is not None
+    assert request.json["instructions"] == "You are a test assistant."
+    assert request.json["max_output_tokens"] == 1024
+
+
+async def test_chat_completions_reasoning_is_stripped(
+    redis_client: aioredis.Redis, redis_url: str, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """On a chat-completions server, <think> blocks and reasoning_content are dropped."""
+    async with FakeOpenAI(models=["local-model"]) as fake:
+        fake.script(Reply(text="Bonjour !", reasoning="SECRET-THINKING"))
+        config = gateway_config(fake.base_url, primary_api="openai-completions")
+        async with app_for(config, redis_url, tmp_path, events) as running:
+            reply = await running.agent.run_turn([inbound("say hello in French")])
+    assert reply.text == "Bonjour !"
+    assert "SECRET-THINKING" not in events.text
+
+
+async def test_earlier_turns_are_sent_back_to_the_model(app: App, primary: FakeOpenAI) -> None:
+    """The second turn's prompt holds the first exchange, in order."""
+    primary.script(Reply(text="Nice to meet you, Ada."), Reply(text="Your name is Ada."))
+    await app.agent.run_turn([inbound("my name is Ada")])
+    await app.agent.run_turn([inbound("what is my name?", n=2)])
+    second = primary.requests_to("/responses")[1].json
+    assert second is not None
+    assert second["input"] == [
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "what is my name?"},
+    ]
+
+
+async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
+    """Several messages handed over together make one model call with their texts in order."""
+    await app.agent.run_turn([inbound("first", n=1), inbound("second", n=2)])
+    [request] = primary.requests_to("/responses")
+    assert request.json is not None
+    assert request.json["input"] == [{"role": "user", "content": "first\nsecond"}]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [server_error(), error_reply(429, "slow down"), error_reply(404, "no such model")],
+    ids=["500", "429", "404"],
+)
+async def test_unavailable_primary_falls_back(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents, failure: Reply
+) -> None:
+    """5xx, 429 and unknown-model answers hand the turn to the next model in the chain."""
+    primary.script(failure)
+    backup.script(Reply(text="from the backup"))
+    reply = await app.agent.run_turn([inbound("hello")])
+    assert reply.text == "from the backup"
+    [fallback] = events.events("model_fallback")
+    assert fallback["model"] == "local/local-model"
+    assert fallback["to"] == "backup/backup-model"
+
+
+async def test_refused_connection_falls_back(
+    backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A primary whose port is closed costs one refused connection, then the fallback answers."""
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    backup.script(Reply(text="still here"))
+    async with app_for(gateway_config(dead, backup.base_url), redis_url, tmp_path, events) as app:
+        reply = await app.agent.run_turn([inbound("hello")])
+    assert reply.text == "still here"
+    assert "cannot connect" in events.events("model_fallback")[0]["error"]
+
+
+async def test_bad_request_does_not_fall_back(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """A 400 is the request's fault: no fallback, a clear reply, nothing stored."""
+    primary.script(error_reply(400, "invalid input"))
+    reply = await app.agent.run_turn([inbound("hello")])
+    assert reply.text == REFUSED
+    assert backup.requests_to("/chat/completions") == []
+    assert await app.memory.load("console:tester") == []
+    assert events.events("turn_failed")
+
+
+async def test_empty_final_text_is_a_failed_attempt(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """A model that only reasons gets the next model, never its reasoning sent."""
+    primary.script(Reply(text="", reasoning="only thoughts"))
+    backup.script(Reply(text="a real answer"))
+    reply = await app.agent.run_turn([inbound("hello")])
+    assert reply.text == "a real answer"
+
+
+async def test_all_models_failing_gets_an_apology(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """When every model fails the person gets one short apology and an error event."""
+    primary.script(server_error())
+    backup.script(server_error())
+    reply = await app.agent.run_turn([inbound("hello")])
+    assert reply.text == APOLOGY
+    [failed] = events.events("turn_failed")
+    assert failed["level"] == "error"
+    primary.script(server_error())
+    backup.script(server_error())
+    with pytest.raises(AllModelsFailed, match="HTTP 500"):
+        await app.agent.answer([inbound("again", n=2)])
+
+
+async def test_provider_without_key_is_skipped_without_a_call(
+    redis_client: aioredis.Redis, redis_url: str, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """A catalog provider whose key is unset is skipped at once with the variable named."""
+    config = parse_config(
+        '{agents: {defaults: {model: {primary: "anthropic/claude-sonnet-4-5"}}}}',
+        source="t",
+        env={},
+    )
+    async with app_for(config, redis_url, tmp_path, events) as app:
+        with pytest.raises(AllModelsFailed, match="ANTHROPIC_API_KEY is not set"):
+            await app.agent.answer([inbound("hello")])
+    [skipped] = events.events("model_skipped")
+    assert skipped["model"] == "anthropic/claude-sonnet-4-5"

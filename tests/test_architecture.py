@@ -1,0 +1,113 @@
+"""The dependency rules of DESIGN §2, checked on every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_MODULES = {"bot.config", "bot.config_source"}  # config_source: config's JSON5 reader
+CONFIG_MAY_IMPORT = {"bot.errors", *CONFIG_MODULES}
+LEAVES = {"bot.messages", "bot.errors", "bot.settings", *CONFIG_MODULES}
+CORE = (
+    "bot.agent",
+    "bot.commands",
+    "bot.access",
+    "bot.memory",
+    "bot.llm",
+    "bot.intake",
+    "bot.worker",
+)
+CHANNEL_ALLOWED = ("bot.messages", "bot.errors", "bot.settings", "bot.config", "channels.base")
+SDK_HOMES = {"openai": {"bot.llm.providers"}, "twilio": {"channels.whatsapp"}}
+ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, absolute names (`from a import b` yields a and a.b)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {
+    module_name(p): imports_of(p) for pkg in ("bot", "channels") for p in (ROOT / pkg).rglob("*.py")
+}
+
+
+def project(imports: set[str]) -> set[str]:
+    return {i for i in imports if i.split(".")[0] in ("bot", "channels")}
+
+
+def within(name: str, prefixes: tuple[str, ...] | set[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_modules_were_found() -> None:
+    """The checks below see the real package (a guard against an empty walk)."""
+    assert {"bot.messages", "bot.agent", "bot.llm.providers", "channels.base"} <= MODULES.keys()
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_leaves_import_nothing_from_the_project(leaf: str) -> None:
+    """messages, errors, settings and config import nothing else (config: only errors)."""
+    allowed = CONFIG_MAY_IMPORT if leaf in CONFIG_MODULES else set()
+    extra = {i for i in project(MODULES[leaf]) if i != "bot" and not within(i, {leaf, *allowed})}
+    assert not extra, f"{leaf} imports {sorted(extra)}"
+
+
+def test_core_never_imports_web_channels_or_cli() -> None:
+    """The core stays free of aiohttp.web, channel adapters and the CLI."""
+    bad = {
+        name: sorted(i for i in imports if within(i, {"aiohttp.web", "channels", "bot.cli"}))
+        for name, imports in MODULES.items()
+        if within(name, CORE)
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+@pytest.mark.parametrize("sdk", sorted(SDK_HOMES))
+def test_each_sdk_has_one_home(sdk: str) -> None:
+    """openai is imported only by bot.llm.providers, twilio only by channels.whatsapp."""
+    users = {name for name, imports in MODULES.items() if any(within(i, {sdk}) for i in imports)}
+    assert users <= SDK_HOMES[sdk]
+
+
+def test_channels_import_only_neutral_pieces() -> None:
+    """Channel adapters depend only on messages, errors, settings/config and channels.base."""
+    bad = {
+        name: sorted(i for i in project(imports) if not within(i, CHANNEL_ALLOWED))
+        for name, imports in MODULES.items()
+        if name.startswith("channels.") and name != "channels.base"
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_only_the_composition_root_assembles() -> None:
+    """Only bot.app and bot.cli import the concrete pieces of several layers together."""
+
+    def concrete(i: str) -> bool:
+        return within(i, {"bot.llm.providers", "bot.redisdb", "bot.app"}) or (
+            i.startswith("channels.") and not within(i, {"channels.base"})
+        )
+
+    bad = {
+        name
+        for name, imports in MODULES.items()
+        if name not in ASSEMBLERS
+        and not name.startswith("channels.")
+        and any(concrete(i) for i in project(imports))
+    }
+    assert not bad, f"concrete pieces wired outside the composition root: {sorted(bad)}"

@@ -1,0 +1,237 @@
+"""The `bot` command as a person runs it: real processes, real Redis, fake model servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
+from tests.helpers import gateway_config_text
+
+SEEDS = ["seed-local-stack.json5", "seed-hybrid.json5", "seed-other-proxy.json5"]
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-SECRET-0123456789",
+    "OPENAI_API_KEY": "sk-openai-SECRET-0123456789",
+    "TELEGRAM_BOT_TOKEN": "123456:SECRET-telegram-token",
+    "TWILIO_AUTH_TOKEN": "SECRET-twilio-auth-token",
+}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no settings leak in from the developer's shell."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "BOT_DATA_DIR": str(tmp_path / "var")}
+    env.update(extra)
+    return env
+
+
+async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args,
+        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"]) as server:
+        yield server
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bot.json5"
+    path.write_text(text)
+    return path
+
+
+async def test_chat_prints_only_the_final_text(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat -m hi` prints the final text alone; reasoning is in no output at all."""
+    fake.script(Reply(text="Hello there!", reasoning="HIDDEN-REASONING"))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    result = await run_bot("chat", "-m", "hi", "-v", env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out == "Hello there!\n"
+    assert "HIDDEN-REASONING" not in result.out + result.err
+
+
+async def test_memory_outlives_the_process(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A second `bot chat -m` in the same conversation sends the first exchange to the model."""
+    fake.script(Reply(text="Noted: blue."), Reply(text="You said blue."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    first = await run_bot("chat", "-m", "my colour is blue", "--user", "ada", env=env, cwd=tmp_path)
+    second = await run_bot("chat", "-m", "what colour?", "--user", "ada", env=env, cwd=tmp_path)
+    assert (first.code, second.code) == (0, 0), first.err + second.err
+    assert second.out == "You said blue.\n"
+    prompt = fake.requests_to("/responses")[1].prompt
+    assert "my colour is blue" in prompt
+    assert "Noted: blue." in prompt
+
+
+async def test_memory_survives_an_embedded_redis_restart(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """With no REDIS_URL each run starts and stops the embedded Redis; history persists."""
+    fake.script(Reply(text="Noted."), Reply(text="Recalled."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config))
+    first = await run_bot("chat", "-m", "remember 42", env=env, cwd=tmp_path)
+    second = await run_bot("chat", "-m", "what number?", env=env, cwd=tmp_path)
+    assert (first.code, second.code) == (0, 0), first.err + second.err
+    assert "remember 42" in fake.requests_to("/responses")[1].prompt
+    assert not (tmp_path / "var" / "redis" / "redis.sock").exists()
+
+
+async def test_closed_primary_port_falls_back_with_an_event(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """With the primary's port closed the fallback answers and model_fallback is logged."""
+    fake.models = ["backup-model"]
+    fake.script(Reply(text="fallback answer"))
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    config = write_config(
+        tmp_path, gateway_config_text(dead, fake.base_url, fallback_api="openai-responses")
+    )
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    result = await run_bot("chat", "-m", "hi", env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out == "fallback answer\n"
+    assert "model_fallback" in result.err
+
+
+async def test_no_model_answering_exits_1_with_a_reason(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """When no model answers, exit 1 and say why on stderr; stdout stays empty."""
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    config = write_config(tmp_path, gateway_config_text(dead))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    result = await run_bot("chat", "-m", "hi", env=env, cwd=tmp_path)
+    assert result.code == 1
+    assert result.out == ""
+    assert "no model answered" in result.err
+    assert "cannot connect" in result.err
+    assert "Traceback" not in result.err
+
+
+async def test_secrets_never_appear_in_any_output(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """With every secret set and a provider rejecting its key, no secret is printed."""
+    fake.script(unauthorized())
+    text = gateway_config_text(fake.base_url).replace('"sk-test-local"', '"${OPENAI_API_KEY}"')
+    config = write_config(tmp_path, text)
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url, **SECRETS)
+    result = await run_bot("chat", "-m", "hi", "-v", env=env, cwd=tmp_path)
+    assert result.code == 1
+    assert "HTTP 401" in result.err
+    for secret in SECRETS.values():
+        assert secret not in result.out + result.err
+    [request] = fake.requests_to("/responses")
+    assert request.headers["authorization"] == f"Bearer {SECRETS['OPENAI_API_KEY']}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_config_check_accepts_each_seed_block(
+    seed: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """`bot config check` passes each seed block and prints its chain."""
+    result = await run_bot(
+        "config", "check", str(data_dir / "config" / seed), env=bot_env(tmp_path), cwd=tmp_path
+    )
+    assert result.code == 0, result.err
+    assert "chain" in result.out
+    assert "contextWindow=" in result.out
+
+
+async def test_config_check_shows_the_hybrid_chain_in_order(tmp_path: Path, data_dir: Path) -> None:
+    """The hybrid seed's chain is Sonnet, then local MiniMax, then Opus, with aliases."""
+    path = data_dir / "config" / "seed-hybrid.json5"
+    result = await run_bot("config", "check", str(path), env=bot_env(tmp_path), cwd=tmp_path)
+    lines = [line for line in result.out.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert [line.split()[1] for line in lines] == [
+        "anthropic/claude-sonnet-4-5",
+        "lmstudio/minimax-m2.1-gs32",
+        "anthropic/claude-opus-4-5",
+    ]
+    assert "alias=MiniMax" in lines[1]
+
+
+async def test_config_check_names_a_misspelt_key(tmp_path: Path, data_dir: Path) -> None:
+    """A misspelt key exits 2 with the file, the line and the key path."""
+    seed = (data_dir / "config" / "seed-local-stack.json5").read_text()
+    config = write_config(tmp_path, seed.replace("baseUrl", "basUrl"))
+    result = await run_bot("config", "check", str(config), env=bot_env(tmp_path), cwd=tmp_path)
+    assert result.code == 2
+    line = next(n for n, text in enumerate(seed.splitlines(), 1) if "baseUrl" in text)
+    assert f"{config}:{line}" in result.err
+    assert "models.providers.lmstudio.basUrl" in result.err
+    assert "baseUrl" in result.err
+
+
+async def test_serve_answers_healthz_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`bot serve` answers /healthz and /readyz, and on SIGTERM stops its embedded Redis, exit 0."""
+    port = closed_port()
+    env = bot_env(tmp_path, BOT_PORT=str(port))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        started = await asyncio.wait_for(_until(proc.stdout, b"server_started"), 30)
+        assert b'"role": "all"' in started
+        assert b"config_default" in started  # no config file: the built-in default, said once
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as health:
+                assert health.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                assert ready.status == 200
+                assert (await ready.json())["checks"]["redis"] == "ok"
+        assert (tmp_path / "var" / "redis" / "redis.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert b"server_stopped" in out
+    assert not (tmp_path / "var" / "redis" / "redis.sock").exists()
+
+
+async def _until(stream: asyncio.StreamReader, marker: bytes) -> bytes:
+    """Everything the stream printed up to and including the line holding `marker`."""
+    seen = b""
+    while line := await stream.readline():
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"the process ended before printing {marker!r}")
+
+
+def test_help_lists_every_command() -> None:
+    """`bot --help` names each subcommand a user can run."""
+    from bot.cli import build_parser
+
+    text = build_parser().format_help()
+    for command in ("serve", "chat", "config"):
+        assert command in text
