@@ -1,7 +1,8 @@
-"""One turn, start to end: history → model (with failover) → remember → the reply.
+"""One turn, start to end: history → model (with failover) → the reply and what to remember.
 
-The agent never sees a platform: it takes the messages of one turn and returns one
-OutboundMessage holding only the model's final text, or a short apology.
+The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
+whose reply holds only the model's final text, or a short apology. The caller stores
+`remember` (the worker does so atomically with the turn's state).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from bot.errors import AllModelsFailed, ModelError
 from bot.llm.failover import FailoverClient
@@ -20,8 +22,20 @@ APOLOGY = "Sorry, I can't reach a language model right now. Please try again in 
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnResult:
+    """A turn's reply, and the turns to append to the conversation's memory (none on failure)."""
+
+    reply: OutboundMessage
+    remember: tuple[Turn, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.remember)
+
+
 class Agent:
-    """Runs turns: loads the conversation, asks the models, stores the exchange."""
+    """Runs turns: loads the conversation's memory and asks the models."""
 
     def __init__(
         self,
@@ -40,19 +54,19 @@ class Agent:
         self.log = log
         self.clock = clock
 
-    async def run_turn(self, batch: Sequence[InboundMessage]) -> OutboundMessage:
+    async def run_turn(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology."""
         last = batch[-1]
         try:
             return await self.answer(batch)
         except AllModelsFailed as exc:
             self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-            return self._reply(last, APOLOGY)
+            return TurnResult(reply=self._reply(last, APOLOGY))
         except ModelError as exc:
             self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-            return self._reply(last, REFUSED)
+            return TurnResult(reply=self._reply(last, REFUSED))
 
-    async def answer(self, batch: Sequence[InboundMessage]) -> OutboundMessage:
+    async def answer(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Answer a burst of messages as one turn; raise AllModelsFailed or ModelError."""
         last = batch[-1]
         conversation = last.conversation
@@ -76,7 +90,6 @@ class Agent:
         except TimeoutError as exc:
             raise AllModelsFailed(f"no answer within {self.turn_timeout:g} s") from exc
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
-        await self.memory.append(conversation, [user, reply])
         self.log.info(
             "turn_finished",
             channel=last.channel,
@@ -86,7 +99,7 @@ class Agent:
             tokens_in=completion.usage.tokens_in,
             tokens_out=completion.usage.tokens_out,
         )
-        return self._reply(last, completion.text)
+        return TurnResult(reply=self._reply(last, completion.text), remember=(user, reply))
 
     @staticmethod
     def _reply(last: InboundMessage, text: str) -> OutboundMessage:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from bot.agent import Agent
 from bot.config import Config
+from bot.intake import RedisIntake
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
@@ -15,6 +16,7 @@ from bot.logs import Logger
 from bot.memory import RedisMemory
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
+from bot.worker import ReplySender, Worker
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +31,22 @@ class App:
     llm: FailoverClient
     memory: RedisMemory
     agent: Agent
+    intake: RedisIntake
+    senders: dict[str, ReplySender]
+
+    def worker(self) -> Worker:
+        """A turn runner for this process, configured from agents.defaults."""
+        defaults = self.config.agents.defaults
+        return Worker(
+            redis=self.redis.client,
+            agent=self.agent,
+            memory=self.memory,
+            senders=self.senders,
+            log=self.log,
+            lease_seconds=defaults.lease_seconds,
+            max_concurrent=defaults.max_concurrent,
+            drain_seconds=defaults.timeout_seconds,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -59,6 +77,8 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
                 llm=llm,
                 memory=memory,
                 agent=agent,
+                intake=RedisIntake(redis.client, log=log),
+                senders={},
             )
         finally:
             for provider in providers.values():

@@ -132,28 +132,37 @@ def config_check(settings: Settings, file: str | None) -> int:
 
 
 async def serve(settings: Settings, config: Config, log: Logger, role: str) -> int:
-    """Run until SIGTERM or SIGINT, then close clients and the embedded Redis; exit 0."""
+    """Run the role until SIGTERM or SIGINT; then stop intake, drain turns, close, exit 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with open_app(settings, config, log) as app:
-            runner = web.AppRunner(make_web_app(redis=app.redis.client), access_log=None)
-            await runner.setup()
+            runner: web.AppRunner | None = None
+            worker: asyncio.Task[None] | None = None
             try:
-                site = web.TCPSite(runner, settings.bot_host, settings.bot_port)
-                await site.start()
+                if role in ("all", "web"):
+                    runner = web.AppRunner(make_web_app(redis=app.redis.client), access_log=None)
+                    await runner.setup()
+                    await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
+                if role in ("all", "worker"):
+                    worker = asyncio.create_task(app.worker().run(stop))
+                listening = {"url": f"http://{settings.bot_host}:{settings.bot_port}"}
                 log.info(
                     "server_started",
                     role=role,
-                    url=f"http://{settings.bot_host}:{settings.bot_port}",
                     redis=app.redis.where,
+                    **(listening if runner else {}),
                 )
                 await stop.wait()
                 log.info("server_stopping", role=role)
             finally:
-                await runner.cleanup()
+                if runner is not None:
+                    await runner.cleanup()
+                if worker is not None:
+                    stop.set()
+                    await worker
     except BotError as exc:
         log.error("server_failed", error=str(exc))
         return EXIT_FAILED
@@ -179,8 +188,9 @@ async def chat(
                 if line is None or line.strip() in ("/quit", "/exit"):
                     return EXIT_OK
                 if line.strip():
-                    reply = await app.agent.run_turn([console.message(line.strip())])
-                    await console.send(reply)
+                    result = await app.agent.run_turn([console.message(line.strip())])
+                    await app.memory.append(console.conversation, result.remember)
+                    await console.send(result.reply)
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -189,11 +199,12 @@ async def chat(
 async def chat_once(app: App, console: ConsoleChannel, message: str) -> int:
     """Send one message; print only the reply (exit 0), or why no model answered (exit 1)."""
     try:
-        reply = await app.agent.answer([console.message(message)])
+        result = await app.agent.answer([console.message(message)])
     except (AllModelsFailed, ModelError) as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    await console.send(reply)
+    await app.memory.append(console.conversation, result.remember)
+    await console.send(result.reply)
     return EXIT_OK
 
 

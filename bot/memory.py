@@ -32,10 +32,15 @@ class RedisMemory:
         self.max_turns = max_turns
         self.ttl_seconds = int(idle_days * 86400)
 
+    @staticmethod
+    def key(conversation: str) -> str:
+        """The list holding the conversation's turns."""
+        return conversation_key(conversation, "turns")
+
     async def load(self, conversation: str) -> list[Turn]:
         """Every stored turn of the conversation, oldest first."""
         try:
-            raw = await self.redis.lrange(conversation_key(conversation, "turns"), 0, -1)
+            raw = await self.redis.lrange(self.key(conversation), 0, -1)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("Redis did not answer while loading history") from exc
         return [Turn.from_dict(json.loads(item)) for item in raw]
@@ -44,7 +49,7 @@ class RedisMemory:
         """Append turns atomically, keep only the newest `max_turns`, refresh the idle expiry."""
         if not turns:
             return
-        key = conversation_key(conversation, "turns")
+        key = self.key(conversation)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(key, *(json.dumps(t.to_dict(), ensure_ascii=False) for t in turns))
@@ -57,6 +62,6 @@ class RedisMemory:
     async def clear(self, conversation: str) -> None:
         """Forget the conversation's history."""
         try:
-            await self.redis.delete(conversation_key(conversation, "turns"))
+            await self.redis.delete(self.key(conversation))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("Redis did not answer while clearing history") from exc

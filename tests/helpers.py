@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 
 from bot.config import Config, parse_config
 from bot.messages import InboundMessage
@@ -28,6 +30,7 @@ def gateway_config_text(
     *,
     primary_api: str = "openai-responses",
     fallback_api: str = "openai-completions",
+    lease_seconds: float = 30,
 ) -> str:
     """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
@@ -42,6 +45,7 @@ def gateway_config_text(
         models: {{ "local/local-model": {{ alias: "Local" }} }},
         systemPrompt: "You are a test assistant.",
         timeoutSeconds: 20,
+        leaseSeconds: {lease_seconds},
       }} }},
       models: {{ mode: "replace", providers: {{
         local: {provider_block(primary_url, primary_api)},
@@ -56,12 +60,21 @@ def gateway_config(primary_url: str, fallback_url: str | None = None, **kwargs: 
     )
 
 
-def inbound(text: str, *, conversation: str = "console:tester", n: int = 1) -> InboundMessage:
+def inbound(
+    text: str, *, conversation: str = "console:tester", n: int = 1, channel: str = "console"
+) -> InboundMessage:
     return InboundMessage(
-        channel="console",
+        channel=channel,
         conversation=conversation,
         sender=conversation,
         text=text,
         platform_id=f"m{n}",
         ts=time.time(),
     )
+
+
+async def eventually(condition: Callable[[], bool], within: float = 20) -> None:
+    """Poll a condition until it holds; fail if `within` seconds pass first."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polling a condition with a deadline, by design
+            await asyncio.sleep(0.01)

@@ -12,10 +12,18 @@ from bot.agent import APOLOGY, REFUSED
 from bot.app import App, open_app
 from bot.config import Config, parse_config
 from bot.errors import AllModelsFailed
+from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
 from tests.helpers import gateway_config, inbound
+
+
+async def converse(app: App, *batch: InboundMessage) -> str:
+    """Run one turn, remember it as the worker and the console do, return the reply text."""
+    result = await app.agent.run_turn(list(batch))
+    await app.memory.append(batch[-1].conversation, result.remember)
+    return result.reply.text
 
 
 @pytest.fixture
@@ -55,8 +63,8 @@ async def test_reply_holds_only_the_final_text(
 ) -> None:
     """Responses API reasoning items never reach the reply or the logs."""
     primary.script(Reply(text="The answer is 4.", reasoning="SECRET-CHAIN-OF-THOUGHT"))
-    reply = await app.agent.run_turn([inbound("what is 2+2?")])
-    assert reply.text == "The answer is 4."
+    reply = await converse(app, inbound("what is 2+2?"))
+    assert reply == "The answer is 4."
     assert "SECRET-CHAIN-OF-THOUGHT" not in events.text
     [request] = primary.requests_to("/responses")
     assert request.json is not None
@@ -72,16 +80,16 @@ async def test_chat_completions_reasoning_is_stripped(
         fake.script(Reply(text="Bonjour !", reasoning="SECRET-THINKING"))
         config = gateway_config(fake.base_url, primary_api="openai-completions")
         async with app_for(config, redis_url, tmp_path, events) as running:
-            reply = await running.agent.run_turn([inbound("say hello in French")])
-    assert reply.text == "Bonjour !"
+            reply = await converse(running, inbound("say hello in French"))
+    assert reply == "Bonjour !"
     assert "SECRET-THINKING" not in events.text
 
 
 async def test_earlier_turns_are_sent_back_to_the_model(app: App, primary: FakeOpenAI) -> None:
     """The second turn's prompt holds the first exchange, in order."""
     primary.script(Reply(text="Nice to meet you, Ada."), Reply(text="Your name is Ada."))
-    await app.agent.run_turn([inbound("my name is Ada")])
-    await app.agent.run_turn([inbound("what is my name?", n=2)])
+    await converse(app, inbound("my name is Ada"))
+    await converse(app, inbound("what is my name?", n=2))
     second = primary.requests_to("/responses")[1].json
     assert second is not None
     assert second["input"] == [
@@ -93,7 +101,7 @@ async def test_earlier_turns_are_sent_back_to_the_model(app: App, primary: FakeO
 
 async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
     """Several messages handed over together make one model call with their texts in order."""
-    await app.agent.run_turn([inbound("first", n=1), inbound("second", n=2)])
+    await converse(app, inbound("first", n=1), inbound("second", n=2))
     [request] = primary.requests_to("/responses")
     assert request.json is not None
     assert request.json["input"] == [{"role": "user", "content": "first\nsecond"}]
@@ -110,8 +118,8 @@ async def test_unavailable_primary_falls_back(
     """5xx, 429 and unknown-model answers hand the turn to the next model in the chain."""
     primary.script(failure)
     backup.script(Reply(text="from the backup"))
-    reply = await app.agent.run_turn([inbound("hello")])
-    assert reply.text == "from the backup"
+    reply = await converse(app, inbound("hello"))
+    assert reply == "from the backup"
     [fallback] = events.events("model_fallback")
     assert fallback["model"] == "local/local-model"
     assert fallback["to"] == "backup/backup-model"
@@ -125,8 +133,8 @@ async def test_refused_connection_falls_back(
     dead = f"http://127.0.0.1:{closed_port()}/v1"
     backup.script(Reply(text="still here"))
     async with app_for(gateway_config(dead, backup.base_url), redis_url, tmp_path, events) as app:
-        reply = await app.agent.run_turn([inbound("hello")])
-    assert reply.text == "still here"
+        reply = await converse(app, inbound("hello"))
+    assert reply == "still here"
     assert "cannot connect" in events.events("model_fallback")[0]["error"]
 
 
@@ -135,8 +143,8 @@ async def test_bad_request_does_not_fall_back(
 ) -> None:
     """A 400 is the request's fault: no fallback, a clear reply, nothing stored."""
     primary.script(error_reply(400, "invalid input"))
-    reply = await app.agent.run_turn([inbound("hello")])
-    assert reply.text == REFUSED
+    reply = await converse(app, inbound("hello"))
+    assert reply == REFUSED
     assert backup.requests_to("/chat/completions") == []
     assert await app.memory.load("console:tester") == []
     assert events.events("turn_failed")
@@ -148,8 +156,8 @@ async def test_empty_final_text_is_a_failed_attempt(
     """A model that only reasons gets the next model, never its reasoning sent."""
     primary.script(Reply(text="", reasoning="only thoughts"))
     backup.script(Reply(text="a real answer"))
-    reply = await app.agent.run_turn([inbound("hello")])
-    assert reply.text == "a real answer"
+    reply = await converse(app, inbound("hello"))
+    assert reply == "a real answer"
 
 
 async def test_all_models_failing_gets_an_apology(
@@ -158,8 +166,8 @@ async def test_all_models_failing_gets_an_apology(
     """When every model fails the person gets one short apology and an error event."""
     primary.script(server_error())
     backup.script(server_error())
-    reply = await app.agent.run_turn([inbound("hello")])
-    assert reply.text == APOLOGY
+    reply = await converse(app, inbound("hello"))
+    assert reply == APOLOGY
     [failed] = events.events("turn_failed")
     assert failed["level"] == "error"
     primary.script(server_error())

@@ -235,3 +235,24 @@ def test_help_lists_every_command() -> None:
     text = build_parser().format_help()
     for command in ("serve", "chat", "config"):
         assert command in text
+
+
+async def test_worker_role_runs_turns_without_listening(tmp_path: Path, redis_url: str) -> None:
+    """`bot serve --role worker` starts a worker, opens no port, and exits 0 on SIGTERM."""
+    port = closed_port()
+    env = bot_env(tmp_path, BOT_PORT=str(port), REDIS_URL=redis_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", "--role", "worker", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        started = await asyncio.wait_for(_until(proc.stdout, b"worker_started"), 30)
+        assert b'"role": "worker"' in started
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as http:
+                await http.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0

@@ -1,0 +1,90 @@
+"""Durable intake (web role): dedupe, append to the conversation's inbox, wake a worker.
+
+`accept` returns only after Redis confirmed the message; the platform gets its 2xx after
+that. The per-conversation write is one Lua script on the conversation's hash slot; the
+wake-up is an entry on the shared `ready` stream, sent in the same round trip.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import StoreUnavailable
+from bot.logs import Logger
+from bot.memory import conversation_key
+from bot.messages import InboundMessage
+
+READY_STREAM = "switchboard:ready"
+READY_MAXLEN = 100_000
+DEDUPE_SECONDS = 24 * 3600
+
+# KEYS: seen marker, inbox. ARGV: dedupe ttl, message JSON. Returns 1 if new, 0 if a duplicate.
+ACCEPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def seen_key(message: InboundMessage) -> str:
+    """The dedupe marker of one platform message, in its conversation's hash slot."""
+    return conversation_key(message.conversation, f"seen:{message.channel}:{message.platform_id}")
+
+
+def inbox_key(conversation: str) -> str:
+    return conversation_key(conversation, "inbox")
+
+
+class RedisIntake:
+    """Stores incoming messages durably and marks their conversations ready."""
+
+    def __init__(self, redis: aioredis.Redis, *, log: Logger) -> None:
+        self.redis = redis
+        self.log = log
+        self._accept = redis.register_script(ACCEPT)
+
+    async def accept(self, message: InboundMessage) -> bool:
+        """Store `message` once; True if new, False if its platform id was seen already.
+
+        Raises StoreUnavailable when Redis did not confirm, so the platform retries. The
+        wake-up is sent for duplicates too: a retry after a half-finished accept repairs it.
+        """
+        body = json.dumps(message.to_dict(), ensure_ascii=False)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._accept(
+                    keys=[seen_key(message), inbox_key(message.conversation)],
+                    args=[DEDUPE_SECONDS, body],
+                    client=pipe,
+                )
+                pipe.xadd(
+                    READY_STREAM,
+                    {"conversation": message.conversation},
+                    maxlen=READY_MAXLEN,
+                    approximate=True,
+                )
+                fresh, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.log.error(
+                "intake_failed",
+                channel=message.channel,
+                conversation=message.conversation,
+                msg_id=message.platform_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise StoreUnavailable(
+                "Redis did not confirm the message; the platform will retry"
+            ) from exc
+        self.log.info(
+            "message_received" if fresh else "message_duplicate",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            text=message.text,
+        )
+        return bool(fresh)

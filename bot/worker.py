@@ -1,0 +1,342 @@
+"""The turn runner (worker role): lease a ready conversation, run its turns, deliver replies.
+
+A conversation is run by one worker at a time (a lease in Redis, renewed while the turn
+runs). Its inbox is drained into a batch whose state moves pending → replied → sending →
+deleted, each step fenced by the lease token, so a worker that lost its lease can change
+nothing and a worker that takes over resumes where the dead one stopped. A takeover never
+sends a reply that may already have gone out (state `sending`): one reply, never two. Wake-ups come
+from the `ready` stream's consumer group; entries of dead workers are reclaimed once idle
+for a lease period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from bot.agent import Agent, TurnResult
+from bot.errors import ChannelSendError
+from bot.intake import READY_STREAM, inbox_key
+from bot.logs import Logger
+from bot.memory import RedisMemory, conversation_key
+from bot.messages import InboundMessage, OutboundMessage
+
+GROUP = "workers"
+
+# KEYS: lease, batch, inbox. ARGV: token, new batch id.
+# → {'lost'} | {'released'} (inbox empty: lease given up) | the batch as a flat HGETALL list.
+TAKE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('HGETALL', KEYS[2]) end
+local messages = redis.call('LRANGE', KEYS[3], 0, -1)
+if #messages == 0 then
+  redis.call('DEL', KEYS[1])
+  return {'released'}
+end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending',
+  'messages', '[' .. table.concat(messages, ',') .. ']')
+return redis.call('HGETALL', KEYS[2])
+"""
+
+# KEYS: lease, batch, turns. ARGV: token, batch id, reply JSON, max turns, ttl, turn JSON...
+COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
+if #ARGV > 5 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 6))
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('HSET', KEYS[2], 'state', 'replied', 'reply', ARGV[3])
+return 1
+"""
+
+# KEYS: lease, batch. ARGV: token, batch id. Marks the reply as being handed to the platform.
+SENDING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'state', 'sending')
+return 1
+"""
+
+# KEYS: lease, batch. ARGV: token, batch id.
+FINISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'id') == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: lease. ARGV: token, ttl ms.
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+class ReplySender(Protocol):
+    """Anything that can deliver a reply on one channel (a channel adapter)."""
+
+    async def send(self, message: OutboundMessage) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """The messages of one turn, and its reply once the turn is committed."""
+
+    id: str
+    owner: str
+    state: str
+    messages: list[InboundMessage]
+    reply: OutboundMessage | None
+
+    @classmethod
+    def from_flat(cls, flat: list[str]) -> Batch:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        reply = fields.get("reply")
+        return cls(
+            id=fields["id"],
+            owner=fields["owner"],
+            state=fields["state"],
+            messages=[InboundMessage.from_dict(m) for m in json.loads(fields["messages"])],
+            reply=OutboundMessage.from_dict(json.loads(reply)) if reply else None,
+        )
+
+
+def lease_key(conversation: str) -> str:
+    return conversation_key(conversation, "lease")
+
+
+def batch_key(conversation: str) -> str:
+    return conversation_key(conversation, "batch")
+
+
+class Worker:
+    """Runs conversations' turns from the ready stream, at most `max_concurrent` at once."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        agent: Agent,
+        memory: RedisMemory,
+        senders: Mapping[str, ReplySender],
+        log: Logger,
+        lease_seconds: float = 30,
+        max_concurrent: int = 8,
+        drain_seconds: float = 30,
+        name: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.agent = agent
+        self.memory = memory
+        self.senders = senders
+        self.log = log
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_concurrent = max_concurrent
+        self.drain_seconds = drain_seconds
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._take = redis.register_script(TAKE)
+        self._commit = redis.register_script(COMMIT)
+        self._sending = redis.register_script(SENDING)
+        self._finish = redis.register_script(FINISH)
+        self._renew = redis.register_script(RENEW)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds)."""
+        await self._ensure_group()
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        self.log.info("worker_started", worker=self.name, max_concurrent=self.max_concurrent)
+        while not stop.is_set():
+            free = self.max_concurrent - len(self.tasks)
+            if free <= 0:
+                await asyncio.wait(self.tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                entries: list[tuple[str, dict[str, str]]] = []
+                if loop.time() >= next_reclaim:
+                    entries += await self._reclaim(free)
+                    next_reclaim = loop.time() + self.lease_ms / 2000
+                if not entries:
+                    entries = await self._read(free)
+            except (RedisError, OSError) as exc:
+                self.log.error("worker_redis_error", worker=self.name, error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for entry_id, fields in entries:
+                self._spawn(entry_id, fields.get("conversation", ""))
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for in-flight turns; cancel what is left after drain_seconds (they are resumed
+        by another worker once their lease expires)."""
+        if not self.tasks:
+            return
+        self.log.info("worker_draining", worker=self.name, turns=len(self.tasks))
+        _, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        found = cast(  # RESP2 shape: [(stream, [(id, fields), …])]
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None",
+            await self.redis.xreadgroup(
+                GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500
+            ),
+        )
+        return [entry for _, entries in found or [] for entry in entries]
+
+    async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries a dead worker left pending for longer than a lease."""
+        reply = await self.redis.xautoclaim(
+            READY_STREAM, GROUP, self.name, min_idle_time=self.lease_ms, count=count
+        )
+        claimed = [entry for entry in reply[1] if entry and entry[1]]
+        for entry_id, fields in claimed:
+            self.log.info("turn_reclaimed", conversation=fields.get("conversation"), entry=entry_id)
+        return claimed
+
+    def _spawn(self, entry_id: str, conversation: str) -> None:
+        task = asyncio.create_task(self._guarded(entry_id, conversation))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _guarded(self, entry_id: str, conversation: str) -> None:
+        try:
+            if await self.process(conversation, entry_id):
+                await self._ack(entry_id)
+        except Exception as exc:  # noqa: BLE001 - a background task: log it, the entry is retried
+            self.log.error(
+                "turn_crashed",
+                conversation=conversation,
+                worker=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _ack(self, entry_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(READY_STREAM, GROUP, entry_id)
+            pipe.xdel(READY_STREAM, entry_id)
+            await pipe.execute()
+
+    async def process(self, conversation: str, entry_id: str | None = None) -> bool:
+        """Run the conversation's turns while its inbox has messages; True when done with it."""
+        if not conversation:
+            return True
+        token = f"{self.name}:{uuid.uuid4().hex[:8]}"
+        if not await self.redis.set(lease_key(conversation), token, nx=True, px=self.lease_ms):
+            return True  # another worker has it and will see the inbox before it lets go
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._keep_lease(conversation, token, entry_id, lost))
+        try:
+            while not lost.is_set():
+                taken = await self._take(
+                    keys=[
+                        lease_key(conversation),
+                        batch_key(conversation),
+                        inbox_key(conversation),
+                    ],
+                    args=[token, uuid.uuid4().hex],
+                )
+                if taken == ["released"]:
+                    return True
+                if taken == ["lost"]:
+                    break
+                if not await self._run_batch(conversation, token, Batch.from_flat(taken)):
+                    break
+            self.log.warning("lease_lost", conversation=conversation, worker=self.name)
+            return True
+        finally:
+            renewer.cancel()
+
+    async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool:
+        fence = [lease_key(conversation), batch_key(conversation)]
+        if batch.owner != token:
+            self.log.warning(
+                "turn_resumed", conversation=conversation, worker=self.name, state=batch.state
+            )
+        reply = batch.reply
+        if batch.state == "pending":
+            result = await self.agent.run_turn(batch.messages)
+            if not await self._commit_turn(conversation, token, batch, result):
+                return False
+            reply = result.reply
+        if batch.state == "sending":
+            # The previous worker died while handing this reply over: it may have arrived.
+            self.log.warning("reply_maybe_sent", conversation=conversation, worker=self.name)
+        elif reply is not None:
+            if not await self._sending(keys=fence, args=[token, batch.id]):
+                return False
+            await self._deliver(reply)
+        return bool(await self._finish(keys=fence, args=[token, batch.id]))
+
+    async def _commit_turn(
+        self, conversation: str, token: str, batch: Batch, result: TurnResult
+    ) -> bool:
+        turns = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.remember]
+        args: list[Any] = [
+            token,
+            batch.id,
+            json.dumps(result.reply.to_dict(), ensure_ascii=False),
+            self.memory.max_turns,
+            self.memory.ttl_seconds,
+            *turns,
+        ]
+        keys = [lease_key(conversation), batch_key(conversation), self.memory.key(conversation)]
+        return bool(await self._commit(keys=keys, args=args))
+
+    async def _deliver(self, reply: OutboundMessage) -> None:
+        sender = self.senders.get(reply.channel)
+        fields = {"channel": reply.channel, "conversation": reply.conversation}
+        if sender is None:
+            error = f"no {reply.channel!r} channel is configured in this process"
+            self.log.error("send_failed", **fields, error=error, retryable=False)
+            return
+        try:
+            await sender.send(reply)
+        except ChannelSendError as exc:
+            self.log.error("send_failed", **fields, error=str(exc), retryable=exc.retryable)
+            return
+        self.log.info("reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text)
+
+    async def _keep_lease(
+        self, conversation: str, token: str, entry_id: str | None, lost: asyncio.Event
+    ) -> None:
+        """Renew the lease every third of its life and keep the ready entry from looking idle."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                held = await self._renew(
+                    keys=[lease_key(conversation)], args=[token, self.lease_ms]
+                )
+                if entry_id is not None:
+                    await self.redis.xclaim(
+                        READY_STREAM, GROUP, self.name, min_idle_time=0,
+                        message_ids=[entry_id], justid=True,
+                    )  # fmt: skip
+            except (RedisError, OSError) as exc:
+                self.log.warning("lease_renew_failed", conversation=conversation, error=str(exc))
+                continue
+            if not held:
+                lost.set()
+                return

@@ -1,0 +1,351 @@
+"""Turn workers on real Redis: order, one turn at a time, bursts, takeovers, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from bot.app import App, open_app
+from bot.intake import READY_STREAM
+from bot.messages import OutboundMessage
+from bot.settings import Settings
+from bot.worker import GROUP, Worker, batch_key, lease_key
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
+from tests.helpers import eventually, gateway_config, gateway_config_text, inbound
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def echo(delay: Callable[[], float] = lambda: 0.0) -> Callable[[Recorded], Reply]:
+    """A model that answers with the last user message it was shown."""
+
+    def answer(request: Recorded) -> Reply:
+        last = (request.json or {})["input"][-1]["content"]
+        return Reply(text=f"echo:{last}", delay=delay())
+
+    return answer
+
+
+class RecordingSender:
+    """A channel stand-in that keeps every reply it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, message: OutboundMessage) -> None:
+        self.sent.append(message)
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"], default=echo()) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def app(
+    model: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+) -> AsyncIterator[App]:
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    async with open_app(settings, gateway_config(model.base_url), events.log) as running:
+        yield running
+
+
+def make_worker(app: App, sender: RecordingSender, **kwargs: float) -> Worker:
+    return Worker(
+        redis=app.redis.client,
+        agent=app.agent,
+        memory=app.memory,
+        senders={"test": sender},
+        log=app.log,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def running(*workers: Worker) -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
+    stop = asyncio.Event()
+    return stop, [asyncio.create_task(w.run(stop)) for w in workers]
+
+
+async def test_conversations_keep_order_and_run_one_turn_at_a_time(
+    app: App, model: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """20 conversations x 5 interleaved messages, two workers, random model latency: each
+    conversation's replies cover its messages in order, once, and its turns never overlap."""
+    model.default = echo(lambda: random.uniform(0, 0.03))
+    sender = RecordingSender()
+    stop, tasks = await running(
+        make_worker(app, sender, max_concurrent=4), make_worker(app, sender, max_concurrent=4)
+    )
+    convs = [f"test:{n}" for n in range(20)]
+    plan = [(c, m) for m in range(5) for c in convs]
+    for conv, m in plan:
+        await app.intake.accept(inbound(f"{conv}#{m}", conversation=conv, n=m, channel="test"))
+        await asyncio.sleep(random.uniform(0, 0.002))
+
+    def covered() -> int:
+        return sum(r.text.count("#") for r in sender.sent)
+
+    await eventually(lambda: covered() >= len(plan))
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    seen: dict[str, list[str]] = defaultdict(list)
+    for reply in sender.sent:
+        seen[reply.conversation] += reply.text.removeprefix("echo:").split("\n")
+    assert {c: seen[c] for c in convs} == {c: [f"{c}#{m}" for m in range(5)] for c in convs}
+    active: set[str] = set()
+    for event in events.events():
+        if event["event"] == "turn_started":
+            assert event["conversation"] not in active, "two turns of one conversation at once"
+            active.add(event["conversation"])
+        elif event["event"] in ("turn_finished", "turn_failed"):
+            active.discard(event["conversation"])
+    remembered = [t.text for t in await app.memory.load(convs[0]) if t.role == "user"]
+    assert "\n".join(remembered).split("\n") == [f"{convs[0]}#{m}" for m in range(5)]
+
+
+async def test_a_burst_becomes_one_turn(app: App, model: FakeOpenAI) -> None:
+    """Messages that arrive before a worker is free are answered in one turn."""
+    sender = RecordingSender()
+    for n, text in enumerate(["one", "two", "three"]):
+        await app.intake.accept(inbound(text, conversation="test:burst", n=n, channel="test"))
+    stop, tasks = await running(make_worker(app, sender))
+    await eventually(lambda: len(sender.sent) == 1)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert [r.text for r in sender.sent] == ["echo:one\ntwo\nthree"]
+    assert len(model.requests_to("/responses")) == 1
+
+
+async def test_a_duplicate_id_gives_one_turn(app: App, model: FakeOpenAI) -> None:
+    """The same platform message twice is answered once."""
+    sender = RecordingSender()
+    for _ in range(2):
+        await app.intake.accept(inbound("hi", conversation="test:dup", n=5, channel="test"))
+    stop, tasks = await running(make_worker(app, sender))
+    await eventually(lambda: len(sender.sent) == 1)
+    await asyncio.sleep(0.2)  # room for a wrong second reply to show up
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert len(sender.sent) == 1
+
+
+async def leave_dead_worker_state(
+    redis: aioredis.Redis, conversation: str, *, state: str, reply: OutboundMessage | None = None
+) -> None:
+    """What a worker that died mid-turn leaves behind: its lease, batch and unacked entry."""
+    await redis.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+    await redis.xadd(READY_STREAM, {"conversation": conversation})
+    await redis.xreadgroup(GROUP, "dead-worker", {READY_STREAM: ">"}, count=1)
+    message = inbound("are you there?", conversation=conversation, channel="test")
+    fields = {
+        "id": "b1",
+        "owner": "dead-worker:token",
+        "state": state,
+        "messages": json.dumps([message.to_dict()]),
+    }
+    if reply is not None:
+        fields["reply"] = json.dumps(reply.to_dict())
+    await redis.hset(batch_key(conversation), mapping=fields)
+    await redis.set(lease_key(conversation), "dead-worker:token", px=300)
+
+
+async def test_a_dead_workers_turn_is_resumed_once(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """After the lease expires another worker reclaims the entry and runs the turn once."""
+    await leave_dead_worker_state(redis_client, "test:crash", state="pending")
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender, lease_seconds=0.3))
+    await eventually(lambda: len(sender.sent) == 1)
+    await asyncio.sleep(0.7)  # past another lease period: no second reply may appear
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert [r.text for r in sender.sent] == ["echo:are you there?"]
+    assert events.events("turn_resumed")
+    assert await redis_client.exists(batch_key("test:crash")) == 0
+
+
+async def test_a_committed_reply_is_sent_without_asking_the_model_again(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis
+) -> None:
+    """A worker that died after the model answered: the stored reply is sent, no new call."""
+    stored = OutboundMessage(channel="test", conversation="test:half", text="stored answer")
+    await leave_dead_worker_state(redis_client, "test:half", state="replied", reply=stored)
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender, lease_seconds=0.3))
+    await eventually(lambda: len(sender.sent) == 1)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert sender.sent == [stored]
+    assert model.requests_to("/responses") == []
+
+
+async def test_a_worker_that_lost_its_lease_changes_nothing(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis
+) -> None:
+    """If another worker took the lease mid-turn, the first one neither stores nor sends."""
+    conversation = "test:stolen"
+    await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
+    model.default = echo(lambda: 0.5)
+    sender = RecordingSender()
+    worker = make_worker(app, sender)
+    turn = asyncio.create_task(worker.process(conversation))
+    await eventually(lambda: len(model.requests_to("/responses")) == 1)
+    await redis_client.set(lease_key(conversation), "someone-else")
+    assert await turn is True
+    assert sender.sent == []
+    assert await app.memory.load(conversation) == []
+
+
+async def test_a_reply_that_may_have_gone_out_is_not_sent_again(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A worker that died while sending: the takeover finishes the turn without a resend."""
+    stored = OutboundMessage(channel="test", conversation="test:sending", text="maybe sent")
+    await leave_dead_worker_state(redis_client, "test:sending", state="sending", reply=stored)
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender, lease_seconds=0.3))
+    await eventually(lambda: bool(events.events("reply_maybe_sent")))
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert sender.sent == []
+    assert model.requests_to("/responses") == []
+    assert await redis_client.exists(batch_key("test:sending")) == 0
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """An HTTP endpoint worker processes deliver replies to."""
+    received: list[dict[str, str]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    server = web.Application()
+    server.router.add_post("/replies", collect)
+    runner = web.AppRunner(server, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/replies", received
+    await runner.cleanup()
+
+
+async def start_worker_process(
+    name: str, config: Path, redis_url: str, sink_url: str
+) -> asyncio.subprocess.Process:
+    env = {
+        "PATH": os.environ["PATH"],
+        "BOT_CONFIG": str(config),
+        "REDIS_URL": redis_url,
+        "SINK_URL": sink_url,
+        "WORKER_NAME": name,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.procs.worker", env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_three_worker_processes_survive_a_sigkill(
+    model: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+    sink: tuple[str, list[dict[str, str]]],
+) -> None:
+    """50 conversations x 10 messages posted concurrently to three worker processes, one
+    killed with SIGKILL mid-run: every conversation's replies arrive in order, once each."""
+    sink_url, received = sink
+    model.default = echo(lambda: random.uniform(0.01, 0.05))
+    config = tmp_path / "bot.json5"
+    config.write_text(gateway_config_text(model.base_url, lease_seconds=1))
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    procs = [await start_worker_process(f"w{n}", config, redis_url, sink_url) for n in range(3)]
+    convs = [f"test:{n}" for n in range(50)]
+    try:
+        async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
+
+            async def post(conv: str) -> None:
+                for m in range(10):
+                    message = inbound(f"{conv}#{m}", conversation=conv, n=m, channel="test")
+                    await web_role.intake.accept(message)
+                    await asyncio.sleep(random.uniform(0, 0.02))
+
+            posting = asyncio.gather(*(post(c) for c in convs))
+            await eventually(lambda: sum(1 for r in received if r["worker"] == "w0") >= 5)
+            procs[0].send_signal(signal.SIGKILL)
+            await posting
+
+            def covered() -> int:
+                return sum(r["text"].count("#") for r in received)
+
+            await eventually(lambda: covered() >= 500, within=60)
+            await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(proc.wait() for proc in procs))
+
+    seen: dict[str, list[str]] = defaultdict(list)
+    for reply in received:
+        seen[reply["conversation"]] += reply["text"].removeprefix("echo:").split("\n")
+    wrong = {c: seen[c] for c in convs if seen[c] != [f"{c}#{m}" for m in range(10)]}
+    assert not wrong, [
+        (r["conversation"], r["worker"], r["text"].replace("\n", " ").replace("echo:", ""))
+        for r in received
+        if r["conversation"] in wrong
+    ]
+    assert procs[0].returncode == -signal.SIGKILL
+    assert all(p.returncode == 0 for p in procs[1:])
+
+
+async def test_sigterm_finishes_the_turn_in_flight_then_exits_0(
+    model: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+    sink: tuple[str, list[dict[str, str]]],
+) -> None:
+    """A worker told to stop mid-turn delivers that turn's reply before it exits 0."""
+    sink_url, received = sink
+    model.default = echo(lambda: 1.0)
+    config = tmp_path / "bot.json5"
+    config.write_text(gateway_config_text(model.base_url))
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    proc = await start_worker_process("w-term", config, redis_url, sink_url)
+    try:
+        async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
+            await web_role.intake.accept(inbound("slow one", conversation="test:t", channel="test"))
+            await eventually(lambda: len(model.requests_to("/responses")) == 1)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert [r["text"] for r in received] == ["echo:slow one"]
