@@ -1,0 +1,448 @@
+"""An in-process fake of Twilio's REST API Messages resource (aiohttp.web), in Twilio's shapes.
+
+Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It also builds
+Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import math
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from http import HTTPStatus
+from typing import Any, Self
+from urllib.parse import urlencode
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from twilio.request_validator import RequestValidator
+
+API_VERSION = "2010-04-01"
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DEFAULT_AUTH_TOKEN = "test-token"
+MAX_BODY = 1600
+_MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
+_E164 = re.compile(r"^(?:whatsapp:|messenger:|rcs:)?\+[1-9]\d{5,14}$")
+_GSM7 = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwilioReply:
+    """One scripted behaviour for the next Messages POST: an error, or a (delayed) success."""
+
+    status: int = 201
+    code: int | None = None
+    message: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentMessage:
+    """One message the fake accepted (answered 201)."""
+
+    sid: str
+    to: str
+    from_: str | None
+    body: str | None
+    messaging_service_sid: str | None
+    status_callback: str | None
+    media_url: list[str]
+    content_sid: str | None
+    at: float  # time.monotonic() when accepted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwilioRequest:
+    """One request the fake received, accepted or not."""
+
+    method: str
+    path: str
+    form: dict[str, str]  # the first value of each field; repeated MediaUrl values are in `media`
+    media: list[str]
+    headers: CIMultiDictProxy[str]
+    auth: tuple[str, str] | None  # the decoded HTTP Basic credentials, if any
+
+
+def too_many_requests(retry_after: float | None = 1) -> TwilioReply:
+    """Twilio's 429 (code 20429), with a `Retry-After` header in seconds unless None."""
+    headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+    return TwilioReply(status=429, code=20429, message="Too Many Requests", headers=headers)
+
+
+def server_error(status: int = 500) -> TwilioReply:
+    """Twilio's 500 (code 20500) or 503 (code 20503) with its error JSON."""
+    if status == 503:
+        return TwilioReply(status=503, code=20503, message="Service Unavailable")
+    return TwilioReply(status=status, code=20500, message="Internal Server Error")
+
+
+def outside_window() -> TwilioReply:
+    """A 400 with code 63016 (WhatsApp free-form message outside the 24-hour window).
+
+    Real Twilio usually accepts such a message (201 "queued") and reports 63016 later, in a
+    "failed"/"undelivered" status callback (see `whatsapp_status`); this synchronous form is
+    for tests of the error path.
+    """
+    message = (
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template."
+    )
+    return TwilioReply(status=400, code=63016, message=message)
+
+
+class FakeTwilio:
+    """Twilio's Messages resource on 127.0.0.1: validates like Twilio, records, follows a script."""
+
+    def __init__(
+        self,
+        *,
+        account_sid: str = DEFAULT_ACCOUNT_SID,
+        auth_token: str = DEFAULT_AUTH_TOKEN,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.max_body = max_body
+        self.messages: list[SentMessage] = []
+        self.requests: list[TwilioRequest] = []
+        self.port = 0
+        self._script: deque[TwilioReply] = deque()
+        self._closing = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give the SDK as `client.api.base_url`, e.g. `http://127.0.0.1:4321`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def messages_url(self) -> str:
+        """The absolute URL of this account's Messages list resource."""
+        return self.base_url + _MESSAGES_PATH.format(account_sid=self.account_sid)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening on a free port."""
+        app = web.Application()
+        app.router.add_post(_MESSAGES_PATH, self._create_message)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        """Wake delayed handlers and stop the server."""
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- scripting and inspection --------------------------------------------------------------
+
+    def script(self, *replies: TwilioReply) -> None:
+        """Queue replies for the next authenticated Messages POSTs, then behave normally."""
+        self._script.extend(replies)
+
+    async def wait_for_messages(self, count: int = 1) -> list[SentMessage]:
+        """Wait until at least `count` messages were accepted (wrap in `asyncio.timeout`)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.messages) >= count)
+        return list(self.messages)
+
+    # -- handler -------------------------------------------------------------------------------
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        post = await request.post()
+        form = {key: str(post[key]) for key in post}
+        recorded = TwilioRequest(
+            method=request.method,
+            path=request.path,
+            form=form,
+            media=[str(value) for value in post.getall("MediaUrl", [])],
+            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            auth=_basic_auth(request.headers.get("Authorization")),
+        )
+        self.requests.append(recorded)
+
+        if recorded.auth != (self.account_sid, self.auth_token):
+            return _error(
+                401,
+                20003,
+                "Authenticate",
+                detail="Your AccountSid or AuthToken was incorrect.",
+                headers={"WWW-Authenticate": 'Basic realm="Twilio API"'},
+            )
+        if request.match_info["account_sid"] != self.account_sid:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+
+        if self._script:
+            reply = self._script.popleft()
+            if reply.delay:
+                await self._sleep(reply.delay)
+            if not 200 <= reply.status < 300:
+                code = reply.code if reply.code is not None else reply.status
+                message = reply.message or HTTPStatus(reply.status).phrase
+                return _error(reply.status, code, message, headers=reply.headers)
+
+        if rejection := self._validate(recorded):
+            return rejection
+        return await self._accept(recorded)
+
+    def _validate(self, recorded: TwilioRequest) -> web.Response | None:
+        form = recorded.form
+        to = form.get("To")
+        if not to:
+            return _error(400, 21604, "A 'To' phone number is required.")
+        if not _E164.match(to):
+            return _error(400, 21211, f"Invalid 'To' Phone Number: {to}")
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return _error(
+                400,
+                21603,
+                "A 'From' or 'MessagingServiceSid' parameter is required to send a message",
+            )
+        if not form.get("Body") and not recorded.media and not form.get("ContentSid"):
+            return _error(400, 21602, "Message body is required.")
+        if len(form.get("Body", "")) > self.max_body:
+            message = f"The concatenated message body exceeds the {self.max_body} character limit"
+            return _error(400, 21617, message)
+        return None
+
+    async def _accept(self, recorded: TwilioRequest) -> web.Response:
+        form = recorded.form
+        sid = "SM" + uuid.uuid4().hex
+        message = SentMessage(
+            sid=sid,
+            to=form["To"],
+            from_=form.get("From"),
+            body=form.get("Body"),
+            messaging_service_sid=form.get("MessagingServiceSid"),
+            status_callback=form.get("StatusCallback"),
+            media_url=list(recorded.media),
+            content_sid=form.get("ContentSid"),
+            at=time.monotonic(),
+        )
+        async with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+        return web.json_response(self._resource(message), status=201)
+
+    def _resource(self, message: SentMessage) -> dict[str, Any]:
+        """The Message resource JSON as Twilio answers a create (status "queued")."""
+        now = format_datetime(datetime.now(UTC))  # RFC 2822, e.g. "Fri, 13 Aug 2010 01:16:24 +0000"
+        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{message.sid}"
+        # A Messaging Service picks the sender later, so Twilio reports 0 segments at first.
+        segments = 0 if message.messaging_service_sid else _segments(message.body or "")
+        return {
+            "account_sid": self.account_sid,
+            "api_version": API_VERSION,
+            "body": message.body or "",
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": message.from_,
+            "messaging_service_sid": message.messaging_service_sid,
+            "num_media": str(len(message.media_url)),
+            "num_segments": str(segments),
+            "price": None,
+            "price_unit": "USD",
+            "sid": message.sid,
+            "status": "queued",
+            "subresource_uris": {"media": f"{uri}/Media.json", "feedback": f"{uri}/Feedback.json"},
+            "to": message.to,
+            "uri": f"{uri}.json",
+        }
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the server closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+
+# -- shapes ------------------------------------------------------------------------------------
+
+
+def _error(
+    status: int,
+    code: int,
+    message: str,
+    *,
+    detail: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Twilio's legacy error body: {"code","message","more_info","status"} (+"detail" on 401)."""
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    if detail is not None:
+        body["detail"] = detail
+    return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+def _basic_auth(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+def _segments(body: str) -> int:
+    """SMS segments: 160/153 GSM-7 characters, or 70/67 UCS-2 characters, per segment."""
+    if set(body) <= _GSM7:
+        single, multi, length = 160, 153, len(body)
+    else:  # UCS-2 counts UTF-16 code units: an emoji takes two
+        single, multi, length = 70, 67, len(body.encode("utf-16-le")) // 2
+    return 1 if length <= single else math.ceil(length / multi)
+
+
+def _new_sid(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex
+
+
+# -- inbound webhooks --------------------------------------------------------------------------
+
+
+def signed_form(
+    auth_token: str, url: str, params: Mapping[str, str]
+) -> tuple[bytes, dict[str, str]]:
+    """A form-encoded webhook body and its headers, signed as Twilio signs them.
+
+    `url` must be the full URL Twilio would call (scheme, host, path and query) because the
+    signature covers it.
+    """
+    signature = RequestValidator(auth_token).compute_signature(url, dict(params))
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": signature,
+        "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
+        "User-Agent": "TwilioProxy/1.1",
+    }
+    return urlencode(list(params.items())).encode(), headers
+
+
+def whatsapp_inbound(
+    *,
+    from_: str = "whatsapp:+15551234567",
+    to: str = "whatsapp:+14155238886",
+    body: str = "hello",
+    sid: str | None = None,
+    profile_name: str = "Ada",
+    media: list[tuple[str, str]] | None = None,  # (url, content type) pairs
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+) -> dict[str, str]:
+    """The form fields Twilio posts to the incoming-message webhook for a WhatsApp message."""
+    media = media or []
+    sid = sid or _new_sid("MM" if media else "SM")
+    wa_id = from_.removeprefix("whatsapp:").removeprefix("+")
+    fields = {
+        "SmsMessageSid": sid,
+        "NumMedia": str(len(media)),
+        "ProfileName": profile_name,
+        "MessageType": _message_type(media),
+        "SmsSid": sid,
+        "WaId": wa_id,
+        "SmsStatus": "received",
+        "Body": body,
+        "To": to,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": sid,
+        "AccountSid": account_sid,
+        "ChannelMetadata": json.dumps(
+            {"type": "whatsapp", "data": {"context": {"ProfileName": profile_name, "WaId": wa_id}}}
+        ),
+        "From": from_,
+        "ApiVersion": API_VERSION,
+    }
+    for index, (url, content_type) in enumerate(media):
+        fields[f"MediaContentType{index}"] = content_type
+        fields[f"MediaUrl{index}"] = url
+    return fields
+
+
+def _message_type(media: list[tuple[str, str]]) -> str:
+    if not media:
+        return "text"
+    kind = media[0][1].partition("/")[0]
+    return kind if kind in {"image", "video", "audio"} else "document"
+
+
+def whatsapp_status(
+    *,
+    sid: str,
+    status: str = "delivered",
+    error_code: str | None = None,
+    to: str = "whatsapp:+15551234567",
+    from_: str = "whatsapp:+14155238886",
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+) -> dict[str, str]:
+    """The form fields of a WhatsApp message's status callback (e.g. "failed" with "63016")."""
+    fields = {
+        "ChannelPrefix": "whatsapp",
+        "ApiVersion": API_VERSION,
+        "MessageStatus": status,
+        "SmsSid": sid,
+        "SmsStatus": status,
+        "ChannelInstallSid": "XE" + "0" * 32,
+        "To": to,
+        "From": from_,
+        "MessageSid": sid,
+        "StructuredMessage": "false",
+        "AccountSid": account_sid,
+        "ChannelToAddress": to.removeprefix("whatsapp:"),
+    }
+    if error_code is not None:
+        fields["ErrorCode"] = error_code
+    return fields
+
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_ACCOUNT_SID",
+    "DEFAULT_AUTH_TOKEN",
+    "MAX_BODY",
+    "FakeTwilio",
+    "SentMessage",
+    "TwilioReply",
+    "TwilioRequest",
+    "outside_window",
+    "server_error",
+    "signed_form",
+    "too_many_requests",
+    "whatsapp_inbound",
+    "whatsapp_status",
+]
