@@ -20,6 +20,7 @@ from bot.messages import InboundMessage, OutboundMessage, Turn
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
+TEXT_ONLY = "I can only read text for now. Please describe it in words."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +79,14 @@ class Agent:
             msg_id=last.platform_id,
             messages=len(batch),
         )
-        user = Turn(role="user", text="\n".join(m.text for m in batch), ts=self.clock())
+        text = "\n".join(m.text for m in batch if m.text.strip())
+        if not text:
+            self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
+            return TurnResult(reply=self._reply(last, TEXT_ONLY))
+        attachments = sum(len(m.media) for m in batch)
+        if attachments:
+            text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
+        user = Turn(role="user", text=text, ts=self.clock())
         history = await self.memory.load(conversation)
         try:
             async with asyncio.timeout(self.turn_timeout):

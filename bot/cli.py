@@ -21,7 +21,6 @@ from bot.errors import AllModelsFailed, BotError, ConfigError, ModelError
 from bot.llm.registry import ModelRegistry
 from bot.logs import Logger, make_logger
 from bot.settings import Settings
-from bot.web import make_web_app
 from channels.console import ConsoleChannel
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -142,8 +141,10 @@ async def serve(settings: Settings, config: Config, log: Logger, role: str) -> i
             runner: web.AppRunner | None = None
             worker: asyncio.Task[None] | None = None
             try:
+                for warning in app.warnings():
+                    log.warning("setup_warning", error=warning)
                 if role in ("all", "web"):
-                    runner = web.AppRunner(make_web_app(redis=app.redis.client), access_log=None)
+                    runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
                     await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
                 if role in ("all", "worker"):

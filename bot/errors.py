@@ -46,6 +46,10 @@ class BadPayload(BotError):
     """A webhook body could not be parsed into messages (HTTP 400)."""
 
 
+class ChannelNotConfigured(BotError):
+    """A channel's credentials are missing, so its webhook cannot be verified (HTTP 503)."""
+
+
 class StoreUnavailable(BotError):
     """Redis could not be reached or did not confirm a write; the platform should retry (503)."""
 

@@ -1,21 +1,43 @@
-"""The aiohttp application: health and readiness routes, and the error → HTTP status table."""
+"""The aiohttp application: channel webhooks, health and readiness, and the error → HTTP table.
+
+A webhook is answered only after intake stored its messages in Redis; errors map to the
+status a platform understands (403 bad signature, 400 bad payload, 503 retry later).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from bot.errors import BadPayload, BotError, StoreUnavailable, WebhookAuthError
+from bot.errors import (
+    BadPayload,
+    BotError,
+    ChannelNotConfigured,
+    StoreUnavailable,
+    WebhookAuthError,
+)
+from bot.logs import Logger
+from bot.messages import InboundMessage
+from channels.base import Channel, RawRequest, StatusReceiver
 
 REDIS_KEY = web.AppKey("redis", aioredis.Redis)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# One table maps the error tree to what a platform sees.
+# One table maps the error tree to what a platform sees; the first match wins.
 HTTP_STATUS: dict[type[BotError], int] = {
     WebhookAuthError: 403,
     BadPayload: 400,
+    ChannelNotConfigured: 503,
     StoreUnavailable: 503,
 }
+
+
+class Intake(Protocol):
+    async def accept(self, message: InboundMessage) -> bool: ...
 
 
 def status_for(exc: BotError) -> int:
@@ -41,10 +63,70 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "checks": {"redis": "ok"}})
 
 
-def make_web_app(*, redis: aioredis.Redis) -> web.Application:
+class WebhookRoutes:
+    """Turns webhook requests into stored messages for one process's channels."""
+
+    def __init__(self, *, intake: Intake, public_url: str | None, log: Logger) -> None:
+        self.intake = intake
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.log = log
+
+    def raw(self, request: web.Request, body: bytes) -> RawRequest:
+        """The request as the platform addressed it: BOT_PUBLIC_URL + path and query."""
+        url = f"{self.public_url}{request.path_qs}" if self.public_url else str(request.url)
+        return RawRequest(url=url, headers=request.headers, body=body)
+
+    def rejected(self, channel: str, exc: BotError) -> web.Response:
+        status = status_for(exc)
+        self.log.warning(
+            "message_rejected",
+            channel=channel,
+            status=status,
+            reason=type(exc).__name__,
+            error=str(exc),
+        )
+        return web.json_response({"error": str(exc)}, status=status)
+
+    def inbound(self, channel: Channel) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                for message in channel.parse(self.raw(request, await request.read())):
+                    await self.intake.accept(message)
+            except BotError as exc:
+                return self.rejected(channel.name, exc)
+            return web.Response(body=channel.ack.body, content_type=channel.ack.content_type)
+
+        return handle
+
+    def status(self, channel: StatusReceiver, name: str) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                channel.status(self.raw(request, await request.read()))
+            except BotError as exc:
+                return self.rejected(name, exc)
+            return web.Response(status=204)
+
+        return handle
+
+
+def make_web_app(
+    *,
+    redis: aioredis.Redis,
+    intake: Intake,
+    channels: Iterable[Channel] = (),
+    public_url: str | None = None,
+    log: Logger,
+) -> web.Application:
     """The HTTP surface of the gateway."""
-    web_app = web.Application()
-    web_app[REDIS_KEY] = redis
-    web_app.router.add_get("/healthz", healthz)
-    web_app.router.add_get("/readyz", readyz)
-    return web_app
+    app = web.Application()
+    app[REDIS_KEY] = redis
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    routes = WebhookRoutes(intake=intake, public_url=public_url, log=log)
+    for channel in channels:
+        app.router.add_post(f"/webhooks/{channel.name}", routes.inbound(channel))
+        if isinstance(channel, StatusReceiver):
+            app.router.add_post(
+                f"/webhooks/{channel.name}/status", routes.status(channel, channel.name)
+            )
+    return app

@@ -9,13 +9,14 @@ import time
 from typing import TextIO
 
 from bot.messages import InboundMessage, OutboundMessage
-from channels.base import RawRequest
+from channels.base import Ack, RawRequest
 
 
 class ConsoleChannel:
     """Messages typed by the local user, conversation `console:<user>`."""
 
     name = "console"
+    ack = Ack(content_type="text/plain", body=b"")
 
     def __init__(self, *, user: str | None = None, out: TextIO | None = None) -> None:
         self.user = user or getpass.getuser()

@@ -115,7 +115,7 @@ async def test_conversations_keep_order_and_run_one_turn_at_a_time(
         if event["event"] == "turn_started":
             assert event["conversation"] not in active, "two turns of one conversation at once"
             active.add(event["conversation"])
-        elif event["event"] in ("turn_finished", "turn_failed"):
+        elif event["event"] in ("turn_finished", "turn_failed", "turn_skipped"):
             active.discard(event["conversation"])
     remembered = [t.text for t in await app.memory.load(convs[0]) if t.role == "user"]
     assert "\n".join(remembered).split("\n") == [f"{convs[0]}#{m}" for m in range(5)]

@@ -1,0 +1,252 @@
+"""WhatsApp through Twilio: signed webhooks in, replies out through Twilio's Messages API.
+
+The only module that imports the twilio SDK. Webhooks are verified with twilio's
+RequestValidator over the public URL; replies go through its async client, in chunks
+within `textChunkLimit`, retrying 429 (honouring Retry-After) and 5xx with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+import aiohttp
+from multidict import MultiDict
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.rest import Client
+
+from bot.config import WhatsAppConfig
+from bot.errors import BadPayload, ChannelNotConfigured, ChannelSendError, WebhookAuthError
+from bot.messages import InboundMessage, OutboundMessage
+from bot.settings import Settings
+from channels.base import Ack, EventLog, RawRequest, split_text
+
+# Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>
+HINTS = {
+    63016: "outside WhatsApp's 24-hour window: the person must write first (or use a template)",
+    21617: "the body is over 1600 characters: lower channels.whatsapp.textChunkLimit",
+    21211: "the 'To' number is not a valid phone number",
+    21606: "TWILIO_WHATSAPP_FROM is not a WhatsApp sender of this account",
+    63007: "TWILIO_WHATSAPP_FROM is not a WhatsApp-enabled sender of this account",
+    20003: "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are wrong",
+    20429: "Twilio is rate limiting this account",
+}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 30.0
+# The headers of the Twilio response last seen in the current task: TwilioRestException
+# carries no headers, and Retry-After lives there. The SDK awaits straight through.
+last_headers: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("twiliolast_headers")
+
+
+class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """twilio's async HTTP client, sending Basic auth as a header and keeping response headers.
+
+    AsyncTwilioHttpClient passes `aiohttp.BasicAuth`, deprecated since aiohttp 3.14, so the
+    credentials go in the Authorization header instead.
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's HttpClient signature
+        allow_redirects: bool = False,
+    ) -> Response:
+        if auth is not None:
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
+        response: Response = await super().request(
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )
+        last_headers.set(dict(response.headers or {}))
+        return response
+
+
+def hint(code: int | None) -> str:
+    return HINTS.get(code or 0, "see https://www.twilio.com/docs/errors")
+
+
+class WhatsAppChannel:
+    """WhatsApp messages to and from one Twilio sender."""
+
+    name = "whatsapp"
+    ack = Ack(content_type="text/xml", body=b'<?xml version="1.0" encoding="UTF-8"?><Response/>')
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        config: WhatsAppConfig,
+        log: EventLog,
+        attempts: int = 4,
+        backoff_seconds: float = 0.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.sleep = sleep
+        token = settings.twilio_auth_token
+        self.validator = RequestValidator(token.get_secret_value()) if token else None
+        self.sender = settings.twilio_whatsapp_from
+        self.account_sid = settings.twilio_account_sid
+        self.http: TwilioHttpClient | None = None
+        self.client: Client | None = None
+        if self.account_sid and token:
+            self.http = TwilioHttpClient(timeout=15)
+            self.client = Client(self.account_sid, token.get_secret_value(), http_client=self.http)
+            self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+
+    def startup_warnings(self) -> list[str]:
+        """What an operator should fix before WhatsApp works safely."""
+        warnings = []
+        if not self.config.verify_signature:
+            warnings.append(
+                "channels.whatsapp.verifySignature is false: unsigned webhooks are accepted; "
+                "use this only for local experiments"
+            )
+        elif self.validator is None:
+            warnings.append("TWILIO_AUTH_TOKEN is not set: WhatsApp webhooks answer 503")
+        if self.client is None:
+            warnings.append("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: replies cannot be sent")
+        elif not (self.sender or self.config.messaging_service_sid):
+            warnings.append("TWILIO_WHATSAPP_FROM is not set: replies cannot be sent")
+        return warnings
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def verify(self, request: RawRequest) -> MultiDict[str]:
+        """The request's form fields, once its Twilio signature is proven."""
+        form = MultiDict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+        if not self.config.verify_signature:
+            return form
+        if self.validator is None:
+            raise ChannelNotConfigured(
+                "TWILIO_AUTH_TOKEN is not set: cannot verify WhatsApp webhooks"
+            )
+        signature = request.headers.get("X-Twilio-Signature", "")
+        algorithm = get_signature_algorithm(
+            request.headers.get("X-Twilio-Webhooks-Signature-Settings", "")
+        )
+        if not signature or not self.validator.validate(request.url, form, signature, algorithm):
+            raise WebhookAuthError(
+                "bad or missing X-Twilio-Signature (is BOT_PUBLIC_URL the URL Twilio calls?)"
+            )
+        return form
+
+    def parse(self, request: RawRequest) -> list[InboundMessage]:
+        """A verified inbound WhatsApp message as an InboundMessage."""
+        form = self.verify(request)
+        sender, sid = form.get("From", ""), form.get("MessageSid", "")
+        if not sender.startswith("whatsapp:+") or not sid:
+            raise BadPayload("not a WhatsApp message: From must be whatsapp:+E164, MessageSid set")
+        try:
+            count = int(form.get("NumMedia", "0") or 0)
+        except ValueError as exc:
+            raise BadPayload("NumMedia is not a number") from exc
+        media = tuple(form[f"MediaUrl{n}"] for n in range(count) if f"MediaUrl{n}" in form)
+        types = {f"type{n}": form.get(f"MediaContentType{n}", "") for n in range(count)}
+        return [
+            InboundMessage(
+                channel=self.name,
+                conversation=sender,
+                sender=sender,
+                text=form.get("Body", ""),
+                platform_id=sid,
+                ts=time.time(),
+                sender_name=form.get("ProfileName") or None,
+                media=media,
+                meta={k: v for k, v in types.items() if v} | {"to": form.get("To", "")},
+            )
+        ]
+
+    def status(self, request: RawRequest) -> None:
+        """Log a verified delivery status callback; failures with their code and a hint."""
+        form = self.verify(request)
+        status = form.get("MessageStatus", "")
+        code = int(form["ErrorCode"]) if form.get("ErrorCode", "").isdigit() else None
+        fields = {
+            "channel": self.name,
+            "conversation": form.get("To", ""),
+            "msg_id": form.get("MessageSid", ""),
+            "status": status,
+        }
+        if status in ("failed", "undelivered"):
+            self.log.warning("delivery_failed", **fields, code=code, error=hint(code))
+        else:
+            self.log.debug("delivery_status", **fields)
+
+    # -- outbound --------------------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage) -> None:
+        """Send the reply to the person, in order, one Messages request per chunk."""
+        if self.client is None:
+            raise ChannelSendError(
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to send", retryable=False
+            )
+        if not (self.sender or self.config.messaging_service_sid):
+            raise ChannelSendError("TWILIO_WHATSAPP_FROM is not set", retryable=False)
+        chunks = split_text(message.text, self.config.text_chunk_limit)
+        for n, chunk in enumerate(chunks, 1):
+            await self._send_chunk(message.conversation, chunk, part=f"{n}/{len(chunks)}")
+
+    async def _send_chunk(self, to: str, body: str, *, part: str) -> None:
+        assert self.client is not None
+        origin: dict[str, str] = (
+            {"messaging_service_sid": self.config.messaging_service_sid}
+            if self.config.messaging_service_sid
+            else {"from_": self.sender or ""}
+        )
+        for attempt in range(1, self.attempts + 1):
+            last_headers.set({})
+            try:
+                await self.client.messages.create_async(to=to, body=body, **origin)
+                return
+            except TwilioRestException as exc:
+                retryable = exc.status in RETRY_STATUSES
+                error = f"Twilio {exc.status} error {exc.code}: {hint(exc.code)}"
+                if not retryable or attempt == self.attempts:
+                    raise ChannelSendError(error, retryable=retryable) from exc
+                delay = self._retry_after() or self.backoff_seconds * 2 ** (attempt - 1)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"cannot reach Twilio: {type(exc).__name__}"
+                if attempt == self.attempts:
+                    raise ChannelSendError(error, retryable=True) from exc
+                delay = self.backoff_seconds * 2 ** (attempt - 1)
+            self.log.warning(
+                "send_retry",
+                channel=self.name,
+                conversation=to,
+                part=part,
+                error=error,
+                ms=delay * 1000,
+            )
+            await self.sleep(delay)
+
+    @staticmethod
+    def _retry_after() -> float | None:
+        value = last_headers.get({}).get("Retry-After")
+        try:
+            return min(float(value), MAX_RETRY_AFTER) if value is not None else None
+        except ValueError:
+            return None
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()

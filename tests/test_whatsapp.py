@@ -1,0 +1,262 @@
+"""WhatsApp through Twilio end to end: signed webhooks → Redis → worker → Twilio's Messages API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import test_utils
+
+from bot.app import App, open_app
+from bot.config import parse_config
+from bot.settings import Settings
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.twilio_server import (
+    FakeTwilio,
+    signed_form,
+    too_many_requests,
+    whatsapp_inbound,
+    whatsapp_status,
+)
+from tests.helpers import eventually, gateway_config_text
+
+PUBLIC = "https://bot.example.com"
+HOOK = f"{PUBLIC}/webhooks/whatsapp"
+SENDER = "whatsapp:+14155238886"
+PERSON = "whatsapp:+15551234567"
+
+
+@dataclass
+class Gateway:
+    app: App
+    http: test_utils.TestClient[aiohttp.web.Request, aiohttp.web.Application]
+    twilio: FakeTwilio
+    model: FakeOpenAI
+    events: CapturedEvents
+
+    async def post(
+        self, fields: dict[str, str], *, url: str = HOOK, token: str | None = None, path: str = ""
+    ) -> aiohttp.ClientResponse:
+        body, headers = signed_form(token or self.twilio.auth_token, url + path, fields)
+        return await self.http.post("/webhooks/whatsapp" + path, data=body, headers=headers)
+
+
+async def open_gateway(
+    tmp_path: Path,
+    redis_url: str,
+    events: CapturedEvents,
+    twilio: FakeTwilio,
+    model: FakeOpenAI,
+    *,
+    channel_config: str = "",
+    public_url: str | None = PUBLIC,
+    auth_token: str | None = "use-fake",
+) -> AsyncIterator[Gateway]:
+    settings = Settings(
+        redis_url=redis_url,
+        bot_data_dir=str(tmp_path),
+        bot_public_url=public_url,
+        twilio_account_sid=twilio.account_sid,
+        twilio_auth_token=twilio.auth_token if auth_token == "use-fake" else auth_token,
+        twilio_whatsapp_from=SENDER,
+        twilio_api_base_url=twilio.base_url,
+        _env_file=None,
+    )  # type: ignore[call-arg]
+    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+    text += f"channels: {{ whatsapp: {{ {channel_config} }} }} }}"
+    config = parse_config(text, source="test.json5", env={})
+    async with open_app(settings, config, events.log) as app:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(app.worker().run(stop))
+        server = test_utils.TestServer(app.web_app())
+        async with test_utils.TestClient(server) as http:
+            yield Gateway(app=app, http=http, twilio=twilio, model=model, events=events)
+        stop.set()
+        await worker
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    events: CapturedEvents,
+    twilio: FakeTwilio,
+    model: FakeOpenAI,
+) -> AsyncIterator[Gateway]:
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model):
+        yield gw
+
+
+async def test_signed_message_is_acked_fast_and_answered_once(gateway: Gateway) -> None:
+    """The ack (empty TwiML) does not wait for a slow model; then one reply, final text only."""
+    gateway.model.script(Reply(text="Hi Ada!", reasoning="PRIVATE-REASONING", delay=3))
+    response = await gateway.post(whatsapp_inbound(body="hello"))
+    assert response.status == 200
+    assert response.content_type == "text/xml"
+    assert (await response.text()).endswith("<Response/>")
+    assert gateway.twilio.messages == []  # acked while the model is still thinking
+    [sent] = await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    assert (sent.to, sent.from_, sent.body) == (PERSON, SENDER, "Hi Ada!")
+    await asyncio.sleep(0.2)  # room for a wrong second message to show up
+    assert len(gateway.twilio.messages) == 1
+    assert all(
+        "PRIVATE-REASONING" not in (r.form.get("Body") or "") for r in gateway.twilio.requests
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "url"),
+    [("wrong-token", HOOK), (None, "https://proxy.internal:8443/webhooks/whatsapp")],
+    ids=["wrong-signature", "signed-for-another-url"],
+)
+async def test_badly_signed_webhooks_get_403_and_change_nothing(
+    gateway: Gateway, redis_client: aioredis.Redis, token: str | None, url: str
+) -> None:
+    """A wrong signature, or one made for another URL, gets 403: nothing stored, no model call."""
+    response = await gateway.post(whatsapp_inbound(), token=token, url=url)
+    assert response.status == 403
+    assert await redis_client.keys("conv:*") == []
+    assert gateway.model.requests == []
+    [rejected] = gateway.events.events("message_rejected")
+    assert rejected["status"] == 403
+
+
+async def test_unsigned_webhook_gets_403(gateway: Gateway) -> None:
+    """A request with no X-Twilio-Signature at all is refused."""
+    response = await gateway.http.post("/webhooks/whatsapp", data=whatsapp_inbound())
+    assert response.status == 403
+
+
+async def test_signature_follows_bot_public_url(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Behind a proxy, a request signed for the proxy's URL passes if BOT_PUBLIC_URL is that URL."""
+    proxy = "https://proxy.internal:8443"
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, public_url=proxy):
+        response = await gw.post(whatsapp_inbound(), url=f"{proxy}/webhooks/whatsapp")
+        assert response.status == 200
+
+
+async def test_without_auth_token_the_route_answers_503(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """No TWILIO_AUTH_TOKEN: webhooks get 503 with the reason, and nothing is stored."""
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, auth_token=None):
+        response = await gw.post(whatsapp_inbound())
+        assert response.status == 503
+        assert "TWILIO_AUTH_TOKEN" in (await response.json())["error"]
+        assert await redis_client.keys("conv:*") == []
+        assert any("TWILIO_AUTH_TOKEN" in w for w in gw.app.warnings())
+
+
+async def test_verify_signature_false_accepts_unsigned_with_a_warning(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Only an explicit verifySignature: false lets unsigned requests in, and it is warned about."""
+    config = "verifySignature: false"
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
+        response = await gw.http.post("/webhooks/whatsapp", data=whatsapp_inbound())
+        assert response.status == 200
+        assert any("verifySignature is false" in w for w in gw.app.warnings())
+
+
+async def test_duplicate_message_sid_gets_one_reply(gateway: Gateway) -> None:
+    """Twilio retrying the same MessageSid is acked each time and answered once."""
+    fields = whatsapp_inbound(body="once please")
+    for _ in range(3):
+        assert (await gateway.post(fields)).status == 200
+    await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    await asyncio.sleep(0.3)
+    assert len(gateway.twilio.messages) == 1
+    assert len(gateway.model.requests_to("/responses")) == 1
+
+
+async def test_long_reply_goes_out_in_ordered_chunks(gateway: Gateway) -> None:
+    """A 5,000-character reply arrives as ordered messages of at most 1600 characters."""
+    paragraphs = [f"Paragraph {n}: " + "word " * 90 for n in range(11)]
+    text = "\n\n".join(paragraphs)
+    assert len(text) > 5000
+    gateway.model.script(Reply(text=text))
+    await gateway.post(whatsapp_inbound(body="tell me a lot"))
+    await eventually(lambda: sum(len(m.body or "") for m in gateway.twilio.messages) >= 4900)
+    bodies = [m.body or "" for m in gateway.twilio.messages]
+    assert all(len(b) <= 1600 for b in bodies)
+    assert " ".join(bodies).split() == text.split()
+
+
+async def test_rate_limited_send_is_retried_after_retry_after(gateway: Gateway) -> None:
+    """A 429 from Twilio is retried after its Retry-After, and the reply then goes out."""
+    gateway.twilio.script(too_many_requests(retry_after=0.2))
+    await gateway.post(whatsapp_inbound())
+    await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    posts = [r for r in gateway.twilio.requests if r.method == "POST"]
+    assert len(posts) == 2
+    [retry] = gateway.events.events("send_retry")
+    assert retry["ms"] == 200
+
+
+async def test_too_long_body_is_not_retried_and_is_logged_with_a_hint(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Twilio's 21617 is a 4xx: no retry, one send_failed event naming the fix."""
+    config = "textChunkLimit: 3000"
+    model.script(Reply(text="x " * 1200))
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
+        await gw.post(whatsapp_inbound())
+        await eventually(lambda: bool(events.events("send_failed")))
+    [failed] = events.events("send_failed")
+    assert "21617" in failed["error"]
+    assert "textChunkLimit" in failed["error"]
+    assert failed["retryable"] is False
+    assert len([r for r in twilio.requests if r.method == "POST"]) == 1
+
+
+async def test_media_without_text_gets_a_text_only_notice(gateway: Gateway) -> None:
+    """A picture with no caption gets a short notice and never reaches a model."""
+    media = [("https://api.twilio.com/2010-04-01/Accounts/AC/Messages/MM/Media/ME", "image/jpeg")]
+    await gateway.post(whatsapp_inbound(body="", media=media))
+    [sent] = await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    assert "only read text" in (sent.body or "")
+    assert gateway.model.requests == []
+
+
+async def test_status_callbacks_are_verified_and_failures_logged(gateway: Gateway) -> None:
+    """A signed status callback is accepted; a failed delivery is logged with its code and hint."""
+    fields = whatsapp_status(sid="SM" + "1" * 32, status="failed", error_code="63016")
+    response = await gateway.post(fields, path="/status")
+    assert response.status == 204
+    [failed] = gateway.events.events("delivery_failed")
+    assert failed["code"] == 63016
+    assert "24-hour" in failed["error"]
+    unsigned = await gateway.http.post("/webhooks/whatsapp/status", data=fields)
+    assert unsigned.status == 403
+
+
+async def test_malformed_form_gets_400(gateway: Gateway, redis_client: aioredis.Redis) -> None:
+    """A signed request that is not a WhatsApp message gets 400 and stores nothing."""
+    response = await gateway.post({"From": "+15551234567", "Body": "sms, not whatsapp"})
+    assert response.status == 400
+    assert await redis_client.keys("conv:*") == []
