@@ -30,8 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	@if ls bench/*.py >/dev/null 2>&1; then for b in bench/*.py; do $(BIN)/python $$b; done; \
-	else echo "no benchmarks yet"; fi
+	$(BIN)/python -m bench.scaleout
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage *.egg-info
