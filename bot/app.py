@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 
 from bot.agent import Agent
@@ -16,10 +17,13 @@ from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.logs import Logger
 from bot.memory import RedisMemory
+from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
 from bot.web import make_web_app
 from bot.worker import Worker
+from channels.base import Channel
+from channels.telegram import TelegramChannel
 from channels.whatsapp import WhatsAppChannel
 
 
@@ -37,11 +41,20 @@ class App:
     agent: Agent
     intake: RedisIntake
     whatsapp: WhatsAppChannel | None
+    telegram: TelegramChannel | None
 
     @property
-    def channels(self) -> dict[str, WhatsAppChannel]:
-        """The webhook channels enabled in the config, by name."""
-        return {c.name: c for c in (self.whatsapp,) if c is not None}
+    def senders(self) -> dict[str, Channel]:
+        """Every channel this process can reply on, by name."""
+        return {c.name: c for c in (self.whatsapp, self.telegram) if c is not None}
+
+    @property
+    def webhook_channels(self) -> list[Channel]:
+        """The channels whose webhooks this process serves (Telegram only in webhook mode)."""
+        telegram = (
+            self.telegram if self.telegram and self.telegram.config.mode == "webhook" else None
+        )
+        return [c for c in (self.whatsapp, telegram) if c is not None]
 
     def worker(self) -> Worker:
         """A turn runner for this process, configured from agents.defaults."""
@@ -50,7 +63,7 @@ class App:
             redis=self.redis.client,
             agent=self.agent,
             memory=self.memory,
-            senders=self.channels,
+            senders=self.senders,
             log=self.log,
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
@@ -62,15 +75,27 @@ class App:
         return make_web_app(
             redis=self.redis.client,
             intake=self.intake,
-            channels=self.channels.values(),
+            channels=self.webhook_channels,
             public_url=self.settings.bot_public_url,
             log=self.log,
         )
 
+    def poller(self) -> Poller | None:
+        """The Telegram long-poller, when channels.telegram.mode is polling."""
+        if self.telegram is None or self.telegram.config.mode != "polling":
+            return None
+        return Poller(
+            redis=self.redis.client, intake=self.intake, source=self.telegram, log=self.log
+        )
+
+    def problems(self) -> list[str]:
+        """Set-up errors that stop the web role from starting."""
+        return self.telegram.startup_problems() if self.telegram else []
+
     def warnings(self) -> list[str]:
         """Set-up problems an operator should see at every start."""
-        found = [w for c in self.channels.values() for w in c.startup_warnings()]
-        if self.channels and not self.settings.bot_public_url:
+        found = [w for c in (self.whatsapp, self.telegram) if c for w in c.startup_warnings()]
+        if self.webhook_channels and not self.settings.bot_public_url:
             found.append(
                 "BOT_PUBLIC_URL is not set: webhook signatures are checked against the "
                 "socket address, which fails behind a proxy or tunnel"
@@ -80,13 +105,24 @@ class App:
 
 @contextlib.asynccontextmanager
 async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIterator[App]:
-    """Connect Redis, build providers, channels and the agent; close everything on exit."""
+    """Connect Redis, build providers, channels and the agent; close everything on exit.
+
+    A channel is built when it is enabled and its credentials are in the environment.
+    """
     registry = ModelRegistry(config)
     async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
         providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, connect=10))
+        channels = config.channels
         whatsapp = (
-            WhatsAppChannel(settings=settings, config=config.channels.whatsapp, log=log)
-            if config.channels.whatsapp.enabled
+            WhatsAppChannel(settings=settings, config=channels.whatsapp, log=log)
+            if channels.whatsapp.enabled
+            and (settings.twilio_account_sid or settings.twilio_auth_token)
+            else None
+        )
+        telegram = (
+            TelegramChannel(settings=settings, config=channels.telegram, http=http, log=log)
+            if channels.telegram.enabled and settings.telegram_bot_token
             else None
         )
         try:
@@ -113,9 +149,11 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
                 agent=agent,
                 intake=RedisIntake(redis.client, log=log),
                 whatsapp=whatsapp,
+                telegram=telegram,
             )
         finally:
             if whatsapp is not None:
                 await whatsapp.close()
+            await http.close()
             for provider in providers.values():
                 await provider.close()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from dotenv import dotenv_values
 from pydantic import ValidationError
@@ -17,11 +18,12 @@ from pydantic import ValidationError
 from bot import __version__
 from bot.app import App, open_app
 from bot.config import Config, load_config
-from bot.errors import AllModelsFailed, BotError, ConfigError, ModelError
+from bot.errors import AllModelsFailed, BotError, ChannelSendError, ConfigError, ModelError
 from bot.llm.registry import ModelRegistry
 from bot.logs import Logger, make_logger
 from bot.settings import Settings
 from channels.console import ConsoleChannel
+from channels.telegram import ALLOWED_UPDATES, TelegramChannel
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -49,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", help="conversation name (default: your login): console:<user>")
     chat.add_argument("-v", "--verbose", action="store_true", help="show every event on stderr")
 
+    telegram = commands.add_parser("telegram", help="manage the Telegram bot's webhook")
+    telegram_commands = telegram.add_subparsers(
+        dest="telegram_command", required=True, metavar="ACTION"
+    )
+    telegram_commands.add_parser(
+        "set-webhook",
+        help="point Telegram at BOT_PUBLIC_URL/webhooks/telegram with TELEGRAM_WEBHOOK_SECRET",
+    )
+    telegram_commands.add_parser("delete-webhook", help="remove the webhook (polling mode)")
+    telegram_commands.add_parser("info", help="show the bot (getMe) and its webhook status")
+
     config = commands.add_parser("config", help="inspect the gateway config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_commands.add_parser("check", help="validate a config and print its model chain")
@@ -67,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_check(settings, args.file)
     try:
         config = load_settings_config(settings)
+        if args.command == "telegram":
+            return asyncio.run(telegram_admin(settings, config, args.telegram_command))
     except ConfigError as exc:
         print(f"bot: the config cannot be used:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -136,34 +151,43 @@ async def serve(settings: Settings, config: Config, log: Logger, role: str) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    web_role, worker_role = role in ("all", "web"), role in ("all", "worker")
     try:
         async with open_app(settings, config, log) as app:
+            if web_role and (problems := app.problems()):
+                for problem in problems:
+                    log.error("setup_error", error=problem)
+                return EXIT_CONFIG
+            for warning in app.warnings():
+                log.warning("setup_warning", error=warning)
+            tasks: list[asyncio.Task[None]] = []
             runner: web.AppRunner | None = None
-            worker: asyncio.Task[None] | None = None
             try:
-                for warning in app.warnings():
-                    log.warning("setup_warning", error=warning)
-                if role in ("all", "web"):
+                if web_role:
+                    if app.telegram is not None:
+                        await identify_telegram(app.telegram, log)
                     runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
                     await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
-                if role in ("all", "worker"):
-                    worker = asyncio.create_task(app.worker().run(stop))
+                    if (poller := app.poller()) is not None:
+                        tasks.append(asyncio.create_task(poller.run(stop)))
+                if worker_role:
+                    tasks.append(asyncio.create_task(app.worker().run(stop)))
                 listening = {"url": f"http://{settings.bot_host}:{settings.bot_port}"}
                 log.info(
                     "server_started",
                     role=role,
                     redis=app.redis.where,
+                    channels=sorted(app.senders),
                     **(listening if runner else {}),
                 )
                 await stop.wait()
                 log.info("server_stopping", role=role)
             finally:
+                stop.set()
                 if runner is not None:
                     await runner.cleanup()
-                if worker is not None:
-                    stop.set()
-                    await worker
+                await asyncio.gather(*tasks)
     except BotError as exc:
         log.error("server_failed", error=str(exc))
         return EXIT_FAILED
@@ -171,6 +195,74 @@ async def serve(settings: Settings, config: Config, log: Logger, role: str) -> i
         log.error("server_failed", error=f"cannot listen: {exc}")
         return EXIT_FAILED
     log.info("server_stopped", role=role)
+    return EXIT_OK
+
+
+async def identify_telegram(telegram: TelegramChannel, log: Logger) -> None:
+    """Learn the bot's @username (getMe): group messages are answered only when it is used."""
+    try:
+        me = await telegram.bot_user()
+    except ChannelSendError as exc:
+        log.warning(
+            "setup_warning",
+            channel="telegram",
+            error=f"getMe failed ({exc}): group mentions cannot be recognised until a restart",
+        )
+        return
+    log.info("telegram_identified", channel="telegram", username=me.get("username"))
+
+
+async def telegram_admin(settings: Settings, config: Config, action: str) -> int:
+    """`bot telegram set-webhook|delete-webhook|info` against the Bot API."""
+    if settings.telegram_bot_token is None:
+        print("bot: TELEGRAM_BOT_TOKEN is not set (BotFather gives it)", file=sys.stderr)
+        return EXIT_CONFIG
+    log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
+    async with aiohttp.ClientSession() as http:
+        telegram = TelegramChannel(
+            settings=settings, config=config.channels.telegram, http=http, log=log, attempts=2
+        )
+        try:
+            if action == "set-webhook":
+                return await set_webhook(settings, telegram)
+            if action == "delete-webhook":
+                await telegram.call("deleteWebhook", drop_pending_updates=False)
+                print("webhook deleted: updates now wait for polling (channels.telegram.mode)")
+                return EXIT_OK
+            me = await telegram.bot_user()
+            hook = await telegram.call("getWebhookInfo")
+        except ChannelSendError as exc:
+            print(f"bot: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"bot: @{me.get('username')} (id {me.get('id')}, {me.get('first_name')})")
+    print(
+        f"groups: can join {me.get('can_join_groups')}, "
+        f"reads all messages {me.get('can_read_all_group_messages')} (privacy mode off)"
+    )
+    print(
+        f"webhook: {hook.get('url') or '(none: polling)'}; "
+        f"pending updates {hook.get('pending_update_count', 0)}"
+    )
+    if hook.get("last_error_message"):
+        print(f"last webhook error: {hook['last_error_message']}")
+    return EXIT_OK
+
+
+async def set_webhook(settings: Settings, telegram: TelegramChannel) -> int:
+    if not settings.bot_public_url or not settings.telegram_webhook_secret:
+        print(
+            "bot: set BOT_PUBLIC_URL (the https URL Telegram calls) and TELEGRAM_WEBHOOK_SECRET",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    url = f"{settings.bot_public_url.rstrip('/')}/webhooks/telegram"
+    await telegram.call(
+        "setWebhook",
+        url=url,
+        secret_token=settings.telegram_webhook_secret.get_secret_value(),
+        allowed_updates=ALLOWED_UPDATES,
+    )
+    print(f"webhook set: {url}")
     return EXIT_OK
 
 

@@ -42,6 +42,10 @@ class WebhookAuthError(BotError):
     """A webhook failed its signature or secret check (HTTP 403/401)."""
 
 
+class WebhookSecretError(WebhookAuthError):
+    """A webhook's shared secret was wrong or missing (HTTP 401, as Telegram expects)."""
+
+
 class BadPayload(BotError):
     """A webhook body could not be parsed into messages (HTTP 400)."""
 

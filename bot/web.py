@@ -19,6 +19,7 @@ from bot.errors import (
     ChannelNotConfigured,
     StoreUnavailable,
     WebhookAuthError,
+    WebhookSecretError,
 )
 from bot.logs import Logger
 from bot.messages import InboundMessage
@@ -29,6 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # One table maps the error tree to what a platform sees; the first match wins.
 HTTP_STATUS: dict[type[BotError], int] = {
+    WebhookSecretError: 401,
     WebhookAuthError: 403,
     BadPayload: 400,
     ChannelNotConfigured: 503,

@@ -12,13 +12,14 @@ for a lease period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -88,6 +89,16 @@ class ReplySender(Protocol):
     """Anything that can deliver a reply on one channel (a channel adapter)."""
 
     async def send(self, message: OutboundMessage) -> None: ...
+
+
+@runtime_checkable
+class TypingIndicator(Protocol):
+    """A channel that can show "typing…" while a turn runs."""
+
+    async def typing(self, conversation: str) -> None: ...
+
+
+TYPING_EVERY = 4.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,7 +288,8 @@ class Worker:
             )
         reply = batch.reply
         if batch.state == "pending":
-            result = await self.agent.run_turn(batch.messages)
+            async with self._typing(batch.messages[-1]):
+                result = await self.agent.run_turn(batch.messages)
             if not await self._commit_turn(conversation, token, batch, result):
                 return False
             reply = result.reply
@@ -289,6 +301,32 @@ class Worker:
                 return False
             await self._deliver(reply)
         return bool(await self._finish(keys=fence, args=[token, batch.id]))
+
+    @contextlib.asynccontextmanager
+    async def _typing(self, message: InboundMessage) -> AsyncIterator[None]:
+        """Keep the person's "typing…" indicator on while the turn runs, where there is one."""
+        sender = self.senders.get(message.channel)
+        if not isinstance(sender, TypingIndicator):
+            yield
+            return
+
+        async def keep_typing() -> None:
+            while True:
+                try:
+                    await sender.typing(message.conversation)
+                except ChannelSendError as exc:
+                    self.log.debug(
+                        "typing_failed", conversation=message.conversation, error=str(exc)
+                    )
+                await asyncio.sleep(TYPING_EVERY)
+
+        task = asyncio.create_task(keep_typing())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _commit_turn(
         self, conversation: str, token: str, batch: Batch, result: TurnResult

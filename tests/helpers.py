@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import aiohttp
+from aiohttp import test_utils
+
+from bot.app import App, open_app
 from bot.config import Config, parse_config
+from bot.logs import Logger
 from bot.messages import InboundMessage
+from bot.settings import Settings
 
 
 def provider_block(base_url: str, api: str = "openai-responses", model: str = "local-model") -> str:
@@ -78,3 +88,45 @@ async def eventually(condition: Callable[[], bool], within: float = 20) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - polling a condition with a deadline, by design
             await asyncio.sleep(0.01)
+
+
+@dataclass
+class Gateway:
+    """A running gateway (web routes in a test client, a worker) for end-to-end tests."""
+
+    app: App
+    http: test_utils.TestClient[aiohttp.web.Request, aiohttp.web.Application]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    *,
+    model_url: str,
+    redis_url: str,
+    data_dir: Path,
+    log: Logger,
+    channels: str = "",
+    poller: bool = False,
+    **settings: Any,
+) -> AsyncIterator[Gateway]:
+    """Serve the gateway's web app and run a worker (and the poller, if asked) until exit.
+
+    `channels` is the JSON5 body of the config's `channels` section; `settings` are Settings
+    fields (secrets, base URLs of fake platforms).
+    """
+    text = gateway_config_text(model_url).rstrip().rstrip("}") + f"channels: {{ {channels} }} }}"
+    config = parse_config(text, source="test.json5", env={})
+    env = Settings(redis_url=redis_url, bot_data_dir=str(data_dir), _env_file=None, **settings)  # type: ignore[call-arg]
+    async with open_app(env, config, log) as app:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(app.worker().run(stop))]
+        if poller and (polling := app.poller()) is not None:
+            tasks.append(asyncio.create_task(polling.run(stop)))
+        if app.telegram is not None:
+            await app.telegram.bot_user()
+        async with test_utils.TestClient(test_utils.TestServer(app.web_app())) as http:
+            try:
+                yield Gateway(app=app, http=http)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)

@@ -12,9 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
-from bot.app import App, open_app
-from bot.config import parse_config
-from bot.settings import Settings
+from bot.app import App
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import (
@@ -24,7 +22,7 @@ from tests.fakes.twilio_server import (
     whatsapp_inbound,
     whatsapp_status,
 )
-from tests.helpers import eventually, gateway_config_text
+from tests.helpers import eventually, running_gateway
 
 PUBLIC = "https://bot.example.com"
 HOOK = f"{PUBLIC}/webhooks/whatsapp"
@@ -33,7 +31,7 @@ PERSON = "whatsapp:+15551234567"
 
 
 @dataclass
-class Gateway:
+class WhatsAppGateway:
     app: App
     http: test_utils.TestClient[aiohttp.web.Request, aiohttp.web.Application]
     twilio: FakeTwilio
@@ -57,28 +55,20 @@ async def open_gateway(
     channel_config: str = "",
     public_url: str | None = PUBLIC,
     auth_token: str | None = "use-fake",
-) -> AsyncIterator[Gateway]:
-    settings = Settings(
+) -> AsyncIterator[WhatsAppGateway]:
+    async with running_gateway(
+        model_url=model.base_url,
         redis_url=redis_url,
-        bot_data_dir=str(tmp_path),
+        data_dir=tmp_path,
+        log=events.log,
+        channels=f"whatsapp: {{ {channel_config} }}",
         bot_public_url=public_url,
         twilio_account_sid=twilio.account_sid,
         twilio_auth_token=twilio.auth_token if auth_token == "use-fake" else auth_token,
         twilio_whatsapp_from=SENDER,
         twilio_api_base_url=twilio.base_url,
-        _env_file=None,
-    )  # type: ignore[call-arg]
-    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
-    text += f"channels: {{ whatsapp: {{ {channel_config} }} }} }}"
-    config = parse_config(text, source="test.json5", env={})
-    async with open_app(settings, config, events.log) as app:
-        stop = asyncio.Event()
-        worker = asyncio.create_task(app.worker().run(stop))
-        server = test_utils.TestServer(app.web_app())
-        async with test_utils.TestClient(server) as http:
-            yield Gateway(app=app, http=http, twilio=twilio, model=model, events=events)
-        stop.set()
-        await worker
+    ) as gw:
+        yield WhatsAppGateway(app=gw.app, http=gw.http, twilio=twilio, model=model, events=events)
 
 
 @pytest.fixture
@@ -101,12 +91,12 @@ async def gateway(
     events: CapturedEvents,
     twilio: FakeTwilio,
     model: FakeOpenAI,
-) -> AsyncIterator[Gateway]:
+) -> AsyncIterator[WhatsAppGateway]:
     async for gw in open_gateway(tmp_path, redis_url, events, twilio, model):
         yield gw
 
 
-async def test_signed_message_is_acked_fast_and_answered_once(gateway: Gateway) -> None:
+async def test_signed_message_is_acked_fast_and_answered_once(gateway: WhatsAppGateway) -> None:
     """The ack (empty TwiML) does not wait for a slow model; then one reply, final text only."""
     gateway.model.script(Reply(text="Hi Ada!", reasoning="PRIVATE-REASONING", delay=3))
     response = await gateway.post(whatsapp_inbound(body="hello"))
@@ -129,7 +119,7 @@ async def test_signed_message_is_acked_fast_and_answered_once(gateway: Gateway) 
     ids=["wrong-signature", "signed-for-another-url"],
 )
 async def test_badly_signed_webhooks_get_403_and_change_nothing(
-    gateway: Gateway, redis_client: aioredis.Redis, token: str | None, url: str
+    gateway: WhatsAppGateway, redis_client: aioredis.Redis, token: str | None, url: str
 ) -> None:
     """A wrong signature, or one made for another URL, gets 403: nothing stored, no model call."""
     response = await gateway.post(whatsapp_inbound(), token=token, url=url)
@@ -140,7 +130,7 @@ async def test_badly_signed_webhooks_get_403_and_change_nothing(
     assert rejected["status"] == 403
 
 
-async def test_unsigned_webhook_gets_403(gateway: Gateway) -> None:
+async def test_unsigned_webhook_gets_403(gateway: WhatsAppGateway) -> None:
     """A request with no X-Twilio-Signature at all is refused."""
     response = await gateway.http.post("/webhooks/whatsapp", data=whatsapp_inbound())
     assert response.status == 403
@@ -182,7 +172,7 @@ async def test_verify_signature_false_accepts_unsigned_with_a_warning(
         assert any("verifySignature is false" in w for w in gw.app.warnings())
 
 
-async def test_duplicate_message_sid_gets_one_reply(gateway: Gateway) -> None:
+async def test_duplicate_message_sid_gets_one_reply(gateway: WhatsAppGateway) -> None:
     """Twilio retrying the same MessageSid is acked each time and answered once."""
     fields = whatsapp_inbound(body="once please")
     for _ in range(3):
@@ -193,7 +183,7 @@ async def test_duplicate_message_sid_gets_one_reply(gateway: Gateway) -> None:
     assert len(gateway.model.requests_to("/responses")) == 1
 
 
-async def test_long_reply_goes_out_in_ordered_chunks(gateway: Gateway) -> None:
+async def test_long_reply_goes_out_in_ordered_chunks(gateway: WhatsAppGateway) -> None:
     """A 5,000-character reply arrives as ordered messages of at most 1600 characters."""
     paragraphs = [f"Paragraph {n}: " + "word " * 90 for n in range(11)]
     text = "\n\n".join(paragraphs)
@@ -206,7 +196,7 @@ async def test_long_reply_goes_out_in_ordered_chunks(gateway: Gateway) -> None:
     assert " ".join(bodies).split() == text.split()
 
 
-async def test_rate_limited_send_is_retried_after_retry_after(gateway: Gateway) -> None:
+async def test_rate_limited_send_is_retried_after_retry_after(gateway: WhatsAppGateway) -> None:
     """A 429 from Twilio is retried after its Retry-After, and the reply then goes out."""
     gateway.twilio.script(too_many_requests(retry_after=0.2))
     await gateway.post(whatsapp_inbound())
@@ -234,7 +224,7 @@ async def test_too_long_body_is_not_retried_and_is_logged_with_a_hint(
     assert len([r for r in twilio.requests if r.method == "POST"]) == 1
 
 
-async def test_media_without_text_gets_a_text_only_notice(gateway: Gateway) -> None:
+async def test_media_without_text_gets_a_text_only_notice(gateway: WhatsAppGateway) -> None:
     """A picture with no caption gets a short notice and never reaches a model."""
     media = [("https://api.twilio.com/2010-04-01/Accounts/AC/Messages/MM/Media/ME", "image/jpeg")]
     await gateway.post(whatsapp_inbound(body="", media=media))
@@ -243,7 +233,7 @@ async def test_media_without_text_gets_a_text_only_notice(gateway: Gateway) -> N
     assert gateway.model.requests == []
 
 
-async def test_status_callbacks_are_verified_and_failures_logged(gateway: Gateway) -> None:
+async def test_status_callbacks_are_verified_and_failures_logged(gateway: WhatsAppGateway) -> None:
     """A signed status callback is accepted; a failed delivery is logged with its code and hint."""
     fields = whatsapp_status(sid="SM" + "1" * 32, status="failed", error_code="63016")
     response = await gateway.post(fields, path="/status")
@@ -255,7 +245,9 @@ async def test_status_callbacks_are_verified_and_failures_logged(gateway: Gatewa
     assert unsigned.status == 403
 
 
-async def test_malformed_form_gets_400(gateway: Gateway, redis_client: aioredis.Redis) -> None:
+async def test_malformed_form_gets_400(
+    gateway: WhatsAppGateway, redis_client: aioredis.Redis
+) -> None:
     """A signed request that is not a WhatsApp message gets 400 and stores nothing."""
     response = await gateway.post({"From": "+15551234567", "Body": "sms, not whatsapp"})
     assert response.status == 400

@@ -1,0 +1,232 @@
+"""Telegram through the Bot API (plain aiohttp): webhooks with a secret, long polling, replies.
+
+Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. Text of
+`message` and `edited_message` becomes InboundMessages (one conversation per chat; in groups
+only when the bot is mentioned or replied to, unless `requireMention: false`). Replies go out
+with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
+paced per chat, retrying 429 (after `retry_after`), 5xx and network errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from bot.config import TelegramConfig
+from bot.errors import (
+    BadPayload,
+    ChannelNotConfigured,
+    ChannelSendError,
+    WebhookSecretError,
+)
+from bot.messages import InboundMessage, OutboundMessage
+from bot.settings import Settings
+from channels.base import Ack, EventLog, RawRequest, split_text
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message", "edited_message"]
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 60.0
+
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units: how Telegram measures message text."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+class TelegramError(ChannelSendError):
+    """The Bot API answered `ok: false` (or could not be reached)."""
+
+    def __init__(self, message: str, *, retryable: bool, code: int | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
+
+
+class TelegramChannel:
+    """One Telegram bot: its webhooks, its updates and its replies."""
+
+    name = "telegram"
+    ack = Ack(content_type="application/json", body=b"{}")
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        config: TelegramConfig,
+        http: aiohttp.ClientSession,
+        log: EventLog,
+        attempts: int = 4,
+        backoff_seconds: float = 0.5,
+        pace_seconds: float = 1.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.http = http
+        self.log = log
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.pace_seconds = pace_seconds
+        self.sleep = sleep
+        token = settings.telegram_bot_token
+        self.token = token.get_secret_value() if token else None
+        secret = settings.telegram_webhook_secret
+        self.secret = secret.get_secret_value().encode() if secret else None
+        self.base_url = settings.telegram_api_base_url.rstrip("/")
+        self.public_url = settings.bot_public_url
+        self.me: dict[str, Any] | None = None
+        self._last_sent: dict[str, float] = {}
+
+    def startup_problems(self) -> list[str]:
+        """What stops webhook mode from starting (it never runs without a secret)."""
+        if self.config.mode == "webhook" and self.secret is None:
+            return [
+                "TELEGRAM_WEBHOOK_SECRET is not set: webhook mode refuses to start without it "
+                "(set it, then `bot telegram set-webhook`; or use channels.telegram.mode: polling)"
+            ]
+        return []
+
+    def startup_warnings(self) -> list[str]:
+        if self.config.dm_policy == "open":
+            return ["channels.telegram.dmPolicy is open: anyone who finds the bot can use it"]
+        return []
+
+    # -- the Bot API ---------------------------------------------------------------------------
+
+    async def call(self, method: str, *, http_seconds: float = 30, **params: Any) -> Any:
+        """Call a Bot API method; retry 429, 5xx and network errors; return `result`."""
+        if self.token is None:
+            raise TelegramError("TELEGRAM_BOT_TOKEN is not set", retryable=False)
+        url = f"{self.base_url}/bot{self.token}/{method}"
+        body = {k: v for k, v in params.items() if v is not None}
+        for attempt in range(1, self.attempts + 1):
+            delay = self.backoff_seconds * 2 ** (attempt - 1)
+            try:
+                async with self.http.post(
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=http_seconds)
+                ) as response:
+                    answer = await response.json(content_type=None)
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                error = TelegramError(
+                    f"{method}: cannot reach the Bot API ({type(exc).__name__})", retryable=True
+                )
+            else:
+                if isinstance(answer, dict) and answer.get("ok"):
+                    return answer.get("result")
+                answer = answer if isinstance(answer, dict) else {}
+                description = str(answer.get("description") or f"HTTP {status}")
+                error = TelegramError(
+                    f"{method}: {description}", retryable=status in RETRY_STATUSES, code=status
+                )
+                retry_after = (answer.get("parameters") or {}).get("retry_after")
+                if status == 429 and isinstance(retry_after, int | float):
+                    delay = min(float(retry_after), MAX_RETRY_AFTER)
+            if not error.retryable or attempt == self.attempts:
+                raise error
+            self.log.warning("send_retry", channel=self.name, error=str(error), ms=delay * 1000)
+            await self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def bot_user(self) -> dict[str, Any]:
+        """The bot's own User (getMe), fetched once: its username gates group messages."""
+        if self.me is None:
+            self.me = await self.call("getMe")
+        return self.me
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    def parse(self, request: RawRequest) -> list[InboundMessage]:
+        """A webhook update, once its secret token matches."""
+        if self.secret is None:
+            raise ChannelNotConfigured("TELEGRAM_WEBHOOK_SECRET is not set")
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, self.secret):
+            raise WebhookSecretError(f"wrong or missing {SECRET_HEADER}")
+        try:
+            update = json.loads(request.body)
+        except ValueError as exc:
+            raise BadPayload("the body is not JSON") from exc
+        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+            raise BadPayload("not a Telegram Update: update_id missing")
+        return self.messages_in(update)
+
+    def messages_in(self, update: dict[str, Any]) -> list[InboundMessage]:
+        """The text messages of one update that the bot should answer (often none)."""
+        message = update.get("message") or update.get("edited_message")
+        if not isinstance(message, dict) or not isinstance(message.get("text"), str):
+            return []  # an update kind or a message without text that we do not handle
+        chat, sender = message.get("chat") or {}, message.get("from") or {}
+        text = message["text"]
+        if chat.get("type") in ("group", "supergroup") and self.config.require_mention:
+            text = self._addressed_text(message)
+            if text is None:
+                return []
+        return [
+            InboundMessage(
+                channel=self.name,
+                conversation=f"telegram:{chat.get('id')}",
+                sender=f"telegram:{sender.get('id')}",
+                text=text,
+                platform_id=str(update["update_id"]),
+                ts=float(message.get("date") or time.time()),
+                sender_name=sender.get("first_name"),
+                meta={
+                    "chat_type": str(chat.get("type", "")),
+                    "message_id": str(message.get("message_id", "")),
+                },
+            )
+        ]
+
+    def _addressed_text(self, message: dict[str, Any]) -> str | None:
+        """In a group: the text without the bot's @mention, or None if not for the bot."""
+        me = self.me or {}
+        username, bot_id = me.get("username"), me.get("id")
+        replied = (message.get("reply_to_message") or {}).get("from") or {}
+        text: str = message["text"]
+        if username:
+            mention = re.compile(rf"@{re.escape(username)}\b", re.IGNORECASE)
+            if mention.search(text):
+                return mention.sub("", text).strip() or text
+        if bot_id is not None and replied.get("id") == bot_id:
+            return text
+        return None
+
+    async def prepare_polling(self) -> None:
+        """Polling and a webhook exclude each other: delete the webhook, learn who we are."""
+        await self.call("deleteWebhook", drop_pending_updates=False)
+        await self.bot_user()
+
+    async def fetch(self, offset: int | None, poll_seconds: float) -> list[dict[str, Any]]:
+        """Long-poll getUpdates for updates from `offset` (confirming the ones before it)."""
+        result = await self.call(
+            "getUpdates",
+            http_seconds=poll_seconds + 10,
+            offset=offset,
+            timeout=int(poll_seconds),
+            allowed_updates=ALLOWED_UPDATES,
+        )
+        return list(result or [])
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage) -> None:
+        """Send the reply in order, one sendMessage per chunk, about one a second per chat."""
+        chat_id = message.conversation.removeprefix("telegram:")
+        for chunk in split_text(message.text, self.config.text_chunk_limit, measure=utf16_len):
+            wait = self._last_sent.get(chat_id, 0.0) + self.pace_seconds - time.monotonic()
+            if wait > 0:
+                await self.sleep(wait)
+            await self.call("sendMessage", chat_id=chat_id, text=chunk)
+            self._last_sent[chat_id] = time.monotonic()
+
+    async def typing(self, conversation: str) -> None:
+        """Show "typing…" in the chat (it lasts about 5 s on the person's screen)."""
+        chat_id = conversation.removeprefix("telegram:")
+        await self.call("sendChatAction", chat_id=chat_id, action="typing")

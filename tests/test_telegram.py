@@ -1,0 +1,308 @@
+"""Telegram end to end: webhooks with a secret, long polling, chunks, typing, group gating."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.telegram_server import (
+    FakeTelegram,
+    group_text_update,
+    private_text_update,
+    too_many_requests,
+)
+from tests.helpers import Gateway, eventually, running_gateway
+
+SECRET = "s3cret-Token_for-tests"
+UPDATE_IDS = itertools.count(1)
+
+
+def dm(**fields: Any) -> dict[str, Any]:
+    """A private-chat update as a webhook delivers it (with an update_id)."""
+    return private_text_update(**{"update_id": next(UPDATE_IDS), **fields})
+
+
+def group(**fields: Any) -> dict[str, Any]:
+    """A group update as a webhook delivers it (with an update_id)."""
+    return group_text_update(**{"update_id": next(UPDATE_IDS), **fields})
+
+
+HOOK = "/webhooks/telegram"
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"]) as fake:
+        yield fake
+
+
+def gateway_for(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
+    events: CapturedEvents, *, channel: str = "", poller: bool = False,
+):  # type: ignore[no-untyped-def]  # fmt: skip
+    return running_gateway(
+        model_url=model.base_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        log=events.log,
+        channels=f"telegram: {{ {channel} }}",
+        poller=poller,
+        bot_public_url="https://bot.example.com",
+        telegram_bot_token=telegram.token,
+        telegram_webhook_secret=SECRET,
+        telegram_api_base_url=telegram.base_url,
+    )
+
+
+@pytest.fixture
+async def gateway(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path, events: CapturedEvents,
+) -> AsyncIterator[Gateway]:  # fmt: skip
+    async with gateway_for(telegram, model, redis_url, tmp_path, events) as gw:
+        yield gw
+
+
+async def post(gw: Gateway, update: dict[str, Any], secret: str | None = SECRET) -> int:
+    headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
+    response = await gw.http.post(HOOK, json=update, headers=headers)
+    return response.status
+
+
+async def test_update_with_the_right_secret_gets_one_reply(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """The right secret: 200, then one sendMessage to the chat with only the final text."""
+    model.script(Reply(text="Hello Ada.", reasoning="PRIVATE-THOUGHTS"))
+    assert await post(gateway, dm(chat_id=42, text="hi")) == 200
+    await eventually(lambda: len(telegram.sent) == 1)
+    await asyncio.sleep(0.2)
+    [sent] = telegram.sent
+    assert (sent["chat_id"], sent["text"]) == (42, "Hello Ada.")
+    assert len(telegram.sent) == 1
+    assert all("PRIVATE-THOUGHTS" not in json.dumps(c.params) for c in telegram.calls)
+
+
+@pytest.mark.parametrize("secret", ["wrong-secret", None], ids=["wrong", "missing"])
+async def test_wrong_or_missing_secret_gets_401_and_nothing_happens(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI,
+    redis_client: aioredis.Redis, secret: str | None,
+) -> None:  # fmt: skip
+    """A wrong or missing secret token: 401, nothing stored, no model call, nothing sent."""
+    assert await post(gateway, dm(), secret=secret) == 401
+    await asyncio.sleep(0.2)
+    assert await redis_client.keys("conv:*") == []
+    assert model.requests == []
+    assert telegram.sent == []
+
+
+async def test_duplicate_update_id_gets_one_reply(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """Telegram redelivering an update (same update_id) is answered once."""
+    update = dm(text="once")
+    for _ in range(3):
+        assert await post(gateway, update) == 200
+    await eventually(lambda: len(telegram.sent) == 1)
+    await asyncio.sleep(0.3)
+    assert len(telegram.sent) == 1
+    assert len(model.requests_to("/responses")) == 1
+
+
+async def test_long_reply_is_sent_in_ordered_chunks(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """A 10,000-character reply goes out as ordered messages within the 4000 limit."""
+    text = "\n\n".join(f"Part {n}. " + "lorem ipsum " * 80 for n in range(11))
+    assert len(text) > 10_000
+    model.script(Reply(text=text))
+    await post(gateway, dm(text="long please"))
+    await eventually(lambda: sum(len(s["text"]) for s in telegram.sent) >= 9_900, within=30)
+    chunks = [s["text"] for s in telegram.sent]
+    assert len(chunks) >= 3
+    assert all(len(c) <= 4000 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+
+
+async def test_rate_limit_is_honoured_then_the_reply_goes_out(
+    gateway: Gateway, telegram: FakeTelegram, events: CapturedEvents
+) -> None:
+    """A 429 with retry_after is waited out and the message is then sent."""
+    telegram.script("sendMessage", too_many_requests(retry_after=1))
+    await post(gateway, dm(text="hi"))
+    await eventually(lambda: len(telegram.sent) == 1)
+    [retry] = events.events("send_retry")
+    assert retry["ms"] == 1000
+    assert len(telegram.calls_to("sendMessage")) == 2
+
+
+async def test_typing_is_shown_while_the_turn_runs(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """sendChatAction typing goes to the chat as soon as the turn starts."""
+    model.script(Reply(text="done", delay=0.5))
+    await post(gateway, dm(chat_id=77, text="think hard"))
+    await eventually(lambda: len(telegram.sent) == 1)
+    assert telegram.actions[0]["chat_id"] == 77
+    assert telegram.actions[0]["action"] == "typing"
+
+
+async def test_updates_we_do_not_handle_get_200_and_are_ignored(
+    gateway: Gateway, redis_client: aioredis.Redis
+) -> None:
+    """A callback query or a sticker is acknowledged and dropped; bad JSON gets 400."""
+    assert await post(gateway, {"update_id": 5, "callback_query": {"id": "1"}}) == 200
+    sticker = dm()
+    del sticker["message"]["text"]
+    assert await post(gateway, sticker) == 200
+    assert await redis_client.keys("conv:*") == []
+    response = await gateway.http.post(
+        HOOK, data=b"{not json", headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    )
+    assert response.status == 400
+
+
+async def test_groups_answer_only_mentions_and_replies(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """In a group, only messages that mention the bot or reply to it reach a model."""
+    chat = -100555
+    assert await post(gateway, group(chat_id=chat, text="chatting among us")) == 200
+    await post(gateway, group(chat_id=chat, text="what time is it?",
+                                          mention_bot=telegram.username))  # fmt: skip
+    await eventually(lambda: len(telegram.sent) == 1)
+    await post(gateway, group(chat_id=chat, text="and now?", reply_to_bot=True))
+    await eventually(lambda: len(telegram.sent) == 2)
+    prompts = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    assert prompts == ["what time is it?", "and now?"]
+    assert {s["chat_id"] for s in telegram.sent} == {chat}
+
+
+async def test_require_mention_false_answers_every_group_message(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """With requireMention: false every group message is answered, one conversation per group."""
+    async with gateway_for(
+        telegram, model, redis_url, tmp_path, events, channel="requireMention: false"
+    ) as gw:
+        await post(gw, group(chat_id=-100777, user_id=1, text="first"))
+        await eventually(lambda: len(telegram.sent) == 1)
+        await post(gw, group(chat_id=-100777, user_id=2, text="second"))
+        await eventually(lambda: len(telegram.sent) == 2)
+        history = [t.text for t in await gw.app.memory.load("telegram:-100777")]
+    assert history[0] == "first"
+    assert history[2] == "second"
+
+
+async def test_polling_works_without_a_webhook_and_the_offset_survives_a_restart(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """Polling mode: the webhook is deleted, updates are answered, and after a restart the
+    next update is answered without repeating the first."""
+    telegram.webhook = {"url": "https://old.example.com/hook"}
+    telegram.push_update(private_text_update(chat_id=9, text="first", update_id=100))
+    channel = 'mode: "polling"'
+    async with gateway_for(
+        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    ) as gw:
+        await eventually(lambda: len(telegram.sent) == 1)
+        assert telegram.webhook is None
+        assert (await gw.http.post(HOOK, json={})).status == 404  # no webhook route in polling
+    assert await redis_client.get("poller:{telegram}:offset") == "101"
+    telegram.push_update(private_text_update(chat_id=9, text="second", update_id=101))
+    async with gateway_for(
+        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    ):
+        await eventually(lambda: len(telegram.sent) == 2)
+    contents = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    assert contents == ["first", "second"]
+    assert next(c.params.get("offset") for c in telegram.calls_to("getUpdates")) is None
+
+
+async def test_two_pollers_never_poll_at_once(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """Two processes in polling mode: one holds the lease, so Telegram never sees a conflict."""
+    channel = 'mode: "polling"'
+    async with (
+        gateway_for(telegram, model, redis_url, tmp_path, events, channel=channel, poller=True),
+        gateway_for(telegram, model, redis_url, tmp_path, events, channel=channel, poller=True),
+    ):
+        telegram.push_update(private_text_update(text="one"))
+        await eventually(lambda: len(telegram.sent) == 1)
+        await asyncio.sleep(0.5)
+    assert len(events.events("poller_started")) == 1
+    assert not events.events("poll_failed")
+
+
+async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def cli_env(telegram: FakeTelegram, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "BOT_DATA_DIR": str(tmp_path / "var"),
+        "TELEGRAM_BOT_TOKEN": telegram.token,
+        "TELEGRAM_API_BASE_URL": telegram.base_url,
+        **extra,
+    }
+
+
+async def test_cli_sets_shows_and_deletes_the_webhook(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """`bot telegram set-webhook|info|delete-webhook` drive the Bot API with the secret."""
+    env = cli_env(
+        telegram, tmp_path, BOT_PUBLIC_URL="https://bot.example.com", TELEGRAM_WEBHOOK_SECRET=SECRET
+    )
+    code, out, err = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert telegram.webhook is not None
+    assert telegram.webhook["url"] == "https://bot.example.com/webhooks/telegram"
+    assert telegram.webhook["secret_token"] == SECRET
+    code, out, _ = await run_bot("telegram", "info", env=env, cwd=tmp_path)
+    assert code == 0
+    assert f"@{telegram.username}" in out
+    assert "https://bot.example.com/webhooks/telegram" in out
+    assert SECRET not in out
+    code, _, _ = await run_bot("telegram", "delete-webhook", env=env, cwd=tmp_path)
+    assert code == 0
+    assert telegram.webhook is None
+
+
+async def test_webhook_mode_refuses_to_start_without_a_secret(
+    telegram: FakeTelegram, tmp_path: Path, redis_url: str
+) -> None:
+    """`bot serve` with a bot token but no TELEGRAM_WEBHOOK_SECRET exits 2 and says why."""
+    env = cli_env(telegram, tmp_path, REDIS_URL=redis_url, BOT_PORT="0")
+    code, out, _ = await run_bot("serve", env=env, cwd=tmp_path)
+    assert code == 2
+    assert "TELEGRAM_WEBHOOK_SECRET" in out
