@@ -1,10 +1,11 @@
 """The turn runner (worker role): lease a ready conversation, run its turns, deliver replies.
 
 A conversation is run by one worker at a time (a lease in Redis, renewed while the turn
-runs). Its inbox is drained into a batch whose state moves pending → replied → sending →
-deleted, each step fenced by the lease token, so a worker that lost its lease can change
-nothing and a worker that takes over resumes where the dead one stopped. A takeover never
-sends a reply that may already have gone out (state `sending`): one reply, never two. Wake-ups come
+runs). Its inbox is drained into a batch whose state moves pending → replied → deleted (once
+sent), each step fenced by the lease token, so a worker that lost its lease can change
+nothing and a worker that takes over resumes where the dead one stopped: a stored reply is
+sent, never generated again. The one window for a second copy is a crash between the
+platform accepting the reply and the batch being deleted (one Redis round trip). Wake-ups come
 from the `ready` stream's consumer group; entries of dead workers are reclaimed once idle
 for a lease period.
 """
@@ -60,14 +61,6 @@ if #ARGV > 5 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
 redis.call('HSET', KEYS[2], 'state', 'replied', 'reply', ARGV[3])
-return 1
-"""
-
-# KEYS: lease, batch. ARGV: token, batch id. Marks the reply as being handed to the platform.
-SENDING = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[2], 'state', 'sending')
 return 1
 """
 
@@ -160,7 +153,6 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self._take = redis.register_script(TAKE)
         self._commit = redis.register_script(COMMIT)
-        self._sending = redis.register_script(SENDING)
         self._finish = redis.register_script(FINISH)
         self._renew = redis.register_script(RENEW)
 
@@ -293,12 +285,7 @@ class Worker:
             if not await self._commit_turn(conversation, token, batch, result):
                 return False
             reply = result.reply
-        if batch.state == "sending":
-            # The previous worker died while handing this reply over: it may have arrived.
-            self.log.warning("reply_maybe_sent", conversation=conversation, worker=self.name)
-        elif reply is not None:
-            if not await self._sending(keys=fence, args=[token, batch.id]):
-                return False
+        if reply is not None:
             await self._deliver(reply)
         return bool(await self._finish(keys=fence, args=[token, batch.id]))
 
