@@ -30,6 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.scaleout
 
 clean:

@@ -12,6 +12,7 @@ from aiohttp import web
 from bot.agent import Agent
 from bot.config import Config
 from bot.intake import RedisIntake
+from bot.llm.breaker import RedisBreaker
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
@@ -126,7 +127,8 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
             else None
         )
         try:
-            llm = FailoverClient(registry=registry, providers=providers, log=log)
+            breaker = RedisBreaker(redis.client, log=log)
+            llm = FailoverClient(registry=registry, providers=providers, log=log, breaker=breaker)
             defaults = config.agents.defaults
             memory = RedisMemory(
                 redis.client, max_turns=config.session.max_turns, idle_days=config.session.idle_days

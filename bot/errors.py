@@ -71,7 +71,16 @@ class ModelError(BotError):
 
 
 class ModelUnavailable(BotError):
-    """A model could not answer now (down, timing out, 5xx, 429, auth, unknown): try the next."""
+    """A model could not answer now (down, timing out, 5xx, 429, auth, unknown): try the next.
+
+    `severity` tells the breaker what it means: "down" (cannot connect, timed out: open the
+    breaker at once), "failing" (5xx, 429, auth, unknown model: open after a few in a row) or
+    "empty" (answered without final text: the server works, count nothing).
+    """
+
+    def __init__(self, message: str, *, severity: str = "failing") -> None:
+        super().__init__(message)
+        self.severity = severity
 
 
 class ContextOverflow(ModelError):

@@ -21,13 +21,15 @@ from bot.messages import InboundMessage
 from bot.settings import Settings
 
 
-def provider_block(base_url: str, api: str = "openai-responses", model: str = "local-model") -> str:
+def provider_block(
+    base_url: str, api: str = "openai-responses", model: str = "local-model", timeout: float = 5
+) -> str:
     return json.dumps(
         {
             "baseUrl": base_url,
             "apiKey": "sk-test-local",
             "api": api,
-            "timeoutSeconds": 5,
+            "timeoutSeconds": timeout,
             "connectTimeoutSeconds": 1,
             "models": [{"id": model, "contextWindow": 32000, "maxTokens": 1024}],
         }
@@ -41,11 +43,12 @@ def gateway_config_text(
     primary_api: str = "openai-responses",
     fallback_api: str = "openai-completions",
     lease_seconds: float = 30,
+    provider_timeout: float = 5,
 ) -> str:
     """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
     backup = (
-        f"backup: {provider_block(fallback_url, fallback_api, 'backup-model')},"
+        f"backup: {provider_block(fallback_url, fallback_api, 'backup-model', provider_timeout)},"
         if fallback_url
         else ""
     )
@@ -58,7 +61,7 @@ def gateway_config_text(
         leaseSeconds: {lease_seconds},
       }} }},
       models: {{ mode: "replace", providers: {{
-        local: {provider_block(primary_url, primary_api)},
+        local: {provider_block(primary_url, primary_api, timeout=provider_timeout)},
         {backup}
       }} }},
     }}"""

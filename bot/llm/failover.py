@@ -2,6 +2,8 @@
 
 Failover is turn-local: every call starts at the conversation's own model. A model that is
 unavailable hands over to the next; a model error (a 400) or a context overflow does not.
+A model whose breaker is open is skipped without a network call; if every other model fails
+too, the skipped ones are tried anyway, in order, rather than answer nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from bot.errors import AllModelsFailed, ModelUnavailable
-from bot.llm.registry import ModelRegistry
+from bot.llm.breaker import OPEN, PROBE, RedisBreaker
+from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
 from bot.messages import Turn
@@ -20,11 +23,17 @@ class FailoverClient:
     """Completes a conversation's prompt with the first model in its chain that answers."""
 
     def __init__(
-        self, *, registry: ModelRegistry, providers: Mapping[str, Provider], log: Logger
+        self,
+        *,
+        registry: ModelRegistry,
+        providers: Mapping[str, Provider],
+        log: Logger,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.log = log
+        self.breaker = breaker
 
     async def complete(
         self,
@@ -37,6 +46,7 @@ class FailoverClient:
         """Try each model of the chain in order; raise AllModelsFailed when none answers."""
         chain = self.registry.chain(primary)
         failures: list[str] = []
+        skipped: list[ModelInfo] = []
         for index, model in enumerate(chain):
             provider = self.providers[model.ref.provider]
             if provider.missing_key is not None:
@@ -48,45 +58,87 @@ class FailoverClient:
                     error=f"{provider.missing_key} is not set",
                 )
                 continue
-            request = CompletionRequest(
-                model=model.ref.model,
-                instructions=instructions,
-                turns=turns,
-                max_output_tokens=model.max_tokens,
-            )
-            started = time.perf_counter()
-            try:
-                completion = await provider.complete(request)
-            except ModelUnavailable as exc:
-                failures.append(str(exc))
-                self.log.warning(
-                    "model_attempt",
-                    conversation=conversation,
-                    model=str(model.ref),
-                    provider=model.ref.provider,
-                    outcome="unavailable",
-                    ms=round((time.perf_counter() - started) * 1000, 1),
-                    error=str(exc),
-                )
-                following = chain[index + 1 :]
-                if following:
-                    self.log.warning(
-                        "model_fallback",
-                        conversation=conversation,
-                        model=str(model.ref),
-                        to=str(following[0].ref),
-                        error=str(exc),
-                    )
+            decision = await self.breaker.check(str(model.ref)) if self.breaker else "closed"
+            if decision == OPEN:
+                skipped.append(model)
+                self.log.info(
+                    "model_skipped", conversation=conversation, model=str(model.ref),
+                    error="breaker open",
+                )  # fmt: skip
                 continue
-            self.log.info(
+            following = [*chain[index + 1 :], *skipped]
+            completion = await self._attempt(
+                model, provider, instructions, turns, conversation,
+                probe=decision == PROBE, following=following, failures=failures,
+            )  # fmt: skip
+            if completion is not None:
+                return completion
+        for index, model in enumerate(skipped):  # every open model, tried anyway
+            completion = await self._attempt(
+                model, self.providers[model.ref.provider], instructions, turns, conversation,
+                probe=False, following=skipped[index + 1 :], failures=failures,
+            )  # fmt: skip
+            if completion is not None:
+                return completion
+        raise AllModelsFailed("no model answered: " + "; ".join(failures))
+
+    async def _attempt(
+        self,
+        model: ModelInfo,
+        provider: Provider,
+        instructions: str,
+        turns: Sequence[Turn],
+        conversation: str,
+        *,
+        probe: bool,
+        following: Sequence[ModelInfo],
+        failures: list[str],
+    ) -> Completion | None:
+        """One call to one model: its completion, or None after logging why it failed."""
+        ref = str(model.ref)
+        request = CompletionRequest(
+            model=model.ref.model,
+            instructions=instructions,
+            turns=turns,
+            max_output_tokens=model.max_tokens,
+        )
+        started = time.perf_counter()
+        try:
+            completion = await provider.complete(request)
+        except ModelUnavailable as exc:
+            failures.append(str(exc))
+            if self.breaker:
+                await self.breaker.failure(ref, severity=exc.severity, probe=probe)
+            self.log.warning(
                 "model_attempt",
                 conversation=conversation,
-                model=completion.model_ref,
+                model=ref,
                 provider=model.ref.provider,
-                outcome="ok",
+                outcome="unavailable",
+                probe=probe,
                 ms=round((time.perf_counter() - started) * 1000, 1),
-                tokens_in=completion.usage.tokens_in,
-                tokens_out=completion.usage.tokens_out,
+                error=str(exc),
             )
-            return completion
-        raise AllModelsFailed("no model answered: " + "; ".join(failures))
+            if following:
+                self.log.warning(
+                    "model_fallback",
+                    conversation=conversation,
+                    model=ref,
+                    to=str(following[0].ref),
+                    error=str(exc),
+                )
+            return None
+        if self.breaker:
+            await self.breaker.success(ref, probe=probe)
+        self.log.info(
+            "model_attempt",
+            conversation=conversation,
+            model=completion.model_ref,
+            provider=model.ref.provider,
+            outcome="ok",
+            probe=probe,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            tokens_in=completion.usage.tokens_in,
+            tokens_out=completion.usage.tokens_out,
+        )
+        return completion

@@ -41,9 +41,11 @@ def _error_text(exc: openai.APIStatusError) -> str:
 def translate(exc: openai.OpenAIError, where: str) -> Exception:
     """Map an SDK error to the gateway's tree; the message names the provider, never a key."""
     if isinstance(exc, openai.APITimeoutError):
-        return ModelUnavailable(f"{where}: timed out")
+        return ModelUnavailable(f"{where}: timed out", severity="down")
     if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailable(f"{where}: cannot connect ({exc.__cause__ or exc})")
+        return ModelUnavailable(
+            f"{where}: cannot connect ({exc.__cause__ or exc})", severity="down"
+        )
     if isinstance(exc, openai.APIStatusError):
         status, detail = exc.status_code, _error_text(exc)
         lowered = detail.lower()
@@ -87,7 +89,7 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise translate(exc, where) from exc
         if not text:
-            raise ModelUnavailable(f"{where}: answered with no final text")
+            raise ModelUnavailable(f"{where}: answered with no final text", severity="empty")
         return Completion(text=text, model_ref=where, usage=usage)
 
     async def _responses(self, request: CompletionRequest) -> tuple[str, Usage]:

@@ -46,6 +46,7 @@ class Reply:
     usage: tuple[int, int] | None = None  # (input_tokens, output_tokens); None: estimated
     think_in_content: bool = True  # chat completions: also prefix content with <think>…</think>
     stall_after: int | None = None  # streams: go silent after this many text deltas
+    token_delay: float = 0.0  # streams: pause between events (a slow but live server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +297,8 @@ class FakeOpenAI:
                 await self._closing.wait()
                 break
             await response.write(event.encode())
+            if reply.token_delay:
+                await self._sleep(reply.token_delay)
         await response.write_eof()
         return response
 

@@ -1,0 +1,242 @@
+"""Failover with a shared breaker: classification, skipping open models, probes, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.config import parse_config
+from bot.errors import AllModelsFailed, ContextOverflow, ModelError
+from bot.llm.breaker import RedisBreaker
+from bot.llm.failover import FailoverClient
+from bot.llm.providers import OpenAIProvider
+from bot.llm.registry import ModelRegistry
+from bot.messages import Turn
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import (
+    FakeOpenAI,
+    Reply,
+    context_overflow,
+    error_reply,
+    model_not_loaded,
+    server_error,
+    unauthorized,
+)
+from tests.helpers import gateway_config_text
+
+HELLO = [Turn(role="user", text="hello", ts=0.0)]
+PRIMARY, BACKUP = "local/local-model", "backup/backup-model"
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"], default=Reply(text="from primary")) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def failover(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis: aioredis.Redis, events: CapturedEvents,
+    *, breaker: bool = True, timeout_s: float = 5, cooldown: float = 0.3,
+) -> AsyncIterator[FailoverClient]:  # fmt: skip
+    text = gateway_config_text(
+        primary.base_url, backup.base_url, fallback_api="openai-responses",
+        provider_timeout=timeout_s,
+    )  # fmt: skip
+    config = parse_config(text, source="t", env={})
+    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+    shared = RedisBreaker(redis, log=events.log, cooldown_seconds=cooldown) if breaker else None
+    try:
+        yield FailoverClient(
+            registry=ModelRegistry(config), providers=providers, log=events.log, breaker=shared
+        )
+    finally:
+        for provider in providers.values():
+            await provider.close()
+
+
+async def ask(client: FailoverClient) -> str:
+    return (await client.complete(instructions="be brief", turns=HELLO)).text
+
+
+@pytest.fixture
+async def client(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> AsyncIterator[FailoverClient]:
+    async with failover(primary, backup, redis_client, events) as made:
+        yield made
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [server_error(), error_reply(429, "slow down"), unauthorized(), error_reply(402, "pay"),
+     error_reply(403, "no"), error_reply(404, "no such model"), model_not_loaded(),
+     Reply(text="", reasoning="only thinking")],
+    ids=["500", "429", "401", "402", "403", "404", "lmstudio-not-loaded", "empty-final-text"],
+)  # fmt: skip
+async def test_unavailable_answers_fall_back(
+    client: FailoverClient, primary: FakeOpenAI, failure: Reply
+) -> None:
+    """Every 'this model cannot answer now' answer hands the turn to the next model."""
+    primary.script(failure)
+    assert await ask(client) == "from backup"
+
+
+@pytest.mark.parametrize("lmstudio", [True, False], ids=["lmstudio", "openai"])
+async def test_context_overflow_is_its_own_error(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI, lmstudio: bool
+) -> None:
+    """A prompt over the window raises ContextOverflow (for compaction), with no fallback."""
+    primary.script(context_overflow(lmstudio=lmstudio))
+    with pytest.raises(ContextOverflow):
+        await ask(client)
+    assert backup.requests_to("/responses") == []
+
+
+async def test_bad_request_raises_without_fallback(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """A plain 400 is the request's fault: ModelError, and the fallback is not called."""
+    primary.script(error_reply(400, "invalid 'input'"))
+    with pytest.raises(ModelError):
+        await ask(client)
+    assert backup.requests_to("/responses") == []
+
+
+async def test_refused_primary_is_skipped_until_it_comes_back(
+    client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """A refused connection opens the breaker at once; later turns skip the primary without a
+    call; after the cooldown one probe finds it back and it serves again."""
+    await primary.stop_listening()
+    assert await ask(client) == "from backup"
+    [opened] = events.events("breaker_opened")
+    assert opened["model"] == PRIMARY
+    for _ in range(5):
+        assert await ask(client) == "from backup"
+    skipped = [e for e in events.events("model_skipped") if e["model"] == PRIMARY]
+    assert len(skipped) == 5
+    await primary.start_listening()
+    await asyncio.sleep(0.35)  # the test breaker's cooldown is 0.3 s
+    assert await ask(client) == "from primary"
+    assert events.events("breaker_closed")
+    assert await ask(client) == "from primary"
+
+
+async def test_hanging_primary_costs_one_timeout_then_nothing(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A primary that accepts and never answers costs the first turn its timeout; while the
+    breaker is open it sees no request at all."""
+    primary.default = Reply(hang=True)
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=0.5, cooldown=30
+    ) as client:
+        assert await ask(client) == "from backup"
+        assert "timed out" in events.events("model_fallback")[0]["error"]
+        seen = len(primary.requests)
+        for _ in range(10):
+            assert await ask(client) == "from backup"
+        assert len(primary.requests) == seen
+
+
+async def test_a_failed_probe_doubles_the_cooldown(
+    client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A probe that fails re-opens the breaker for twice as long."""
+    await primary.stop_listening()
+    await ask(client)
+    await asyncio.sleep(0.35)
+    await ask(client)  # the probe, refused again
+    cooldowns = [e["cooldown_s"] for e in events.events("breaker_opened")]
+    assert cooldowns == [0.3, 0.6]
+    assert events.events("breaker_opened")[1]["probe"] is True
+
+
+async def test_failing_model_opens_after_three_in_a_row(
+    client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """Two 5xx leave the breaker closed; the third in a row opens it."""
+    primary.script(server_error(), server_error())
+    await ask(client)
+    await ask(client)
+    assert events.events("breaker_opened") == []
+    primary.script(server_error())
+    await ask(client)
+    assert len(events.events("breaker_opened")) == 1
+    calls = len(primary.requests)
+    await ask(client)
+    assert len(primary.requests) == calls
+
+
+async def test_every_model_open_still_gets_an_answer(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """With every breaker open the chain is tried anyway, in order, rather than answer nothing."""
+    async with failover(primary, backup, redis_client, events, cooldown=30) as client:
+        primary.script(server_error(), server_error(), server_error())
+        backup.script(server_error(), server_error(), server_error())
+        for _ in range(3):
+            with pytest.raises(AllModelsFailed):
+                await ask(client)
+        assert len(events.events("breaker_opened")) == 2
+        assert await ask(client) == "from primary"
+
+
+async def test_a_live_stream_is_not_cut_but_a_stalled_one_is(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Streaming: a server sending tokens slower than the timeout in total is not cut off;
+    one that goes silent mid-answer times out and the fallback answers."""
+    async with failover(primary, backup, redis_client, events, timeout_s=0.6) as client:
+        primary.script(Reply(text="a slow but steady answer " * 4, token_delay=0.1))
+        assert (await ask(client)).startswith("a slow but steady answer")
+        primary.script(Reply(text="this answer stops half way " * 4, stall_after=2))
+        assert await ask(client) == "from backup"
+
+
+async def test_turns_start_at_their_own_model(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """Failover is turn-local: after a fallback, the next turn starts at the primary again."""
+    primary.script(server_error())
+    assert await ask(client) == "from backup"
+    assert await ask(client) == "from primary"
+
+
+async def test_two_processes_share_the_breaker(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A breaker opened by one `bot chat` process makes another skip the primary: no call."""
+    primary.default = Reply(hang=True)
+    text = gateway_config_text(
+        primary.base_url, backup.base_url, fallback_api="openai-responses", provider_timeout=0.5
+    )
+    config = tmp_path / "bot.json5"
+    config.write_text(text)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "BOT_CONFIG": str(config),
+           "REDIS_URL": redis_url}  # fmt: skip
+    for n in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "chat", "-m", f"hi {n}", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode() == "from backup\n"
+    assert len(primary.requests_to("/responses")) == 1
