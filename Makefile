@@ -31,6 +31,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.failover
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.scaleout
 
 clean:

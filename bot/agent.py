@@ -12,15 +12,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bot.errors import AllModelsFailed, ModelError
+from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.failover import FailoverClient
+from bot.llm.registry import ModelInfo
+from bot.llm.types import Completion
 from bot.logs import Logger
-from bot.memory import RedisMemory
+from bot.memory import Compactor
 from bot.messages import InboundMessage, OutboundMessage, Turn
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
 TEXT_ONLY = "I can only read text for now. Please describe it in words."
+TOO_LONG = (
+    "This is too long for the model, even with the conversation condensed. Please send a "
+    "shorter message, or /new to start over."
+)
+OVERFLOW_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,14 +49,14 @@ class Agent:
         self,
         *,
         llm: FailoverClient,
-        memory: RedisMemory,
+        compactor: Compactor,
         system_prompt: str,
         turn_timeout: float,
         log: Logger,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.llm = llm
-        self.memory = memory
+        self.compactor = compactor
         self.system_prompt = system_prompt
         self.turn_timeout = turn_timeout
         self.log = log
@@ -63,6 +70,9 @@ class Agent:
         except AllModelsFailed as exc:
             self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
             return TurnResult(reply=self._reply(last, APOLOGY))
+        except ContextOverflow as exc:
+            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
+            return TurnResult(reply=self._reply(last, TOO_LONG))
         except ModelError as exc:
             self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
             return TurnResult(reply=self._reply(last, REFUSED))
@@ -87,14 +97,12 @@ class Agent:
         if attachments:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock())
-        history = await self.memory.load(conversation)
+        chain = self.llm.registry.chain()
+        if not chain:
+            raise AllModelsFailed("no model is configured (models.providers is empty)")
         try:
             async with asyncio.timeout(self.turn_timeout):
-                completion = await self.llm.complete(
-                    instructions=self.system_prompt,
-                    turns=[*history, user],
-                    conversation=conversation,
-                )
+                completion = await self._complete(conversation, chain[0], user)
         except TimeoutError as exc:
             raise AllModelsFailed(f"no answer within {self.turn_timeout:g} s") from exc
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
@@ -108,6 +116,35 @@ class Agent:
             tokens_out=completion.usage.tokens_out,
         )
         return TurnResult(reply=self._reply(last, completion.text), remember=(user, reply))
+
+    async def _complete(self, conversation: str, model: ModelInfo, user: Turn) -> Completion:
+        """Ask the models; on a context overflow, compact harder and ask again (twice)."""
+        for pressure in range(OVERFLOW_RETRIES + 1):
+            prompt = await self.compactor.prompt(
+                conversation,
+                model=model,
+                system_prompt=self.system_prompt,
+                new=[user],
+                pressure=pressure,
+            )
+            try:
+                completion = await self.llm.complete(
+                    instructions=prompt.instructions, turns=prompt.turns, conversation=conversation
+                )
+            except ContextOverflow as exc:
+                self.log.warning(
+                    "context_overflow", conversation=conversation, model=str(model.ref),
+                    pressure=pressure, error=str(exc),
+                )  # fmt: skip
+                self.compactor.estimator.overflowed(str(model.ref))
+                if pressure == OVERFLOW_RETRIES:
+                    raise
+                continue
+            self.compactor.estimator.observe(
+                completion.model_ref, prompt.chars, completion.usage.tokens_in
+            )
+            return completion
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _reply(last: InboundMessage, text: str) -> OutboundMessage:

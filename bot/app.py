@@ -17,7 +17,7 @@ from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.logs import Logger
-from bot.memory import RedisMemory
+from bot.memory import Compactor, RedisMemory
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
@@ -130,12 +130,11 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
             breaker = RedisBreaker(redis.client, log=log)
             llm = FailoverClient(registry=registry, providers=providers, log=log, breaker=breaker)
             defaults = config.agents.defaults
-            memory = RedisMemory(
-                redis.client, max_turns=config.session.max_turns, idle_days=config.session.idle_days
-            )
+            memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
+            compactor = Compactor(memory=memory, llm=llm, config=defaults.compaction, log=log)
             agent = Agent(
                 llm=llm,
-                memory=memory,
+                compactor=compactor,
                 system_prompt=defaults.system_prompt,
                 turn_timeout=defaults.timeout_seconds,
                 log=log,

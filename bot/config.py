@@ -155,7 +155,6 @@ class CommandsConfig(_Model):
 
 class SessionConfig(_Model):
     idle_days: float = Field(default=30, gt=0)
-    max_turns: int = Field(default=50, ge=2)
 
 
 class LoggingConfig(_Model):

@@ -50,15 +50,15 @@ redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending',
 return redis.call('HGETALL', KEYS[2])
 """
 
-# KEYS: lease, batch, turns. ARGV: token, batch id, reply JSON, max turns, ttl, turn JSON...
+# KEYS: lease, batch, turns, summary, base. ARGV: token, batch id, reply JSON, ttl s,
+# turn JSON... Appends the turn to memory and stores the reply, or nothing if fenced off.
 COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
-if #ARGV > 5 then
-  redis.call('RPUSH', KEYS[3], unpack(ARGV, 6))
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
+if #ARGV > 4 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
+  for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
 redis.call('HSET', KEYS[2], 'state', 'replied', 'reply', ARGV[3])
 return 1
@@ -323,11 +323,10 @@ class Worker:
             token,
             batch.id,
             json.dumps(result.reply.to_dict(), ensure_ascii=False),
-            self.memory.max_turns,
             self.memory.ttl_seconds,
             *turns,
         ]
-        keys = [lease_key(conversation), batch_key(conversation), self.memory.key(conversation)]
+        keys = [lease_key(conversation), batch_key(conversation), *self.memory.keys(conversation)]
         return bool(await self._commit(keys=keys, args=args))
 
     async def _deliver(self, reply: OutboundMessage) -> None:

@@ -22,7 +22,11 @@ from bot.settings import Settings
 
 
 def provider_block(
-    base_url: str, api: str = "openai-responses", model: str = "local-model", timeout: float = 5
+    base_url: str,
+    api: str = "openai-responses",
+    model: str = "local-model",
+    timeout: float = 5,
+    window: tuple[int, int] = (32000, 1024),
 ) -> str:
     return json.dumps(
         {
@@ -31,7 +35,7 @@ def provider_block(
             "api": api,
             "timeoutSeconds": timeout,
             "connectTimeoutSeconds": 1,
-            "models": [{"id": model, "contextWindow": 32000, "maxTokens": 1024}],
+            "models": [{"id": model, "contextWindow": window[0], "maxTokens": window[1]}],
         }
     )
 
@@ -44,6 +48,8 @@ def gateway_config_text(
     fallback_api: str = "openai-completions",
     lease_seconds: float = 30,
     provider_timeout: float = 5,
+    window: tuple[int, int] = (32000, 1024),
+    compaction: str = "",
 ) -> str:
     """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
@@ -59,9 +65,10 @@ def gateway_config_text(
         systemPrompt: "You are a test assistant.",
         timeoutSeconds: 20,
         leaseSeconds: {lease_seconds},
+        compaction: {{ {compaction} }},
       }} }},
       models: {{ mode: "replace", providers: {{
-        local: {provider_block(primary_url, primary_api, timeout=provider_timeout)},
+        local: {provider_block(primary_url, primary_api, timeout=provider_timeout, window=window)},
         {backup}
       }} }},
     }}"""

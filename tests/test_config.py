@@ -98,7 +98,7 @@ def test_default_text_matches_seed_provider_block() -> None:
     assert "markdown" in default.agents.defaults.system_prompt
     assert default.channels.whatsapp.dm_policy == "pairing"
     assert default.channels.telegram.text_chunk_limit == 4000
-    assert default.session.max_turns == 50
+    assert default.session.idle_days == 30
     assert default.logging.include_content is False
 
 
@@ -147,8 +147,8 @@ def test_json5_syntax_error_has_line() -> None:
 
 def test_duplicate_key_is_located() -> None:
     """The same key twice in one object is an issue at the second one."""
-    [issue] = issues_of("{\n  session: {\n    maxTurns: 5,\n    maxTurns: 6,\n  },\n}")
-    assert (issue.path, issue.line) == ("session.maxTurns", 4)
+    [issue] = issues_of("{\n  session: {\n    idleDays: 5,\n    idleDays: 6,\n  },\n}")
+    assert (issue.path, issue.line) == ("session.idleDays", 4)
 
 
 def test_top_level_must_be_an_object() -> None:
@@ -199,9 +199,9 @@ def test_misspelt_key_in_seed_block_suggests_and_locates() -> None:
 
 def test_snake_case_keys_are_unknown_in_files() -> None:
     """Files use the camelCase spelling; Python names are not accepted keys."""
-    [issue] = issues_of("{session: {max_turns: 10}}")
-    assert issue.path == "session.max_turns"
-    assert "did you mean 'maxTurns'?" in issue.message
+    [issue] = issues_of("{session: {idle_days: 10}}")
+    assert issue.path == "session.idle_days"
+    assert "did you mean 'idleDays'?" in issue.message
 
 
 def test_wrong_type_is_located() -> None:
@@ -237,14 +237,14 @@ def test_every_issue_is_reported_at_once() -> None:
 
 
 def test_out_of_range_values_are_rejected() -> None:
-    """Numeric limits hold: maxTurns >= 2, 0 < threshold <= 1, positive timeouts."""
+    """Numeric limits hold: idleDays > 0, 0 < threshold <= 1, positive timeouts."""
     text = """{
-      session: {maxTurns: 1},
+      session: {idleDays: 0},
       agents: {defaults: {compaction: {threshold: 1.5}, timeoutSeconds: 0}},
     }"""
     paths = {i.path for i in issues_of(text)}
     assert paths == {
-        "session.maxTurns",
+        "session.idleDays",
         "agents.defaults.compaction.threshold",
         "agents.defaults.timeoutSeconds",
     }

@@ -27,16 +27,6 @@ async def test_conversations_are_separate(redis_client: aioredis.Redis) -> None:
     assert await memory.load("telegram:2") == []
 
 
-async def test_history_is_capped_to_the_newest_turns(redis_client: aioredis.Redis) -> None:
-    """Past max_turns the oldest turns are dropped."""
-    memory = RedisMemory(redis_client, max_turns=4)
-    for n in range(10):
-        await memory.append("console:me", [turn(n)])
-    assert [t.text for t in await memory.load("console:me")] == [
-        f"message {n}" for n in range(6, 10)
-    ]
-
-
 async def test_clear_forgets_the_conversation(redis_client: aioredis.Redis) -> None:
     """clear() leaves an empty history."""
     memory = RedisMemory(redis_client)
@@ -50,6 +40,6 @@ async def test_keys_carry_the_conversation_hash_tag(redis_client: aioredis.Redis
     memory = RedisMemory(redis_client, idle_days=1)
     await memory.append("whatsapp:+15550001", [turn(1)])
     keys = await redis_client.keys("*")
-    assert keys == [conversation_key("whatsapp:+15550001", "turns")]
+    assert keys == [conversation_key("whatsapp:+15550001", "turns")]  # summary/base come later
     assert "{whatsapp:+15550001}" in keys[0]
     assert 0 < await redis_client.ttl(keys[0]) <= 86400

@@ -42,8 +42,12 @@ class FailoverClient:
         turns: Sequence[Turn],
         primary: ModelRef | None = None,
         conversation: str = "",
+        max_output_tokens: int | None = None,
     ) -> Completion:
-        """Try each model of the chain in order; raise AllModelsFailed when none answers."""
+        """Try each model of the chain in order; raise AllModelsFailed when none answers.
+
+        `max_output_tokens` caps the answer below each model's own maxTokens.
+        """
         chain = self.registry.chain(primary)
         failures: list[str] = []
         skipped: list[ModelInfo] = []
@@ -68,7 +72,7 @@ class FailoverClient:
                 continue
             following = [*chain[index + 1 :], *skipped]
             completion = await self._attempt(
-                model, provider, instructions, turns, conversation,
+                model, provider, instructions, turns, conversation, max_output_tokens,
                 probe=decision == PROBE, following=following, failures=failures,
             )  # fmt: skip
             if completion is not None:
@@ -76,7 +80,7 @@ class FailoverClient:
         for index, model in enumerate(skipped):  # every open model, tried anyway
             completion = await self._attempt(
                 model, self.providers[model.ref.provider], instructions, turns, conversation,
-                probe=False, following=skipped[index + 1 :], failures=failures,
+                max_output_tokens, probe=False, following=skipped[index + 1 :], failures=failures,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -89,6 +93,7 @@ class FailoverClient:
         instructions: str,
         turns: Sequence[Turn],
         conversation: str,
+        max_output_tokens: int | None,
         *,
         probe: bool,
         following: Sequence[ModelInfo],
@@ -100,7 +105,7 @@ class FailoverClient:
             model=model.ref.model,
             instructions=instructions,
             turns=turns,
-            max_output_tokens=model.max_tokens,
+            max_output_tokens=min(model.max_tokens, max_output_tokens or model.max_tokens),
         )
         started = time.perf_counter()
         try:

@@ -146,10 +146,13 @@ class FakeOpenAI:
         *,
         models: list[str] | None = None,
         default: Reply | Callable[[Recorded], Reply] | None = None,
+        context_window: int | None = None,
     ) -> None:
         self.models = [DEFAULT_MODEL] if models is None else list(models)
         self.default: Reply | Callable[[Recorded], Reply] = default or Reply()
         self.requests: list[Recorded] = []
+        self.context_window = context_window  # prompt + max output over it → 400 overflow
+        self.overflows = 0
         self.port = 0
         self._script: deque[Reply] = deque()
         self._closing = asyncio.Event()
@@ -274,6 +277,13 @@ class FakeOpenAI:
             return _error_response(error_reply(400, "The request body is not valid JSON."))
         if self.models and recorded.model not in self.models:
             return _error_response(unknown_model(recorded.model))
+        if self.context_window is not None:
+            wanted = prompt_tokens(body) + int(
+                body.get("max_output_tokens") or body.get("max_tokens") or 0
+            )
+            if wanted > self.context_window:
+                self.overflows += 1
+                return _error_response(context_overflow())
         reply = self._next_reply(recorded)
         if reply.delay:
             await self._sleep(reply.delay)
@@ -341,8 +351,15 @@ def _tokens(body: dict[str, Any], reply: Reply) -> tuple[int, int, int]:
     reasoning = len(reply.reasoning or "") // 4
     if reply.usage is not None:
         return reply.usage[0], reply.usage[1], min(reasoning, reply.usage[1])
-    prompt = json.dumps(body.get("input", body.get("messages", "")))
-    return max(1, len(prompt) // 4), max(1, len(reply.text) // 4) + reasoning, reasoning
+    return prompt_tokens(body), max(1, len(reply.text) // 4) + reasoning, reasoning
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a request's prompt: about four characters a token."""
+    prompt = str(body.get("instructions") or "") + json.dumps(
+        body.get("input", body.get("messages", ""))
+    )
+    return max(1, len(prompt) // 4)
 
 
 def _texts(value: Any) -> Iterator[str]:
