@@ -1,8 +1,9 @@
-"""One turn, start to end: history → model (with failover) → the reply and what to remember.
+"""One turn, start to end: access → commands → memory → model (with failover) → the reply.
 
 The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
-whose reply holds only the model's final text, or a short apology. The caller stores
-`remember` (the worker does so atomically with the turn's state).
+whose reply holds a command's answer and/or only the model's final text (or a short apology),
+or no reply at all for a message that must be dropped. The caller stores `remember` (the
+worker does so atomically with the turn's state); commands are never remembered.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bot.access import RedisAccess
+from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
+from bot.llm.choice import RedisModelChoice
 from bot.llm.failover import FailoverClient
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion
@@ -32,53 +36,82 @@ OVERFLOW_RETRIES = 2
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TurnResult:
-    """A turn's reply, and the turns to append to the conversation's memory (none on failure)."""
+    """A turn's reply (None: send nothing) and the turns to append to memory."""
 
-    reply: OutboundMessage
+    reply: OutboundMessage | None
     remember: tuple[Turn, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.remember)
 
 
 class Agent:
-    """Runs turns: loads the conversation's memory and asks the models."""
+    """Runs turns: checks access, answers commands, asks the models with the memory."""
 
     def __init__(
         self,
         *,
         llm: FailoverClient,
         compactor: Compactor,
+        access: RedisAccess,
+        commands: Commands,
+        choice: RedisModelChoice,
         system_prompt: str,
         turn_timeout: float,
+        max_inbound_chars: int,
         log: Logger,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.llm = llm
         self.compactor = compactor
+        self.access = access
+        self.commands = commands
+        self.choice = choice
         self.system_prompt = system_prompt
         self.turn_timeout = turn_timeout
+        self.max_inbound_chars = max_inbound_chars
         self.log = log
         self.clock = clock
 
     async def run_turn(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology."""
-        last = batch[-1]
-        try:
-            return await self.answer(batch)
-        except AllModelsFailed as exc:
-            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-            return TurnResult(reply=self._reply(last, APOLOGY))
-        except ContextOverflow as exc:
-            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-            return TurnResult(reply=self._reply(last, TOO_LONG))
-        except ModelError as exc:
-            self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-            return TurnResult(reply=self._reply(last, REFUSED))
+        return await self._turn(batch, raise_failures=False)
 
     async def answer(self, batch: Sequence[InboundMessage]) -> TurnResult:
-        """Answer a burst of messages as one turn; raise AllModelsFailed or ModelError."""
+        """Like run_turn, but raise AllModelsFailed / ModelError instead of apologising."""
+        return await self._turn(batch, raise_failures=True)
+
+    async def _turn(self, batch: Sequence[InboundMessage], *, raise_failures: bool) -> TurnResult:
+        last = batch[-1]
+        replies: list[str] = []
+        for_model: list[InboundMessage] = []
+        for message in batch:
+            verdict = await self.access.check(message)
+            if not verdict.allowed:
+                replies += [verdict.reply] if verdict.reply else []
+            elif parse_command(message.text) is not None:
+                replies.append(await self.commands.handle(message, verdict.role))
+            else:
+                for_model.append(message)
+        remember: tuple[Turn, ...] = ()
+        if for_model:
+            try:
+                text, remember = await self._model_turn(for_model)
+            except (AllModelsFailed, ModelError) as exc:
+                self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
+                if raise_failures:
+                    raise
+                text = _apology_for(exc)
+            replies.append(text)
+        if not replies:
+            return TurnResult(reply=None)
+        reply = OutboundMessage(
+            channel=last.channel,
+            conversation=last.conversation,
+            text="\n\n".join(replies),
+            reply_to=last.platform_id,
+        )
+        return TurnResult(reply=reply, remember=remember)
+
+    async def _model_turn(self, batch: Sequence[InboundMessage]) -> tuple[str, tuple[Turn, ...]]:
+        """The model's final text for these messages, and the exchange to remember."""
         last = batch[-1]
         conversation = last.conversation
         started = time.perf_counter()
@@ -89,15 +122,16 @@ class Agent:
             msg_id=last.platform_id,
             messages=len(batch),
         )
-        text = "\n".join(m.text for m in batch if m.text.strip())
+        text = "\n".join(self._clip(m.text) for m in batch if m.text.strip())
         if not text:
             self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
-            return TurnResult(reply=self._reply(last, TEXT_ONLY))
+            return TEXT_ONLY, ()
         attachments = sum(len(m.media) for m in batch)
         if attachments:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock())
-        chain = self.llm.registry.chain()
+        primary, _ = await self.choice.current(conversation)
+        chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
         try:
@@ -115,7 +149,14 @@ class Agent:
             tokens_in=completion.usage.tokens_in,
             tokens_out=completion.usage.tokens_out,
         )
-        return TurnResult(reply=self._reply(last, completion.text), remember=(user, reply))
+        return completion.text, (user, reply)
+
+    def _clip(self, text: str) -> str:
+        """Text over maxInboundChars is cut, and the model is told."""
+        if len(text) <= self.max_inbound_chars:
+            return text
+        cut = len(text) - self.max_inbound_chars
+        return f"{text[: self.max_inbound_chars]}\n[The message was cut: {cut} characters omitted.]"
 
     async def _complete(self, conversation: str, model: ModelInfo, user: Turn) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice)."""
@@ -129,7 +170,10 @@ class Agent:
             )
             try:
                 completion = await self.llm.complete(
-                    instructions=prompt.instructions, turns=prompt.turns, conversation=conversation
+                    instructions=prompt.instructions,
+                    turns=prompt.turns,
+                    primary=model.ref,
+                    conversation=conversation,
                 )
             except ContextOverflow as exc:
                 self.log.warning(
@@ -146,11 +190,10 @@ class Agent:
             return completion
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _reply(last: InboundMessage, text: str) -> OutboundMessage:
-        return OutboundMessage(
-            channel=last.channel,
-            conversation=last.conversation,
-            text=text,
-            reply_to=last.platform_id,
-        )
+
+def _apology_for(exc: Exception) -> str:
+    if isinstance(exc, ContextOverflow):
+        return TOO_LONG
+    if isinstance(exc, ModelError):
+        return REFUSED
+    return APOLOGY

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from bot.access import RedisAccess
 from bot.agent import Agent
+from bot.commands import Commands
 from bot.config import Config
 from bot.intake import RedisIntake
 from bot.llm.breaker import RedisBreaker
+from bot.llm.choice import RedisModelChoice
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
@@ -40,6 +43,8 @@ class App:
     llm: FailoverClient
     memory: RedisMemory
     agent: Agent
+    access: RedisAccess
+    choice: RedisModelChoice
     intake: RedisIntake
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
@@ -132,11 +137,33 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
             compactor = Compactor(memory=memory, llm=llm, config=defaults.compaction, log=log)
+            choice = RedisModelChoice(redis.client, registry)
+            access = RedisAccess(
+                redis.client,
+                channels=config.channels,
+                commands=config.commands,
+                rate_per_minute=config.session.rate_limit_per_minute,
+                log=log,
+            )
+            commands = Commands(
+                choice=choice,
+                registry=registry,
+                memory=memory,
+                compactor=compactor,
+                access=access,
+                breaker=breaker,
+                model_switch=config.commands.model_switch,
+                log=log,
+            )
             agent = Agent(
                 llm=llm,
                 compactor=compactor,
+                access=access,
+                commands=commands,
+                choice=choice,
                 system_prompt=defaults.system_prompt,
                 turn_timeout=defaults.timeout_seconds,
+                max_inbound_chars=defaults.max_inbound_chars,
                 log=log,
             )
             yield App(
@@ -148,6 +175,8 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
                 llm=llm,
                 memory=memory,
                 agent=agent,
+                access=access,
+                choice=choice,
                 intake=RedisIntake(redis.client, log=log),
                 whatsapp=whatsapp,
                 telegram=telegram,

@@ -7,7 +7,9 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -62,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     telegram_commands.add_parser("delete-webhook", help="remove the webhook (polling mode)")
     telegram_commands.add_parser("info", help="show the bot (getMe) and its webhook status")
 
+    pairing = commands.add_parser("pairing", help="people waiting for access (dmPolicy pairing)")
+    pairing_commands = pairing.add_subparsers(
+        dest="pairing_command", required=True, metavar="ACTION"
+    )
+    pairing_commands.add_parser("list", help="pending pairing codes")
+    approve = pairing_commands.add_parser("approve", help="let the person with CODE in")
+    approve.add_argument("code")
+
+    model = commands.add_parser("model", help="model choices")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    history = model_commands.add_parser("history", help="the latest model changes (audit)")
+    history.add_argument("-n", type=int, default=20, help="how many (default 20)")
+
     config = commands.add_parser("config", help="inspect the gateway config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_commands.add_parser("check", help="validate a config and print its model chain")
@@ -82,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_settings_config(settings)
         if args.command == "telegram":
             return asyncio.run(telegram_admin(settings, config, args.telegram_command))
+        if args.command in ("pairing", "model"):
+            log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
+            return asyncio.run(admin(settings, config, log, args))
     except ConfigError as exc:
         print(f"bot: the config cannot be used:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -212,6 +230,30 @@ async def identify_telegram(telegram: TelegramChannel, log: Logger) -> None:
     log.info("telegram_identified", channel="telegram", username=me.get("username"))
 
 
+async def admin(settings: Settings, config: Config, log: Logger, args: argparse.Namespace) -> int:
+    """`bot pairing list|approve CODE` and `bot model history`, against the gateway's Redis."""
+    async with open_app(settings, config, log) as app:
+        if args.command == "model":
+            for change in await app.choice.history(args.n):
+                when = datetime.fromtimestamp(change.ts).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{when}  {change.scope}: {change.before} -> {change.after}  by {change.who}")
+            return EXIT_OK
+        if args.pairing_command == "list":
+            requests = await app.access.pending()
+            for request in requests:
+                left = max(0, int(request.expires - time.time()) // 60)
+                print(f"{request.code}  {request.sender}  {request.name or ''}  ({left} min left)")
+            if not requests:
+                print("no pending pairing requests")
+            return EXIT_OK
+        approved = await app.access.approve(args.code, who="cli")
+        if approved is None:
+            print(f"bot: no pending request with code {args.code.upper()}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"approved {approved.sender}")
+        return EXIT_OK
+
+
 async def telegram_admin(settings: Settings, config: Config, action: str) -> int:
     """`bot telegram set-webhook|delete-webhook|info` against the Bot API."""
     if settings.telegram_bot_token is None:
@@ -283,7 +325,8 @@ async def chat(
                 if line.strip():
                     result = await app.agent.run_turn([console.message(line.strip())])
                     await app.memory.append(console.conversation, result.remember)
-                    await console.send(result.reply)
+                    if result.reply is not None:
+                        await console.send(result.reply)
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -297,7 +340,8 @@ async def chat_once(app: App, console: ConsoleChannel, message: str) -> int:
         print(f"bot: {exc}", file=sys.stderr)
         return EXIT_FAILED
     await app.memory.append(console.conversation, result.remember)
-    await console.send(result.reply)
+    if result.reply is not None:
+        await console.send(result.reply)
     return EXIT_OK
 
 

@@ -75,6 +75,7 @@ class AgentDefaults(_Model):
     timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30, gt=0)
+    max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
 
     @field_validator("model", mode="before")
@@ -155,6 +156,7 @@ class CommandsConfig(_Model):
 
 class SessionConfig(_Model):
     idle_days: float = Field(default=30, gt=0)
+    rate_limit_per_minute: int = Field(default=20, ge=1)
 
 
 class LoggingConfig(_Model):

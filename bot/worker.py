@@ -322,7 +322,7 @@ class Worker:
         args: list[Any] = [
             token,
             batch.id,
-            json.dumps(result.reply.to_dict(), ensure_ascii=False),
+            json.dumps(result.reply.to_dict(), ensure_ascii=False) if result.reply else "",
             self.memory.ttl_seconds,
             *turns,
         ]

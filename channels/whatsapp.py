@@ -116,6 +116,10 @@ class WhatsAppChannel:
     def startup_warnings(self) -> list[str]:
         """What an operator should fix before WhatsApp works safely."""
         warnings = []
+        if self.config.dm_policy == "open":
+            warnings.append(
+                "channels.whatsapp.dmPolicy is open: anyone who finds the number can use it"
+            )
         if not self.config.verify_signature:
             warnings.append(
                 "channels.whatsapp.verifySignature is false: unsigned webhooks are accepted; "

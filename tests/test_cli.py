@@ -233,7 +233,7 @@ def test_help_lists_every_command() -> None:
     from bot.cli import build_parser
 
     text = build_parser().format_help()
-    for command in ("serve", "chat", "config"):
+    for command in ("serve", "chat", "config", "telegram", "pairing", "model"):
         assert command in text
 
 
@@ -256,3 +256,13 @@ async def test_worker_role_runs_turns_without_listening(tmp_path: Path, redis_ur
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
+
+
+async def test_console_user_is_the_owner(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """In `bot chat` the local user is an admin and commands work without a model."""
+    config = write_config(tmp_path, gateway_config_text(f"http://127.0.0.1:{closed_port()}/v1"))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    result = await run_bot("chat", "-m", "/whoami", "--user", "ada", env=env, cwd=tmp_path)
+    assert (result.code, result.out) == (0, "You are console:ada (admin).\n")

@@ -130,10 +130,21 @@ async def test_overflow_compacts_harder_and_retries(
 async def test_a_message_too_long_for_any_window_gets_a_clear_reply(
     app: App, model: FakeOpenAI, events: CapturedEvents
 ) -> None:
-    """One message bigger than the whole window: two harder compactions, then a clear reply."""
+    """One message bigger than the server's whole window: two harder compactions, then a
+    clear reply."""
+    model.context_window = 1500
     reply = await turn(app, "word " * 4000, 1)
     assert reply == TOO_LONG
     assert len(events.events("context_overflow")) == 3
+
+
+async def test_inbound_text_over_the_limit_is_cut_with_a_note(app: App, model: FakeOpenAI) -> None:
+    """A message over maxInboundChars (8,000) reaches the model cut, with a note saying so."""
+    await turn(app, "x" * 9000, 1)
+    [request] = chat_requests(model)
+    sent = request["input"][-1]["content"]
+    assert sent.startswith("x" * 8000)
+    assert "[The message was cut: 1000 characters omitted.]" in sent
 
 
 async def test_failed_summary_drops_the_oldest_turns_and_goes_on(

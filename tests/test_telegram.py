@@ -62,7 +62,7 @@ def gateway_for(
         redis_url=redis_url,
         data_dir=tmp_path,
         log=events.log,
-        channels=f"telegram: {{ {channel} }}",
+        channels=f'telegram: {{ dmPolicy: "open", {channel} }}',
         poller=poller,
         bot_public_url="https://bot.example.com",
         telegram_bot_token=telegram.token,
@@ -306,3 +306,13 @@ async def test_webhook_mode_refuses_to_start_without_a_secret(
     code, out, _ = await run_bot("serve", env=env, cwd=tmp_path)
     assert code == 2
     assert "TELEGRAM_WEBHOOK_SECRET" in out
+
+
+async def test_commands_addressed_to_the_bot_work(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
+) -> None:
+    """`/whoami@botname` is a command in Telegram too, answered without a model."""
+    await post(gateway, dm(chat_id=5, user_id=5, text=f"/whoami@{telegram.username}"))
+    await eventually(lambda: len(telegram.sent) == 1)
+    assert telegram.sent[0]["text"] == "You are telegram:5 (user)."
+    assert model.requests == []

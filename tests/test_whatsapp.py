@@ -52,7 +52,7 @@ async def open_gateway(
     twilio: FakeTwilio,
     model: FakeOpenAI,
     *,
-    channel_config: str = "",
+    channel_config: str = 'dmPolicy: "open"',
     public_url: str | None = PUBLIC,
     auth_token: str | None = "use-fake",
 ) -> AsyncIterator[WhatsAppGateway]:
@@ -165,7 +165,7 @@ async def test_verify_signature_false_accepts_unsigned_with_a_warning(
     twilio: FakeTwilio, model: FakeOpenAI,
 ) -> None:  # fmt: skip
     """Only an explicit verifySignature: false lets unsigned requests in, and it is warned about."""
-    config = "verifySignature: false"
+    config = 'dmPolicy: "open", verifySignature: false'
     async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
         response = await gw.http.post("/webhooks/whatsapp", data=whatsapp_inbound())
         assert response.status == 200
@@ -212,7 +212,7 @@ async def test_too_long_body_is_not_retried_and_is_logged_with_a_hint(
     twilio: FakeTwilio, model: FakeOpenAI,
 ) -> None:  # fmt: skip
     """Twilio's 21617 is a 4xx: no retry, one send_failed event naming the fix."""
-    config = "textChunkLimit: 3000"
+    config = 'dmPolicy: "open", textChunkLimit: 3000'
     model.script(Reply(text="x " * 1200))
     async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
         await gw.post(whatsapp_inbound())
@@ -252,3 +252,28 @@ async def test_malformed_form_gets_400(
     response = await gateway.post({"From": "+15551234567", "Body": "sms, not whatsapp"})
     assert response.status == 400
     assert await redis_client.keys("conv:*") == []
+
+
+async def test_stranger_under_pairing_gets_a_code_not_an_answer(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Under the default dmPolicy (pairing) an unknown number gets one pairing code, no model."""
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=""):
+        await gw.post(whatsapp_inbound(body="hello?"))
+        [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
+        assert "approve code" in (sent.body or "")
+        assert sent.to == PERSON
+        assert model.requests == []
+
+
+async def test_commands_over_whatsapp_are_answered_without_a_model(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """A command over a signed webhook is answered by the command handler, not by a model."""
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model):
+        await gw.post(whatsapp_inbound(body="/whoami"))
+        [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
+        assert sent.body == f"You are {PERSON} (user)."
+        assert model.requests == []

@@ -43,6 +43,10 @@ class ModelRegistry:
         self.default = ModelRef.parse(choice.primary)
         self.fallbacks = [ModelRef.parse(f) for f in choice.fallbacks]
 
+    @property
+    def provider_ids(self) -> list[str]:
+        return list(self._providers)
+
     def aliases(self) -> list[tuple[str, ModelRef]]:
         """Aliases in config order, as `/model` numbers them (1-based)."""
         return [(alias, ref) for ref, alias in self._alias_of.items()]

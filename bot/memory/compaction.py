@@ -154,13 +154,20 @@ class Compactor:
         extra: Sequence[Turn] = (),
         pressure: int = 0,
         focus: str | None = None,
+        explicit: bool = False,
     ) -> CompactionResult:
-        """Summarise the older turns, keep the recent ones; on failure drop the oldest."""
+        """Summarise the older turns, keep the recent ones; on failure drop the oldest.
+
+        `explicit` (someone asked, `/compact`) condenses even a conversation under the
+        threshold: at most a quarter of it stays verbatim.
+        """
         state = state or await self.memory.state(conversation)
         ref = str(model.ref)
         before = self.prompt_tokens(state, extra, ref)
         if target is None:
             target = int(self.budget(model, "") * self.config.threshold)
+        if explicit:
+            target = min(target, before // 2)
         # The kept turns must leave room for the summary and the turns still to come.
         keep_tokens = min(self.config.keep_recent_tokens // (2**pressure), target // 2)
         cut = self._cut(state.turns, keep_tokens, ref)

@@ -1,0 +1,208 @@
+"""Who may do what: DM policies and allowlists, pairing codes, admins, per-sender rate limits.
+
+Strangers never get a model: under `pairing` an unknown sender gets one reply with a code
+that an admin approves; approvals and pending codes live in Redis. The gateway only ever
+answers people who wrote first.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+import redis.asyncio as aioredis
+
+from bot.config import ChannelsConfig, CommandsConfig
+from bot.logs import Logger
+from bot.messages import InboundMessage
+
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1: nothing to misread
+CODE_LENGTH = 8
+CODE_SECONDS = 3600
+MAX_PENDING = 3
+Role = Literal["admin", "user", "stranger"]
+
+# KEYS: bucket. ARGV: now ms, capacity, refill per ms, ttl s.
+# → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told
+RATE = """
+local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or capacity)
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
+tokens = math.min(capacity, tokens + (now - at) * rate)
+local result = 1
+if tokens >= 1 then
+  tokens = tokens - 1
+  redis.call('HDEL', KEYS[1], 'told')
+elseif redis.call('HGET', KEYS[1], 'told') then
+  result = -1
+else
+  redis.call('HSET', KEYS[1], 'told', 1)
+  result = 0
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return result
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """Whether a message may go on, the sender's role, and a reply to send instead, if any."""
+
+    allowed: bool
+    role: Role
+    reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairingRequest:
+    code: str
+    channel: str
+    sender: str
+    name: str | None
+    expires: float
+
+
+def approved_key(channel: str) -> str:
+    return f"access:{{{channel}}}:approved"
+
+
+def pending_key(channel: str) -> str:
+    return f"access:{{{channel}}}:pending"
+
+
+def code_key(code: str) -> str:
+    return f"pairing:code:{code}"
+
+
+class RedisAccess:
+    """Access decisions for every channel, backed by Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        channels: ChannelsConfig,
+        commands: CommandsConfig,
+        rate_per_minute: int,
+        log: Logger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.channels = channels
+        self.admins = set(commands.admins)
+        self.rate_per_minute = rate_per_minute
+        self.log = log
+        self.clock = clock
+        self._rate = redis.register_script(RATE)
+
+    def role_of(self, sender: str) -> Role:
+        """admin (commands.admins, or the local terminal), else user (policy decides later)."""
+        return "admin" if sender in self.admins or sender.startswith("console:") else "user"
+
+    async def check(self, message: InboundMessage) -> Verdict:
+        """May this message reach commands and models? Admins always; others by the channel's
+        policy, then the rate limit."""
+        role = self.role_of(message.sender)
+        if role == "admin":
+            return Verdict(allowed=True, role=role)  # the owner: no policy, no rate limit
+        verdict = await self._policy(message)
+        if not verdict.allowed:
+            return verdict
+        return await self._rate_limit(message, role)
+
+    async def _policy(self, message: InboundMessage) -> Verdict:
+        config = getattr(self.channels, message.channel, None)
+        policy = config.dm_policy if config is not None else "open"
+        fields = {"channel": message.channel, "conversation": message.conversation,
+                  "msg_id": message.platform_id}  # fmt: skip
+        if policy == "open":
+            return Verdict(allowed=True, role="user")
+        listed = config is not None and message.sender in config.allow_from
+        if listed or (policy == "pairing" and await self.is_approved(message)):
+            return Verdict(allowed=True, role="user")
+        if policy != "pairing" or message.meta.get("chat_type") in ("group", "supergroup"):
+            self.log.info("message_rejected", **fields, reason=f"dmPolicy {policy}")
+            return Verdict(allowed=False, role="stranger")
+        code = await self._pairing_code(message)
+        if code is None:
+            self.log.info("message_rejected", **fields, reason="pairing pending or full")
+            return Verdict(allowed=False, role="stranger")
+        self.log.info("pairing_requested", **fields, code=code)
+        reply = (
+            f"Hi! This assistant is private. To use it, ask its owner to approve code {code} "
+            "(valid for 1 hour), then write again."
+        )
+        return Verdict(allowed=False, role="stranger", reply=reply)
+
+    async def is_approved(self, message: InboundMessage) -> bool:
+        return bool(await self.redis.sismember(approved_key(message.channel), message.sender))
+
+    async def _pairing_code(self, message: InboundMessage) -> str | None:
+        """A new code for this sender, or None if one is pending already or too many are."""
+        now = self.clock()
+        pending = pending_key(message.channel)
+        await self.redis.zremrangebyscore(pending, "-inf", now)
+        waiting = cast("list[str]", await self.redis.zrange(pending, 0, -1))
+        requests = [await self.redis.get(code_key(code)) for code in waiting]
+        if any(r and json.loads(r)["sender"] == message.sender for r in requests):
+            return None
+        if len(waiting) >= MAX_PENDING:
+            return None
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        request = PairingRequest(
+            code=code, channel=message.channel, sender=message.sender,
+            name=message.sender_name, expires=now + CODE_SECONDS,
+        )  # fmt: skip
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(code_key(code), json.dumps(asdict(request)), ex=CODE_SECONDS)
+            pipe.zadd(pending, {code: request.expires})
+            await pipe.execute()
+        return code
+
+    async def approve(self, code: str, *, who: str) -> PairingRequest | None:
+        """Approve a pending code; the sender may use the gateway from now on."""
+        raw = await self.redis.get(code_key(code.strip().upper()))
+        if raw is None:
+            return None
+        request = PairingRequest(**json.loads(raw))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(approved_key(request.channel), request.sender)
+            pipe.delete(code_key(request.code))
+            pipe.zrem(pending_key(request.channel), request.code)
+            await pipe.execute()
+        self.log.info("pairing_approved", channel=request.channel, conversation=request.sender,
+                      by=who)  # fmt: skip
+        return request
+
+    async def pending(self) -> list[PairingRequest]:
+        """Codes waiting for approval, on every channel."""
+        found: list[PairingRequest] = []
+        for channel in ("whatsapp", "telegram"):
+            await self.redis.zremrangebyscore(pending_key(channel), "-inf", self.clock())
+            for code in cast("list[str]", await self.redis.zrange(pending_key(channel), 0, -1)):
+                if raw := await self.redis.get(code_key(code)):
+                    found.append(PairingRequest(**json.loads(raw)))
+        return found
+
+    async def _rate_limit(self, message: InboundMessage, role: Role) -> Verdict:
+        key = f"rate:{{{message.sender}}}"
+        args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000, 120]
+        result = int(await self._rate(keys=[key], args=args))
+        if result == 1:
+            return Verdict(allowed=True, role=role)
+        self.log.warning(
+            "rate_limited", channel=message.channel, conversation=message.conversation,
+            msg_id=message.platform_id, notified=result == 0,
+        )  # fmt: skip
+        reply = (
+            f"You're sending messages faster than I can answer ({self.rate_per_minute} a minute). "
+            "I'll skip messages for a moment; please slow down."
+            if result == 0
+            else None
+        )
+        return Verdict(allowed=False, role=role, reply=reply)

@@ -1,0 +1,282 @@
+"""Chat commands: a message starting with `/` is answered here and never reaches a model.
+
+Handlers are methods marked with `@command`; each gets a typed context. Changing the model
+and approving strangers are admin-only (`commands.admins`); `commands.modelSwitch: everyone`
+opens the per-conversation switch. A refused command changes nothing and is logged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot.access import RedisAccess, Role
+from bot.errors import CommandError
+from bot.llm.breaker import RedisBreaker
+from bot.llm.choice import RedisModelChoice
+from bot.llm.registry import ModelRegistry
+from bot.llm.types import ModelRef
+from bot.logs import Logger
+from bot.memory import Compactor, RedisMemory
+from bot.messages import InboundMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandContext:
+    """What a handler knows: the message, the command's arguments, the sender's role."""
+
+    message: InboundMessage
+    name: str
+    args: str
+    role: Role
+
+    @property
+    def conversation(self) -> str:
+        return self.message.conversation
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandSpec:
+    name: str
+    aliases: tuple[str, ...]
+    usage: str
+    summary: str
+    admin: bool
+
+
+Handler = Callable[[CommandContext], Awaitable[str]]
+
+
+def command(
+    name: str, *, usage: str = "", summary: str, aliases: tuple[str, ...] = (), admin: bool = False
+) -> Callable[[Callable[..., Awaitable[str]]], Callable[..., Awaitable[str]]]:
+    """Mark a Commands method as the handler of `/name`."""
+
+    def mark(handler: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
+        handler.__command__ = CommandSpec(  # type: ignore[attr-defined]
+            name=name, aliases=aliases, usage=usage, summary=summary, admin=admin
+        )
+        return handler
+
+    return mark
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """`/Model@my_bot Opus` → ("model", "Opus"); None when the text is not a command."""
+    stripped = text.strip()
+    if not stripped.startswith("/") or len(stripped) < 2 or stripped[1].isspace():
+        return None
+    head, _, args = stripped[1:].partition(" ")
+    return head.split("@", 1)[0].lower(), args.strip()
+
+
+class Commands:
+    """Every chat command, wired to the services it needs."""
+
+    def __init__(
+        self,
+        *,
+        choice: RedisModelChoice,
+        registry: ModelRegistry,
+        memory: RedisMemory,
+        compactor: Compactor,
+        access: RedisAccess,
+        breaker: RedisBreaker | None,
+        model_switch: str,
+        log: Logger,
+    ) -> None:
+        self.choice = choice
+        self.registry = registry
+        self.memory = memory
+        self.compactor = compactor
+        self.access = access
+        self.breaker = breaker
+        self.model_switch = model_switch
+        self.log = log
+        self.handlers: dict[str, tuple[CommandSpec, Handler]] = {}
+        for _, method in inspect.getmembers(self, inspect.ismethod):
+            spec: CommandSpec | None = getattr(method, "__command__", None)
+            if spec is not None:
+                for name in (spec.name, *spec.aliases):
+                    self.handlers[name] = (spec, method)
+
+    async def handle(self, message: InboundMessage, role: Role) -> str:
+        """The reply to a command message (help for an unknown one)."""
+        parsed = parse_command(message.text)
+        assert parsed is not None, "handle() is only called for commands"
+        name, args = parsed
+        fields = {"channel": message.channel, "conversation": message.conversation,
+                  "command": name}  # fmt: skip
+        found = self.handlers.get(name)
+        if found is None:
+            self.log.info("command", **fields, outcome="unknown")
+            hint = difflib.get_close_matches(name, list(self.handlers), n=1)
+            suggestion = f" Did you mean /{hint[0]}?" if hint else ""
+            return f"Unknown command /{name}.{suggestion}\n\n{self._help_text(role)}"
+        spec, handler = found
+        if spec.admin and role != "admin":
+            self.log.warning("command_refused", **fields, error="admin only")
+            return f"Only admins can use /{spec.name}."
+        context = CommandContext(message=message, name=name, args=args, role=role)
+        try:
+            reply = await handler(context)
+        except CommandError as exc:
+            self.log.info("command", **fields, outcome="error", error=str(exc))
+            return str(exc)
+        self.log.info("command", **fields, outcome="ok")
+        return reply
+
+    def _help_text(self, role: Role) -> str:
+        specs = {spec.name: spec for spec, _ in self.handlers.values()}
+        lines = ["Commands:"]
+        for spec in sorted(specs.values(), key=lambda s: s.name):
+            if spec.admin and role != "admin":
+                continue
+            usage = f"/{spec.name}{' ' + spec.usage if spec.usage else ''}"
+            lines.append(f"{usage} — {spec.summary}")
+        return "\n".join(lines)
+
+    # -- everyone ------------------------------------------------------------------------------
+
+    @command("help", summary="this list")
+    async def help(self, ctx: CommandContext) -> str:
+        return self._help_text(ctx.role)
+
+    @command("whoami", summary="your sender id and role")
+    async def whoami(self, ctx: CommandContext) -> str:
+        return f"You are {ctx.message.sender} ({ctx.role})."
+
+    @command("new", aliases=("reset",), summary="forget this conversation and start over")
+    async def new(self, ctx: CommandContext) -> str:
+        await self.memory.clear(ctx.conversation)
+        return "Started a new conversation: I have forgotten everything before this."
+
+    @command("compact", usage="[focus]", summary="condense this conversation now")
+    async def compact(self, ctx: CommandContext) -> str:
+        ref, _ = await self.choice.current(ctx.conversation)
+        info = self.registry.info(ref)
+        result = await self.compactor.compact(
+            ctx.conversation, model=info, focus=ctx.args or None, explicit=True
+        )
+        if not result.summarised and not result.dropped:
+            return f"Nothing to condense yet (about {result.tokens_before} tokens of history)."
+        how = "summarised" if result.summarised else "dropped (the summary failed)"
+        turns = result.summarised or result.dropped
+        return (
+            f"Condensed: about {result.tokens_before} → {result.tokens_after} tokens "
+            f"({turns} older messages {how})."
+        )
+
+    @command("status", summary="model, fallbacks, breakers and memory of this conversation")
+    async def status(self, ctx: CommandContext) -> str:
+        ref, source = await self.choice.current(ctx.conversation)
+        chain = self.registry.chain(ref)
+        state = await self.memory.state(ctx.conversation)
+        tokens = self.compactor.prompt_tokens(state, [], str(ref))
+        lines = [
+            f"Model: {self._name(ref)} (from the {_SOURCES[source]})",
+            "Fallbacks: " + (", ".join(self._name(m.ref) for m in chain[1:]) or "none"),
+        ]
+        if self.breaker is not None:
+            states = await self.breaker.states([str(m.ref) for m in chain])
+            troubled = [
+                f"{s.model} {s.state}" + (f" ({s.reopens_in:.0f} s)" if s.reopens_in else "")
+                for s in states
+                if s.state != "closed"
+            ]
+            lines.append("Breakers: " + ("; ".join(troubled) or "all closed"))
+        lines.append(
+            f"Memory: {len(state.turns)} messages, about {tokens} tokens, "
+            f"{state.summary.version if state.summary else 0} compactions"
+        )
+        changes = await self.choice.history(3)
+        if changes:
+            lines.append("Recent model changes:")
+            lines += [f"  {c.scope}: {c.before} → {c.after} by {c.who}" for c in changes]
+        return "\n".join(lines)
+
+    @command("models", summary="every model the gateway knows")
+    async def models(self, ctx: CommandContext) -> str:
+        lines = ["Models:"]
+        for pid, provider in self.registry.config.providers().items():
+            for spec in provider.models:
+                ref = f"{pid}/{spec.id}"
+                alias = self.registry.alias_of(ModelRef(pid, spec.id))
+                lines.append(f"{ref}{f' ({alias})' if alias else ''} — {provider.api}")
+        return "\n".join(lines)
+
+    @command("model", usage="[alias|provider/model|N|default …|reset]",
+             summary="show or change this conversation's model")  # fmt: skip
+    async def model(self, ctx: CommandContext) -> str:
+        words = ctx.args.split()
+        if not words:
+            return await self._model_menu(ctx)
+        if words[0].lower() == "default":
+            if not ctx.is_admin:
+                return self._refuse(ctx, "Only admins can change everyone's default model.")
+            if len(words) == 1:
+                return f"Everyone's default: {self._name(await self.choice.default())}."
+            ref = self.registry.resolve(" ".join(words[1:]))
+            change = await self.choice.set("default", ref, who=ctx.message.sender)
+            self._audit(ctx, change.before, change.after, "default")
+            return f"Everyone's default model is now {self._name(ref)}."
+        if not (ctx.is_admin or self.model_switch == "everyone"):
+            return self._refuse(ctx, "Only admins can change the model.")
+        if words[0].lower() == "reset":
+            change = await self.choice.set(ctx.conversation, None, who=ctx.message.sender)
+            self._audit(ctx, change.before, change.after, ctx.conversation)
+            ref, _ = await self.choice.current(ctx.conversation)
+            return f"This conversation is back to the default model, {self._name(ref)}."
+        ref = self.registry.resolve(ctx.args)
+        change = await self.choice.set(ctx.conversation, ref, who=ctx.message.sender)
+        self._audit(ctx, change.before, change.after, ctx.conversation)
+        return f"This conversation now uses {self._name(ref)}."
+
+    # -- admins --------------------------------------------------------------------------------
+
+    @command("approve", usage="CODE", summary="let a person who asked for access in", admin=True)
+    async def approve(self, ctx: CommandContext) -> str:
+        if not ctx.args:
+            raise CommandError("Usage: /approve CODE (the code the person was sent).")
+        request = await self.access.approve(ctx.args, who=ctx.message.sender)
+        if request is None:
+            raise CommandError(f"No pending request with code {ctx.args.upper()} (expired?).")
+        return f"Approved {request.sender}{f' ({request.name})' if request.name else ''}."
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _model_menu(self, ctx: CommandContext) -> str:
+        ref, source = await self.choice.current(ctx.conversation)
+        lines = [f"Now: {self._name(ref)} (from the {_SOURCES[source]})."]
+        aliases = self.registry.aliases()
+        if aliases:
+            lines.append("Switch with /model <name or number>:")
+            lines += [f"{n}. {alias} — {target}" for n, (alias, target) in enumerate(aliases, 1)]
+        return "\n".join(lines)
+
+    def _name(self, ref: ModelRef) -> str:
+        alias = self.registry.alias_of(ref)
+        return f"{alias} ({ref})" if alias else str(ref)
+
+    def _refuse(self, ctx: CommandContext, reply: str) -> str:
+        self.log.warning(
+            "command_refused", channel=ctx.message.channel, conversation=ctx.conversation,
+            command=f"{ctx.name} {ctx.args}".strip(), error="admin only",
+        )  # fmt: skip
+        return reply
+
+    def _audit(self, ctx: CommandContext, before: str, after: str, scope: str) -> None:
+        self.log.info(
+            "model_changed", channel=ctx.message.channel, conversation=ctx.conversation,
+            by=ctx.message.sender, scope=scope, before=before, after=after,
+        )  # fmt: skip
+
+
+_SOURCES = {"conversation": "conversation's choice", "default": "global default",
+            "config": "config"}  # fmt: skip

@@ -1,0 +1,102 @@
+"""Which model a conversation uses: its own choice, else everyone's default, else the config.
+
+Choices live in Redis (a conversation's under its hash tag, the default in one key), so they
+survive restarts and every process sees them. Every change is audited on a capped stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import StoreUnavailable
+from bot.llm.registry import ModelRegistry
+from bot.llm.types import ModelRef
+
+DEFAULT_KEY = "settings:model:default"
+AUDIT_STREAM = "audit:model"
+AUDIT_MAXLEN = 1000
+Source = Literal["conversation", "default", "config"]
+
+
+def conversation_model_key(conversation: str) -> str:
+    return f"conv:{{{conversation}}}:model"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelChange:
+    """One audited change: who moved which scope from what to what, and when."""
+
+    who: str
+    scope: str  # "default" or a conversation id
+    before: str
+    after: str
+    ts: float
+
+
+class RedisModelChoice:
+    """Per-conversation and global model choices, resolved against the registry."""
+
+    def __init__(self, redis: aioredis.Redis, registry: ModelRegistry) -> None:
+        self.redis = redis
+        self.registry = registry
+
+    async def current(self, conversation: str) -> tuple[ModelRef, Source]:
+        """The model a conversation's next turn starts at, and where that choice comes from."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(conversation_model_key(conversation))
+                pipe.get(DEFAULT_KEY)
+                mine, default = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("Redis did not answer while reading the model choice") from exc
+        for stored, source in ((mine, "conversation"), (default, "default")):
+            if stored:
+                ref = ModelRef.parse(stored)
+                if ref.provider in self.registry.provider_ids:  # a provider removed from config
+                    return ref, source  # type: ignore[return-value]
+        return self.registry.default, "config"
+
+    async def set(self, scope: str, ref: ModelRef | None, *, who: str) -> ModelChange:
+        """Set (or with None, clear) the choice of a conversation or of "default"; audited."""
+        key = DEFAULT_KEY if scope == "default" else conversation_model_key(scope)
+        before = await self.default() if scope == "default" else (await self.current(scope))[0]
+        change = ModelChange(
+            who=who, scope=scope, before=str(before), after=str(ref or "(reset)"), ts=time.time()
+        )
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if ref is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, str(ref))
+                pipe.xadd(
+                    AUDIT_STREAM,
+                    {"change": json.dumps(asdict(change))},
+                    maxlen=AUDIT_MAXLEN,
+                    approximate=True,
+                )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("Redis did not answer while saving the model choice") from exc
+        return change
+
+    async def default(self) -> ModelRef:
+        """Everyone's default: the stored one, else the config's primary."""
+        stored = cast("str | None", await self.redis.get(DEFAULT_KEY))
+        if stored and ModelRef.parse(stored).provider in self.registry.provider_ids:
+            return ModelRef.parse(stored)
+        return self.registry.default
+
+    async def history(self, count: int = 10) -> list[ModelChange]:
+        """The latest audited changes, newest first."""
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await self.redis.xrevrange(AUDIT_STREAM, count=count),
+        )
+        return [ModelChange(**json.loads(fields["change"])) for _, fields in rows]

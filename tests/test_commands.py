@@ -1,0 +1,320 @@
+"""Chat commands and access control through the real agent, Redis and fake models."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.app import App, open_app
+from bot.commands import parse_command
+from bot.config import parse_config
+from bot.messages import InboundMessage
+from bot.settings import Settings
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.helpers import provider_block
+
+ADMIN = "whatsapp:+15550000001"
+USER = "whatsapp:+15550000002"
+OTHER = "whatsapp:+15550000003"
+IDS = itertools.count(1)
+
+
+def config_text(local: FakeOpenAI, backup: FakeOpenAI, *, extra: str = "", policy: str = "open",
+                allow: str = "[]") -> str:  # fmt: skip
+    return f"""{{
+      agents: {{ defaults: {{
+        model: {{ primary: "local/local-model", fallbacks: [] }},
+        models: {{ "local/local-model": {{ alias: "Local" }},
+                   "backup/backup-model": {{ alias: "Backup" }} }},
+      }} }},
+      models: {{ mode: "replace", providers: {{
+        local: {provider_block(local.base_url)},
+        backup: {provider_block(backup.base_url, model="backup-model")},
+      }} }},
+      channels: {{ whatsapp: {{ dmPolicy: "{policy}", allowFrom: {allow} }} }},
+      commands: {{ admins: ["{ADMIN}"] }},
+      {extra}
+    }}"""
+
+
+def wa(text: str, sender: str = USER) -> InboundMessage:
+    n = next(IDS)
+    return InboundMessage(channel="whatsapp", conversation=sender, sender=sender, text=text,
+                          platform_id=f"SM{n}", ts=float(n))  # fmt: skip
+
+
+@pytest.fixture
+async def local() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"], default=Reply(text="local says hi")) as f:
+        yield f
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["backup-model"], default=Reply(text="backup says hi")) as f:
+        yield f
+
+
+@asynccontextmanager
+async def gateway(text: str, redis_url: str, tmp_path: Path, events: CapturedEvents
+                  ) -> AsyncIterator[App]:  # fmt: skip
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    async with open_app(settings, parse_config(text, source="t", env={}), events.log) as app:
+        yield app
+
+
+@pytest.fixture
+async def app(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> AsyncIterator[App]:  # fmt: skip
+    async with gateway(config_text(local, backup), redis_url, tmp_path, events) as running:
+        yield running
+
+
+async def say(app: App, message: InboundMessage) -> str | None:
+    """One turn, remembered as the worker would; the reply text (None: nothing sent)."""
+    result = await app.agent.run_turn([message])
+    await app.memory.append(message.conversation, result.remember)
+    return result.reply.text if result.reply else None
+
+
+def test_command_parsing() -> None:
+    """`/Model@bot Opus` is the model command; plain text and a lone slash are not commands."""
+    assert parse_command("/Model@switchboard_bot Opus 4") == ("model", "Opus 4")
+    assert parse_command("  /help") == ("help", "")
+    assert parse_command("hello /help") is None
+    assert parse_command("/ spaced") is None
+
+
+async def test_admin_switches_the_conversation_model(
+    app: App, local: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """An admin's /model Backup sends that conversation's next turn to the backup model."""
+    reply = await say(app, wa("/model Backup", ADMIN))
+    assert reply == "This conversation now uses Backup (backup/backup-model)."
+    assert await say(app, wa("hello", ADMIN)) == "backup says hi"
+    assert local.requests_to("/responses") == []
+    assert await say(app, wa("hello", USER)) == "local says hi"  # other conversations unchanged
+    [changed] = events.events("model_changed")
+    assert (changed["by"], changed["after"]) == ("whatsapp:+1555•••0001", "backup/backup-model")
+
+
+async def test_non_admin_model_change_is_refused_and_changes_nothing(
+    app: App, backup: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """/model and /model default from a non-admin are refused, logged, and change nothing."""
+    assert await say(app, wa("/model Backup")) == "Only admins can change the model."
+    assert await say(app, wa("/model default Backup")) == (
+        "Only admins can change everyone's default model."
+    )
+    assert await say(app, wa("/approve ABCDEFGH")) == "Only admins can use /approve."
+    assert len(events.events("command_refused")) == 3
+    assert await say(app, wa("hello")) == "local says hi"
+    assert await app.choice.history() == []
+
+
+async def test_model_switch_everyone_opens_only_the_conversation_switch(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """With modelSwitch: everyone anyone may switch their conversation, not the default."""
+    text = config_text(local, backup).replace(
+        f'commands: {{ admins: ["{ADMIN}"] }}',
+        f'commands: {{ admins: ["{ADMIN}"], modelSwitch: "everyone" }}',
+    )
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        assert "now uses Backup" in (await say(app, wa("/model 2")) or "")
+        assert (await say(app, wa("/model default Backup")) or "").startswith("Only admins")
+
+
+async def test_default_model_moves_everyone_and_survives_a_restart(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """/model default Backup moves every conversation without an override, after a restart too;
+    a conversation's own choice still wins, and /model reset returns to the default."""
+    text = config_text(local, backup)
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        await say(app, wa("/model Local", ADMIN))
+        assert (await say(app, wa("/model default backup", ADMIN)) or "").endswith(
+            "Backup (backup/backup-model)."
+        )
+    async with gateway(text, redis_url, tmp_path, events) as restarted:
+        assert await say(restarted, wa("hi", USER)) == "backup says hi"
+        assert await say(restarted, wa("hi", ADMIN)) == "local says hi"
+        await say(restarted, wa("/model reset", ADMIN))
+        assert await say(restarted, wa("hi", ADMIN)) == "backup says hi"
+        status = await say(restarted, wa("/status", ADMIN)) or ""
+    assert "Model: Backup (backup/backup-model) (from the global default)" in status
+    assert "default: local/local-model → backup/backup-model by " + ADMIN in status
+
+
+async def test_model_menu_numbers_and_did_you_mean(app: App) -> None:
+    """/model lists numbered aliases; a number picks one; a typo gets a suggestion."""
+    menu = await say(app, wa("/model", ADMIN)) or ""
+    assert "Now: Local (local/local-model) (from the config)." in menu
+    assert "2. Backup — backup/backup-model" in menu
+    assert "now uses Backup" in (await say(app, wa("/model 2", ADMIN)) or "")
+    assert "did you mean 'Backup'?" in (await say(app, wa("/model Bakup", ADMIN)) or "")
+
+
+async def test_information_commands(app: App) -> None:
+    """/help, /whoami, /models and /status answer without a model; unknown ones get help."""
+    assert "/model" in (await say(app, wa("/help")) or "")
+    assert "/approve" not in (await say(app, wa("/help")) or "")  # admin-only, hidden
+    assert await say(app, wa("/whoami")) == f"You are {USER} (user)."
+    assert await say(app, wa("/whoami", ADMIN)) == f"You are {ADMIN} (admin)."
+    models = await say(app, wa("/models")) or ""
+    assert "backup/backup-model (Backup) — openai-responses" in models
+    status = await say(app, wa("/status")) or ""
+    assert "Model: Local (local/local-model) (from the config)" in status
+    assert "Breakers: all closed" in status
+    unknown = await say(app, wa("/modle")) or ""
+    assert unknown.startswith("Unknown command /modle. Did you mean /model?")
+
+
+async def test_commands_never_reach_a_model_or_memory(app: App, local: FakeOpenAI) -> None:
+    """Commands are answered here: no model call, nothing stored in history."""
+    for text in ("/help", "/whoami", "/status", "/models", "/model"):
+        await say(app, wa(text))
+    assert local.requests == []
+    assert await app.memory.load(USER) == []
+
+
+async def test_new_forgets_and_compact_reports(app: App, local: FakeOpenAI) -> None:
+    """/new clears the conversation; /compact reports tokens before and after."""
+    for n in range(8):
+        await say(app, wa(f"fact {n}: " + "blah " * 200))
+    report = await say(app, wa("/compact the facts")) or ""
+    assert report.startswith("Condensed: about ")
+    summary_prompt = local.requests_to("/responses")[-1].prompt
+    assert "Focus the summary on: the facts" in summary_prompt
+    assert await say(app, wa("/new")) == (
+        "Started a new conversation: I have forgotten everything before this."
+    )
+    assert (await app.memory.state(USER)).turns == []
+    assert (await app.memory.state(USER)).summary is None
+
+
+async def test_a_burst_with_a_command_answers_both(app: App, backup: FakeOpenAI) -> None:
+    """A command and a question in one burst: the command applies first, then the model."""
+    result = await app.agent.run_turn([wa("/model Backup", ADMIN), wa("and now?", ADMIN)])
+    assert result.reply is not None
+    assert result.reply.text.endswith("backup says hi")
+    assert [t.text for t in result.remember] == ["and now?", "backup says hi"]
+
+
+async def test_pairing_end_to_end(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A stranger gets one code and no model answer; an admin approves it; then answers flow."""
+    async with gateway(
+        config_text(local, backup, policy="pairing"), redis_url, tmp_path, events
+    ) as app:
+        first = await say(app, wa("hi, who are you?")) or ""
+        code = first.split("approve code ")[1].split(" ")[0]
+        assert len(code) == 8
+        assert not set(code) & set("IL01O")
+        assert await say(app, wa("hello??")) is None  # one reply per pending code
+        assert local.requests == []
+        assert await say(app, wa(f"/approve {code.lower()}", ADMIN)) == f"Approved {USER}."
+        assert await say(app, wa("hello again")) == "local says hi"
+        assert await say(app, wa(f"/approve {code}", ADMIN)) == (
+            f"No pending request with code {code} (expired?)."
+        )
+    assert events.events("pairing_requested")[0]["code"] == code
+    assert events.events("pairing_approved")
+
+
+async def test_at_most_three_pairing_requests_wait(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A fourth stranger while three codes wait gets no reply at all."""
+    async with gateway(
+        config_text(local, backup, policy="pairing"), redis_url, tmp_path, events
+    ) as app:
+        replies = [await say(app, wa("hi", f"whatsapp:+1555777000{n}")) for n in range(4)]
+        assert [r is not None for r in replies] == [True, True, True, False]
+        assert len(await app.access.pending()) == 3
+
+
+@pytest.mark.parametrize(
+    ("policy", "sender", "answered"),
+    [("allowlist", OTHER, True), ("allowlist", USER, False), ("disabled", USER, False),
+     ("disabled", ADMIN, True), ("open", USER, True)],
+)  # fmt: skip
+async def test_dm_policies(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents, policy: str, sender: str, answered: bool,
+) -> None:  # fmt: skip
+    """allowlist lets allowFrom (and admins) in, disabled only admins, open everyone; the
+    rest get no reply at all."""
+    text = config_text(local, backup, policy=policy, allow=json.dumps([OTHER]))
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        reply = await say(app, wa("hello", sender))
+    assert (reply == "local says hi") is answered
+    assert (reply is None) is not answered
+
+
+async def test_rate_limit_notices_once_then_drops(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """Past the per-sender limit: one notice, then silent drops, all logged."""
+    text = config_text(local, backup, extra="session: { rateLimitPerMinute: 3 },")
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        replies = [await say(app, wa(f"msg {n}")) for n in range(6)]
+        assert await say(app, wa("hi", OTHER)) == "local says hi"  # per sender
+    assert replies[:3] == ["local says hi"] * 3
+    assert "faster than I can answer (3 a minute)" in (replies[3] or "")
+    assert replies[4:] == [None, None]
+    assert len(events.events("rate_limited")) == 3
+    assert len(local.requests_to("/responses")) == 4
+
+
+async def test_pairing_cli_lists_and_approves(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """`bot pairing list` shows the waiting code; `bot pairing approve CODE` lets them in;
+    `bot model history` shows audited changes."""
+    text = config_text(local, backup, policy="pairing")
+    (tmp_path / "bot.json5").write_text(text)
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        first = await say(app, wa("hi")) or ""
+        code = first.split("approve code ")[1].split(" ")[0]
+        await say(app, wa("/model default Backup", ADMIN))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_url,
+           "BOT_CONFIG": str(tmp_path / "bot.json5")}  # fmt: skip
+
+    async def bot(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", *args, env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode()
+
+    code_listed, listing = await bot("pairing", "list")
+    assert code_listed == 0
+    assert code in listing
+    assert USER in listing
+    approved, output = await bot("pairing", "approve", code)
+    assert (approved, output.strip()) == (0, f"approved {USER}")
+    _, history = await bot("model", "history")
+    assert "default: local/local-model -> backup/backup-model  by " + ADMIN in history
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        assert await say(app, wa("hello")) == "backup says hi"
