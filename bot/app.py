@@ -8,19 +8,21 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from bot.access import RedisAccess
 from bot.agent import Agent
 from bot.commands import Commands
 from bot.config import Config
-from bot.intake import RedisIntake
+from bot.intake import READY_STREAM, RedisIntake
 from bot.llm.breaker import RedisBreaker
 from bot.llm.choice import RedisModelChoice
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
-from bot.logs import Logger
+from bot.logs import EventHub, Logger, RedisStreamSink
 from bot.memory import Compactor, RedisMemory
+from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
@@ -46,6 +48,8 @@ class App:
     access: RedisAccess
     choice: RedisModelChoice
     intake: RedisIntake
+    breaker: RedisBreaker
+    metrics: Metrics
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
 
@@ -83,8 +87,19 @@ class App:
             intake=self.intake,
             channels=self.webhook_channels,
             public_url=self.settings.bot_public_url,
+            metrics_body=self.metrics_body,
             log=self.log,
         )
+
+    async def metrics_body(self) -> bytes:
+        """The metrics, with inbox depth and breaker states read from Redis now."""
+        try:
+            inbox = await self.redis.client.xlen(READY_STREAM)
+            states = await self.breaker.states([str(m.ref) for m in self.registry.chain()])
+        except (RedisError, OSError):
+            return self.metrics.render()
+        self.metrics.set_state(inbox=inbox, breakers={s.model: s.state for s in states})
+        return self.metrics.render()
 
     def poller(self) -> Poller | None:
         """The Telegram long-poller, when channels.telegram.mode is polling."""
@@ -110,13 +125,21 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIterator[App]:
+async def open_app(
+    settings: Settings, config: Config, log: Logger, hub: EventHub | None = None
+) -> AsyncIterator[App]:
     """Connect Redis, build providers, channels and the agent; close everything on exit.
 
     A channel is built when it is enabled and its credentials are in the environment.
     """
     registry = ModelRegistry(config)
+    metrics = Metrics()
     async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
+        stream = RedisStreamSink(redis.client, max_len=config.logging.stream_max_len)
+        if hub is not None:
+            hub.add(metrics.observe)
+            hub.add(stream)
+            stream.start()
         providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, connect=10))
         channels = config.channels
@@ -178,6 +201,8 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
                 access=access,
                 choice=choice,
                 intake=RedisIntake(redis.client, log=log),
+                breaker=breaker,
+                metrics=metrics,
                 whatsapp=whatsapp,
                 telegram=telegram,
             )
@@ -185,5 +210,9 @@ async def open_app(settings: Settings, config: Config, log: Logger) -> AsyncIter
             if whatsapp is not None:
                 await whatsapp.close()
             await http.close()
+            if hub is not None:
+                hub.remove(stream)
+                hub.remove(metrics.observe)
+                await stream.close()
             for provider in providers.values():
                 await provider.close()

@@ -20,9 +20,12 @@ from pydantic import ValidationError
 from bot import __version__
 from bot.app import App, open_app
 from bot.config import Config, load_config
+from bot.doctor import diagnose, render
 from bot.errors import AllModelsFailed, BotError, ChannelSendError, ConfigError, ModelError
 from bot.llm.registry import ModelRegistry
-from bot.logs import Logger, make_logger
+from bot.logreader import Filters, Printer, parse_since, show_logs
+from bot.logs import EventHub, FileSink, Logger, make_logger
+from bot.redisdb import EmbeddedRedis, answers
 from bot.settings import Settings
 from channels.console import ConsoleChannel
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
@@ -64,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     telegram_commands.add_parser("delete-webhook", help="remove the webhook (polling mode)")
     telegram_commands.add_parser("info", help="show the bot (getMe) and its webhook status")
 
+    commands.add_parser(
+        "doctor", help="check config, Redis, every model server and the channels; name the fixes"
+    )
+
+    logs = commands.add_parser(
+        "logs", help="the deployment's events (Redis stream; this machine's file if unreachable)"
+    )
+    logs.add_argument("-n", type=int, default=50, help="how many recent events (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep showing new events")
+    logs.add_argument("--level", choices=["debug", "info", "warning", "error"],
+                      help="only events at or above this level")  # fmt: skip
+    logs.add_argument("--event", action="append", default=[],
+                      help="only this event (repeat or comma-separate for several)")  # fmt: skip
+    logs.add_argument("--channel", help="only this channel (whatsapp, telegram, console)")
+    logs.add_argument("--conversation", help="only this conversation, e.g. whatsapp:+15551234567")
+    logs.add_argument("--since", help="only events newer than this: 30s, 10m, 2h, 1d")
+    logs.add_argument("--json", action="store_true", help="JSON lines instead of columns")
+
     pairing = commands.add_parser("pairing", help="people waiting for access (dmPolicy pairing)")
     pairing_commands = pairing.add_subparsers(
         dest="pairing_command", required=True, metavar="ACTION"
@@ -97,28 +118,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_settings_config(settings)
         if args.command == "telegram":
             return asyncio.run(telegram_admin(settings, config, args.telegram_command))
+        if args.command == "doctor":
+            return asyncio.run(run_doctor(settings, config))
+        if args.command == "logs":
+            try:
+                return asyncio.run(tail_logs(settings, config, args))
+            except KeyboardInterrupt:
+                return EXIT_OK
         if args.command in ("pairing", "model"):
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return asyncio.run(admin(settings, config, log, args))
     except ConfigError as exc:
         print(f"bot: the config cannot be used:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "serve":
-        log = make_logger(
-            level=config.logging.level,
-            secrets=settings.secrets(),
-            include_content=config.logging.include_content,
-        )
-        announce_config(log, config)
-        return asyncio.run(serve(settings, config, log, args.role))
+    hub = EventHub()
+    file_sink = FileSink(log_path(settings, config))
+    hub.add(file_sink)
+    serving = args.command == "serve"
     log = make_logger(
-        level="debug" if args.verbose else "warning",
-        stream=sys.stderr,
+        level="debug" if not serving and args.verbose else config.logging.level,
+        stream=None if serving else sys.stderr,
+        console_level=None if serving or args.verbose else "warning",
         secrets=settings.secrets(),
         include_content=config.logging.include_content,
+        hub=hub,
     )
     announce_config(log, config)
-    return asyncio.run(chat(settings, config, log, args.message, args.user))
+    try:
+        if serving:
+            return asyncio.run(serve(settings, config, log, args.role, hub))
+        return asyncio.run(chat(settings, config, log, args.message, args.user, hub))
+    finally:
+        file_sink.close()
+
+
+def log_path(settings: Settings, config: Config) -> Path:
+    """logging.file, or <BOT_DATA_DIR>/log/bot.jsonl."""
+    return Path(config.logging.file or Path(settings.bot_data_dir) / "log" / "bot.jsonl")
 
 
 def load_settings_config(settings: Settings, file: str | None = None) -> Config:
@@ -163,7 +199,9 @@ def config_check(settings: Settings, file: str | None) -> int:
     return EXIT_OK
 
 
-async def serve(settings: Settings, config: Config, log: Logger, role: str) -> int:
+async def serve(
+    settings: Settings, config: Config, log: Logger, role: str, hub: EventHub | None = None
+) -> int:
     """Run the role until SIGTERM or SIGINT; then stop intake, drain turns, close, exit 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,7 +209,7 @@ async def serve(settings: Settings, config: Config, log: Logger, role: str) -> i
         loop.add_signal_handler(sig, stop.set)
     web_role, worker_role = role in ("all", "web"), role in ("all", "worker")
     try:
-        async with open_app(settings, config, log) as app:
+        async with open_app(settings, config, log, hub) as app:
             if web_role and (problems := app.problems()):
                 for problem in problems:
                     log.error("setup_error", error=problem)
@@ -228,6 +266,40 @@ async def identify_telegram(telegram: TelegramChannel, log: Logger) -> None:
         )
         return
     log.info("telegram_identified", channel="telegram", username=me.get("username"))
+
+
+async def run_doctor(settings: Settings, config: Config) -> int:
+    """`bot doctor`: exit 0 when healthy, 1 when something must be fixed."""
+    checks = await diagnose(settings, config)
+    return render(checks, sys.stdout, color=sys.stdout.isatty())
+
+
+async def tail_logs(settings: Settings, config: Config, args: argparse.Namespace) -> int:
+    """`bot logs`: recent events, filtered, optionally followed live (Ctrl-C stops)."""
+    try:
+        since = time.time() - parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    filters = Filters(
+        level=args.level,
+        events=frozenset(e.strip() for arg in args.event for e in arg.split(",") if e.strip()),
+        channel=args.channel,
+        conversation=args.conversation,
+        since=since,
+    )
+    url = settings.redis_url
+    if url is None:  # read the embedded server only if one is running; never start one
+        embedded = EmbeddedRedis(settings.bot_data_dir)
+        url = embedded.url if await answers(embedded.url) else None
+    printer = Printer(sys.stdout, as_json=args.json, color=sys.stdout.isatty())
+    try:
+        return await show_logs(
+            redis_url=url, file=log_path(settings, config), filters=filters, count=args.n,
+            follow=args.follow, printer=printer, notice=sys.stderr,
+        )  # fmt: skip
+    except asyncio.CancelledError:
+        return EXIT_OK
 
 
 async def admin(settings: Settings, config: Config, log: Logger, args: argparse.Namespace) -> int:
@@ -309,12 +381,17 @@ async def set_webhook(settings: Settings, telegram: TelegramChannel) -> int:
 
 
 async def chat(
-    settings: Settings, config: Config, log: Logger, message: str | None, user: str | None
+    settings: Settings,
+    config: Config,
+    log: Logger,
+    message: str | None,
+    user: str | None,
+    hub: EventHub | None = None,
 ) -> int:
     """One message (`-m`) or a REPL; replies go to stdout, events to stderr."""
     console = ConsoleChannel(user=user)
     try:
-        async with open_app(settings, config, log) as app:
+        async with open_app(settings, config, log, hub) as app:
             if message is not None:
                 return await chat_once(app, console, message)
             print(f"Chatting as {console.conversation}. /quit leaves.", file=sys.stderr)

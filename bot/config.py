@@ -161,7 +161,7 @@ class SessionConfig(_Model):
 
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    file: str = "var/log/bot.jsonl"
+    file: str | None = None  # None: <BOT_DATA_DIR>/log/bot.jsonl
     stream_max_len: int = Field(default=100000, ge=1)
     include_content: bool = False
 

@@ -1,23 +1,37 @@
 """Structured events (DESIGN §5): one event per thing that happens, redacted in every sink.
 
 `make_logger` builds the logger the composition root hands to every component. Events are
-JSON lines when the stream is not a terminal and readable columns when it is.
+JSON lines when the stream is not a terminal and readable columns when it is; the same
+redacted JSON goes to every sink on the EventHub: a rotating file, a capped Redis stream
+(so `bot logs` sees the whole deployment), and the metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import logging.handlers
+import os
 import re
+import socket
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections import deque
+from collections.abc import Callable, Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
+import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 Logger = FilteringBoundLogger
 
 FIRST_KEYS = ("ts", "level", "event", "channel", "conversation", "msg_id")
+EVENT_STREAM = "logs:events"
+Sink = Callable[[MutableMapping[str, Any], str], None]  # (event, its JSON line)
 CONTENT_KEYS = ("text", "reply")
 PHONE = re.compile(r"\+(\d{1,4})(\d{3,})(\d{4})\b")
 
@@ -60,6 +74,96 @@ def _order(_: WrappedLogger, __: str, event: EventDict) -> MutableMapping[str, A
     return ordered
 
 
+class EventHub:
+    """The sinks every event reaches after redaction; added as the process starts."""
+
+    def __init__(self) -> None:
+        self.sinks: list[Sink] = []
+
+    def add(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def remove(self, sink: Sink) -> None:
+        with contextlib.suppress(ValueError):
+            self.sinks.remove(sink)
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        if self.sinks:
+            line = json.dumps(event, ensure_ascii=False, default=str)
+            for sink in self.sinks:
+                sink(event, line)
+        return event
+
+
+class FileSink:
+    """JSON lines in a file that rotates at `max_bytes`, keeping `backups` old ones."""
+
+    def __init__(self, path: Path, *, max_bytes: int = 10_000_000, backups: int = 5) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+
+    def __call__(self, _: MutableMapping[str, Any], line: str) -> None:
+        self.handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+
+    def close(self) -> None:
+        self.handler.close()
+
+
+class RedisStreamSink:
+    """Events on a capped Redis stream, written in batches by a background task."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, max_len: int, buffer: int = 10_000, every: float = 0.2
+    ) -> None:
+        self.redis = redis
+        self.max_len = max_len
+        self.every = every
+        self.pending: deque[str] = deque(maxlen=buffer)  # oldest dropped if Redis lags
+        self.task: asyncio.Task[None] | None = None
+        self.closing = asyncio.Event()
+
+    def __call__(self, _: MutableMapping[str, Any], line: str) -> None:
+        self.pending.append(line)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        # Stopped by an event, never cancelled: a cancel landing inside the Redis client
+        # can be swallowed there, and the task would never end.
+        while not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await self.closing.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is buffered; keep it for the next try if Redis does not answer."""
+        if not self.pending:
+            return
+        batch = list(self.pending)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for line in batch:
+                    pipe.xadd(EVENT_STREAM, {"e": line}, maxlen=self.max_len, approximate=True)
+                await pipe.execute()
+        except (RedisError, OSError):
+            return
+        for _ in batch:
+            if self.pending:
+                self.pending.popleft()
+
+    async def close(self) -> None:
+        """Stop the writer and write what is left."""
+        self.closing.set()
+        if self.task is not None:
+            await self.task
+        await self.flush()
+
+
 def make_logger(
     *,
     level: str = "info",
@@ -67,22 +171,45 @@ def make_logger(
     as_json: bool | None = None,
     secrets: Iterable[str] = (),
     include_content: bool = False,
+    hub: EventHub | None = None,
+    console_level: str | None = None,
 ) -> Logger:
-    """A logger writing one event per line to `stream` (stdout by default)."""
+    """A logger writing one event per line to `stream` (stdout by default) and to `hub`.
+
+    `console_level` shows only events at or above it on `stream` (the hub gets them all).
+    """
     out = stream if stream is not None else sys.stdout
     if as_json is None:
         as_json = not out.isatty()
+    proc = f"{socket.gethostname()}:{os.getpid()}"
+
+    def add_proc(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        event["proc"] = proc
+        return event
+
     processors: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         structlog.processors.format_exc_info,
+        add_proc,
     ]
     if not include_content:
         processors.append(_drop_content)
     processors.append(Redactor(secrets))
     processors.append(_order)
+    if hub is not None:
+        processors.append(hub)
+    if console_level is not None:
+        floor = logging.getLevelNamesMapping()[console_level.upper()]
+
+        def quiet(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+            if logging.getLevelNamesMapping()[str(event["level"]).upper()] < floor:
+                raise structlog.DropEvent
+            return event
+
+        processors.append(quiet)
     if as_json:
-        processors.append(structlog.processors.JSONRenderer(ensure_ascii=False))
+        processors.append(structlog.processors.JSONRenderer(ensure_ascii=False, default=str))
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False))
     logger: Logger = structlog.wrap_logger(

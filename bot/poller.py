@@ -139,4 +139,5 @@ class Poller:
     @staticmethod
     async def _pause(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await stop.wait()

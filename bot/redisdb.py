@@ -56,7 +56,8 @@ def describe_url(url: str) -> str:
     return url
 
 
-async def _answers(url: str) -> bool:
+async def answers(url: str) -> bool:
+    """Whether a Redis server answers PING at `url` within a second."""
     client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     try:
         return bool(await client.ping())
@@ -82,7 +83,7 @@ class EmbeddedRedis:
         with (self.dir / "start.lock").open("w") as lock:
             await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
             try:
-                if self.socket.exists() and await _answers(self.url):
+                if self.socket.exists() and await answers(self.url):
                     return
                 await self._spawn()
             finally:
@@ -112,7 +113,7 @@ class EmbeddedRedis:
             start_new_session=True,
         )  # fmt: skip
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while not (self.socket.exists() and await _answers(self.url)):
+        while not (self.socket.exists() and await answers(self.url)):
             if self._proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
                 await self.stop()
                 raise StoreUnavailable(
@@ -127,7 +128,8 @@ class EmbeddedRedis:
             return
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), timeout=10)
+            async with asyncio.timeout(10):
+                await proc.wait()
         except TimeoutError:
             proc.kill()
             await proc.wait()

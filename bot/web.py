@@ -11,6 +11,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from bot.errors import (
@@ -26,6 +27,8 @@ from bot.messages import InboundMessage
 from channels.base import Channel, RawRequest, StatusReceiver
 
 REDIS_KEY = web.AppKey("redis", aioredis.Redis)
+MetricsBody = Callable[[], Awaitable[bytes]]
+METRICS_KEY: web.AppKey[MetricsBody] = web.AppKey("metrics")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # One table maps the error tree to what a platform sees; the first match wins.
@@ -111,12 +114,19 @@ class WebhookRoutes:
         return handle
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this process's metrics."""
+    body = await request.app[METRICS_KEY]()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def make_web_app(
     *,
     redis: aioredis.Redis,
     intake: Intake,
     channels: Iterable[Channel] = (),
     public_url: str | None = None,
+    metrics_body: Callable[[], Awaitable[bytes]] | None = None,
     log: Logger,
 ) -> web.Application:
     """The HTTP surface of the gateway."""
@@ -124,6 +134,9 @@ def make_web_app(
     app[REDIS_KEY] = redis
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if metrics_body is not None:
+        app[METRICS_KEY] = metrics_body
+        app.router.add_get("/metrics", metrics)
     routes = WebhookRoutes(intake=intake, public_url=public_url, log=log)
     for channel in channels:
         app.router.add_post(f"/webhooks/{channel.name}", routes.inbound(channel))

@@ -250,7 +250,10 @@ class Worker:
         if not await self.redis.set(lease_key(conversation), token, nx=True, px=self.lease_ms):
             return True  # another worker has it and will see the inbox before it lets go
         lost = asyncio.Event()
-        renewer = asyncio.create_task(self._keep_lease(conversation, token, entry_id, lost))
+        done = asyncio.Event()
+        renewer = asyncio.create_task(
+            self._keep_lease(conversation, token, entry_id, lost=lost, done=done)
+        )
         try:
             while not lost.is_set():
                 taken = await self._take(
@@ -270,7 +273,8 @@ class Worker:
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return True
         finally:
-            renewer.cancel()
+            done.set()  # not cancel(): a cancel inside the Redis client can be swallowed
+            await renewer
 
     async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool:
         fence = [lease_key(conversation), batch_key(conversation)]
@@ -344,11 +348,22 @@ class Worker:
         self.log.info("reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text)
 
     async def _keep_lease(
-        self, conversation: str, token: str, entry_id: str | None, lost: asyncio.Event
+        self,
+        conversation: str,
+        token: str,
+        entry_id: str | None,
+        *,
+        lost: asyncio.Event,
+        done: asyncio.Event,
     ) -> None:
-        """Renew the lease every third of its life and keep the ready entry from looking idle."""
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
+        """Renew the lease every third of its life and keep the ready entry from looking idle,
+        until the turn is `done`; set `lost` if another worker holds the lease now."""
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_ms / 3000):
+                    await done.wait()
+            if done.is_set():
+                return
             try:
                 held = await self._renew(
                     keys=[lease_key(conversation)], args=[token, self.lease_ms]

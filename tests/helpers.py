@@ -16,7 +16,7 @@ from aiohttp import test_utils
 
 from bot.app import App, open_app
 from bot.config import Config, parse_config
-from bot.logs import Logger
+from bot.logs import EventHub, Logger
 from bot.messages import InboundMessage
 from bot.settings import Settings
 
@@ -117,6 +117,7 @@ async def running_gateway(
     log: Logger,
     channels: str = "",
     poller: bool = False,
+    hub: EventHub | None = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
     """Serve the gateway's web app and run a worker (and the poller, if asked) until exit.
@@ -127,7 +128,7 @@ async def running_gateway(
     text = gateway_config_text(model_url).rstrip().rstrip("}") + f"channels: {{ {channels} }} }}"
     config = parse_config(text, source="test.json5", env={})
     env = Settings(redis_url=redis_url, bot_data_dir=str(data_dir), _env_file=None, **settings)  # type: ignore[call-arg]
-    async with open_app(env, config, log) as app:
+    async with open_app(env, config, log, hub) as app:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(app.worker().run(stop))]
         if poller and (polling := app.poller()) is not None:

@@ -22,7 +22,7 @@ CORE = (
 )
 CHANNEL_ALLOWED = ("bot.messages", "bot.errors", "bot.settings", "bot.config", "channels.base")
 SDK_HOMES = {"openai": {"bot.llm.providers"}, "twilio": {"channels.whatsapp"}}
-ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__"}
+ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__", "bot.doctor"}  # doctor opens Redis itself
 
 
 def module_name(path: Path) -> str:
