@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -141,3 +143,30 @@ async def running_gateway(
             finally:
                 stop.set()
                 await asyncio.gather(*tasks)
+
+
+@dataclass
+class Result:
+    """What a `bot …` process did."""
+
+    code: int
+    out: str
+    err: str
+
+
+def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no settings leak in from the developer's shell."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "BOT_DATA_DIR": str(tmp_path / "var")}
+    env.update(extra)
+    return env
+
+
+async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> Result:
+    """Run `python -m bot ARGS` to completion (60 s at most)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args,
+        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
-from tests.helpers import gateway_config_text
+from tests.helpers import bot_env, gateway_config_text, run_bot
 
 SEEDS = ["seed-local-stack.json5", "seed-hybrid.json5", "seed-other-proxy.json5"]
 SECRETS = {
@@ -24,30 +22,6 @@ SECRETS = {
     "TELEGRAM_BOT_TOKEN": "123456:SECRET-telegram-token",
     "TWILIO_AUTH_TOKEN": "SECRET-twilio-auth-token",
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: no settings leak in from the developer's shell."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "BOT_DATA_DIR": str(tmp_path / "var")}
-    env.update(extra)
-    return env
-
-
-async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args,
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +18,7 @@ from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import provider_block
+from tests.helpers import bot_env, provider_block, run_bot
 
 ADMIN = "whatsapp:+15550000001"
 USER = "whatsapp:+15550000002"
@@ -297,16 +294,11 @@ async def test_pairing_cli_lists_and_approves(
         first = await say(app, wa("hi")) or ""
         code = first.split("approve code ")[1].split(" ")[0]
         await say(app, wa("/model default Backup", ADMIN))
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_url,
-           "BOT_CONFIG": str(tmp_path / "bot.json5")}  # fmt: skip
+    env = bot_env(tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(tmp_path / "bot.json5"))
 
     async def bot(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", *args, env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode or 0, out.decode()
+        result = await run_bot(*args, env=env, cwd=tmp_path)
+        return result.code, result.out
 
     code_listed, listing = await bot("pairing", "list")
     assert code_listed == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from bot.logs import EVENT_STREAM, EventHub, FileSink, RedisStreamSink, make_log
 from bot.web import make_web_app
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import eventually, gateway_config_text, running_gateway
+from tests.helpers import bot_env, eventually, gateway_config_text, run_bot, running_gateway
 
 PERSON = "whatsapp:+15551234567"
 SECRETS = {
@@ -128,20 +127,6 @@ async def test_readyz_reports_redis_down() -> None:
     await dead.aclose()
 
 
-async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
-            "BOT_DATA_DIR": str(tmp_path / "var"), **extra}  # fmt: skip
-
-
 async def test_bot_logs_filters_the_stream(
     redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
@@ -152,17 +137,22 @@ async def test_bot_logs_filters_the_stream(
         log.info("turn_started", channel="whatsapp", conversation=PERSON if n % 2 else "x", n=n)
     log.warning("model_fallback", channel="telegram", conversation="telegram:42", n=99)
     await sink.flush()
-    env = base_env(tmp_path, REDIS_URL=redis_url)
-    code, out, _ = await run_bot("logs", "--json", "-n", "5", "--conversation", PERSON,
-                                 env=env, cwd=tmp_path)  # fmt: skip
-    assert code == 0
-    assert [e["n"] for e in events_in(out)] == [21, 23, 25, 27, 29]
-    _, out, _ = await run_bot("logs", "--json", "--level", "warning", env=env, cwd=tmp_path)
+    env = bot_env(tmp_path, REDIS_URL=redis_url)
+    last = await run_bot(
+        "logs", "--json", "-n", "5", "--conversation", PERSON, env=env, cwd=tmp_path
+    )
+    assert last.code == 0
+    assert [e["n"] for e in events_in(last.out)] == [21, 23, 25, 27, 29]
+    out = (await run_bot("logs", "--json", "--level", "warning", env=env, cwd=tmp_path)).out
     assert [e["event"] for e in events_in(out)] == ["model_fallback"]
-    _, out, _ = await run_bot("logs", "--json", "--channel", "telegram", "--event",
-                              "model_fallback,turn_started", env=env, cwd=tmp_path)  # fmt: skip
+    kinds = "model_fallback,turn_started"
+    out = (
+        await run_bot(
+            "logs", "--json", "--channel", "telegram", "--event", kinds, env=env, cwd=tmp_path
+        )
+    ).out
     assert [e["n"] for e in events_in(out)] == [99]
-    _, out, _ = await run_bot("logs", "--since", "1h", "-n", "2", env=env, cwd=tmp_path)
+    out = (await run_bot("logs", "--since", "1h", "-n", "2", env=env, cwd=tmp_path)).out
     assert "model_fallback" in out
     assert "{" not in out  # readable columns, not JSON
 
@@ -180,8 +170,9 @@ async def test_bot_logs_falls_back_to_the_file(tmp_path: Path) -> None:
     hub.add(sink)
     make_logger(stream=io.StringIO(), as_json=True, hub=hub).info("reply_sent", channel="console")
     sink.close()
-    env = base_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
-    code, out, err = await run_bot("logs", "--json", env=env, cwd=tmp_path)
+    env = bot_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    result = await run_bot("logs", "--json", env=env, cwd=tmp_path)
+    code, out, err = result.code, result.out, result.err
     assert code == 0
     assert "Redis is unreachable" in err
     assert [e["event"] for e in events_in(out)] == ["reply_sent"]
@@ -197,7 +188,7 @@ async def test_bot_logs_follows_one_conversation_across_two_processes(
     config = tmp_path / "bot.json5"
     text = gateway_config_text(model.base_url).rstrip().rstrip("}")
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-    env = base_env(
+    env = bot_env(
         tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
         BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
         TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",

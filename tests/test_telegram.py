@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tests.fakes.telegram_server import (
     private_text_update,
     too_many_requests,
 )
-from tests.helpers import Gateway, eventually, running_gateway
+from tests.helpers import Gateway, eventually, run_bot, running_gateway
 
 SECRET = "s3cret-Token_for-tests"
 UPDATE_IDS = itertools.count(1)
@@ -255,16 +254,6 @@ async def test_two_pollers_never_poll_at_once(
     assert not events.events("poll_failed")
 
 
-async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def cli_env(telegram: FakeTelegram, tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"],
@@ -283,18 +272,18 @@ async def test_cli_sets_shows_and_deletes_the_webhook(
     env = cli_env(
         telegram, tmp_path, BOT_PUBLIC_URL="https://bot.example.com", TELEGRAM_WEBHOOK_SECRET=SECRET
     )
-    code, out, err = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
-    assert code == 0, err
+    result = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
     assert telegram.webhook is not None
     assert telegram.webhook["url"] == "https://bot.example.com/webhooks/telegram"
     assert telegram.webhook["secret_token"] == SECRET
-    code, out, _ = await run_bot("telegram", "info", env=env, cwd=tmp_path)
-    assert code == 0
+    info = await run_bot("telegram", "info", env=env, cwd=tmp_path)
+    assert info.code == 0
+    out = info.out
     assert f"@{telegram.username}" in out
     assert "https://bot.example.com/webhooks/telegram" in out
     assert SECRET not in out
-    code, _, _ = await run_bot("telegram", "delete-webhook", env=env, cwd=tmp_path)
-    assert code == 0
+    assert (await run_bot("telegram", "delete-webhook", env=env, cwd=tmp_path)).code == 0
     assert telegram.webhook is None
 
 
@@ -303,9 +292,9 @@ async def test_webhook_mode_refuses_to_start_without_a_secret(
 ) -> None:
     """`bot serve` with a bot token but no TELEGRAM_WEBHOOK_SECRET exits 2 and says why."""
     env = cli_env(telegram, tmp_path, REDIS_URL=redis_url, BOT_PORT="0")
-    code, out, _ = await run_bot("serve", env=env, cwd=tmp_path)
-    assert code == 2
-    assert "TELEGRAM_WEBHOOK_SECRET" in out
+    result = await run_bot("serve", env=env, cwd=tmp_path)
+    assert result.code == 2
+    assert "TELEGRAM_WEBHOOK_SECRET" in result.out
 
 
 async def test_commands_addressed_to_the_bot_work(
