@@ -52,6 +52,7 @@ def gateway_config_text(
     provider_timeout: float = 5,
     window: tuple[int, int] = (32000, 1024),
     compaction: str = "",
+    max_concurrent: int = 8,
 ) -> str:
     """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
@@ -67,6 +68,7 @@ def gateway_config_text(
         systemPrompt: "You are a test assistant.",
         timeoutSeconds: 20,
         leaseSeconds: {lease_seconds},
+        maxConcurrent: {max_concurrent},
         compaction: {{ {compaction} }},
       }} }},
       models: {{ mode: "replace", providers: {{

@@ -1,0 +1,368 @@
+"""Pipeline overhead: the gateway against a minimal relay under the same open-loop load.
+
+For each rate, one `bot serve --role all` process and then `bench.relay` (each started fresh,
+Redis flushed between runs) take `rate x seconds` signed WhatsApp webhooks, one per
+conversation, sent open-loop by `bench.loadgen` in its own process. This process hosts only
+the fakes: a model that answers "ok" after a fixed delay and a Twilio Messages API, whose
+accept times (time.monotonic) are mapped to wall clock so they compare with the load
+generator's time.time() send times. Everything listens on 127.0.0.1; Redis is REDIS_URL or an
+embedded server.
+
+Figures: ack latency = webhook answered - sent (load generator); end-to-end = Twilio accepted
+the reply - webhook sent; replies/s = replies / (last reply - first send); a loss = no reply
+within the wait after the last send. Redis commands per turn (gateway) = INFO commandstats
+calls delta over the run (INFO itself excluded, idle polling included) / replies.
+Run: `.venv/bin/python -m bench.pipeline [--rates 100,300] [--seconds 6] [--model-ms 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from bot.redisdb import EmbeddedRedis
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.twilio_server import FakeTwilio
+from tests.helpers import gateway_config_text
+
+ROOT = Path(__file__).resolve().parent.parent
+SENDER = "whatsapp:+14155238886"
+MEASURED_PREFIX = "whatsapp:+1555"  # bench.loadgen's measured From numbers
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class RunResult:
+    """What one target did at one rate."""
+
+    sent: int
+    answered: int  # 2xx
+    acks_ms: list[float]
+    e2e_ms: list[float]
+    replies_per_s: float
+    losses: int
+    statuses: dict[str, int]
+    redis_per_turn: float | None = None
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+async def spawn(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """A child process of this Python, its output appended to `log`."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, cwd=ROOT, stdout=out, stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+async def stop(proc: asyncio.subprocess.Process, grace: float = 10) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; the exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                return await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return await proc.wait()
+
+
+async def wait_ready(proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
+    """Poll GET /readyz until 200; fail if the process exits or START_TIMEOUT passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise SystemExit(f"process exited with {proc.returncode}; see {log}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"process on port {port} not ready after {START_TIMEOUT:.0f} s; see {log}")
+
+
+MAX_CONCURRENT = 64  # agents.defaults.maxConcurrent: 8 (the default) caps a worker near 130 turns/s
+
+
+def gateway_command(
+    workdir: Path, port: int, redis_url: str, model: FakeOpenAI, twilio: FakeTwilio
+) -> tuple[list[str], dict[str, str]]:
+    """`bot serve --role all` and its environment, pointed at the fakes."""
+    config = workdir / "bot.json5"
+    text = gateway_config_text(model.base_url, max_concurrent=MAX_CONCURRENT).rstrip().rstrip("}")
+    config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(workdir),
+        "BOT_CONFIG": str(config),
+        "BOT_PORT": str(port),
+        "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "BOT_DATA_DIR": str(workdir / f"var-{port}"),
+        "REDIS_URL": redis_url,
+        "TWILIO_ACCOUNT_SID": twilio.account_sid,
+        "TWILIO_AUTH_TOKEN": twilio.auth_token,
+        "TWILIO_WHATSAPP_FROM": SENDER,
+        "TWILIO_API_BASE_URL": twilio.base_url,
+    }
+    return ["-m", "bot", "serve", "--role", "all"], env
+
+
+def relay_command(
+    workdir: Path, port: int, model: FakeOpenAI, twilio: FakeTwilio
+) -> tuple[list[str], dict[str, str]]:
+    """`bench.relay` and its environment, pointed at the fakes."""
+    args = [
+        "-m", "bench.relay", "--port", str(port), "--public-url", f"http://127.0.0.1:{port}",
+        "--model-url", model.base_url, "--model", "local-model", "--twilio-url", twilio.base_url,
+        "--account-sid", twilio.account_sid, "--auth-token", twilio.auth_token,
+        "--sender", SENDER,
+    ]  # fmt: skip
+    return args, {"PATH": os.environ["PATH"], "HOME": str(workdir)}
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+async def redis_calls(redis: aioredis.Redis) -> int:
+    """Commands Redis has executed so far (INFO itself excluded)."""
+    stats = await redis.info("commandstats")
+    return sum(
+        int(value["calls"]) for name, value in stats.items() if name not in ("cmdstat_info",)
+    )
+
+
+async def run_loadgen(url: str, rate: float, seconds: float, token: str, out: Path, log: Path):
+    """Run bench.loadgen to completion (bounded) and return its per-message results."""
+    args = ["-m", "bench.loadgen", "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
+    args += ["--token", token, "--out", str(out)]
+    proc = await spawn(args, {"PATH": os.environ["PATH"]}, log)
+    try:
+        async with asyncio.timeout(seconds + 60):
+            code = await proc.wait()
+    finally:
+        await stop(proc, grace=2)
+    return read_results(out, code, log)
+
+
+def read_results(out: Path, code: int, log: Path) -> list[dict]:
+    """The load generator's per-message results, or exit if it failed."""
+    if code != 0 or not out.exists():
+        raise SystemExit(f"the load generator failed ({code}); see {log}")
+    results: list[dict] = json.loads(out.read_text())["results"]
+    return results
+
+
+async def collect_replies(twilio: FakeTwilio, results: list[dict], wait: float) -> None:
+    """Poll until every 2xx-answered message has a reply, or `wait` s after the last send."""
+    expected = {r["from"] for r in results if r["status"] and 200 <= r["status"] < 300}
+    last_sent = max((r["sent_at"] for r in results), default=time.time())
+    deadline = last_sent + wait
+    while time.time() < deadline:
+        if expected <= {m.to for m in twilio.messages}:
+            return
+        await asyncio.sleep(0.05)
+
+
+def summarise(results: list[dict], twilio: FakeTwilio, offset: float, wait: float) -> RunResult:
+    """Per-message figures: ack and end-to-end latency, throughput, losses."""
+    cutoff = max(r["sent_at"] for r in results) + wait
+    first_reply: dict[str, float] = {}
+    for message in twilio.messages:  # appended in accept order: the first is the earliest
+        if message.to.startswith(MEASURED_PREFIX):
+            first_reply.setdefault(message.to, message.at + offset)
+    statuses: dict[str, int] = {}
+    acks, e2e = [], []
+    for r in results:
+        key = str(r["status"]) if r["status"] is not None else "no answer"
+        statuses[key] = statuses.get(key, 0) + 1
+        if r["status"] and 200 <= r["status"] < 300:
+            acks.append((r["acked_at"] - r["sent_at"]) * 1000)
+        replied = first_reply.get(r["from"])
+        if replied is not None and replied <= cutoff:
+            e2e.append((replied - r["sent_at"]) * 1000)
+    first_sent = min(r["sent_at"] for r in results)
+    span = (max(first_reply.values()) - first_sent) if first_reply else 0.0
+    return RunResult(
+        sent=len(results),
+        answered=len(acks),
+        acks_ms=acks,
+        e2e_ms=e2e,
+        replies_per_s=len(first_reply) / span if span > 0 else 0.0,
+        losses=len(results) - len(e2e),
+        statuses=statuses,
+    )
+
+
+async def run_target(
+    target: str,
+    rate: float,
+    seconds: float,
+    model_ms: float,
+    redis: aioredis.Redis,
+    redis_url: str,
+    workdir: Path,
+    wait: float,
+) -> RunResult:
+    """Fresh fakes and a fresh target process; one open-loop load; the figures."""
+    await redis.flushall()
+    reply = Reply(text="ok", reasoning=None, delay=model_ms / 1000)
+    log = workdir / f"{target}-{rate:g}.log"
+    async with FakeOpenAI(models=["local-model"], default=reply) as model, FakeTwilio() as twilio:
+        offset = time.time() - time.monotonic()
+        port = free_port()
+        if target == "gateway":
+            args, env = gateway_command(workdir, port, redis_url, model, twilio)
+        else:
+            args, env = relay_command(workdir, port, model, twilio)
+        proc = await spawn(args, env, log)
+        try:
+            await wait_ready(proc, port, log)
+            await asyncio.sleep(0.5)  # let a worker join its consumer group
+            before = await redis_calls(redis)
+            url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+            out = workdir / f"{target}-{rate:g}.json"
+            results = await run_loadgen(url, rate, seconds, twilio.auth_token, out, log)
+            await collect_replies(twilio, results, wait)
+            after = await redis_calls(redis)
+        finally:
+            code = await stop(proc)
+        summary = summarise(results, twilio, offset, wait)
+        if target == "gateway" and summary.e2e_ms:
+            summary.redis_per_turn = (after - before) / len(summary.e2e_ms)
+        if code not in (0, -signal.SIGTERM):
+            print(f"  ({target} exited with {code}; see {log})")
+        return summary
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "-"
+
+
+def print_table(
+    rate: float, seconds: float, model_ms: float, gw: RunResult, rl: RunResult, wait: float
+) -> None:
+    """One table: gateway, relay, and how they compare."""
+    total = round(rate * seconds)
+    p = percentile
+    head = f"rate {rate:g}/s, {seconds:g} s ({total} webhooks), model {model_ms:g} ms"
+    print(f"\n{head:<58}{'gateway':>13} {'relay':>13}   ratio / diff")
+    rows = [
+        (
+            "webhooks sent / answered 2xx",
+            f"{gw.sent}/{gw.answered}",
+            f"{rl.sent}/{rl.answered}",
+            "",
+        ),
+        (
+            "ack latency p50 / p99 (ms)",
+            f"{p(gw.acks_ms, 50):.1f}/{p(gw.acks_ms, 99):.1f}",
+            f"{p(rl.acks_ms, 50):.1f}/{p(rl.acks_ms, 99):.1f}",
+            f"{ratio(p(gw.acks_ms, 50), p(rl.acks_ms, 50))}/"
+            f"{ratio(p(gw.acks_ms, 99), p(rl.acks_ms, 99))}",
+        ),
+        (
+            "end-to-end p50 / p99 (ms)",
+            f"{p(gw.e2e_ms, 50):.0f}/{p(gw.e2e_ms, 99):.0f}",
+            f"{p(rl.e2e_ms, 50):.0f}/{p(rl.e2e_ms, 99):.0f}",
+            f"{p(gw.e2e_ms, 50) - p(rl.e2e_ms, 50):+.0f} ms/"
+            f"{p(gw.e2e_ms, 99) - p(rl.e2e_ms, 99):+.0f} ms",
+        ),
+        (
+            "replies/s = replies / (last reply - first send)",
+            f"{gw.replies_per_s:.0f}",
+            f"{rl.replies_per_s:.0f}",
+            ratio(gw.replies_per_s, rl.replies_per_s),
+        ),
+        (f"losses (no reply within {wait:g} s of last send)", str(gw.losses), str(rl.losses), ""),
+    ]
+    for label, a, b, c in rows:
+        print(f"  {label:<56}{a:>13} {b:>13}   {c}")
+    if gw.redis_per_turn is not None:
+        print(f"  {'Redis commands per turn (incl. idle polling)':<56}{gw.redis_per_turn:>13.1f}")
+    odd = {k: v for k, v in gw.statuses.items() if k != "200"}
+    odd_relay = {k: v for k, v in rl.statuses.items() if k != "200"}
+    if odd or odd_relay:
+        print(f"  non-200 answers: gateway {odd or '-'}, relay {odd_relay or '-'}")
+
+
+async def run(
+    rates: list[float], seconds: float, model_ms: float, wait: float, workdir: Path
+) -> None:
+    redis_url = os.environ.get("REDIS_URL")
+    embedded = None
+    if not redis_url:
+        embedded = EmbeddedRedis(workdir)
+        await embedded.start()
+        redis_url = embedded.url
+    redis = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        for rate in rates:
+            gw = await run_target(
+                "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait
+            )
+            rl = await run_target("relay", rate, seconds, model_ms, redis, redis_url, workdir, wait)
+            print_table(rate, seconds, model_ms, gw, rl, wait)
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="100,300", help="webhooks per second, comma-separated")
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--model-ms", type=float, default=50)
+    parser.add_argument("--wait", type=float, default=15, help="reply wait after the last send")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, results)")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
+    try:
+        asyncio.run(run(rates, args.seconds, args.model_ms, args.wait, workdir))
+    finally:
+        if args.keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
