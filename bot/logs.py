@@ -89,10 +89,25 @@ class EventHub:
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         if self.sinks:
-            line = json.dumps(event, ensure_ascii=False, default=str)
-            for sink in self.sinks:
-                sink(event, line)
+            self.publish(event, json.dumps(event, ensure_ascii=False, default=str))
         return event
+
+    def publish(self, event: MutableMapping[str, Any], line: str) -> None:
+        for sink in self.sinks:
+            sink(event, line)
+
+
+class JsonRenderer:
+    """The last processor in JSON mode: one json.dumps serves stdout and every hub sink."""
+
+    def __init__(self, hub: EventHub | None) -> None:
+        self.hub = hub
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> str:
+        line = json.dumps(event, ensure_ascii=False, default=str)
+        if self.hub is not None and self.hub.sinks:
+            self.hub.publish(event, line)
+        return line
 
 
 class FileSink:
@@ -197,7 +212,8 @@ def make_logger(
         processors.append(_drop_content)
     processors.append(Redactor(secrets))
     processors.append(_order)
-    if hub is not None:
+    shared_dump = as_json and console_level is None  # one json.dumps for stdout and the hub
+    if hub is not None and not shared_dump:
         processors.append(hub)
     if console_level is not None:
         floor = logging.getLevelNamesMapping()[console_level.upper()]
@@ -209,7 +225,7 @@ def make_logger(
 
         processors.append(quiet)
     if as_json:
-        processors.append(structlog.processors.JSONRenderer(ensure_ascii=False, default=str))
+        processors.append(JsonRenderer(hub if shared_dump else None))
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False))
     logger: Logger = structlog.wrap_logger(
