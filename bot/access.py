@@ -182,7 +182,7 @@ class RedisAccess:
     async def pending(self) -> list[PairingRequest]:
         """Codes waiting for approval, on every channel."""
         found: list[PairingRequest] = []
-        for channel in ("whatsapp", "telegram"):
+        for channel in type(self.channels).model_fields:
             await self.redis.zremrangebyscore(pending_key(channel), "-inf", self.clock())
             for code in cast("list[str]", await self.redis.zrange(pending_key(channel), 0, -1)):
                 if raw := await self.redis.get(code_key(code)):

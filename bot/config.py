@@ -239,35 +239,48 @@ DEFAULT_CONFIG_TEXT = """\
 """
 
 
+# The built-in hosted providers and the environment variable holding each one's API key.
+CATALOG_KEYS = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+
+
+def key_variable(provider_id: str) -> str:
+    """Where a provider's API key comes from: an environment variable or the config."""
+    return CATALOG_KEYS.get(provider_id, f"models.providers.{provider_id}.apiKey")
+
+
 def _catalog(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The hosted providers `merge` mode always offers, in config spelling; keys from `env`."""
 
     def spec(model_id: str, name: str, context: int, max_tokens: int) -> dict[str, Any]:
         return {"id": model_id, "name": name, "contextWindow": context, "maxTokens": max_tokens}
 
-    def provider(url: str, api: str, key_var: str, *models: dict[str, Any]) -> dict[str, Any]:
-        key = env.get(key_var) or None
+    def provider(url: str, api: str, pid: str, *models: dict[str, Any]) -> dict[str, Any]:
+        key = env.get(CATALOG_KEYS[pid]) or None
         return {"baseUrl": url, "api": api, "apiKey": key, "models": list(models)}
 
     return {
         "anthropic": provider(
             "https://api.anthropic.com/v1/",
             "openai-completions",
-            "ANTHROPIC_API_KEY",
+            "anthropic",
             spec("claude-opus-4-5", "Claude Opus 4.5", 200000, 8192),
             spec("claude-sonnet-4-5", "Claude Sonnet 4.5", 200000, 8192),
         ),
         "openai": provider(
             "https://api.openai.com/v1",
             "openai-responses",
-            "OPENAI_API_KEY",
+            "openai",
             spec("gpt-5.1", "GPT-5.1", 400000, 16384),
             spec("gpt-5-mini", "GPT-5 mini", 400000, 16384),
         ),
         "openrouter": provider(
             "https://openrouter.ai/api/v1",
             "openai-completions",
-            "OPENROUTER_API_KEY",
+            "openrouter",
             spec("minimax/minimax-m2.1", "MiniMax M2.1", 196608, 8192),
             spec("moonshotai/kimi-k2", "Kimi K2", 131072, 8192),
         ),

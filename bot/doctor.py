@@ -19,7 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bot.config import Config, ProviderConfig
+from bot.config import CATALOG_KEYS, Config, ProviderConfig, key_variable
 from bot.errors import StoreUnavailable
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
@@ -30,11 +30,6 @@ Status = Literal["ok", "warn", "fail"]
 
 REDIS_SECONDS = 3.0
 ROOMY_CONTEXT = 4096  # contextWindow minus maxTokens below this leaves little room for history
-KEY_VARIABLES = {
-    "anthropic": "ANTHROPIC_API_KEY",
-    "openai": "OPENAI_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-}
 TELEGRAM_WEBHOOK_PATH = "/webhooks/telegram"
 SET_WEBHOOK = "run: bot telegram set-webhook"
 _STYLES = {"ok": ("ok", "\x1b[32m"), "warn": ("WARN", "\x1b[33m"), "fail": ("FAIL", "\x1b[1;31m")}
@@ -162,11 +157,6 @@ def referenced_models(registry: ModelRegistry, config: Config) -> list[ModelInfo
     return found
 
 
-def key_variable(provider_id: str) -> str:
-    """Where a provider's API key comes from: an environment variable or the config."""
-    return KEY_VARIABLES.get(provider_id, f"models.providers.{provider_id}.apiKey")
-
-
 async def check_models(
     registry: ModelRegistry, config: Config, http: aiohttp.ClientSession, seconds: float
 ) -> list[Check]:
@@ -194,7 +184,7 @@ async def check_models(
 
 def _missing_key(info: ModelInfo, chain: list[ModelRef], *, fatal: bool) -> Check:
     var = key_variable(info.ref.provider)
-    where = ".env" if var in KEY_VARIABLES.values() else "bot.json5"
+    where = ".env" if var in CATALOG_KEYS.values() else "bot.json5"
     if info.ref not in chain:
         effect, remedy = "this model cannot be used", f"or remove {info.ref} from the models list"
     elif info.ref == chain[0]:

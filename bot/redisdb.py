@@ -30,7 +30,6 @@ class RedisHandle:
 
     client: aioredis.Redis
     where: str
-    url: str
 
 
 def find_redis_server() -> str | None:
@@ -149,7 +148,7 @@ async def open_redis(url: str | None, data_dir: Path | str) -> AsyncIterator[Red
         url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
     )
     try:
-        yield RedisHandle(client=client, where=where, url=url)
+        yield RedisHandle(client=client, where=where)
     finally:
         await client.aclose()
         if embedded is not None:

@@ -44,10 +44,6 @@ def utf16_len(text: str) -> int:
 class TelegramError(ChannelSendError):
     """The Bot API answered `ok: false` (or could not be reached)."""
 
-    def __init__(self, message: str, *, retryable: bool, code: int | None = None) -> None:
-        super().__init__(message, retryable=retryable)
-        self.code = code
-
 
 class TelegramChannel:
     """One Telegram bot: its webhooks, its updates and its replies."""
@@ -123,7 +119,7 @@ class TelegramChannel:
                 answer = answer if isinstance(answer, dict) else {}
                 description = str(answer.get("description") or f"HTTP {status}")
                 error = TelegramError(
-                    f"{method}: {description}", retryable=status in RETRY_STATUSES, code=status
+                    f"{method}: {description}", retryable=status in RETRY_STATUSES
                 )
                 retry_after = (answer.get("parameters") or {}).get("retry_after")
                 if status == 429 and isinstance(retry_after, int | float):

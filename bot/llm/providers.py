@@ -16,17 +16,11 @@ import httpx2  # the openai SDK's HTTP client
 import openai
 from openai import AsyncOpenAI
 
-from bot.config import ProviderConfig
+from bot.config import ProviderConfig, key_variable
 from bot.errors import ContextOverflow, ModelError, ModelUnavailable
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
 
-# Hosted catalog keys: the variable a person must set for each built-in provider.
-KEY_VARIABLES = {
-    "anthropic": "ANTHROPIC_API_KEY",
-    "openai": "OPENAI_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-}
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
 OVERFLOW_MARKERS = ("context_length_exceeded", "greater than the context length", "context length")
 UNLOADED_MARKERS = ("model not found", "not loaded", "no models loaded", "model_not_found")
@@ -81,7 +75,7 @@ class OpenAIProvider:
     def missing_key(self) -> str | None:
         if self._key:
             return None
-        return KEY_VARIABLES.get(self.id, f"models.providers.{self.id}.apiKey")
+        return key_variable(self.id)
 
     async def complete(self, request: CompletionRequest) -> Completion:
         where = f"{self.id}/{request.model}"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.config import split_ref
 from bot.messages import Turn
 
 
@@ -21,8 +22,8 @@ class ModelRef:
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        provider, sep, model = text.strip().partition("/")
-        if not sep or not provider or not model:
+        provider, model = split_ref(text.strip())
+        if not provider or not model:
             raise ValueError(f"{text!r} is not a model ref; write it as provider/model")
         return cls(provider, model)
 

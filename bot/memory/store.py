@@ -124,17 +124,15 @@ class RedisMemory:
             return
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                self.queue_append(pipe, conversation, turns)
+                pipe.rpush(
+                    self.key(conversation),
+                    *(json.dumps(t.to_dict(), ensure_ascii=False) for t in turns),
+                )
+                for name in self.keys(conversation):
+                    pipe.expire(name, self.ttl_seconds)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("Redis did not answer while saving history") from exc
-
-    def queue_append(self, pipe: Any, conversation: str, turns: Sequence[Turn]) -> None:
-        """Queue an append on a caller's pipeline (the worker commits it with the turn)."""
-        key = self.key(conversation)
-        pipe.rpush(key, *(json.dumps(t.to_dict(), ensure_ascii=False) for t in turns))
-        for name in self.keys(conversation):
-            pipe.expire(name, self.ttl_seconds)
 
     async def replace_prefix(
         self, conversation: str, *, seen: ConversationState, drop: int, summary: Summary | None
