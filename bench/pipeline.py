@@ -13,6 +13,8 @@ the reply - webhook sent; replies/s = replies / (last reply - first send); a los
 within the wait after the last send. Redis commands per turn (gateway) = INFO commandstats
 calls delta over the run (INFO itself excluded, idle polling included) / replies.
 Run: `.venv/bin/python -m bench.pipeline [--rates 100,300] [--seconds 6] [--model-ms 50]`.
+`--profile` attaches py-spy to the gateway for each load and prints where its time went (the
+functions holding the most samples, inclusive and self); the raw stacks stay in the work dir.
 """
 
 from __future__ import annotations
@@ -70,6 +72,60 @@ class RunResult:
     losses: int
     statuses: dict[str, int]
     redis_per_turn: float | None = None
+    cpu_ms_per_reply: float | None = None
+    profile: Path | None = None  # py-spy's raw (folded) stacks of the target under load
+
+
+@dataclass
+class Profiler:
+    proc: asyncio.subprocess.Process
+    output: Path
+
+
+async def start_profiler(pid: int | None, output: Path) -> Profiler:
+    """py-spy sampling `pid` until SIGTERM (it writes its folded stacks on the way out)."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None or pid is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy; it is in the dev extras)")
+    args = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    args += ["--output", str(output), "--nonblocking"]
+    with (output.parent / "py-spy.log").open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL
+        )
+    await asyncio.sleep(0.5)  # attached before the load starts
+    return Profiler(proc, output)
+
+
+def frame_name(frame: str) -> str:
+    """'Agent.run_turn (bot/agent.py:75)' -> 'Agent.run_turn (agent.py)': one row per function."""
+    function, _, where = frame.partition(" (")
+    return f"{function} ({where.rpartition('/')[2].rpartition(':')[0]})" if where else function
+
+
+def print_profile(stacks: Path, top: int = 25) -> None:
+    """The functions with the most samples in py-spy's folded stacks: inclusive and self %."""
+    if not stacks.exists():
+        print(f"  (no profile written; see {stacks.parent / 'py-spy.log'})")
+        return
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        total += count
+        frames = [frame_name(frame) for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    print(f"\n  profile: {total} samples ({stacks})")
+    print(f"  {'inclusive %':>11} {'self %':>7}  function")
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * count / total:>11.1f} {100 * own.get(frame, 0) / total:>7.1f}  {frame}")
+    print(f"  {'':>11} {'self %':>7}  (top self)")
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {'':>11} {100 * count / total:>7.1f}  {frame}")
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -155,6 +211,15 @@ def relay_command(
 # -- measuring ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time a process has used so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 async def redis_calls(redis: aioredis.Redis) -> int:
     """Commands Redis has executed so far (INFO itself excluded)."""
     stats = await redis.info("commandstats")
@@ -234,6 +299,7 @@ async def run_target(
     redis_url: str,
     workdir: Path,
     wait: float,
+    profile: bool = False,
 ) -> RunResult:
     """Fresh fakes and a fresh target process; one open-loop load; the figures."""
     await redis.flushall()
@@ -247,26 +313,45 @@ async def run_target(
         else:
             args, env = relay_command(workdir, port, model, twilio)
         proc = await spawn(args, env, log)
+        profiler = None
         try:
             await wait_ready(proc, port, log)
             await asyncio.sleep(0.5)  # let a worker join its consumer group
             before = await redis_calls(redis)
+            cpu_before = cpu_seconds(proc.pid)
             url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
             out = workdir / f"{target}-{rate:g}.json"
+            if profile:
+                profiler = await start_profiler(proc.pid, workdir / f"{target}-{rate:g}.stacks")
             results = await run_loadgen(url, rate, seconds, twilio.auth_token, out, log)
+            if profiler is not None:
+                profiler.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(30):
+                        await profiler.proc.wait()
+                await stop(profiler.proc)
             await collect_replies(twilio, results, wait)
             after = await redis_calls(redis)
+            cpu_after = cpu_seconds(proc.pid)
         finally:
             code = await stop(proc)
         summary = summarise(results, twilio, offset, wait)
+        if cpu_before is not None and cpu_after is not None and summary.e2e_ms:
+            summary.cpu_ms_per_reply = (cpu_after - cpu_before) * 1000 / len(summary.e2e_ms)
         if target == "gateway" and summary.e2e_ms:
             summary.redis_per_turn = (after - before) / len(summary.e2e_ms)
+        if profiler is not None:
+            summary.profile = profiler.output
         if code not in (0, -signal.SIGTERM):
             print(f"  ({target} exited with {code}; see {log})")
         return summary
 
 
 # -- report ------------------------------------------------------------------------------------
+
+
+def optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def ratio(a: float, b: float) -> str:
@@ -309,6 +394,12 @@ def print_table(
             ratio(gw.replies_per_s, rl.replies_per_s),
         ),
         (f"losses (no reply within {wait:g} s of last send)", str(gw.losses), str(rl.losses), ""),
+        (
+            "CPU ms per reply (the target process, user + system)",
+            optional(gw.cpu_ms_per_reply),
+            optional(rl.cpu_ms_per_reply),
+            ratio(gw.cpu_ms_per_reply or 0, rl.cpu_ms_per_reply or 0),
+        ),
     ]
     for label, a, b, c in rows:
         print(f"  {label:<56}{a:>13} {b:>13}   {c}")
@@ -321,7 +412,7 @@ def print_table(
 
 
 async def run(
-    rates: list[float], seconds: float, model_ms: float, wait: float, workdir: Path
+    rates: list[float], seconds: float, model_ms: float, wait: float, workdir: Path, profile: bool
 ) -> None:
     redis_url = os.environ.get("REDIS_URL")
     embedded = None
@@ -333,10 +424,12 @@ async def run(
     try:
         for rate in rates:
             gw = await run_target(
-                "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait
+                "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile
             )
             rl = await run_target("relay", rate, seconds, model_ms, redis, redis_url, workdir, wait)
             print_table(rate, seconds, model_ms, gw, rl, wait)
+            if gw.profile is not None:
+                print_profile(gw.profile)
     finally:
         await redis.aclose()
         if embedded is not None:
@@ -350,14 +443,15 @@ def main() -> None:
     parser.add_argument("--model-ms", type=float, default=50)
     parser.add_argument("--wait", type=float, default=15, help="reply wait after the last send")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, results)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
     try:
-        asyncio.run(run(rates, args.seconds, args.model_ms, args.wait, workdir))
+        asyncio.run(run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile))
     finally:
-        if args.keep:
+        if args.keep or args.profile:
             print(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

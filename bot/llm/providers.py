@@ -1,20 +1,24 @@
 """OpenAI-compatible providers: the only module that imports the openai SDK.
 
-One `AsyncOpenAI` per provider with the SDK's own retries off (failover owns retrying).
-Calls stream, so a server that is producing tokens is never cut off while a silent one
-times out; the stream is read as JSON lines, cheaper than the SDK's event models.
+One `AsyncOpenAI` per provider with the SDK's own retries off (failover owns retrying), on
+the SDK's aiohttp transport (`DefaultAioHttpClient`, cheaper per call than httpx). Calls
+stream, so a server that is producing tokens is never cut off while a silent one times out.
+Requests go through `client.post` with a plain JSON body and events come back as plain dicts:
+the SDK still sends, authenticates, times out, decodes the server-sent events and raises its
+errors, but skips its typed request transform and event models, whose cost grows with the
+history (about 7 ms a call at 30 turns, against under 1 ms this way).
 Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx2  # the openai SDK's HTTP client
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
 from bot.errors import ContextOverflow, ModelError, ModelUnavailable
@@ -36,14 +40,28 @@ def _error_text(exc: openai.APIStatusError) -> str:
     return str(body or exc.message)
 
 
+def _refused(exc: BaseException) -> bool:
+    """Did the connection fail outright? (The aiohttp transport reports that as a timeout.)"""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError | httpx2.ConnectError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def translate(exc: openai.OpenAIError, where: str) -> Exception:
     """Map an SDK error to the gateway's tree; the message names the provider, never a key."""
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return ModelUnavailable(f"{where}: timed out", severity="down")
     if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailable(
-            f"{where}: cannot connect ({exc.__cause__ or exc})", severity="down"
-        )
+        return ModelUnavailable(f"{where}: cannot connect ({_root_cause(exc)})", severity="down")
     if isinstance(exc, openai.APIStatusError):
         status, detail = exc.status_code, _error_text(exc)
         lowered = detail.lower()
@@ -69,6 +87,7 @@ class OpenAIProvider:
             api_key=config.api_key or "unset",
             max_retries=0,
             timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
+            http_client=DefaultAioHttpClient(),
         )
 
     @property
@@ -90,19 +109,20 @@ class OpenAIProvider:
             raise ModelUnavailable(f"{where}: answered with no final text", severity="empty")
         return Completion(text=text, model_ref=where, usage=usage)
 
-    async def _events(self, create: Any, **params: Any) -> AsyncIterator[dict[str, Any]]:
-        """The server-sent events of a streamed call as plain dicts.
-
-        The SDK still sends the request, applies the timeouts and raises its errors; reading
-        the stream as JSON lines instead of SDK event models costs a fraction of the CPU.
-        """
-        async with create(**params, stream=True) as response:
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The server-sent events of a streamed call to `path`, as plain dicts."""
+        stream = await self.client.post(
+            path,
+            cast_to=object,
+            body={**body, "stream": True},
+            stream=True,
+            stream_cls=AsyncStream[object],
+        )
+        async with stream:
             try:
-                async for line in response.iter_lines():
-                    if line.startswith("data:") and (data := line[5:].strip()) != "[DONE]":
-                        event = json.loads(data)
-                        if isinstance(event, dict):
-                            yield event
+                async for event in stream:
+                    if isinstance(event, dict):
+                        yield event
             except httpx2.TimeoutException as exc:  # mid-stream: the SDK no longer maps it
                 raise openai.APITimeoutError(request=exc.request) from exc
             except httpx2.TransportError as exc:
@@ -113,13 +133,13 @@ class OpenAIProvider:
     async def _responses(self, request: CompletionRequest) -> tuple[str, Usage]:
         deltas: list[str] = []
         final: dict[str, Any] | None = None
-        async for event in self._events(
-            self.client.responses.with_streaming_response.create,
-            model=request.model,
-            instructions=request.instructions,
-            input=[{"role": t.role, "content": t.text} for t in request.turns],
-            max_output_tokens=request.max_output_tokens,
-        ):
+        body = {
+            "model": request.model,
+            "instructions": request.instructions,
+            "input": [{"role": t.role, "content": t.text} for t in request.turns],
+            "max_output_tokens": request.max_output_tokens,
+        }
+        async for event in self._events("/responses", body):
             kind = event.get("type")
             if kind == "response.output_text.delta":
                 deltas.append(str(event.get("delta") or ""))
@@ -140,12 +160,12 @@ class OpenAIProvider:
         messages += [{"role": t.role, "content": t.text} for t in request.turns]
         parts: list[str] = []
         usage = Usage()
-        async for chunk in self._events(
-            self.client.chat.completions.with_streaming_response.create,
-            model=request.model,
-            messages=messages,
-            max_tokens=request.max_output_tokens,
-        ):
+        body = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_output_tokens,
+        }
+        async for chunk in self._events("/chat/completions", body):
             if isinstance(reported := chunk.get("usage"), dict):
                 usage = Usage(
                     tokens_in=int(reported.get("prompt_tokens") or 0),
