@@ -104,6 +104,9 @@ async def recent_from_redis(
                 if len(found) == count:
                     break
         upper = f"({rows[-1][0]}"
+    if last_id == "$":  # follow from the newest entry now, not from whenever XREAD starts
+        newest = cast("list[tuple[str, Any]]", await redis.xrevrange(EVENT_STREAM, count=1))
+        last_id = newest[0][0] if newest else "0-0"
     return list(reversed(found)), last_id
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -15,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
+from bot.logreader import Filters, follow_redis, recent_from_redis
 from bot.logs import EVENT_STREAM, EventHub, FileSink, RedisStreamSink, make_logger
 from bot.web import make_web_app
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
@@ -157,6 +159,26 @@ async def test_bot_logs_filters_the_stream(
     assert "{" not in out  # readable columns, not JSON
 
 
+async def test_following_starts_where_the_recent_events_end(redis_client: aioredis.Redis) -> None:
+    """`bot logs -f -n 0` (and a first read of an empty stream) follows from the newest entry
+    at start, so an event written before the first blocking read is not skipped."""
+    matches_all = Filters()
+    _, start = await recent_from_redis(redis_client, matches_all, 0)
+    await redis_client.xadd(EVENT_STREAM, {"e": json.dumps({"event": "first", "level": "info"})})
+    _, after_first = await recent_from_redis(redis_client, matches_all, 0)
+    await redis_client.xadd(EVENT_STREAM, {"e": json.dumps({"event": "second", "level": "info"})})
+    followed: list[object] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.5):  # follow_redis never ends by itself
+            async for event in follow_redis(redis_client, matches_all, start):
+                followed.append(event["event"])
+    async with asyncio.timeout(3):
+        async for event in follow_redis(redis_client, matches_all, after_first):
+            assert event["event"] == "second"
+            break
+    assert followed == ["first", "second"]
+
+
 def _hub(sink: RedisStreamSink) -> EventHub:
     hub = EventHub()
     hub.add(sink)
@@ -203,7 +225,7 @@ async def test_bot_logs_follows_one_conversation_across_two_processes(
         for role in ("web", "worker")
     ]
     tail = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "logs", "-f", "-n", "0", "--json", "--conversation", PERSON,
+        sys.executable, "-m", "bot", "logs", "-f", "-n", "50", "--json", "--conversation", PERSON,
         env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert tail.stdout is not None
@@ -224,7 +246,8 @@ async def test_bot_logs_follows_one_conversation_across_two_processes(
                         pass
                     await asyncio.sleep(0.1)
         async with asyncio.timeout(30):
-            while not any(e.get("event") == "reply_sent" for e in seen):
+            # Each process writes its events every 0.2 s: the web's may land after the worker's.
+            while not {"message_received", "reply_sent"} <= {e.get("event") for e in seen}:
                 seen += events_in((await tail.stdout.readline()).decode())
     finally:
         for proc in [*procs, tail]:
