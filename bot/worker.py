@@ -34,10 +34,20 @@ from bot.messages import InboundMessage, OutboundMessage
 
 GROUP = "workers"
 
-# KEYS: lease, batch, inbox. ARGV: token, new batch id.
-# → {'lost'} | {'released'} (inbox empty: lease given up) | the batch as a flat HGETALL list.
+# KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
+# the first call). The first call claims the lease (or finds another worker holding it); a later
+# call deletes the finished batch first. Then: the batch (a stored one, else the inbox drained
+# into a new one) as a flat HGETALL list, or {'released'} when the inbox is empty (the lease is
+# given up), {'busy'} (another worker holds the lease), {'lost'} (ours expired or was taken).
 TAKE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == '' then
+  if holder then return {'busy'} end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+else
+  if holder ~= ARGV[1] then return {'lost'} end
+  if redis.call('HGET', KEYS[2], 'id') == ARGV[4] then redis.call('DEL', KEYS[2]) end
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('HGETALL', KEYS[2]) end
 local messages = redis.call('LRANGE', KEYS[3], 0, -1)
 if #messages == 0 then
@@ -61,13 +71,6 @@ if #ARGV > 4 then
   for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
 redis.call('HSET', KEYS[2], 'state', 'replied', 'reply', ARGV[3])
-return 1
-"""
-
-# KEYS: lease, batch. ARGV: token, batch id.
-FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'id') == ARGV[2] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
@@ -153,7 +156,6 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self._take = redis.register_script(TAKE)
         self._commit = redis.register_script(COMMIT)
-        self._finish = redis.register_script(FINISH)
         self._renew = redis.register_script(RENEW)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -247,7 +249,8 @@ class Worker:
         if not conversation:
             return True
         token = f"{self.name}:{uuid.uuid4().hex[:8]}"
-        if not await self.redis.set(lease_key(conversation), token, nx=True, px=self.lease_ms):
+        taken = await self._take_batch(conversation, token, finished="")
+        if taken in (["busy"], ["released"]):
             return True  # another worker has it and will see the inbox before it lets go
         lost = asyncio.Event()
         done = asyncio.Event()
@@ -255,29 +258,28 @@ class Worker:
             self._keep_lease(conversation, token, entry_id, lost=lost, done=done)
         )
         try:
-            while not lost.is_set():
-                taken = await self._take(
-                    keys=[
-                        lease_key(conversation),
-                        batch_key(conversation),
-                        inbox_key(conversation),
-                    ],
-                    args=[token, uuid.uuid4().hex],
-                )
+            while taken != ["lost"] and not lost.is_set():
+                batch = Batch.from_flat(taken)
+                if not await self._run_batch(conversation, token, batch):
+                    break
+                taken = await self._take_batch(conversation, token, finished=batch.id)
                 if taken == ["released"]:
                     return True
-                if taken == ["lost"]:
-                    break
-                if not await self._run_batch(conversation, token, Batch.from_flat(taken)):
-                    break
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return True
         finally:
             done.set()  # not cancel(): a cancel inside the Redis client can be swallowed
             await renewer
 
+    async def _take_batch(self, conversation: str, token: str, *, finished: str) -> list[str]:
+        """One TAKE: claim the lease (finished == "") or delete the finished batch, then the
+        next batch or a verdict (busy, released, lost)."""
+        keys = [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
+        args: list[str | int] = [token, uuid.uuid4().hex, self.lease_ms, finished]
+        return cast("list[str]", await self._take(keys=keys, args=args))
+
     async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool:
-        fence = [lease_key(conversation), batch_key(conversation)]
+        """Run (or resume) one batch and deliver its reply; False if the lease was lost."""
         if batch.owner != token:
             self.log.warning(
                 "turn_resumed", conversation=conversation, worker=self.name, state=batch.state
@@ -291,7 +293,7 @@ class Worker:
             reply = result.reply
         if reply is not None:
             await self._deliver(reply)
-        return bool(await self._finish(keys=fence, args=[token, batch.id]))
+        return True
 
     @contextlib.asynccontextmanager
     async def _typing(self, message: InboundMessage) -> AsyncIterator[None]:

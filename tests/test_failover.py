@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from bot.config import parse_config
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
-from bot.llm.breaker import RedisBreaker
+from bot.llm.breaker import RedisBreaker, breaker_key
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
@@ -181,6 +181,26 @@ async def test_failing_model_opens_after_three_in_a_row(
     calls = len(primary.requests)
     await ask(client)
     assert len(primary.requests) == calls
+
+
+async def test_a_success_resets_the_failure_count(
+    client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """Failures must be in a row: a success in between starts the count again. A model with no
+    failure on record has no breaker key at all (a success then costs no write)."""
+    await ask(client)
+    assert await redis_client.exists(breaker_key(PRIMARY)) == 0
+    primary.script(server_error(), server_error())
+    await ask(client)
+    await ask(client)
+    assert await redis_client.exists(breaker_key(PRIMARY)) == 1
+    assert await ask(client) == "from primary"
+    assert await redis_client.exists(breaker_key(PRIMARY)) == 0
+    primary.script(server_error(), server_error())
+    await ask(client)
+    await ask(client)
+    assert events.events("breaker_opened") == []
 
 
 async def test_every_model_open_still_gets_an_answer(

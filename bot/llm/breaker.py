@@ -19,9 +19,11 @@ from redis.exceptions import RedisError
 from bot.logs import Logger
 
 CLOSED, OPEN, PROBE = "closed", "open", "probe"
+CLEAN = "clean"  # closed, with no failure on record: a success has nothing to reset
 
-# KEYS: state hash. ARGV: now ms, probe lease ms. → closed | open | probe
+# KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
 CHECK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'clean' end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'open' then return 'closed' end
 local now = tonumber(ARGV[1])
@@ -104,7 +106,8 @@ class RedisBreaker:
         return int(self.clock() * 1000)
 
     async def check(self, model: str) -> str:
-        """closed (call it), open (skip it) or probe (call it: this caller tests recovery)."""
+        """clean or closed (call it), open (skip it) or probe (call it: this caller tests
+        recovery). Clean: no failure on record, so a success need not be reported."""
         try:
             result = await self._check(keys=[breaker_key(model)], args=[self._now(), self.probe_ms])
         except (RedisError, OSError) as exc:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from bot.errors import AllModelsFailed, ModelUnavailable
-from bot.llm.breaker import OPEN, PROBE, RedisBreaker
+from bot.llm.breaker import CLEAN, OPEN, PROBE, RedisBreaker
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
@@ -62,7 +62,7 @@ class FailoverClient:
                     error=f"{provider.missing_key} is not set",
                 )
                 continue
-            decision = await self.breaker.check(str(model.ref)) if self.breaker else "closed"
+            decision = await self.breaker.check(str(model.ref)) if self.breaker else CLEAN
             if decision == OPEN:
                 skipped.append(model)
                 self.log.info(
@@ -73,14 +73,14 @@ class FailoverClient:
             following = [*chain[index + 1 :], *skipped]
             completion = await self._attempt(
                 model, provider, instructions, turns, conversation, max_output_tokens,
-                probe=decision == PROBE, following=following, failures=failures,
+                breaker=decision, following=following, failures=failures,
             )  # fmt: skip
             if completion is not None:
                 return completion
         for index, model in enumerate(skipped):  # every open model, tried anyway
             completion = await self._attempt(
                 model, self.providers[model.ref.provider], instructions, turns, conversation,
-                max_output_tokens, probe=False, following=skipped[index + 1 :], failures=failures,
+                max_output_tokens, breaker=OPEN, following=skipped[index + 1 :], failures=failures,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -95,12 +95,15 @@ class FailoverClient:
         conversation: str,
         max_output_tokens: int | None,
         *,
-        probe: bool,
+        breaker: str,
         following: Sequence[ModelInfo],
         failures: list[str],
     ) -> Completion | None:
-        """One call to one model: its completion, or None after logging why it failed."""
+        """One call to one model: its completion, or None after logging why it failed.
+
+        `breaker` is what the breaker said before the call (open: tried anyway)."""
         ref = str(model.ref)
+        probe = breaker == PROBE
         request = CompletionRequest(
             model=model.ref.model,
             instructions=instructions,
@@ -133,7 +136,7 @@ class FailoverClient:
                     error=str(exc),
                 )
             return None
-        if self.breaker:
+        if self.breaker and breaker != CLEAN:
             await self.breaker.success(ref, probe=probe)
         self.log.info(
             "model_attempt",
