@@ -45,9 +45,11 @@ def test_file_sink_writes_json_lines_and_rotates(tmp_path: Path) -> None:
     for n in range(40):
         log.info("turn_started", channel="console", n=n)
     sink.close()
-    assert [e["n"] for e in events_in(path.read_text())][-1] == 39
-    assert (tmp_path / "log" / "bot.jsonl.1").exists()
-    assert not (tmp_path / "log" / "bot.jsonl.3").exists()
+    files = [path.with_name("bot.jsonl.2"), path.with_name("bot.jsonl.1"), path]
+    assert all(f.exists() and 0 < f.stat().st_size <= 2000 for f in files)
+    assert not path.with_name("bot.jsonl.3").exists()
+    kept = [e["n"] for f in files for e in events_in(f.read_text())]
+    assert kept == list(range(kept[0], 40))  # the newest events, in order, none missing
 
 
 async def test_stream_sink_caps_the_redis_stream(redis_client: aioredis.Redis) -> None:
