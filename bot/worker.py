@@ -154,6 +154,7 @@ class Worker:
         self.drain_seconds = drain_seconds
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tasks: set[asyncio.Task[None]] = set()
+        self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = redis.register_script(TAKE)
         self._commit = redis.register_script(COMMIT)
         self._renew = redis.register_script(RENEW)
@@ -186,14 +187,17 @@ class Worker:
 
     async def drain(self) -> None:
         """Wait for in-flight turns; cancel what is left after drain_seconds (they are resumed
-        by another worker once their lease expires)."""
-        if not self.tasks:
-            return
-        self.log.info("worker_draining", worker=self.name, turns=len(self.tasks))
-        _, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        by another worker once their lease expires), then ack the finished ones."""
+        if self.tasks:
+            self.log.info("worker_draining", worker=self.name, turns=len(self.tasks))
+            _, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await self._ack_done()
+        except (RedisError, OSError) as exc:  # unacked entries are reclaimed, found empty
+            self.log.warning("worker_redis_error", worker=self.name, error=str(exc))
 
     async def _ensure_group(self) -> None:
         try:
@@ -203,13 +207,32 @@ class Worker:
                 raise
 
     async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        """New entries, up to `count`; the entries of finished conversations are acked (and
+        deleted) in the same round trip."""
+        done, self._done = self._done, []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if done:
+                    pipe.xack(READY_STREAM, GROUP, *done)
+                    pipe.xdel(READY_STREAM, *done)
+                pipe.xreadgroup(GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500)
+                replies = await pipe.execute()
+        except BaseException:
+            self._done = done + self._done  # acked with a later read
+            raise
         found = cast(  # RESP2 shape: [(stream, [(id, fields), …])]
-            "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None",
-            await self.redis.xreadgroup(
-                GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500
-            ),
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None", replies[-1]
         )
         return [entry for _, entries in found or [] for entry in entries]
+
+    async def _ack_done(self) -> None:
+        """Ack what finished since the last read (on the way out)."""
+        done, self._done = self._done, []
+        if done:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(READY_STREAM, GROUP, *done)
+                pipe.xdel(READY_STREAM, *done)
+                await pipe.execute()
 
     async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
         """Entries a dead worker left pending for longer than a lease."""
@@ -229,7 +252,7 @@ class Worker:
     async def _guarded(self, entry_id: str, conversation: str) -> None:
         try:
             if await self.process(conversation, entry_id):
-                await self._ack(entry_id)
+                self._done.append(entry_id)  # acked with the next read
         except Exception as exc:  # noqa: BLE001 - a background task: log it, the entry is retried
             self.log.error(
                 "turn_crashed",
@@ -237,12 +260,6 @@ class Worker:
                 worker=self.name,
                 error=f"{type(exc).__name__}: {exc}",
             )
-
-    async def _ack(self, entry_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(READY_STREAM, GROUP, entry_id)
-            pipe.xdel(READY_STREAM, entry_id)
-            await pipe.execute()
 
     async def process(self, conversation: str, entry_id: str | None = None) -> bool:
         """Run the conversation's turns while its inbox has messages; True when done with it."""

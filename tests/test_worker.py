@@ -119,6 +119,30 @@ async def test_conversations_keep_order_and_run_one_turn_at_a_time(
             active.discard(event["conversation"])
     remembered = [t.text for t in await app.memory.load(convs[0]) if t.role == "user"]
     assert "\n".join(remembered).split("\n") == [f"{convs[0]}#{m}" for m in range(5)]
+    redis = app.redis.client  # every wake-up was acked and deleted by the time workers stopped
+    assert (await redis.xpending(READY_STREAM, GROUP))["pending"] == 0
+    assert await redis.xlen(READY_STREAM) == 0
+
+
+async def test_finished_entries_are_acked_while_running(app: App) -> None:
+    """A running worker acks a finished conversation's wake-up with its next read."""
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender))
+    await app.intake.accept(inbound("hi", conversation="test:ack", n=1, channel="test"))
+    await eventually(lambda: len(sender.sent) == 1)
+    redis = app.redis.client
+
+    async def pending() -> int:
+        return int((await redis.xpending(READY_STREAM, GROUP))["pending"])
+
+    for _ in range(40):  # a blocking read returns within 0.5 s
+        if await pending() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await pending() == 0
+    assert await redis.xlen(READY_STREAM) == 0
+    stop.set()
+    await asyncio.gather(*tasks)
 
 
 async def test_a_burst_becomes_one_turn(app: App, model: FakeOpenAI) -> None:
