@@ -13,16 +13,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
+
 from bot.access import RedisAccess
 from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
-from bot.llm.choice import RedisModelChoice
+from bot.llm.choice import RedisModelChoice, Source
 from bot.llm.failover import FailoverClient
 from bot.llm.registry import ModelInfo
-from bot.llm.types import Completion
+from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
-from bot.memory import Compactor
+from bot.memory import Compactor, ConversationState
 from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.reads import read_together
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -48,6 +51,7 @@ class Agent:
     def __init__(
         self,
         *,
+        redis: aioredis.Redis,
         llm: FailoverClient,
         compactor: Compactor,
         access: RedisAccess,
@@ -59,6 +63,7 @@ class Agent:
         log: Logger,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.redis = redis
         self.llm = llm
         self.compactor = compactor
         self.access = access
@@ -130,13 +135,13 @@ class Agent:
         if attachments:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock())
-        primary, _ = await self.choice.current(conversation)
+        (primary, _), state, breakers = await self._read_turn_state(conversation)
         chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
         try:
             async with asyncio.timeout(self.turn_timeout):
-                completion = await self._complete(conversation, chain[0], user)
+                completion = await self._complete(conversation, chain[0], user, state, breakers)
         except TimeoutError as exc:
             raise AllModelsFailed(f"no answer within {self.turn_timeout:g} s") from exc
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
@@ -158,7 +163,26 @@ class Agent:
         cut = len(text) - self.max_inbound_chars
         return f"{text[: self.max_inbound_chars]}\n[The message was cut: {cut} characters omitted.]"
 
-    async def _complete(self, conversation: str, model: ModelInfo, user: Turn) -> Completion:
+    async def _read_turn_state(
+        self, conversation: str
+    ) -> tuple[tuple[ModelRef, Source], ConversationState, dict[str, str]]:
+        """The conversation's model choice, its history and the breakers: one round trip."""
+        choice = self.choice.read_current(conversation)
+        state = self.compactor.memory.read_state(conversation)
+        breakers = self.llm.read_breakers()
+        if breakers is None:
+            current, history = await read_together(self.redis, choice, state)
+            return current, history, {}
+        return await read_together(self.redis, choice, state, breakers)
+
+    async def _complete(
+        self,
+        conversation: str,
+        model: ModelInfo,
+        user: Turn,
+        state: ConversationState,
+        breakers: dict[str, str],
+    ) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice)."""
         for pressure in range(OVERFLOW_RETRIES + 1):
             prompt = await self.compactor.prompt(
@@ -167,6 +191,7 @@ class Agent:
                 system_prompt=self.system_prompt,
                 new=[user],
                 pressure=pressure,
+                state=state if pressure == 0 else None,  # after an overflow: read again
             )
             try:
                 completion = await self.llm.complete(
@@ -174,6 +199,7 @@ class Agent:
                     turns=prompt.turns,
                     primary=model.ref,
                     conversation=conversation,
+                    breakers=breakers if pressure == 0 else None,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -179,6 +179,7 @@ async def open_app(
                 log=log,
             )
             agent = Agent(
+                redis=redis.client,
                 llm=llm,
                 compactor=compactor,
                 access=access,

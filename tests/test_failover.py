@@ -19,6 +19,7 @@ from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.messages import Turn
+from bot.reads import read_together
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import (
     FakeOpenAI,
@@ -134,6 +135,41 @@ async def test_refused_primary_is_skipped_until_it_comes_back(
     assert await ask(client) == "from primary"
     assert events.events("breaker_closed")
     assert await ask(client) == "from primary"
+
+
+async def test_breaker_decisions_read_with_the_turn_state(
+    client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """The decisions a turn reads up front (no script, no write) say what `check` would:
+    clean, closed after a failure, open while cooling down, due after it. Given to complete(),
+    open skips the primary without a request; due lets this caller probe."""
+    read = client.read_breakers()
+    assert read is not None
+
+    async def decisions() -> dict[str, str]:
+        return (await read_together(redis_client, read))[0]
+
+    assert (await decisions())[PRIMARY] == "clean"
+    primary.script(server_error())
+    await ask(client)
+    assert (await decisions())[PRIMARY] == "closed"
+    await primary.stop_listening()
+    await ask(client)
+    ahead = await decisions()
+    assert ahead[PRIMARY] == "open"
+    await primary.start_listening()
+    calls = len(primary.requests)
+    answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
+    assert answer.text == "from backup"
+    assert len(primary.requests) == calls
+    await asyncio.sleep(0.35)  # the test breaker's cooldown is 0.3 s
+    ahead = await decisions()
+    assert ahead[PRIMARY] == "due"
+    answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
+    assert answer.text == "from primary"
+    assert [e["probe"] for e in events.events("model_attempt") if e["outcome"] == "ok"][-1]
+    assert (await decisions())[PRIMARY] == "clean"
 
 
 async def test_hanging_primary_costs_one_timeout_then_nothing(

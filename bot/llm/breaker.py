@@ -12,14 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from bot.logs import Logger
+from bot.reads import Read
 
 CLOSED, OPEN, PROBE = "closed", "open", "probe"
 CLEAN = "clean"  # closed, with no failure on record: a success has nothing to reset
+DUE = "due"  # open, cooldown over: `check` decides who probes
 
 # KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
 CHECK = """
@@ -75,6 +79,16 @@ def breaker_key(model: str) -> str:
     return f"breaker:{{{model}}}"
 
 
+def _decision(row: dict[str, str], now: int) -> str:
+    if not row:
+        return CLEAN
+    if row.get("state") != OPEN:
+        return CLOSED
+    if now < int(row.get("open_until") or 0) or now < int(row.get("probe_until") or 0):
+        return OPEN
+    return DUE
+
+
 class RedisBreaker:
     """Per-model breakers shared through Redis; Redis trouble never blocks a model."""
 
@@ -114,6 +128,20 @@ class RedisBreaker:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return CLOSED
         return str(result)
+
+    def read_decisions(self, models: list[str]) -> Read[dict[str, str]]:
+        """What `check` would say of each model, read only: clean, closed, open, or due (the
+        cooldown is over: call `check`, which lets one caller probe)."""
+
+        def queue(pipe: Pipeline) -> None:
+            for model in models:
+                pipe.hgetall(breaker_key(model))
+
+        def decode(rows: list[Any]) -> dict[str, str]:
+            now = self._now()
+            return {model: _decision(row, now) for model, row in zip(models, rows, strict=True)}
+
+        return Read(queue=queue, count=len(models), decode=decode)
 
     async def failure(self, model: str, *, severity: str, probe: bool) -> None:
         """Count a failure; opens (or re-opens, for longer) the breaker when it should."""

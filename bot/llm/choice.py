@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from bot.errors import StoreUnavailable
 from bot.llm.registry import ModelRegistry
 from bot.llm.types import ModelRef
+from bot.reads import Read, read_together
 
 DEFAULT_KEY = "settings:model:default"
 AUDIT_STREAM = "audit:model"
@@ -46,21 +48,30 @@ class RedisModelChoice:
         self.redis = redis
         self.registry = registry
 
+    def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]:
+        """The model a conversation's next turn starts at, and where that choice comes from."""
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.get(conversation_model_key(conversation))
+            pipe.get(DEFAULT_KEY)
+
+        def decode(replies: list[Any]) -> tuple[ModelRef, Source]:
+            mine, default = replies
+            for stored, source in ((mine, "conversation"), (default, "default")):
+                if stored:
+                    ref = ModelRef.parse(stored)
+                    if ref.provider in self.registry.provider_ids:  # a provider still configured
+                        return ref, source  # type: ignore[return-value]
+            return self.registry.default, "config"
+
+        return Read(queue=queue, count=2, decode=decode)
+
     async def current(self, conversation: str) -> tuple[ModelRef, Source]:
         """The model a conversation's next turn starts at, and where that choice comes from."""
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(conversation_model_key(conversation))
-                pipe.get(DEFAULT_KEY)
-                mine, default = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("Redis did not answer while reading the model choice") from exc
-        for stored, source in ((mine, "conversation"), (default, "default")):
-            if stored:
-                ref = ModelRef.parse(stored)
-                if ref.provider in self.registry.provider_ids:  # a provider removed from config
-                    return ref, source  # type: ignore[return-value]
-        return self.registry.default, "config"
+        reads = await read_together(
+            self.redis, self.read_current(conversation), what="reading the model choice"
+        )
+        return reads[0]
 
     async def set(self, scope: str, ref: ModelRef | None, *, who: str) -> ModelChange:
         """Set (or with None, clear) the choice of a conversation or of "default"; audited."""

@@ -12,11 +12,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 from bot.errors import AllModelsFailed, ModelUnavailable
-from bot.llm.breaker import CLEAN, OPEN, PROBE, RedisBreaker
+from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, RedisBreaker
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
 from bot.messages import Turn
+from bot.reads import Read
 
 
 class FailoverClient:
@@ -43,10 +44,12 @@ class FailoverClient:
         primary: ModelRef | None = None,
         conversation: str = "",
         max_output_tokens: int | None = None,
+        breakers: Mapping[str, str] | None = None,
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
-        `max_output_tokens` caps the answer below each model's own maxTokens.
+        `max_output_tokens` caps the answer below each model's own maxTokens. `breakers` are
+        decisions read beforehand (`read_breakers`); other models are checked here.
         """
         chain = self.registry.chain(primary)
         failures: list[str] = []
@@ -62,7 +65,9 @@ class FailoverClient:
                     error=f"{provider.missing_key} is not set",
                 )
                 continue
-            decision = await self.breaker.check(str(model.ref)) if self.breaker else CLEAN
+            decision = (breakers or {}).get(str(model.ref), DUE)
+            if decision == DUE:  # not read beforehand, or a probe to claim
+                decision = await self.breaker.check(str(model.ref)) if self.breaker else CLEAN
             if decision == OPEN:
                 skipped.append(model)
                 self.log.info(
@@ -85,6 +90,12 @@ class FailoverClient:
             if completion is not None:
                 return completion
         raise AllModelsFailed("no model answered: " + "; ".join(failures))
+
+    def read_breakers(self) -> Read[dict[str, str]] | None:
+        """The breaker decisions of the configured chain, to read with other turn state."""
+        if self.breaker is None:
+            return None
+        return self.breaker.read_decisions([str(m.ref) for m in self.registry.chain()])
 
     async def _attempt(
         self,

@@ -125,10 +125,12 @@ class Compactor:
         system_prompt: str,
         new: Sequence[Turn],
         pressure: int = 0,
+        state: ConversationState | None = None,
     ) -> Prompt:
         """The next prompt, compacting first if it would pass the threshold. `pressure` (after
-        a context-overflow error) compacts harder: 1 → half the threshold, 2 → a quarter."""
-        state = await self.memory.state(conversation)
+        a context-overflow error) compacts harder: 1 → half the threshold, 2 → a quarter.
+        `state` is the conversation as just read, if the caller has it."""
+        state = state or await self.memory.state(conversation)
         ref, budget = str(model.ref), self.budget(model, system_prompt)
         limit = int(budget * self.config.threshold / (2**pressure))
         compacted = False

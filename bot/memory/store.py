@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from bot.errors import StoreUnavailable
 from bot.messages import Turn
+from bot.reads import Read, read_together
 
 # KEYS: turns, summary, base. ARGV: expected summary version, base seen, turns to drop (from
 # the base seen), new summary JSON ('' to keep none), ttl s. → 1 written, 0 version changed
@@ -36,6 +38,13 @@ end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return 1
+"""
+
+
+# KEYS: turns, summary, base. → {turns, summary or nil, base or nil}, read atomically.
+STATE = """
+return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('GET', KEYS[2]),
+  redis.call('GET', KEYS[3])}
 """
 
 
@@ -97,22 +106,28 @@ class RedisMemory:
         """Every key of the conversation's memory: turns, summary, base."""
         return [conversation_key(conversation, part) for part in ("turns", "summary", "base")]
 
+    def read_state(self, conversation: str) -> Read[ConversationState]:
+        """The summary and the turns after it, read together (one script: atomic)."""
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.eval(STATE, 3, *self.keys(conversation))
+
+        def decode(replies: list[Any]) -> ConversationState:
+            raw_turns, raw_summary, raw_base = replies[0]
+            return ConversationState(
+                summary=Summary.from_dict(json.loads(raw_summary)) if raw_summary else None,
+                turns=[Turn.from_dict(json.loads(item)) for item in raw_turns],
+                base=int(raw_base or 0),
+            )
+
+        return Read(queue=queue, count=1, decode=decode)
+
     async def state(self, conversation: str) -> ConversationState:
         """The summary and the turns after it, read together."""
-        turns, summary, base = self.keys(conversation)
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(turns, 0, -1)
-                pipe.get(summary)
-                pipe.get(base)
-                raw_turns, raw_summary, raw_base = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("Redis did not answer while loading history") from exc
-        return ConversationState(
-            summary=Summary.from_dict(json.loads(raw_summary)) if raw_summary else None,
-            turns=[Turn.from_dict(json.loads(item)) for item in raw_turns],
-            base=int(raw_base or 0),
+        reads = await read_together(
+            self.redis, self.read_state(conversation), what="loading history"
         )
+        return reads[0]
 
     async def load(self, conversation: str) -> list[Turn]:
         """Every stored turn since the last compaction, oldest first."""
