@@ -113,6 +113,8 @@ def print_profile(stacks: Path, top: int = 25) -> None:
     total = 0
     for line in stacks.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():  # a frame name with a line break in it: skip the piece
+            continue
         count = int(count_text)
         total += count
         frames = [frame_name(frame) for frame in stack.split(";")]
