@@ -20,7 +20,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -120,6 +120,13 @@ class Batch:
         )
 
 
+class Claim(NamedTuple):
+    """A first TAKE made for a turn's task: its lease token and what TAKE returned."""
+
+    token: str
+    taken: list[str]
+
+
 def lease_key(conversation: str) -> str:
     return conversation_key(conversation, "lease")
 
@@ -177,12 +184,13 @@ class Worker:
                     next_reclaim = loop.time() + self.lease_ms / 2000
                 if not entries:
                     entries = await self._read(free)
+                claims = await self._claim([f.get("conversation", "") for _, f in entries])
             except (RedisError, OSError) as exc:
                 self.log.error("worker_redis_error", worker=self.name, error=str(exc))
-                await asyncio.sleep(1)
+                await asyncio.sleep(1)  # what was read is reclaimed after a lease
                 continue
-            for entry_id, fields in entries:
-                self._spawn(entry_id, fields.get("conversation", ""))
+            for (entry_id, fields), claim in zip(entries, claims, strict=True):
+                self._spawn(entry_id, fields.get("conversation", ""), claim)
         await self.drain()
 
     async def drain(self) -> None:
@@ -244,14 +252,30 @@ class Worker:
             self.log.info("turn_reclaimed", conversation=fields.get("conversation"), entry=entry_id)
         return claimed
 
-    def _spawn(self, entry_id: str, conversation: str) -> None:
-        task = asyncio.create_task(self._guarded(entry_id, conversation))
+    async def _claim(self, conversations: list[str]) -> list[Claim | None]:
+        """The first TAKE of every conversation just read, in one round trip (None where it
+        failed: the turn's task claims again)."""
+        if not conversations:
+            return []
+        tokens = [self._token() for _ in conversations]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation, token in zip(conversations, tokens, strict=True):
+                # EVAL, not the registered script: in a pipeline that costs a SCRIPT EXISTS.
+                pipe.eval(TAKE, 3, *self._take_keys(conversation), *self._take_args(token, ""))
+            replies = await pipe.execute(raise_on_error=False)
+        return [
+            None if isinstance(reply, Exception) else Claim(token, cast("list[str]", reply))
+            for token, reply in zip(tokens, replies, strict=True)
+        ]
+
+    def _spawn(self, entry_id: str, conversation: str, claim: Claim | None = None) -> None:
+        task = asyncio.create_task(self._guarded(entry_id, conversation, claim))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _guarded(self, entry_id: str, conversation: str) -> None:
+    async def _guarded(self, entry_id: str, conversation: str, claim: Claim | None) -> None:
         try:
-            if await self.process(conversation, entry_id):
+            if await self.process(conversation, entry_id, claim):
                 self._done.append(entry_id)  # acked with the next read
         except Exception as exc:  # noqa: BLE001 - a background task: log it, the entry is retried
             self.log.error(
@@ -261,12 +285,19 @@ class Worker:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    async def process(self, conversation: str, entry_id: str | None = None) -> bool:
-        """Run the conversation's turns while its inbox has messages; True when done with it."""
+    async def process(
+        self, conversation: str, entry_id: str | None = None, claim: Claim | None = None
+    ) -> bool:
+        """Run the conversation's turns while its inbox has messages; True when done with it.
+
+        `claim`: the first TAKE, when the caller made it already."""
         if not conversation:
             return True
-        token = f"{self.name}:{uuid.uuid4().hex[:8]}"
-        taken = await self._take_batch(conversation, token, finished="")
+        if claim is None:
+            token = self._token()
+            taken = await self._take_batch(conversation, token, finished="")
+        else:
+            token, taken = claim
         if taken in (["busy"], ["released"]):
             return True  # another worker has it and will see the inbox before it lets go
         lost = asyncio.Event()
@@ -291,9 +322,19 @@ class Worker:
     async def _take_batch(self, conversation: str, token: str, *, finished: str) -> list[str]:
         """One TAKE: claim the lease (finished == "") or delete the finished batch, then the
         next batch or a verdict (busy, released, lost)."""
-        keys = [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
-        args: list[str | int] = [token, uuid.uuid4().hex, self.lease_ms, finished]
+        keys, args = self._take_keys(conversation), self._take_args(token, finished)
         return cast("list[str]", await self._take(keys=keys, args=args))
+
+    def _token(self) -> str:
+        """A lease token: this worker, and which claim."""
+        return f"{self.name}:{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def _take_keys(conversation: str) -> list[str]:
+        return [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
+
+    def _take_args(self, token: str, finished: str) -> list[str | int]:
+        return [token, uuid.uuid4().hex, self.lease_ms, finished]
 
     async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool:
         """Run (or resume) one batch and deliver its reply; False if the lease was lost."""
