@@ -12,13 +12,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot.config import ChannelsConfig, CommandsConfig
 from bot.logs import Logger
 from bot.messages import InboundMessage
+from bot.reads import Read, read_together
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1: nothing to misread
 CODE_LENGTH = 8
@@ -56,6 +58,7 @@ class Verdict:
     allowed: bool
     role: Role
     reply: str | None = None
+    pairing: bool = False  # a stranger to send a pairing code: see RedisAccess.pair
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,7 +101,6 @@ class RedisAccess:
         self.rate_per_minute = rate_per_minute
         self.log = log
         self.clock = clock
-        self._rate = redis.register_script(RATE)
 
     def role_of(self, sender: str) -> Role:
         """admin (commands.admins, or the local terminal), else user (policy decides later)."""
@@ -107,27 +109,61 @@ class RedisAccess:
     async def check(self, message: InboundMessage) -> Verdict:
         """May this message reach commands and models? Admins always; others by the channel's
         policy, then the rate limit."""
+        reads = await read_together(self.redis, self.read_check(message), what="checking access")
+        verdict = reads[0]
+        return await self.pair(message) if verdict.pairing else verdict
+
+    def read_check(self, message: InboundMessage) -> Read[Verdict]:
+        """`check` as far as one round trip goes: the sender's approval and rate bucket are
+        read (and the bucket spent) together. A verdict with `pairing` set means the sender
+        needs a pairing code: ask `pair` for the reply."""
         role = self.role_of(message.sender)
         if role == "admin":
-            return Verdict(allowed=True, role=role)  # the owner: no policy, no rate limit
-        verdict = await self._policy(message)
-        if not verdict.allowed:
-            return verdict
-        return await self._rate_limit(message, role)
-
-    async def _policy(self, message: InboundMessage) -> Verdict:
+            return Read.value(Verdict(allowed=True, role=role))  # the owner: no policy, no limit
         config = getattr(self.channels, message.channel, None)
         policy = config.dm_policy if config is not None else "open"
+        listed = config is not None and message.sender in config.allow_from
+        ask_approval = policy == "pairing" and not listed
+        bucket = f"rate:{{{message.sender}}}"
+        rate_args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000]
+
+        def queue(pipe: Pipeline) -> None:
+            if ask_approval:
+                pipe.sismember(approved_key(message.channel), message.sender)
+            pipe.eval(RATE, 1, bucket, *rate_args, 120)  # EVAL: no SCRIPT EXISTS in a pipeline
+
+        def decode(replies: list[Any]) -> Verdict:
+            approved = bool(replies[0]) if ask_approval else False
+            if policy == "open" or listed or approved:
+                return self._rate_verdict(message, role, int(replies[-1]))
+            return self._refused(message, policy, rate_ok=int(replies[-1]) == 1)
+
+        return Read(queue=queue, count=2 if ask_approval else 1, decode=decode)
+
+    def _refused(self, message: InboundMessage, policy: str, *, rate_ok: bool) -> Verdict:
+        """A sender the policy does not let in: silence, or (pairing, in a DM, within the
+        rate limit) a verdict asking for a pairing code."""
+        if (
+            policy == "pairing"
+            and rate_ok
+            and message.meta.get("chat_type")
+            not in (
+                "group",
+                "supergroup",
+            )
+        ):
+            return Verdict(allowed=False, role="stranger", pairing=True)
+        reason = f"dmPolicy {policy}" if policy != "pairing" or rate_ok else "rate limited"
+        self.log.info(
+            "message_rejected", channel=message.channel, conversation=message.conversation,
+            msg_id=message.platform_id, reason=reason,
+        )  # fmt: skip
+        return Verdict(allowed=False, role="stranger")
+
+    async def pair(self, message: InboundMessage) -> Verdict:
+        """A pairing code for a stranger (one reply), or silence if one is pending already."""
         fields = {"channel": message.channel, "conversation": message.conversation,
                   "msg_id": message.platform_id}  # fmt: skip
-        if policy == "open":
-            return Verdict(allowed=True, role="user")
-        listed = config is not None and message.sender in config.allow_from
-        if listed or (policy == "pairing" and await self.is_approved(message)):
-            return Verdict(allowed=True, role="user")
-        if policy != "pairing" or message.meta.get("chat_type") in ("group", "supergroup"):
-            self.log.info("message_rejected", **fields, reason=f"dmPolicy {policy}")
-            return Verdict(allowed=False, role="stranger")
         code = await self._pairing_code(message)
         if code is None:
             self.log.info("message_rejected", **fields, reason="pairing pending or full")
@@ -138,9 +174,6 @@ class RedisAccess:
             "(valid for 1 hour), then write again."
         )
         return Verdict(allowed=False, role="stranger", reply=reply)
-
-    async def is_approved(self, message: InboundMessage) -> bool:
-        return bool(await self.redis.sismember(approved_key(message.channel), message.sender))
 
     async def _pairing_code(self, message: InboundMessage) -> str | None:
         """A new code for this sender, or None if one is pending already or too many are."""
@@ -189,10 +222,8 @@ class RedisAccess:
                     found.append(PairingRequest(**json.loads(raw)))
         return found
 
-    async def _rate_limit(self, message: InboundMessage, role: Role) -> Verdict:
-        key = f"rate:{{{message.sender}}}"
-        args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000, 120]
-        result = int(await self._rate(keys=[key], args=args))
+    def _rate_verdict(self, message: InboundMessage, role: Role, result: int) -> Verdict:
+        """The RATE script's answer as a verdict: 1 allowed, 0 over (tell once), -1 over."""
         if result == 1:
             return Verdict(allowed=True, role=role)
         self.log.warning(

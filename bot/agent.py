@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from bot.access import RedisAccess
+from bot.access import RedisAccess, Verdict
 from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.choice import RedisModelChoice, Source
@@ -25,7 +25,7 @@ from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
 from bot.memory import Compactor, ConversationState
 from bot.messages import InboundMessage, OutboundMessage, Turn
-from bot.reads import read_together
+from bot.reads import Read, read_together
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -35,6 +35,8 @@ TOO_LONG = (
     "shorter message, or /new to start over."
 )
 OVERFLOW_RETRIES = 2
+# What a model turn reads first: the model choice, the history, the breaker decisions.
+TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,8 +89,12 @@ class Agent:
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
-        for message in batch:
-            verdict = await self.access.check(message)
+        # A command may change what the model turn reads (/new, /model): then it reads later.
+        commands = any(parse_command(m.text) is not None for m in batch)
+        verdicts, ahead = await self._read_ahead(batch, with_turn_state=not commands)
+        for message, verdict in zip(batch, verdicts, strict=True):
+            if verdict.pairing:
+                verdict = await self.access.pair(message)
             if not verdict.allowed:
                 replies += [verdict.reply] if verdict.reply else []
             elif parse_command(message.text) is not None:
@@ -98,7 +104,7 @@ class Agent:
         remember: tuple[Turn, ...] = ()
         if for_model:
             try:
-                text, remember = await self._model_turn(for_model)
+                text, remember = await self._model_turn(for_model, ahead)
             except (AllModelsFailed, ModelError) as exc:
                 self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
                 if raise_failures:
@@ -115,8 +121,11 @@ class Agent:
         )
         return TurnResult(reply=reply, remember=remember)
 
-    async def _model_turn(self, batch: Sequence[InboundMessage]) -> tuple[str, tuple[Turn, ...]]:
-        """The model's final text for these messages, and the exchange to remember."""
+    async def _model_turn(
+        self, batch: Sequence[InboundMessage], ahead: TurnState | None
+    ) -> tuple[str, tuple[Turn, ...]]:
+        """The model's final text for these messages, and the exchange to remember. `ahead`:
+        the turn's state if read already."""
         last = batch[-1]
         conversation = last.conversation
         started = time.perf_counter()
@@ -135,7 +144,10 @@ class Agent:
         if attachments:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock())
-        (primary, _), state, breakers = await self._read_turn_state(conversation)
+        if ahead is None:
+            _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
+        assert ahead is not None
+        (primary, _), state, breakers = ahead
         chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
@@ -163,17 +175,25 @@ class Agent:
         cut = len(text) - self.max_inbound_chars
         return f"{text[: self.max_inbound_chars]}\n[The message was cut: {cut} characters omitted.]"
 
-    async def _read_turn_state(
-        self, conversation: str
-    ) -> tuple[tuple[ModelRef, Source], ConversationState, dict[str, str]]:
-        """The conversation's model choice, its history and the breakers: one round trip."""
-        choice = self.choice.read_current(conversation)
-        state = self.compactor.memory.read_state(conversation)
-        breakers = self.llm.read_breakers()
-        if breakers is None:
-            current, history = await read_together(self.redis, choice, state)
-            return current, history, {}
-        return await read_together(self.redis, choice, state, breakers)
+    async def _read_ahead(
+        self, batch: Sequence[InboundMessage], *, with_turn_state: bool, check: bool = True
+    ) -> tuple[list[Verdict], TurnState | None]:
+        """Access verdicts for the batch and (optionally) the conversation's model choice,
+        history and breakers, in one round trip."""
+        verdicts = Read.each([self.access.read_check(m) for m in batch] if check else [])
+        if not with_turn_state:
+            (checked,) = await read_together(self.redis, verdicts)
+            return checked, None
+        conversation = batch[-1].conversation
+        no_breakers: Read[dict[str, str]] = Read.value({})
+        checked, choice, state, breakers = await read_together(
+            self.redis,
+            verdicts,
+            self.choice.read_current(conversation),
+            self.compactor.memory.read_state(conversation),
+            self.llm.read_breakers() or no_breakers,
+        )
+        return checked, (choice, state, breakers)
 
     async def _complete(
         self,

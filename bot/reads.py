@@ -21,6 +21,7 @@ from bot.errors import StoreUnavailable
 A = TypeVar("A")
 B = TypeVar("B")
 C = TypeVar("C")
+D = TypeVar("D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,28 @@ class Read(Generic[A]):
     queue: Callable[[Pipeline], None]
     count: int
     decode: Callable[[list[Any]], A]
+
+    @staticmethod
+    def value(value: A) -> Read[A]:
+        """A read that needs no command: `value` as it is."""
+        return Read(queue=lambda _: None, count=0, decode=lambda _: value)
+
+    @staticmethod
+    def each(reads: list[Read[A]]) -> Read[list[A]]:
+        """Several reads of one kind as one: their values in order."""
+
+        def queue(pipe: Pipeline) -> None:
+            for read in reads:
+                read.queue(pipe)
+
+        def decode(replies: list[Any]) -> list[A]:
+            values, start = [], 0
+            for read in reads:
+                values.append(read.decode(replies[start : start + read.count]))
+                start += read.count
+            return values
+
+        return Read(queue=queue, count=sum(r.count for r in reads), decode=decode)
 
 
 @overload
@@ -43,6 +66,10 @@ async def read_together(
 async def read_together(
     redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], /, *, what: str = ...
 ) -> tuple[A, B, C]: ...
+@overload
+async def read_together(
+    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], /, *, what: str = ...
+) -> tuple[A, B, C, D]: ...
 async def read_together(
     redis: aioredis.Redis, *reads: Read[Any], what: str = "reading the conversation"
 ) -> tuple[Any, ...]:
@@ -55,8 +82,4 @@ async def read_together(
             replies = await pipe.execute()
     except (RedisError, OSError) as exc:
         raise StoreUnavailable(f"Redis did not answer while {what}: {exc}") from exc
-    values, start = [], 0
-    for read in reads:
-        values.append(read.decode(replies[start : start + read.count]))
-        start += read.count
-    return tuple(values)
+    return tuple(Read.each(list(reads)).decode(replies))

@@ -282,6 +282,35 @@ async def test_rate_limit_notices_once_then_drops(
     assert len(local.requests_to("/responses")) == 4
 
 
+async def test_strangers_over_the_rate_limit_still_get_no_reply(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """The limit is checked with the policy, but a sender the policy refuses never hears from
+    the gateway, not even a rate-limit notice; under pairing, one code, then silence."""
+    limit = "session: { rateLimitPerMinute: 2 },"
+    async with gateway(config_text(local, backup, extra=limit, policy="allowlist"), redis_url,
+                       tmp_path, events) as app:  # fmt: skip
+        assert [await say(app, wa(f"m{n}")) for n in range(5)] == [None] * 5
+    async with gateway(config_text(local, backup, extra=limit, policy="pairing"), redis_url,
+                       tmp_path, events) as app:  # fmt: skip
+        replies = [await say(app, wa(f"m{n}", OTHER)) for n in range(5)]
+    assert "approve code" in (replies[0] or "")
+    assert replies[1:] == [None] * 4
+    assert local.requests_to("/responses") == []
+
+
+async def test_a_command_in_a_burst_runs_before_the_model_reads_history(
+    app: App, local: FakeOpenAI
+) -> None:
+    """ "/new" then a question, answered as one turn: the model sees no earlier history."""
+    await say(app, wa("remember the number 42"))
+    result = await app.agent.run_turn([wa("/new"), wa("what was the number?")])
+    assert result.reply is not None
+    prompt = local.requests_to("/responses")[-1].json or {}
+    assert [item["content"] for item in prompt["input"]] == ["what was the number?"]
+
+
 async def test_pairing_cli_lists_and_approves(
     local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
     tmp_path: Path, events: CapturedEvents,
