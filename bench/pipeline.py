@@ -176,9 +176,9 @@ MAX_CONCURRENT = 64  # agents.defaults.maxConcurrent: 8 (the default) caps a wor
 
 
 def gateway_command(
-    workdir: Path, port: int, redis_url: str, model: FakeOpenAI, twilio: FakeTwilio
+    workdir: Path, port: int, redis_url: str, model: FakeOpenAI, twilio: FakeTwilio, role: str
 ) -> tuple[list[str], dict[str, str]]:
-    """`bot serve --role all` and its environment, pointed at the fakes."""
+    """`bot serve --role ROLE` and its environment, pointed at the fakes."""
     config = workdir / "bot.json5"
     text = gateway_config_text(model.base_url, max_concurrent=MAX_CONCURRENT).rstrip().rstrip("}")
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
@@ -195,7 +195,7 @@ def gateway_command(
         "TWILIO_WHATSAPP_FROM": SENDER,
         "TWILIO_API_BASE_URL": twilio.base_url,
     }
-    return ["-m", "bot", "serve", "--role", "all"], env
+    return ["-m", "bot", "serve", "--role", role], env
 
 
 def relay_command(
@@ -221,6 +221,12 @@ def cpu_seconds(pid: int | None) -> float | None:
     except (OSError, TypeError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_total(procs: list[asyncio.subprocess.Process]) -> float | None:
+    """The CPU seconds of all `procs`, or None if one cannot be read."""
+    readings = [cpu_seconds(proc.pid) for proc in procs]
+    return None if None in readings else sum(r for r in readings if r is not None)
 
 
 async def redis_calls(redis: aioredis.Redis) -> int:
@@ -303,16 +309,26 @@ async def run_target(
     workdir: Path,
     wait: float,
     profile: bool = False,
+    workers: int = 0,
 ) -> RunResult:
-    """Fresh fakes and a fresh target process; one open-loop load; the figures."""
+    """Fresh fakes and a fresh target process (the gateway: `--role all`, or with `workers`
+    one `--role web` and that many `--role worker` processes); one open-loop load; the
+    figures (CPU: all of the target's processes)."""
     await redis.flushall()
     reply = Reply(text="ok", reasoning=None, delay=model_ms / 1000)
     log = workdir / f"{target}-{rate:g}.log"
     async with FakeOpenAI(models=["local-model"], default=reply) as model, FakeTwilio() as twilio:
         offset = time.time() - time.monotonic()
         port = free_port()
+        extra: list[asyncio.subprocess.Process] = []
         if target == "gateway":
-            args, env = gateway_command(workdir, port, redis_url, model, twilio)
+            role = "web" if workers else "all"
+            args, env = gateway_command(workdir, port, redis_url, model, twilio, role)
+            for _ in range(workers):
+                worker_args, worker_env = gateway_command(
+                    workdir, free_port(), redis_url, model, twilio, "worker"
+                )
+                extra.append(await spawn(worker_args, worker_env, log))
         else:
             args, env = relay_command(workdir, port, model, twilio)
         proc = await spawn(args, env, log)
@@ -321,7 +337,7 @@ async def run_target(
             await wait_ready(proc, port, log)
             await asyncio.sleep(0.5)  # let a worker join its consumer group
             before = await redis_calls(redis)
-            cpu_before = cpu_seconds(proc.pid)
+            cpu_before = cpu_total([proc, *extra])
             url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
             out = workdir / f"{target}-{rate:g}.json"
             if profile:
@@ -335,9 +351,11 @@ async def run_target(
                 await stop(profiler.proc)
             await collect_replies(twilio, results, wait)
             after = await redis_calls(redis)
-            cpu_after = cpu_seconds(proc.pid)
+            cpu_after = cpu_total([proc, *extra])
         finally:
             code = await stop(proc)
+            for worker in extra:
+                await stop(worker)
         summary = summarise(results, twilio, offset, wait)
         if cpu_before is not None and cpu_after is not None and summary.e2e_ms:
             summary.cpu_ms_per_reply = (cpu_after - cpu_before) * 1000 / len(summary.e2e_ms)
@@ -441,6 +459,7 @@ async def run(
     workdir: Path,
     profile: bool,
     repeat: int = 1,
+    workers: int = 0,
 ) -> None:
     redis_url = os.environ.get("REDIS_URL")
     embedded = None
@@ -450,12 +469,15 @@ async def run(
         redis_url = embedded.url
     redis = aioredis.Redis.from_url(redis_url, socket_timeout=10)
     try:
+        shape = f"one --role web and {workers} --role worker" if workers else "one --role all"
+        print(f"gateway: `bot serve`, {shape} process(es); relay: bench.relay, one process")
         for rate in rates:
             met = []
             for _ in range(repeat):
                 gw = await run_target(
-                    "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile
-                )
+                    "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile,
+                    workers,
+                )  # fmt: skip
                 rl = await run_target(
                     "relay", rate, seconds, model_ms, redis, redis_url, workdir, wait
                 )
@@ -481,14 +503,19 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per rate (the machine is noisy)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="run the gateway as one --role web and N --role worker processes",
+    )  # fmt: skip
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
     try:
         asyncio.run(
-            run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile, args.repeat)
-        )
+            run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile, args.repeat,
+                args.workers)
+        )  # fmt: skip
     finally:
         if args.keep or args.profile:
             print(f"work dir kept: {workdir}")
