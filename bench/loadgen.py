@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+import bench
 from tests.fakes.twilio_server import signed_form, whatsapp_inbound
 
 SENDER = "whatsapp:+14155238886"
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=30, help="per-request limit, seconds")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = bench.run(run(args))
     rows = [{**asdict(r), "from": r.from_} for r in results]
     for row in rows:
         del row["from_"]

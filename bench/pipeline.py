@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
+import bench
 from bot.redisdb import EmbeddedRedis
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import FakeTwilio
@@ -512,7 +513,7 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
     try:
-        asyncio.run(
+        bench.run(
             run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile, args.repeat,
                 args.workers)
         )  # fmt: skip

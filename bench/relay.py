@@ -22,6 +22,7 @@ from openai import AsyncOpenAI
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+import bench
 from channels.whatsapp import TwilioHttpClient
 
 TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--account-sid", required=True)
     parser.add_argument("--auth-token", required=True)
     parser.add_argument("--sender", default="whatsapp:+14155238886")
-    asyncio.run(serve(parser.parse_args()))
+    bench.run(serve(parser.parse_args()))
 
 
 if __name__ == "__main__":
