@@ -4,7 +4,7 @@ POST /webhooks/whatsapp: verify the Twilio signature (twilio's RequestValidator 
 public URL + path and query, the gateway's rule), answer empty TwiML at once, then in a
 background task make one model call (openai SDK, Responses API, no stream) and send one reply
 through Twilio's Messages API (twilio's async client). No Redis, no ordering, no dedupe, no
-memory, no retries. GET /readyz answers 200 once listening.
+memory, no retries. GET /readyz answers 200 once listening. Runs on uvloop, like the gateway.
 
 Run: `python -m bench.relay --port P --public-url URL --model-url URL --twilio-url URL ...`.
 """
