@@ -113,7 +113,8 @@ class FileSink:
     """JSON lines in a file that rotates past `max_bytes`, keeping `backups` old ones (`.1` the
     newest), like logging's RotatingFileHandler. Lines are written straight to the file: a
     LogRecord, a handler lock and two stat calls per line cost more than the write itself.
-    One process per file: a second writer would rotate it on its own count."""
+    Processes may share the file (web and workers on one machine): appends are atomic, and a
+    process that finds the file rotated by another reopens it instead of rotating again."""
 
     def __init__(self, path: Path, *, max_bytes: int = 10_000_000, backups: int = 5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,10 +125,22 @@ class FileSink:
 
     def __call__(self, _: MutableMapping[str, Any], line: str) -> None:
         data = line.encode("utf-8", "replace") + b"\n"
-        if self.file.tell() + len(data) > self.max_bytes and self.file.tell() > 0:
-            self._rotate()
+        size = os.fstat(self.file.fileno()).st_size  # other writers' lines count too
+        if size > 0 and size + len(data) > self.max_bytes:
+            if self._still_ours():
+                self._rotate()
+            else:  # another process rotated it: write to the new file
+                self.file.close()
+                self.file = self.path.open("ab")
         self.file.write(data)
         self.file.flush()
+
+    def _still_ours(self) -> bool:
+        """Is the path still the file this sink has open?"""
+        try:
+            return self.path.stat().st_ino == os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def _rotate(self) -> None:
         self.file.close()

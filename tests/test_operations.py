@@ -52,6 +52,24 @@ def test_file_sink_writes_json_lines_and_rotates(tmp_path: Path) -> None:
     assert kept == list(range(kept[0], 40))  # the newest events, in order, none missing
 
 
+def test_two_processes_share_one_log_file(tmp_path: Path) -> None:
+    """Web and worker on one machine write one file: when it fills, one of them rotates it
+    and the other follows into the new file; no line of the kept files is lost or torn."""
+    path = tmp_path / "bot.jsonl"
+    web, worker = (
+        FileSink(path, max_bytes=2000, backups=5),
+        FileSink(path, max_bytes=2000, backups=5),
+    )
+    for n in range(60):
+        (web if n % 2 else worker)({}, json.dumps({"event": "turn_started", "n": n}))
+    web.close()
+    worker.close()
+    files = [path.with_name(f"bot.jsonl.{k}") for k in (5, 4, 3, 2, 1)] + [path]
+    kept = [e["n"] for f in files if f.exists() for e in events_in(f.read_text())]
+    assert kept == list(range(kept[0], 60))
+    assert all(f.stat().st_size <= 2000 for f in files if f.exists())
+
+
 async def test_stream_sink_caps_the_redis_stream(redis_client: aioredis.Redis) -> None:
     """Events reach the capped Redis stream in order; close() writes what is left."""
     hub, sink = EventHub(), RedisStreamSink(redis_client, max_len=50, every=0.05)
