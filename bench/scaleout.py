@@ -67,7 +67,7 @@ async def run(conversations: int, messages: int, workdir: Path) -> None:
     async with FakeOpenAI(models=["local-model"], default=echo) as model, FakeTwilio() as twilio:
         config = workdir / "bot.json5"
         text = gateway_config_text(model.base_url, lease_seconds=2).rstrip().rstrip("}")
-        config.write_text(text + "channels: { whatsapp: { enabled: true } } }")
+        config.write_text(text + 'channels: { whatsapp: { enabled: true, dmPolicy: "open" } } }')
         env = {
             "PATH": os.environ["PATH"],
             "HOME": str(workdir),
@@ -150,7 +150,8 @@ async def run(conversations: int, messages: int, workdir: Path) -> None:
         want = [f"{n}#{m}" for m in range(messages)]
         duplicates += len(got) - len(set(got))
         losses += len(set(want) - set(got))
-        disorder += int([g for g in got if g in want] != sorted(set(got), key=want.index))
+        first_seen = list(dict.fromkeys(g for g in got if g in want))  # a duplicate is not
+        disorder += int(first_seen != sorted(first_seen, key=want.index))  # disorder
     print(f"scale-out: 1 web + 3 workers, {conversations} conversations x {messages} messages")
     print(f"  webhooks acked 200      {len(acks)} of {total} (HTTP statuses: {dict(statuses)})")
     print(
