@@ -11,7 +11,8 @@ embedded server.
 Figures: ack latency = webhook answered - sent (load generator); end-to-end = Twilio accepted
 the reply - webhook sent; replies/s = replies / (last reply - first send); a loss = no reply
 within the wait after the last send. Redis commands per turn (gateway) = INFO commandstats
-calls delta over the run (INFO itself excluded, idle polling included) / replies.
+calls delta over the run (inside scripts too; INFO itself excluded, idle polling included)
+/ replies; Redis round trips per turn = INFO stats total_reads_processed delta / replies.
 Run: `.venv/bin/python -m bench.pipeline [--rates 100,300] [--seconds 6] [--model-ms 50]
 [--repeat N]`; after each rate's runs it counts the runs that met issue #10's targets.
 `--profile` attaches py-spy to the gateway for each load and prints where its time went (the
@@ -73,7 +74,7 @@ class RunResult:
     replies_per_s: float
     losses: int
     statuses: dict[str, int]
-    redis_per_turn: float | None = None
+    redis_per_turn: tuple[float, float] | None = None  # round trips, commands
     cpu_ms_per_reply: float | None = None
     profile: Path | None = None  # py-spy's raw (folded) stacks of the target under load
 
@@ -230,12 +231,13 @@ def cpu_total(procs: list[asyncio.subprocess.Process]) -> float | None:
     return None if None in readings else sum(r for r in readings if r is not None)
 
 
-async def redis_calls(redis: aioredis.Redis) -> int:
-    """Commands Redis has executed so far (INFO itself excluded)."""
-    stats = await redis.info("commandstats")
-    return sum(
-        int(value["calls"]) for name, value in stats.items() if name not in ("cmdstat_info",)
-    )
+async def redis_counts(redis: aioredis.Redis) -> tuple[int, int]:
+    """(round trips, commands) Redis has served so far: socket reads it processed (a pipeline
+    arrives in one) and commands including those run inside scripts (INFO excluded)."""
+    stats = await redis.info("stats")
+    commands = await redis.info("commandstats")
+    calls = sum(int(v["calls"]) for name, v in commands.items() if name != "cmdstat_info")
+    return int(stats["total_reads_processed"]), calls
 
 
 async def run_loadgen(url: str, rate: float, seconds: float, token: str, out: Path, log: Path):
@@ -337,7 +339,7 @@ async def run_target(
         try:
             await wait_ready(proc, port, log)
             await asyncio.sleep(0.5)  # let a worker join its consumer group
-            before = await redis_calls(redis)
+            before = await redis_counts(redis)
             cpu_before = cpu_total([proc, *extra])
             url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
             out = workdir / f"{target}-{rate:g}.json"
@@ -351,7 +353,7 @@ async def run_target(
                         await profiler.proc.wait()
                 await stop(profiler.proc)
             await collect_replies(twilio, results, wait)
-            after = await redis_calls(redis)
+            after = await redis_counts(redis)
             cpu_after = cpu_total([proc, *extra])
         finally:
             code = await stop(proc)
@@ -361,7 +363,11 @@ async def run_target(
         if cpu_before is not None and cpu_after is not None and summary.e2e_ms:
             summary.cpu_ms_per_reply = (cpu_after - cpu_before) * 1000 / len(summary.e2e_ms)
         if target == "gateway" and summary.e2e_ms:
-            summary.redis_per_turn = (after - before) / len(summary.e2e_ms)
+            turns = len(summary.e2e_ms)
+            summary.redis_per_turn = (
+                (after[0] - before[0]) / turns,
+                (after[1] - before[1]) / turns,
+            )
         if profiler is not None:
             summary.profile = profiler.output
         if code not in (0, -signal.SIGTERM):
@@ -426,7 +432,9 @@ def print_table(
     for label, a, b, c in rows:
         print(f"  {label:<56}{a:>13} {b:>13}   {c}")
     if gw.redis_per_turn is not None:
-        print(f"  {'Redis commands per turn (incl. idle polling)':<56}{gw.redis_per_turn:>13.1f}")
+        trips, commands = gw.redis_per_turn
+        print(f"  {'Redis round trips / commands per turn (incl. idle)':<56}"
+              f"{f'{trips:.1f} / {commands:.1f}':>13}")  # fmt: skip
     odd = {k: v for k, v in gw.statuses.items() if k != "200"}
     odd_relay = {k: v for k, v in rl.statuses.items() if k != "200"}
     if odd or odd_relay:
