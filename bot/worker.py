@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from bot.agent import Agent, TurnResult
@@ -127,6 +128,13 @@ class Claim(NamedTuple):
     taken: list[str]
 
 
+def _queue_acks(pipe: Pipeline, entries: list[str]) -> None:
+    """Ack and delete finished wake-ups (nothing if there are none)."""
+    if entries:
+        pipe.xack(READY_STREAM, GROUP, *entries)
+        pipe.xdel(READY_STREAM, *entries)
+
+
 def lease_key(conversation: str) -> str:
     return conversation_key(conversation, "lease")
 
@@ -220,9 +228,7 @@ class Worker:
         done, self._done = self._done, []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                if done:
-                    pipe.xack(READY_STREAM, GROUP, *done)
-                    pipe.xdel(READY_STREAM, *done)
+                _queue_acks(pipe, done)
                 pipe.xreadgroup(GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500)
                 replies = await pipe.execute()
         except BaseException:
@@ -238,8 +244,7 @@ class Worker:
         done, self._done = self._done, []
         if done:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(READY_STREAM, GROUP, *done)
-                pipe.xdel(READY_STREAM, *done)
+                _queue_acks(pipe, done)
                 await pipe.execute()
 
     async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
