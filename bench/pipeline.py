@@ -42,7 +42,6 @@ import bench
 from bot.redisdb import EmbeddedRedis
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import FakeTwilio
-from tests.helpers import gateway_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "whatsapp:+14155238886"
@@ -181,22 +180,10 @@ def gateway_command(
     workdir: Path, port: int, redis_url: str, model: FakeOpenAI, twilio: FakeTwilio, role: str
 ) -> tuple[list[str], dict[str, str]]:
     """`bot serve --role ROLE` and its environment, pointed at the fakes."""
-    config = workdir / "bot.json5"
-    text = gateway_config_text(model.base_url, max_concurrent=MAX_CONCURRENT).rstrip().rstrip("}")
-    config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(workdir),
-        "BOT_CONFIG": str(config),
-        "BOT_PORT": str(port),
-        "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "BOT_DATA_DIR": str(workdir / f"var-{port}"),
-        "REDIS_URL": redis_url,
-        "TWILIO_ACCOUNT_SID": twilio.account_sid,
-        "TWILIO_AUTH_TOKEN": twilio.auth_token,
-        "TWILIO_WHATSAPP_FROM": SENDER,
-        "TWILIO_API_BASE_URL": twilio.base_url,
-    }
+    env = bench.gateway_env(
+        workdir, port=port, redis_url=redis_url, model_url=model.base_url, twilio=twilio,
+        sender=SENDER, data_dir=workdir / f"var-{port}", max_concurrent=MAX_CONCURRENT,
+    )  # fmt: skip
     return ["-m", "bot", "serve", "--role", role], env
 
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import aiohttp
 
+import bench
 from bot.redisdb import EmbeddedRedis
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import eventually, gateway_config_text
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "whatsapp:+14155238886"
@@ -65,22 +66,10 @@ async def run(conversations: int, messages: int, workdir: Path) -> None:
         redis_url = embedded.url
     port = free_port()
     async with FakeOpenAI(models=["local-model"], default=echo) as model, FakeTwilio() as twilio:
-        config = workdir / "bot.json5"
-        text = gateway_config_text(model.base_url, lease_seconds=2).rstrip().rstrip("}")
-        config.write_text(text + 'channels: { whatsapp: { enabled: true, dmPolicy: "open" } } }')
-        env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(workdir),
-            "BOT_CONFIG": str(config),
-            "BOT_PORT": str(port),
-            "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "BOT_DATA_DIR": str(workdir / "var"),
-            "REDIS_URL": redis_url,
-            "TWILIO_ACCOUNT_SID": twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_WHATSAPP_FROM": SENDER,
-            "TWILIO_API_BASE_URL": twilio.base_url,
-        }
+        env = bench.gateway_env(
+            workdir, port=port, redis_url=redis_url, model_url=model.base_url, twilio=twilio,
+            sender=SENDER, data_dir=workdir / "var", lease_seconds=2,
+        )  # fmt: skip
         logs = workdir / "processes.log"
         web = await spawn("web", env, logs)
         workers = [await spawn("worker", env, logs) for _ in range(3)]
