@@ -20,7 +20,7 @@ from redis.asyncio.client import Pipeline
 from bot.config import ChannelsConfig, CommandsConfig
 from bot.logs import Logger
 from bot.messages import InboundMessage
-from bot.reads import Read, read_together
+from bot.reads import Read
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1: nothing to misread
 CODE_LENGTH = 8
@@ -106,17 +106,11 @@ class RedisAccess:
         """admin (commands.admins, or the local terminal), else user (policy decides later)."""
         return "admin" if sender in self.admins or sender.startswith("console:") else "user"
 
-    async def check(self, message: InboundMessage) -> Verdict:
-        """May this message reach commands and models? Admins always; others by the channel's
-        policy, then the rate limit."""
-        reads = await read_together(self.redis, self.read_check(message), what="checking access")
-        verdict = reads[0]
-        return await self.pair(message) if verdict.pairing else verdict
-
     def read_check(self, message: InboundMessage) -> Read[Verdict]:
-        """`check` as far as one round trip goes: the sender's approval and rate bucket are
-        read (and the bucket spent) together. A verdict with `pairing` set means the sender
-        needs a pairing code: ask `pair` for the reply."""
+        """May this message reach commands and models? Admins always; others by the channel's
+        policy and the rate limit, whose state is read (and the bucket spent) in one round
+        trip. A verdict with `pairing` set means the sender needs a pairing code: ask `pair`
+        for the reply."""
         role = self.role_of(message.sender)
         if role == "admin":
             return Read.value(Verdict(allowed=True, role=role))  # the owner: no policy, no limit

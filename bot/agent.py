@@ -89,15 +89,15 @@ class Agent:
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
+        is_command = [parse_command(m.text) is not None for m in batch]
         # A command may change what the model turn reads (/new, /model): then it reads later.
-        commands = any(parse_command(m.text) is not None for m in batch)
-        verdicts, ahead = await self._read_ahead(batch, with_turn_state=not commands)
-        for message, verdict in zip(batch, verdicts, strict=True):
+        verdicts, ahead = await self._read_ahead(batch, with_turn_state=not any(is_command))
+        for message, verdict, command in zip(batch, verdicts, is_command, strict=True):
             if verdict.pairing:
                 verdict = await self.access.pair(message)
             if not verdict.allowed:
                 replies += [verdict.reply] if verdict.reply else []
-            elif parse_command(message.text) is not None:
+            elif command:
                 replies.append(await self.commands.handle(message, verdict.role))
             else:
                 for_model.append(message)
