@@ -151,11 +151,8 @@ class Agent:
         chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
-        try:
-            async with asyncio.timeout(self.turn_timeout):
-                completion = await self._complete(conversation, chain[0], user, state, breakers)
-        except TimeoutError as exc:
-            raise AllModelsFailed(f"no answer within {self.turn_timeout:g} s") from exc
+        deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        completion = await self._complete(conversation, chain[0], user, state, breakers, deadline)
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
         self.log.info(
             "turn_finished",
@@ -202,8 +199,10 @@ class Agent:
         user: Turn,
         state: ConversationState,
         breakers: dict[str, str],
+        deadline: float,
     ) -> Completion:
-        """Ask the models; on a context overflow, compact harder and ask again (twice)."""
+        """Ask the models; on a context overflow, compact harder and ask again (twice).
+        `deadline`: the turn's budget for waiting on models to start answering."""
         for pressure in range(OVERFLOW_RETRIES + 1):
             prompt = await self.compactor.prompt(
                 conversation,
@@ -220,6 +219,7 @@ class Agent:
                     primary=model.ref,
                     conversation=conversation,
                     breakers=breakers if pressure == 0 else None,
+                    deadline=deadline,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -154,9 +154,9 @@ async def open_app(
             if channels.telegram.enabled and settings.telegram_bot_token
             else None
         )
+        breaker = RedisBreaker(redis.client, log=log)
+        llm = FailoverClient(registry=registry, providers=providers, log=log, breaker=breaker)
         try:
-            breaker = RedisBreaker(redis.client, log=log)
-            llm = FailoverClient(registry=registry, providers=providers, log=log, breaker=breaker)
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
             compactor = Compactor(memory=memory, llm=llm, config=defaults.compaction, log=log)
@@ -215,5 +215,6 @@ async def open_app(
                 hub.remove(stream)
                 hub.remove(metrics.observe)
                 await stream.close()
+            await llm.close()
             for provider in providers.values():
                 await provider.close()

@@ -117,6 +117,7 @@ class ProviderConfig(_Model):
     models: list[ModelSpec] = []
     timeout_seconds: float = Field(default=120, gt=0)
     connect_timeout_seconds: float = Field(default=3, gt=0)
+    first_token_seconds: float = Field(default=30, gt=0)
 
 
 class ModelsConfig(_Model):

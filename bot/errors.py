@@ -83,6 +83,14 @@ class ModelUnavailable(BotError):
         self.severity = severity
 
 
+class AnswerNotStarted(ModelUnavailable):
+    """A model did not start answering within the time the turn could give it."""
+
+    def __init__(self, message: str, *, waited: float) -> None:
+        super().__init__(message, severity="down")
+        self.waited = waited
+
+
 class ContextOverflow(ModelError):
     """The prompt did not fit the model's context window: compact and retry the same model."""
 

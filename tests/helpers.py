@@ -29,6 +29,7 @@ def provider_block(
     model: str = "local-model",
     timeout: float = 5,
     window: tuple[int, int] = (32000, 1024),
+    first_token: float | None = None,
 ) -> str:
     return json.dumps(
         {
@@ -37,6 +38,7 @@ def provider_block(
             "api": api,
             "timeoutSeconds": timeout,
             "connectTimeoutSeconds": 1,
+            **({"firstTokenSeconds": first_token} if first_token else {}),
             "models": [{"id": model, "contextWindow": window[0], "maxTokens": window[1]}],
         }
     )
@@ -53,11 +55,16 @@ def gateway_config_text(
     window: tuple[int, int] = (32000, 1024),
     compaction: str = "",
     max_concurrent: int = 8,
+    first_token: float | None = None,
 ) -> str:
     """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
     backup = (
-        f"backup: {provider_block(fallback_url, fallback_api, 'backup-model', provider_timeout)},"
+        "backup: "
+        + provider_block(
+            fallback_url, fallback_api, "backup-model", provider_timeout, first_token=first_token
+        )
+        + ","
         if fallback_url
         else ""
     )
@@ -72,7 +79,15 @@ def gateway_config_text(
         compaction: {{ {compaction} }},
       }} }},
       models: {{ mode: "replace", providers: {{
-        local: {provider_block(primary_url, primary_api, timeout=provider_timeout, window=window)},
+        local: {
+        provider_block(
+            primary_url,
+            primary_api,
+            timeout=provider_timeout,
+            window=window,
+            first_token=first_token,
+        )
+    },
         {backup}
       }} }},
     }}"""

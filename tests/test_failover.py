@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from tests.fakes.openai_server import (
     server_error,
     unauthorized,
 )
-from tests.helpers import gateway_config_text
+from tests.helpers import eventually, gateway_config_text
 
 HELLO = [Turn(role="user", text="hello", ts=0.0)]
 PRIMARY, BACKUP = "local/local-model", "backup/backup-model"
@@ -52,19 +53,22 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
 async def failover(
     primary: FakeOpenAI, backup: FakeOpenAI, redis: aioredis.Redis, events: CapturedEvents,
     *, breaker: bool = True, timeout_s: float = 5, cooldown: float = 0.3,
+    first_token: float | None = None,
 ) -> AsyncIterator[FailoverClient]:  # fmt: skip
     text = gateway_config_text(
         primary.base_url, backup.base_url, fallback_api="openai-responses",
-        provider_timeout=timeout_s,
+        provider_timeout=timeout_s, first_token=first_token,
     )  # fmt: skip
     config = parse_config(text, source="t", env={})
     providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
     shared = RedisBreaker(redis, log=events.log, cooldown_seconds=cooldown) if breaker else None
+    made = FailoverClient(
+        registry=ModelRegistry(config), providers=providers, log=events.log, breaker=shared
+    )
     try:
-        yield FailoverClient(
-            registry=ModelRegistry(config), providers=providers, log=events.log, breaker=shared
-        )
+        yield made
     finally:
+        await made.close()
         for provider in providers.values():
             await provider.close()
 
@@ -121,7 +125,8 @@ async def test_refused_primary_is_skipped_until_it_comes_back(
     client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents
 ) -> None:
     """A refused connection opens the breaker at once; later turns skip the primary without a
-    call; after the cooldown one probe finds it back and it serves again."""
+    call; after the cooldown a background probe (no person waits on it) finds it back and it
+    serves again."""
     await primary.stop_listening()
     assert await ask(client) == "from backup"
     [opened] = events.events("breaker_opened")
@@ -132,8 +137,11 @@ async def test_refused_primary_is_skipped_until_it_comes_back(
     assert len(skipped) == 5
     await primary.start_listening()
     await asyncio.sleep(0.35)  # the test breaker's cooldown is 0.3 s
-    assert await ask(client) == "from primary"
-    assert events.events("breaker_closed")
+    assert await ask(client) == "from backup"  # and the probe starts
+    await eventually(lambda: bool(events.events("breaker_closed")))
+    [probe] = events.events("model_probe")
+    assert probe["outcome"] == "ok"
+    assert primary.requests_to("/responses")[-1].json["max_output_tokens"] == 16
     assert await ask(client) == "from primary"
 
 
@@ -143,7 +151,7 @@ async def test_breaker_decisions_read_with_the_turn_state(
 ) -> None:  # fmt: skip
     """The decisions a turn reads up front (no script, no write) say what `check` would:
     clean, closed after a failure, open while cooling down, due after it. Given to complete(),
-    open skips the primary without a request; due lets this caller probe."""
+    open skips the primary without a request; due lets this caller probe, in the background."""
     read = client.read_breakers()
     assert read is not None
 
@@ -167,9 +175,11 @@ async def test_breaker_decisions_read_with_the_turn_state(
     ahead = await decisions()
     assert ahead[PRIMARY] == "due"
     answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
-    assert answer.text == "from primary"
-    assert [e["probe"] for e in events.events("model_attempt") if e["outcome"] == "ok"][-1]
+    assert answer.text == "from backup"
+    await eventually(lambda: bool(events.events("model_probe")))
     assert (await decisions())[PRIMARY] == "clean"
+    answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
+    assert answer.text == "from primary"
 
 
 async def test_hanging_primary_costs_one_timeout_then_nothing(
@@ -197,7 +207,8 @@ async def test_a_failed_probe_doubles_the_cooldown(
     await primary.stop_listening()
     await ask(client)
     await asyncio.sleep(0.35)
-    await ask(client)  # the probe, refused again
+    await ask(client)  # starts the probe, refused again
+    await eventually(lambda: len(events.events("breaker_opened")) == 2)
     cooldowns = [e["cooldown_s"] for e in events.events("breaker_opened")]
     assert cooldowns == [0.3, 0.6]
     assert events.events("breaker_opened")[1]["probe"] is True
@@ -296,3 +307,98 @@ async def test_two_processes_share_the_breaker(
         assert proc.returncode == 0, err.decode()
         assert out.decode() == "from backup\n"
     assert len(primary.requests_to("/responses")) == 1
+
+
+async def test_a_silent_primary_hands_over_after_its_first_token_time(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A primary that accepts the request and never starts answering (a model stuck loading)
+    is given its firstTokenSeconds, not its 120 s silence limit nor the whole turn: the fallback
+    answers, the timeout opens the breaker, and the next turn sends it nothing."""
+    primary.default = Reply(prefill=math.inf)
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=120, first_token=0.5, cooldown=30
+    ) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await client.complete(instructions="be brief", turns=HELLO, deadline=started + 120)
+        assert answer.text == "from backup"
+        assert loop.time() - started < 5
+        [fallback] = events.events("model_fallback")
+        assert "did not start answering within 0.5 s" in fallback["error"]
+        assert [e["model"] for e in events.events("breaker_opened")] == [PRIMARY]
+        seen = len(primary.requests)
+        assert await ask(client) == "from backup"
+        assert len(primary.requests) == seen
+
+
+async def test_a_slow_reader_that_starts_in_time_is_never_cut_off(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A model that reads the prompt for a while, starts within its first-token time and then
+    streams slowly, past both that time and the turn's deadline, answers in full."""
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=2, first_token=1
+    ) as client:
+        primary.script(Reply(text="slow and steady wins " * 4, prefill=0.3, token_delay=0.1))
+        deadline = asyncio.get_running_loop().time() + 1
+        answer = await client.complete(instructions="be brief", turns=HELLO, deadline=deadline)
+        assert answer.text.startswith("slow and steady wins")
+        assert not backup.requests
+
+
+async def test_the_last_model_gets_the_rest_of_the_turn(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Silent everywhere: the first model gets its first-token time, the last one what is
+    left of the turn's budget, and the turn ends at its deadline with both breakers opened."""
+    primary.default = backup.default = Reply(prefill=math.inf)
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=120, first_token=0.3, cooldown=30
+    ) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(AllModelsFailed):
+            await client.complete(instructions="be brief", turns=HELLO, deadline=started + 1.2)
+        assert 1.1 < loop.time() - started < 5
+        waited = [e["ms"] for e in events.events("model_attempt")]
+        assert waited[0] == pytest.approx(300, abs=150)
+        assert waited[1] == pytest.approx(900, abs=200)
+        assert {e["model"] for e in events.events("breaker_opened")} == {PRIMARY, BACKUP}
+
+
+async def test_a_model_cut_short_by_the_turn_is_not_blamed(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A model given less than its first-token time because the turn ran out does not open its
+    breaker: the silence was the turn's budget, not proof the model is down."""
+    primary.default = Reply(prefill=math.inf)
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=120, first_token=5, cooldown=30
+    ) as client:
+        deadline = asyncio.get_running_loop().time() + 0.3
+        with pytest.raises(AllModelsFailed, match="the turn's time was spent"):
+            await client.complete(instructions="be brief", turns=HELLO, deadline=deadline)
+        assert not events.events("breaker_opened")
+        assert not backup.requests
+
+
+async def test_a_probe_of_a_silent_model_fails_without_a_person_waiting(
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """After the cooldown of a hung model, turns are answered by the fallback at once while
+    the background probe waits on the hung model; the probe's failure re-opens the breaker."""
+    primary.default = Reply(prefill=math.inf)
+    async with failover(
+        primary, backup, redis_client, events, timeout_s=0.6, first_token=0.3, cooldown=0.3
+    ) as client:
+        assert await ask(client) == "from backup"
+        await asyncio.sleep(0.35)  # the cooldown
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(3):
+            assert await ask(client) == "from backup"
+        assert loop.time() - started < 0.5  # none waited on the probe
+        await eventually(lambda: len(events.events("breaker_opened")) == 2)
+        [probe] = events.events("model_probe")
+        assert probe["outcome"] == "unavailable"

@@ -101,7 +101,7 @@ class RedisBreaker:
         max_cooldown_seconds: float = 300,
         window_seconds: float = 60,
         threshold: int = 3,
-        probe_seconds: float = 120,
+        probe_seconds: float = 150,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis

@@ -4,14 +4,23 @@ Failover is turn-local: every call starts at the conversation's own model. A mod
 unavailable hands over to the next; a model error (a 400) or a context overflow does not.
 A model whose breaker is open is skipped without a network call; if every other model fails
 too, the skipped ones are tried anyway, in order, rather than answer nothing.
+
+Time is shared so a silent model cannot eat the turn: while another model could still answer,
+a model gets its provider's `firstTokenSeconds` (default 30) to start answering, and the last
+one gets what is left of the turn's budget (`deadline`). Once a model is answering it is never
+cut off (only silence mid-stream, the provider's `timeoutSeconds`, ends it). A model that did
+not start in the time it was due opens its breaker. When a breaker's cooldown is over, no
+person's turn waits on the recovering model: a one-word probe runs in the background, and the
+model serves again from the first turn after it answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from bot.errors import AllModelsFailed, ModelUnavailable
+from bot.errors import AllModelsFailed, AnswerNotStarted, ModelError, ModelUnavailable
 from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, RedisBreaker
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
@@ -35,6 +44,13 @@ class FailoverClient:
         self.providers = providers
         self.log = log
         self.breaker = breaker
+        self._probes: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop the probes still running (their models stay open, to be probed again)."""
+        for task in self._probes:
+            task.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
 
     async def complete(
         self,
@@ -45,51 +61,55 @@ class FailoverClient:
         conversation: str = "",
         max_output_tokens: int | None = None,
         breakers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
         `max_output_tokens` caps the answer below each model's own maxTokens. `breakers` are
         decisions read beforehand (`read_breakers`); other models are checked here.
+        `deadline` (event-loop time): no model is waited on to start answering past it.
         """
-        chain = self.registry.chain(primary)
         failures: list[str] = []
+        chain = [m for m in self.registry.chain(primary) if self._usable(m, conversation, failures)]
         skipped: list[ModelInfo] = []
         for index, model in enumerate(chain):
-            provider = self.providers[model.ref.provider]
-            if provider.missing_key is not None:
-                failures.append(f"{model.ref}: {provider.missing_key} is not set")
-                self.log.info(
-                    "model_skipped",
-                    conversation=conversation,
-                    model=str(model.ref),
-                    error=f"{provider.missing_key} is not set",
-                )
-                continue
             decision = (breakers or {}).get(str(model.ref), DUE)
             if decision == DUE:  # not read beforehand, or a probe to claim
                 decision = await self.breaker.check(str(model.ref)) if self.breaker else CLEAN
-            if decision == OPEN:
+            if decision == PROBE:
+                self._probe_later(model)
+            if decision in (OPEN, PROBE):
                 skipped.append(model)
                 self.log.info(
                     "model_skipped", conversation=conversation, model=str(model.ref),
-                    error="breaker open",
+                    error="breaker open" if decision == OPEN else "breaker open, probing",
                 )  # fmt: skip
                 continue
-            following = [*chain[index + 1 :], *skipped]
             completion = await self._attempt(
-                model, provider, instructions, turns, conversation, max_output_tokens,
-                breaker=decision, following=following, failures=failures,
+                model, instructions, turns, conversation, max_output_tokens, breaker=decision,
+                following=[*chain[index + 1 :], *skipped], failures=failures, deadline=deadline,
             )  # fmt: skip
             if completion is not None:
                 return completion
         for index, model in enumerate(skipped):  # every open model, tried anyway
             completion = await self._attempt(
-                model, self.providers[model.ref.provider], instructions, turns, conversation,
-                max_output_tokens, breaker=OPEN, following=skipped[index + 1 :], failures=failures,
+                model, instructions, turns, conversation, max_output_tokens, breaker=OPEN,
+                following=skipped[index + 1 :], failures=failures, deadline=deadline,
             )  # fmt: skip
             if completion is not None:
                 return completion
         raise AllModelsFailed("no model answered: " + "; ".join(failures))
+
+    def _usable(self, model: ModelInfo, conversation: str, failures: list[str]) -> bool:
+        """Can this model be called at all? (A hosted one needs its key.)"""
+        missing = self.providers[model.ref.provider].missing_key
+        if missing is not None:
+            failures.append(f"{model.ref}: {missing} is not set")
+            self.log.info(
+                "model_skipped", conversation=conversation, model=str(model.ref),
+                error=f"{missing} is not set",
+            )  # fmt: skip
+        return missing is None
 
     def read_breakers(self) -> Read[dict[str, str]] | None:
         """The breaker decisions of the configured chain, to read with other turn state."""
@@ -97,10 +117,51 @@ class FailoverClient:
             return None
         return self.breaker.read_decisions([str(m.ref) for m in self.registry.chain()])
 
+    def _probe_later(self, model: ModelInfo) -> None:
+        """Probe a model whose cooldown is over, without a person waiting on it."""
+        task = asyncio.create_task(self._probe(model))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, model: ModelInfo) -> None:
+        """One probe: a model that starts answering closes its breaker; one that fails (or
+        stays silent for its provider's timeout) re-opens it for longer."""
+        assert self.breaker is not None
+        ref, provider = str(model.ref), self.providers[model.ref.provider]
+        # Within the probe's lease (150 s), so no other process probes the model meanwhile.
+        seconds = min(provider.timeout_seconds, self.breaker.probe_ms / 1000 - 15)
+        started = time.perf_counter()
+        try:
+            await provider.probe(model.ref.model, seconds=seconds)
+        except ModelUnavailable as exc:
+            await self.breaker.failure(ref, severity=exc.severity, probe=True)
+            outcome, error = "unavailable", str(exc)
+        except ModelError as exc:  # it answers, but disliked the probe: as good as up
+            await self.breaker.success(ref, probe=True)
+            outcome, error = "ok", str(exc)
+        else:
+            await self.breaker.success(ref, probe=True)
+            outcome, error = "ok", ""
+        self.log.info(
+            "model_probe", model=ref, provider=model.ref.provider, outcome=outcome,
+            ms=round((time.perf_counter() - started) * 1000, 1), error=error,
+        )  # fmt: skip
+
+    def _first_token_wait(
+        self, provider: Provider, following: Sequence[ModelInfo], deadline: float | None
+    ) -> float | None:
+        """How long this attempt may wait for the answer to start: the provider's
+        firstTokenSeconds while another model could follow, else the rest of the turn (None:
+        no limit but the provider's own timeout); never past the turn's deadline."""
+        wait = provider.first_token_seconds if following else None
+        if deadline is not None:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            wait = left if wait is None else min(wait, left)
+        return wait
+
     async def _attempt(
         self,
         model: ModelInfo,
-        provider: Provider,
         instructions: str,
         turns: Sequence[Turn],
         conversation: str,
@@ -109,12 +170,17 @@ class FailoverClient:
         breaker: str,
         following: Sequence[ModelInfo],
         failures: list[str],
+        deadline: float | None,
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
 
         `breaker` is what the breaker said before the call (open: tried anyway)."""
         ref = str(model.ref)
-        probe = breaker == PROBE
+        provider = self.providers[model.ref.provider]
+        wait = self._first_token_wait(provider, following, deadline)
+        if wait == 0:
+            failures.append(f"{ref}: not tried, the turn's time was spent")
+            return None
         request = CompletionRequest(
             model=model.ref.model,
             instructions=instructions,
@@ -123,18 +189,21 @@ class FailoverClient:
         )
         started = time.perf_counter()
         try:
-            completion = await provider.complete(request)
+            completion = await provider.complete(request, first_token_seconds=wait)
         except ModelUnavailable as exc:
             failures.append(str(exc))
-            if self.breaker:
-                await self.breaker.failure(ref, severity=exc.severity, probe=probe)
+            # A model cut short by the turn's deadline had less than its due: not its fault.
+            fair = not isinstance(exc, AnswerNotStarted) or (
+                exc.waited >= provider.first_token_seconds
+            )
+            if self.breaker and fair:
+                await self.breaker.failure(ref, severity=exc.severity, probe=False)
             self.log.warning(
                 "model_attempt",
                 conversation=conversation,
                 model=ref,
                 provider=model.ref.provider,
                 outcome="unavailable",
-                probe=probe,
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 error=str(exc),
             )
@@ -148,14 +217,13 @@ class FailoverClient:
                 )
             return None
         if self.breaker and breaker != CLEAN:
-            await self.breaker.success(ref, probe=probe)
+            await self.breaker.success(ref, probe=False)
         self.log.info(
             "model_attempt",
             conversation=conversation,
             model=completion.model_ref,
             provider=model.ref.provider,
             outcome="ok",
-            probe=probe,
             ms=round((time.perf_counter() - started) * 1000, 1),
             tokens_in=completion.usage.tokens_in,
             tokens_out=completion.usage.tokens_out,

@@ -7,12 +7,17 @@ Requests go through `client.post` with a plain JSON body and events come back as
 the SDK still sends, authenticates, times out, decodes the server-sent events and raises its
 errors, but skips its typed request transform and event models, whose cost grows with the
 history (about 7 ms a call at 30 turns, against under 1 ms this way).
+Two clocks watch a call: until the model starts answering (its first token), a deadline the
+caller gives (failover keeps a silent model from eating the turn); after that, only the
+provider's `timeoutSeconds` of silence between events, so a slow but live answer is never cut.
 Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -21,13 +26,20 @@ import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
-from bot.errors import ContextOverflow, ModelError, ModelUnavailable
+from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
+from bot.messages import Turn
 
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
 OVERFLOW_MARKERS = ("context_length_exceeded", "greater than the context length", "context length")
 UNLOADED_MARKERS = ("model not found", "not loaded", "no models loaded", "model_not_found")
+# Responses events a server sends before the model produces anything (queued, prompt processing).
+WAITING_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
+PROBE_REQUEST = CompletionRequest(
+    model="", instructions="Answer with one word.", turns=(Turn(role="user", text="ping", ts=0),),
+    max_output_tokens=16,  # the Responses API's minimum
+)  # fmt: skip
 
 
 def _error_text(exc: openai.APIStatusError) -> str:
@@ -81,6 +93,8 @@ class OpenAIProvider:
     def __init__(self, provider_id: str, config: ProviderConfig) -> None:
         self.id = provider_id
         self.api = config.api
+        self.first_token_seconds = config.first_token_seconds
+        self.timeout_seconds = config.timeout_seconds
         self._key = config.api_key
         self.client = AsyncOpenAI(
             base_url=config.base_url,
@@ -96,20 +110,85 @@ class OpenAIProvider:
             return None
         return key_variable(self.id)
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, *, first_token_seconds: float | None = None
+    ) -> Completion:
+        """The final text of a streamed answer. `first_token_seconds`: how long the model may
+        stay silent before it starts answering (None: only the provider's own timeout)."""
         where = f"{self.id}/{request.model}"
-        try:
-            if self.api == "openai-responses":
-                text, usage = await self._responses(request)
-            else:
-                text, usage = await self._chat(request)
-        except openai.OpenAIError as exc:
-            raise translate(exc, where) from exc
+        parse = self._responses if self.api == "openai-responses" else self._chat
+        async with self._translated(where, first_token_seconds) as started:
+            text, usage = await parse(request, started)
         if not text:
             raise ModelUnavailable(f"{where}: answered with no final text", severity="empty")
         return Completion(text=text, model_ref=where, usage=usage)
 
-    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def probe(self, model: str, *, seconds: float) -> None:
+        """Is the model answering? A one-word request, done as soon as its first token comes
+        (an LM Studio model that is not loaded gets loaded by it). Raises like `complete`."""
+        request = CompletionRequest(
+            model=model,
+            instructions=PROBE_REQUEST.instructions,
+            turns=PROBE_REQUEST.turns,
+            max_output_tokens=PROBE_REQUEST.max_output_tokens,
+        )
+        path, body = self._request(request)
+        async with (
+            self._translated(f"{self.id}/{model}", seconds) as started,
+            contextlib.aclosing(self._events(path, body)) as events,
+        ):
+            async for event in events:
+                if self._generating(event):
+                    started()
+                    return
+
+    @contextlib.asynccontextmanager
+    async def _translated(
+        self, where: str, first_token_seconds: float | None
+    ) -> AsyncIterator[Callable[[], None]]:
+        """Run a call with the first-token deadline, translating what goes wrong. Yields the
+        function to call once the model has started answering (it lifts the deadline)."""
+        deadline = asyncio.timeout(first_token_seconds)
+        try:
+            async with deadline:
+                yield lambda: deadline.reschedule(None)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise ModelUnavailable(f"{where}: timed out", severity="down") from exc
+            assert first_token_seconds is not None
+            raise AnswerNotStarted(
+                f"{where}: did not start answering within {first_token_seconds:.3g} s",
+                waited=first_token_seconds,
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise translate(exc, where) from exc
+
+    def _generating(self, event: dict[str, Any]) -> bool:
+        """Does this event show the model producing output (not just queued or reading)?"""
+        if self.api == "openai-responses":
+            return event.get("type") not in WAITING_EVENTS
+        return bool(event.get("choices")) or isinstance(event.get("usage"), dict)
+
+    def _request(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a streamed call in this provider's API."""
+        if self.api == "openai-responses":
+            return "/responses", {
+                "model": request.model,
+                "instructions": request.instructions,
+                "input": [{"role": t.role, "content": t.text} for t in request.turns],
+                "max_output_tokens": request.max_output_tokens,
+            }
+        messages: list[Any] = [{"role": "system", "content": request.instructions}]
+        messages += [{"role": t.role, "content": t.text} for t in request.turns]
+        return "/chat/completions", {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_output_tokens,
+        }
+
+    async def _events(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The server-sent events of a streamed call to `path`, as plain dicts."""
         stream = await self.client.post(
             path,
@@ -130,17 +209,17 @@ class OpenAIProvider:
             except ValueError as exc:
                 raise ModelUnavailable(f"{self.id}: the stream was not JSON events") from exc
 
-    async def _responses(self, request: CompletionRequest) -> tuple[str, Usage]:
+    async def _responses(
+        self, request: CompletionRequest, started: Callable[[], None]
+    ) -> tuple[str, Usage]:
         deltas: list[str] = []
         final: dict[str, Any] | None = None
-        body = {
-            "model": request.model,
-            "instructions": request.instructions,
-            "input": [{"role": t.role, "content": t.text} for t in request.turns],
-            "max_output_tokens": request.max_output_tokens,
-        }
-        async for event in self._events("/responses", body):
+        waiting = True
+        async for event in self._events(*self._request(request)):
             kind = event.get("type")
+            if waiting and kind not in WAITING_EVENTS:
+                waiting = False
+                started()
             if kind == "response.output_text.delta":
                 deltas.append(str(event.get("delta") or ""))
             elif kind in ("response.completed", "response.incomplete"):
@@ -155,17 +234,16 @@ class OpenAIProvider:
             tokens_out=int(usage.get("output_tokens") or 0),
         )
 
-    async def _chat(self, request: CompletionRequest) -> tuple[str, Usage]:
-        messages: list[Any] = [{"role": "system", "content": request.instructions}]
-        messages += [{"role": t.role, "content": t.text} for t in request.turns]
+    async def _chat(
+        self, request: CompletionRequest, started: Callable[[], None]
+    ) -> tuple[str, Usage]:
         parts: list[str] = []
         usage = Usage()
-        body = {
-            "model": request.model,
-            "messages": messages,
-            "max_tokens": request.max_output_tokens,
-        }
-        async for chunk in self._events("/chat/completions", body):
+        waiting = True
+        async for chunk in self._events(*self._request(request)):
+            if waiting and self._generating(chunk):
+                waiting = False
+                started()
             if isinstance(reported := chunk.get("usage"), dict):
                 usage = Usage(
                     tokens_in=int(reported.get("prompt_tokens") or 0),

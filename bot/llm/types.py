@@ -59,14 +59,23 @@ class Provider(Protocol):
     """One OpenAI-compatible endpoint that can answer completion requests."""
 
     id: str
+    first_token_seconds: float  # how long to wait for the answer to start while others could answer
+    timeout_seconds: float  # silence allowed between streamed events once it has started
 
     @property
     def missing_key(self) -> str | None:
         """The environment variable to set before this provider can be used, if any."""
         ...
 
-    async def complete(self, request: CompletionRequest) -> Completion:
-        """Answer, or raise ModelUnavailable (try another), ModelError or ContextOverflow."""
+    async def complete(
+        self, request: CompletionRequest, *, first_token_seconds: float | None = None
+    ) -> Completion:
+        """Answer, or raise ModelUnavailable (try another), ModelError or ContextOverflow.
+        ModelUnavailable too when the answer has not started within `first_token_seconds`."""
+        ...
+
+    async def probe(self, model: str, *, seconds: float) -> None:
+        """Return once the model starts answering a tiny request; raise like `complete`."""
         ...
 
     async def close(self) -> None:

@@ -47,6 +47,9 @@ class Reply:
     think_in_content: bool = True  # chat completions: also prefix content with <think>…</think>
     stall_after: int | None = None  # streams: go silent after this many text deltas
     token_delay: float = 0.0  # streams: pause between events (a slow but live server)
+    # streams: silence after the headers (and Responses' created/in_progress events) before the
+    # first output event: a model reading a long prompt or loading; math.inf: never starts
+    prefill: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,10 +305,16 @@ class FakeOpenAI:
             }
         )
         await response.prepare(request)
+        waiting = reply.prefill > 0
         for event in events_of(body, reply):
             if event is None:  # a stall point
                 await self._closing.wait()
                 break
+            if waiting and not event.startswith(WAITING_EVENTS):
+                waiting = False
+                await self._sleep(reply.prefill)
+                if self._closing.is_set():
+                    break
             await response.write(event.encode())
             if reply.token_delay:
                 await self._sleep(reply.token_delay)
@@ -318,10 +327,13 @@ class FakeOpenAI:
         return self.default(recorded) if callable(self.default) else self.default
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when the server closes."""
+        """Sleep, but wake at once when the server closes (math.inf: until it closes)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+            async with asyncio.timeout(None if seconds == float("inf") else seconds):
+                await self._closing.wait()
 
+
+WAITING_EVENTS = ("event: response.created\n", "event: response.in_progress\n")
 
 # -- shapes ------------------------------------------------------------------------------------
 
