@@ -20,6 +20,7 @@ from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.choice import RedisModelChoice, Source
 from bot.llm.failover import FailoverClient
+from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
@@ -183,12 +184,14 @@ class Agent:
             return checked, None
         conversation = batch[-1].conversation
         no_breakers: Read[dict[str, str]] = Read.value({})
-        checked, choice, state, breakers = await read_together(
+        no_local: Read[dict[str, ProviderStates]] = Read.value({})
+        checked, choice, state, breakers, _ = await read_together(
             self.redis,
             verdicts,
             self.choice.read_current(conversation),
             self.compactor.memory.read_state(conversation),
             self.llm.read_breakers() or no_breakers,
+            self.llm.local.read() if self.llm.local else no_local,  # what LM Studio has loaded
         )
         return checked, (choice, state, breakers)
 
@@ -204,6 +207,8 @@ class Agent:
         """Ask the models; on a context overflow, compact harder and ask again (twice).
         `deadline`: the turn's budget for waiting on models to start answering."""
         for pressure in range(OVERFLOW_RETRIES + 1):
+            if pressure:  # the window may have been found smaller than planned: plan again
+                model = self.llm.registry.info(model.ref)
             prompt = await self.compactor.prompt(
                 conversation,
                 model=model,

@@ -13,11 +13,12 @@ from redis.exceptions import RedisError
 from bot.access import RedisAccess
 from bot.agent import Agent
 from bot.commands import Commands
-from bot.config import Config
+from bot.config import CATALOG_KEYS, Config
 from bot.intake import READY_STREAM, RedisIntake
 from bot.llm.breaker import RedisBreaker
 from bot.llm.choice import RedisModelChoice
 from bot.llm.failover import FailoverClient
+from bot.llm.lmstudio import LMStudioModels
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.logs import EventHub, Logger, RedisStreamSink
@@ -49,6 +50,7 @@ class App:
     choice: RedisModelChoice
     intake: RedisIntake
     breaker: RedisBreaker
+    local: LMStudioModels | None  # what LM Studio has loaded, when a local provider is configured
     metrics: Metrics
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
@@ -132,7 +134,6 @@ async def open_app(
 
     A channel is built when it is enabled and its credentials are in the environment.
     """
-    registry = ModelRegistry(config)
     metrics = Metrics()
     async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
         stream = RedisStreamSink(redis.client, max_len=config.logging.stream_max_len)
@@ -154,8 +155,19 @@ async def open_app(
             if channels.telegram.enabled and settings.telegram_bot_token
             else None
         )
+        local_providers = {
+            pid: pc for pid, pc in config.providers().items() if pid not in CATALOG_KEYS
+        }
+        local = (
+            LMStudioModels(redis=redis.client, providers=local_providers, http=http, log=log)
+            if local_providers
+            else None
+        )
+        registry = ModelRegistry(config, local)
         breaker = RedisBreaker(redis.client, log=log)
-        llm = FailoverClient(registry=registry, providers=providers, log=log, breaker=breaker)
+        llm = FailoverClient(
+            registry=registry, providers=providers, log=log, breaker=breaker, local=local
+        )
         try:
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
@@ -203,6 +215,7 @@ async def open_app(
                 choice=choice,
                 intake=RedisIntake(redis.client, log=log),
                 breaker=breaker,
+                local=local,
                 metrics=metrics,
                 whatsapp=whatsapp,
                 telegram=telegram,

@@ -241,6 +241,8 @@ async def serve(
                         tasks.append(asyncio.create_task(poller.run(stop)))
                 if worker_role:
                     tasks.append(asyncio.create_task(app.worker().run(stop)))
+                    if app.local is not None:  # what LM Studio has loaded, every minute
+                        tasks.append(asyncio.create_task(app.local.run(stop)))
                 listening = {"url": f"http://{settings.bot_host}:{settings.bot_port}"}
                 log.info(
                     "server_started",
@@ -409,6 +411,8 @@ async def chat(
     console = ConsoleChannel(user=user)
     try:
         async with open_app(settings, config, log, hub) as app:
+            if app.local is not None:
+                await app.local.refresh()
             if message is not None:
                 return await chat_once(app, console, message)
             print(f"Chatting as {console.conversation}. /quit leaves.", file=sys.stderr)

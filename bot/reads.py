@@ -22,6 +22,7 @@ A = TypeVar("A")
 B = TypeVar("B")
 C = TypeVar("C")
 D = TypeVar("D")
+E = TypeVar("E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,11 @@ async def read_together(
 async def read_together(
     redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], /, *, what: str = ...
 ) -> tuple[A, B, C, D]: ...
+@overload
+async def read_together(
+    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], e: Read[E], /, *,
+    what: str = ...,
+) -> tuple[A, B, C, D, E]: ...  # fmt: skip
 async def read_together(
     redis: aioredis.Redis, *reads: Read[Any], what: str = "reading the conversation"
 ) -> tuple[Any, ...]:

@@ -12,21 +12,36 @@ cut off (only silence mid-stream, the provider's `timeoutSeconds`, ends it). A m
 not start in the time it was due opens its breaker. When a breaker's cooldown is over, no
 person's turn waits on the recovering model: a one-word probe runs in the background, and the
 model serves again from the first turn after it answered.
+
+A local model that LM Studio reports as not loaded is not made to load while a person waits,
+when another model can answer: the turn goes on down the chain and one request (across all
+processes) loads it in the background, within LM Studio's own JIT and TTL rules; the model
+serves again once it is loaded. With no other model, the turn waits for the load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
-from bot.errors import AllModelsFailed, AnswerNotStarted, ModelError, ModelUnavailable
+from bot.errors import (
+    AllModelsFailed,
+    AnswerNotStarted,
+    ContextOverflow,
+    ModelError,
+    ModelUnavailable,
+)
 from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, RedisBreaker
+from bot.llm.lmstudio import LMStudioModels
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
 from bot.messages import Turn
 from bot.reads import Read
+
+LOAD_SECONDS = 600.0  # how long a background load may take (large models load for minutes)
 
 
 class FailoverClient:
@@ -39,11 +54,13 @@ class FailoverClient:
         providers: Mapping[str, Provider],
         log: Logger,
         breaker: RedisBreaker | None = None,
+        local: LMStudioModels | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.log = log
         self.breaker = breaker
+        self.local = local
         self._probes: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -73,11 +90,19 @@ class FailoverClient:
         chain = [m for m in self.registry.chain(primary) if self._usable(m, conversation, failures)]
         skipped: list[ModelInfo] = []
         for index, model in enumerate(chain):
+            if model.loaded is False and index + 1 < len(chain):
+                self._background(self._load(model))
+                skipped.append(model)
+                self.log.info(
+                    "model_skipped", conversation=conversation, model=str(model.ref),
+                    error="not loaded; loading it in the background",
+                )  # fmt: skip
+                continue
             decision = (breakers or {}).get(str(model.ref), DUE)
             if decision == DUE:  # not read beforehand, or a probe to claim
                 decision = await self.breaker.check(str(model.ref)) if self.breaker else CLEAN
             if decision == PROBE:
-                self._probe_later(model)
+                self._background(self._probe(model))
             if decision in (OPEN, PROBE):
                 skipped.append(model)
                 self.log.info(
@@ -117,11 +142,32 @@ class FailoverClient:
             return None
         return self.breaker.read_decisions([str(m.ref) for m in self.registry.chain()])
 
-    def _probe_later(self, model: ModelInfo) -> None:
-        """Probe a model whose cooldown is over, without a person waiting on it."""
-        task = asyncio.create_task(self._probe(model))
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a probe or a load without a person waiting on it (stopped by `close`)."""
+        task = asyncio.create_task(work)
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
+
+    async def _load(self, model: ModelInfo) -> None:
+        """Load a local model that is not loaded: one request, across all processes, that
+        LM Studio answers once it has loaded the model (JIT, so its TTL rules apply)."""
+        assert self.local is not None
+        ref = str(model.ref)
+        if not await self.local.claim_load(ref, LOAD_SECONDS):
+            return  # another process (or an earlier turn here) is loading it
+        started = time.perf_counter()
+        self.log.info("model_loading", model=ref, provider=model.ref.provider)
+        try:
+            await self.providers[model.ref.provider].probe(model.ref.model, seconds=LOAD_SECONDS)
+            error = ""
+        except (ModelUnavailable, ModelError) as exc:
+            error = str(exc)
+        await self.local.refresh(force=True)
+        await self.local.release_load(ref)
+        (self.log.warning if error else self.log.info)(
+            "model_loaded", model=ref, outcome="failed" if error else "ok",
+            ms=round((time.perf_counter() - started) * 1000, 1), error=error,
+        )  # fmt: skip
 
     async def _probe(self, model: ModelInfo) -> None:
         """One probe: a model that starts answering closes its breaker; one that fails (or
@@ -185,12 +231,18 @@ class FailoverClient:
             model=model.ref.model,
             instructions=instructions,
             turns=turns,
-            max_output_tokens=min(model.max_tokens, max_output_tokens or model.max_tokens),
+            max_output_tokens=min(model.output_reserve, max_output_tokens or model.output_reserve),
         )
         started = time.perf_counter()
         try:
             completion = await provider.complete(request, first_token_seconds=wait)
+        except ContextOverflow:
+            if self.local is not None:  # perhaps loaded with a smaller context than planned
+                await self.local.refresh(force=True)
+            raise
         except ModelUnavailable as exc:
+            if self.local is not None and "not loaded" in str(exc):
+                self.local.stale()
             failures.append(str(exc))
             # A model cut short by the turn's deadline had less than its due: not its fault.
             fair = not isinstance(exc, AnswerNotStarted) or (

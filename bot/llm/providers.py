@@ -32,7 +32,12 @@ from bot.llm.types import Completion, CompletionRequest, Usage
 from bot.messages import Turn
 
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
-OVERFLOW_MARKERS = ("context_length_exceeded", "greater than the context length", "context length")
+OVERFLOW_MARKERS = (
+    "context_length_exceeded",
+    "greater than the context length",
+    "context length",
+    "when context the overflows",  # LM Studio before 0.3.16: "Trying to keep the first N tokens…"
+)
 UNLOADED_MARKERS = ("model not found", "not loaded", "no models loaded", "model_not_found")
 # Responses events a server sends before the model produces anything (queued, prompt processing).
 WAITING_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.config import Config
 from bot.errors import CommandError
+from bot.llm.lmstudio import LocalModelState
 from bot.llm.types import ModelRef
 
 DEFAULT_CONTEXT_WINDOW = 128_000
 DEFAULT_MAX_TOKENS = 8_192
+OUTPUT_SHARE = 4  # an answer's reservation takes at most a quarter of the window
+
+
+class LocalStates(Protocol):
+    """What a local server has loaded (LMStudioModels), where known."""
+
+    def state(self, provider: str, model: str) -> LocalModelState | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,16 +30,25 @@ class ModelInfo:
     alias: str | None
     api: str
     base_url: str
-    context_window: int
+    context_window: int  # the window to plan with: the configured one, capped by what is loaded
     max_tokens: int
     listed: bool  # False: the provider exists but does not list this model id
+    configured_window: int = 0  # the config's contextWindow (0: same as context_window)
+    loaded: bool | None = None  # what the server says (None: unknown, or not LM Studio)
+
+    @property
+    def output_reserve(self) -> int:
+        """Tokens kept for the answer: maxTokens, but never more than a quarter of the window
+        (a 4k window with the seed's maxTokens 8192 would otherwise leave no room at all)."""
+        return max(1, min(self.max_tokens, self.context_window // OUTPUT_SHARE))
 
 
 class ModelRegistry:
     """Resolves aliases and refs against the config and builds each turn's chain."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, local: LocalStates | None = None) -> None:
         self.config = config
+        self.local = local
         self._providers = config.providers()
         self._alias_of: dict[ModelRef, str] = {}
         self._by_alias: dict[str, ModelRef] = {}
@@ -55,16 +73,23 @@ class ModelRegistry:
         return self._alias_of.get(ref)
 
     def info(self, ref: ModelRef) -> ModelInfo:
+        """The model as configured, its window capped by the context the server loaded it
+        with (LM Studio; the effective window is min(configured, loaded))."""
         provider = self._providers[ref.provider]
         spec = self.config.model_spec(ref.provider, ref.model)
+        configured = spec.context_window if spec else DEFAULT_CONTEXT_WINDOW
+        state = self.local.state(ref.provider, ref.model) if self.local else None
+        loaded = state.context if state and state.loaded else None
         return ModelInfo(
             ref=ref,
             alias=self.alias_of(ref),
             api=provider.api,
             base_url=provider.base_url,
-            context_window=spec.context_window if spec else DEFAULT_CONTEXT_WINDOW,
+            context_window=min(configured, loaded) if loaded else configured,
             max_tokens=spec.max_tokens if spec else DEFAULT_MAX_TOKENS,
             listed=spec is not None,
+            configured_window=configured,
+            loaded=state.loaded if state else None,
         )
 
     def resolve(self, name: str) -> ModelRef:

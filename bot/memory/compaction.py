@@ -1,9 +1,10 @@
 """Compaction: keep every prompt inside the model's window without blocking a conversation.
 
-Budget = contextWindow - maxTokens - the system prompt. When the next prompt would pass
-`threshold` x budget, the older turns are summarised (the previous summary folded in) by the
-conversation's model or `compaction.model`, the recent ones (at least keepRecentTokens, from a
-user turn on) stay verbatim, and both are written in one atomic step. If summarising fails,
+Budget = the window (contextWindow, capped by what LM Studio loaded) - the answer's
+reservation (maxTokens, at most a quarter of the window) - the system prompt. When the next
+prompt would pass `threshold` x budget, the older turns are summarised (the previous summary
+folded in) by the conversation's model or `compaction.model`, the recent ones (at least
+keepRecentTokens, at most half the target, from a user turn on) stay verbatim, and both are written in one atomic step. If summarising fails,
 the oldest turns are dropped to fit instead. Token counts are estimated from characters and
 calibrated per model by the usage the server reports.
 """
@@ -110,7 +111,7 @@ class Compactor:
 
     def budget(self, model: ModelInfo, system_prompt: str) -> int:
         """Tokens the conversation may use: the window less the answer and the system prompt."""
-        spare = model.context_window - model.max_tokens
+        spare = model.context_window - model.output_reserve
         return max(256, spare - self.estimator.tokens(system_prompt, str(model.ref)))
 
     def prompt_tokens(self, state: ConversationState, extra: Sequence[Turn], model: str) -> int:

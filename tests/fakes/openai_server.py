@@ -176,6 +176,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/chat/completions", self._chat)
+        self._add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         await self.start_listening()
@@ -235,6 +236,14 @@ class FakeOpenAI:
         """Recorded requests whose path ends with `path` (e.g. "/responses")."""
         return [r for r in self.requests if r.path.endswith(path)]
 
+    # -- for servers that speak more (LM Studio) ---------------------------------------------
+
+    def _add_routes(self, app: web.Application) -> None:
+        """Routes beyond the OpenAI-compatible ones (none here)."""
+
+    async def _before_answer(self, recorded: Recorded) -> None:
+        """Called before a model request is answered (LM Studio loads the model here)."""
+
     # -- handlers ------------------------------------------------------------------------------
 
     async def _record(self, request: web.Request) -> Recorded:
@@ -280,6 +289,7 @@ class FakeOpenAI:
             return _error_response(error_reply(400, "The request body is not valid JSON."))
         if self.models and recorded.model not in self.models:
             return _error_response(unknown_model(recorded.model))
+        await self._before_answer(recorded)
         if self.context_window is not None:
             wanted = prompt_tokens(body) + int(
                 body.get("max_output_tokens") or body.get("max_tokens") or 0
