@@ -4,9 +4,10 @@ Budget = the window (contextWindow, capped by what LM Studio loaded) - the answe
 reservation (maxTokens, at most a quarter of the window) - the system prompt. When the next
 prompt would pass `threshold` x budget, the older turns are summarised (the previous summary
 folded in) by the conversation's model or `compaction.model`, the recent ones (at least
-keepRecentTokens, at most half the target, from a user turn on) stay verbatim, and both are written in one atomic step. If summarising fails,
-the oldest turns are dropped to fit instead. Token counts are estimated from characters and
-calibrated per model by the usage the server reports.
+keepRecentTokens, at most half the target, from a user turn on) stay verbatim, and both are
+written in one atomic step. If summarising fails, the oldest turns are dropped to fit instead.
+Token counts are estimated from characters and calibrated per model by the usage the server
+reports.
 """
 
 from __future__ import annotations
