@@ -208,6 +208,8 @@ def config_check(settings: Settings, file: str | None) -> int:
             f"baseUrl={info.base_url}  contextWindow={info.context_window}  "
             f"maxTokens={info.max_tokens}" + ("" if info.listed else "  (not listed: defaults)")
         )
+    for warning in config.warnings():
+        print(f"warning: {warning}")
     return EXIT_OK
 
 

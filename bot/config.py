@@ -180,6 +180,20 @@ class Config(_Model):
         """Every usable provider id → its complete settings (catalog merged unless replace)."""
         return dict(self.models.providers)
 
+    def warnings(self) -> list[str]:
+        """Settings that load but will not work as their author expects."""
+        found = []
+        for pid, provider in self.models.providers.items():
+            for index, spec in enumerate(provider.models):
+                if spec.max_tokens >= spec.context_window:
+                    found.append(
+                        f"models.providers.{pid}.models[{index}] ({spec.id}): maxTokens "
+                        f"{spec.max_tokens} ≥ contextWindow {spec.context_window}; answers are "
+                        f"capped at a quarter of the window ({spec.context_window // 4} tokens). "
+                        "Lower maxTokens, or raise contextWindow to what the server loads."
+                    )
+        return found
+
     def model_spec(self, provider: str, model_id: str) -> ModelSpec | None:
         """The listed spec of `provider/model_id`, or None (callers then use ModelSpec defaults)."""
         found = self.models.providers.get(provider)

@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 
 from bot.config import CATALOG_KEYS, Config, ProviderConfig, key_variable
 from bot.errors import StoreUnavailable
-from bot.llm.registry import ModelInfo, ModelRegistry
+from bot.llm.lmstudio import LocalModelState, NoNativeApi, ProviderStates, fetch_states
+from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
 from bot.redisdb import describe_url, open_redis
 from bot.settings import Settings
@@ -169,6 +170,9 @@ async def check_models(
         *(_list_models(http, pid, providers[pid], seconds) for pid in keyed)
     )
     listings = dict(zip(keyed, answers, strict=True))
+    local = [pid for pid in keyed if pid not in CATALOG_KEYS and isinstance(listings[pid], list)]
+    native = await asyncio.gather(*(_loaded(http, providers[pid], seconds) for pid in local))
+    loaded = dict(zip(local, native, strict=True))
     nothing_answers = not any(providers[ref.provider].api_key for ref in chain)
     checks = []
     for info in infos:
@@ -178,8 +182,19 @@ async def check_models(
         elif isinstance(listing, Check):
             checks.append(dataclasses.replace(listing, name=f"model {info.ref}"))
         else:
-            checks.append(_listed(info, providers[info.ref.provider], listing))
+            state = (loaded.get(info.ref.provider) or {}).get(info.ref.model)
+            checks.append(_listed(info, providers[info.ref.provider], listing, state))
     return checks
+
+
+async def _loaded(
+    http: aiohttp.ClientSession, provider: ProviderConfig, seconds: float
+) -> ProviderStates | None:
+    """What LM Studio's own API says is loaded; None for a server without it."""
+    try:
+        return await fetch_states(http, provider, seconds=seconds)
+    except (NoNativeApi, aiohttp.ClientError, TimeoutError, OSError):
+        return None
 
 
 def _missing_key(info: ModelInfo, chain: list[ModelRef], *, fatal: bool) -> Check:
@@ -202,8 +217,12 @@ def _missing_key(info: ModelInfo, chain: list[ModelRef], *, fatal: bool) -> Chec
     )
 
 
-def _listed(info: ModelInfo, provider: ProviderConfig, ids: list[str]) -> Check:
+def _listed(
+    info: ModelInfo, provider: ProviderConfig, ids: list[str], state: LocalModelState | None
+) -> Check:
     name, model, local = f"model {info.ref}", info.ref.model, _is_local(provider.base_url)
+    if state is not None:
+        return _lmstudio_state(info, state)
     dated = not local and any(i.startswith(f"{model}-") for i in ids)  # hosted `…-20250929`
     if model not in ids and not dated:
         loaded = ", ".join(ids) or "none"
@@ -220,10 +239,46 @@ def _listed(info: ModelInfo, provider: ProviderConfig, ids: list[str]) -> Check:
     detail = f"listed; contextWindow {info.context_window}, maxTokens {info.max_tokens}"
     if not info.listed:
         detail += f" (defaults: add it to models.providers.{info.ref.provider}.models)"
+    if info.max_tokens >= info.context_window:
+        detail += ": maxTokens ≥ contextWindow (answers are capped at a quarter of the window)"
+        return _warn(name, detail, "lower maxTokens below contextWindow")
     if info.context_window - info.max_tokens < ROOMY_CONTEXT:
         detail += ": contextWindow leaves little room for conversation"
         return _warn(
             name, detail, "raise the server's context length (and contextWindow) or lower maxTokens"
+        )
+    return _ok(name, detail)
+
+
+def _lmstudio_state(info: ModelInfo, state: LocalModelState) -> Check:
+    """A model on a server that speaks LM Studio's API: loaded or not, with what context, and
+    the window the gateway plans with."""
+    name, configured = f"model {info.ref}", info.context_window
+    if not state.loaded:
+        return _warn(
+            name,
+            f"not loaded: LM Studio loads it on the first request (JIT), while a fallback "
+            f"answers; contextWindow {configured}",
+            f"load it now with: lms load {info.ref.model} --context-length {configured}",
+        )
+    window = min(configured, state.context or configured)
+    reserve = min(info.max_tokens, window // OUTPUT_SHARE)
+    detail = f"loaded with {state.context or 'an unreported'} tokens of context"
+    if state.context and state.context < configured:
+        detail += f"; the config says {configured}; using {window}"
+    detail += f" (answers up to {reserve} tokens)"
+    if info.max_tokens >= configured:
+        return _warn(
+            name,
+            f"{detail}; maxTokens {info.max_tokens} ≥ contextWindow {configured}",
+            "lower maxTokens below contextWindow (answers are capped at a quarter of the window)",
+        )
+    if state.context and state.context < configured:
+        return _warn(
+            name,
+            detail,
+            f"reload it with more context (lms load {info.ref.model} --context-length "
+            f"{configured}) or set contextWindow: {state.context}",
         )
     return _ok(name, detail)
 

@@ -152,6 +152,24 @@ async def test_config_check_shows_the_hybrid_chain_in_order(tmp_path: Path, data
     assert "alias=MiniMax" in lines[1]
 
 
+async def test_config_check_warns_when_max_tokens_fills_the_window(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """`contextWindow: 4096` with the seed's `maxTokens: 8192` loads, with a warning that says
+    what happens and what to change; the seed itself gets none."""
+    seed = (data_dir / "config" / "seed-local-stack.json5").read_text()
+    clean = await run_bot("config", "check", str(write_config(tmp_path, seed)),
+                          env=bot_env(tmp_path), cwd=tmp_path)  # fmt: skip
+    assert "warning" not in clean.out
+    small = write_config(tmp_path, seed.replace("contextWindow: 196608", "contextWindow: 4096"))
+    result = await run_bot("config", "check", str(small), env=bot_env(tmp_path), cwd=tmp_path)
+    assert result.code == 0, result.err
+    [warning] = [line for line in result.out.splitlines() if line.startswith("warning:")]
+    assert "models.providers.lmstudio.models[0] (minimax-m2.1-gs32)" in warning
+    assert "maxTokens 8192 ≥ contextWindow 4096" in warning
+    assert "1024 tokens" in warning
+
+
 async def test_config_check_names_a_misspelt_key(tmp_path: Path, data_dir: Path) -> None:
     """A misspelt key exits 2 with the file, the line and the key path."""
     seed = (data_dir / "config" / "seed-local-stack.json5").read_text()

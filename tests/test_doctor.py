@@ -17,6 +17,7 @@ from aiohttp import web
 from bot.config import Config, parse_config
 from bot.doctor import Check, diagnose, render
 from bot.settings import Settings
+from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.openai_server import FakeOpenAI, closed_port
 from tests.fakes.telegram_server import FakeTelegram
 from tests.helpers import gateway_config_text, provider_block
@@ -155,6 +156,47 @@ async def test_unloaded_model_is_named_with_lms_load(tmp_path: Path, redis_url: 
     assert model.detail == "model 'local-model' is not loaded (loaded: other-model)"
     assert model.fix is not None
     assert "lms load local-model" in model.fix
+
+
+async def test_lm_studio_names_the_loaded_context_and_the_window_used(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """LM Studio loaded the model with 8,192 tokens while the config says 32,000: doctor warns
+    and names both numbers and the window the gateway uses."""
+    async with FakeLMStudio(model="local-model", loaded_context=8192) as fake:
+        checks = await diagnose(settings(tmp_path, redis_url), config(fake.base_url))
+    (model,) = named(checks, "model ")
+    assert model.status == "warn"
+    assert model.detail == (
+        "loaded with 8192 tokens of context; the config says 32000; using 8192 "
+        "(answers up to 1024 tokens)"
+    )
+    assert model.fix is not None
+    assert "lms load local-model --context-length 32000" in model.fix
+
+
+async def test_lm_studio_model_not_loaded_says_it_loads_on_demand(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A model LM Studio has on disk but not loaded: a warning that JIT loads it, with the
+    command to load it now."""
+    async with FakeLMStudio(model="local-model", loaded_context=None) as fake:
+        checks = await diagnose(settings(tmp_path, redis_url), config(fake.base_url))
+        assert not fake.loads  # doctor never loads a model
+    (model,) = named(checks, "model ")
+    assert model.status == "warn"
+    assert model.detail.startswith("not loaded: LM Studio loads it on the first request (JIT)")
+
+
+async def test_max_tokens_over_the_window_warns(tmp_path: Path, redis_url: str) -> None:
+    """maxTokens ≥ contextWindow on a loaded LM Studio model warns to lower maxTokens."""
+    async with FakeLMStudio(model="local-model", loaded_context=32000) as fake:
+        cfg = config(fake.base_url, window=(4096, 8192))
+        checks = await diagnose(settings(tmp_path, redis_url), cfg)
+    (model,) = named(checks, "model ")
+    assert model.status == "warn"
+    assert "maxTokens 8192 ≥ contextWindow 4096" in model.detail
+    assert "answers up to 1024 tokens" in model.detail
 
 
 async def test_refused_key_names_where_the_key_comes_from(tmp_path: Path, redis_url: str) -> None:
