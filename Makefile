@@ -32,6 +32,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.lmstudio
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.pipeline
 

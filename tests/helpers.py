@@ -93,6 +93,30 @@ def gateway_config_text(
     }}"""
 
 
+def seed_config_text(
+    data_dir: Path, *, lmstudio_url: str, hosted_url: str | None = None, channels: str = ""
+) -> str:
+    """The seed's local stack block pointed at a fake LM Studio; with `hosted_url`, the seed's
+    hybrid block in the order its "local-first with hosted safety net" advice gives (primary and
+    first fallback swapped) with Anthropic's base URL pointed there, as a user with a proxy
+    would write it. `channels`: the body of a `channels` section to add."""
+    if hosted_url is None:
+        text = (data_dir / "config" / "seed-local-stack.json5").read_text()
+    else:
+        local, sonnet = '"lmstudio/minimax-m2.1-gs32"', '"anthropic/claude-sonnet-4-5"'
+        hybrid = (data_dir / "config" / "seed-hybrid.json5").read_text()
+        order = "primary: {},\n        fallbacks: [{}"
+        text = hybrid.replace(order.format(sonnet, local), order.format(local, sonnet))
+        assert text != hybrid
+        text = text.replace(
+            "    providers: {\n",
+            f'    providers: {{\n      anthropic: {{ baseUrl: "{hosted_url}" }},\n',
+        )
+    assert text.count("http://127.0.0.1:1234/v1") == 1
+    text = text.replace("http://127.0.0.1:1234/v1", lmstudio_url)
+    return text.rstrip().removesuffix("}") + f", channels: {{ {channels} }} }}"
+
+
 def gateway_config(primary_url: str, fallback_url: str | None = None, **kwargs: str) -> Config:
     return parse_config(
         gateway_config_text(primary_url, fallback_url, **kwargs), source="test.json5", env={}

@@ -20,27 +20,9 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env
+from tests.helpers import bot_env, seed_config_text
 
 PERSON = "whatsapp:+15551234567"
-LOCAL = "lmstudio/minimax-m2.1-gs32"
-
-
-def local_first_seed(data_dir: Path, *, lmstudio_url: str, anthropic_url: str) -> str:
-    """The seed's hybrid block as its "local-first with hosted safety net" advice says (primary
-    and first fallback swapped), with the two base URLs a user would point elsewhere."""
-    text = (data_dir / "config" / "seed-hybrid.json5").read_text()
-    swapped = text.replace(
-        'primary: "anthropic/claude-sonnet-4-5",\n        fallbacks: ["lmstudio/minimax-m2.1-gs32"',
-        'primary: "lmstudio/minimax-m2.1-gs32",\n        fallbacks: ["anthropic/claude-sonnet-4-5"',
-    ).replace("http://127.0.0.1:1234/v1", lmstudio_url)
-    assert swapped.count(lmstudio_url) == 1
-    assert f'primary: "{LOCAL}"' in swapped
-    swapped = swapped.replace(
-        "    providers: {\n",
-        f'    providers: {{\n      anthropic: {{ baseUrl: "{anthropic_url}" }},\n',
-    )
-    return swapped.rstrip().removesuffix("}") + ', channels: { whatsapp: { dmPolicy: "open" } } }'
 
 
 @pytest.fixture
@@ -59,10 +41,11 @@ async def gateway(
         port = closed_port()
         config = tmp_path / "bot.json5"
         config.write_text(
-            local_first_seed(
-                data_dir, lmstudio_url=lmstudio.base_url, anthropic_url=anthropic.base_url
+            seed_config_text(
+                data_dir, lmstudio_url=lmstudio.base_url, hosted_url=anthropic.base_url,
+                channels='whatsapp: { dmPolicy: "open" }',
             )
-        )
+        )  # fmt: skip
         env = bot_env(
             tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
             BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,

@@ -21,7 +21,7 @@ from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.lmstudio_server import FakeLMStudio, RestApi
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
-from tests.helpers import eventually, inbound
+from tests.helpers import eventually, inbound, seed_config_text
 
 MODEL = "minimax-m2.1-gs32"
 LOCAL = ModelRef("lmstudio", MODEL)
@@ -29,20 +29,7 @@ CONV = "console:lmstudio"
 
 
 def seed_config(data_dir: Path, lmstudio_url: str, hosted_url: str | None = None) -> str:
-    """The seed's local stack block, pointed at the fake; with `hosted_url`, the seed's hybrid
-    block in its local-first order with Anthropic's base URL pointed there."""
-    if hosted_url is None:
-        text = (data_dir / "config" / "seed-local-stack.json5").read_text()
-        return text.replace("http://127.0.0.1:1234/v1", lmstudio_url)
-    text = (data_dir / "config" / "seed-hybrid.json5").read_text()
-    text = text.replace(
-        'primary: "anthropic/claude-sonnet-4-5",\n        fallbacks: ["lmstudio/minimax-m2.1-gs32"',
-        'primary: "lmstudio/minimax-m2.1-gs32",\n        fallbacks: ["anthropic/claude-sonnet-4-5"',
-    ).replace("http://127.0.0.1:1234/v1", lmstudio_url)
-    return text.replace(
-        "    providers: {\n",
-        f'    providers: {{\n      anthropic: {{ baseUrl: "{hosted_url}" }},\n',
-    )
+    return seed_config_text(data_dir, lmstudio_url=lmstudio_url, hosted_url=hosted_url)
 
 
 @pytest.fixture(autouse=True)
