@@ -118,6 +118,9 @@ class ProviderConfig(_Model):
     timeout_seconds: float = Field(default=120, gt=0)
     connect_timeout_seconds: float = Field(default=3, gt=0)
     first_token_seconds: float = Field(default=30, gt=0)
+    # LM Studio: how long a model it loads on demand stays loaded while idle (its `ttl`);
+    # None leaves LM Studio's own setting alone.
+    ttl_seconds: int | None = Field(default=None, gt=0)
 
 
 class ModelsConfig(_Model):

@@ -218,3 +218,18 @@ async def test_a_server_without_the_api_keeps_the_configured_window(
         assert result.reply.text == "ok"
     assert not events.events("model_state")
     assert not events.events("model_loading")
+
+
+async def test_ttl_seconds_asks_lm_studio_to_keep_the_model_loaded(
+    redis_url: str, tmp_path: Path, data_dir: Path, events: CapturedEvents
+) -> None:
+    """A provider's `ttlSeconds` goes with every request as LM Studio's `ttl`; without it no
+    `ttl` is sent and LM Studio's own setting stands."""
+    async with FakeLMStudio(model=MODEL, loaded_context=8192) as fake:
+        plain = seed_config(data_dir, fake.base_url)
+        warm = plain.replace('apiKey: "lmstudio",', 'apiKey: "lmstudio", ttlSeconds: 86400,')
+        for text in (plain, warm):
+            async with gateway(text, redis_url, tmp_path, events) as app:
+                await app.agent.run_turn([inbound("hello", conversation=CONV)])
+    sent = [r.json.get("ttl") for r in chats(fake) if r.json]
+    assert sent == [None, 86400]

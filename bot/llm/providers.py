@@ -100,6 +100,7 @@ class OpenAIProvider:
         self.api = config.api
         self.first_token_seconds = config.first_token_seconds
         self.timeout_seconds = config.timeout_seconds
+        self._extra = {"ttl": config.ttl_seconds} if config.ttl_seconds else {}
         self._key = config.api_key
         self.client = AsyncOpenAI(
             base_url=config.base_url,
@@ -182,6 +183,7 @@ class OpenAIProvider:
                 "instructions": request.instructions,
                 "input": [{"role": t.role, "content": t.text} for t in request.turns],
                 "max_output_tokens": request.max_output_tokens,
+                **self._extra,
             }
         messages: list[Any] = [{"role": "system", "content": request.instructions}]
         messages += [{"role": t.role, "content": t.text} for t in request.turns]
@@ -189,6 +191,7 @@ class OpenAIProvider:
             "model": request.model,
             "messages": messages,
             "max_tokens": request.max_output_tokens,
+            **self._extra,
         }
 
     async def _events(
