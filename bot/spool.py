@@ -267,7 +267,7 @@ class SpoolDrainer:
         intake: Intake,
         log: Logger,
         every: float = 0.5,
-        max_wait: float = 5.0,
+        max_wait: float = 2.0,
     ) -> None:
         self.spool = spool
         self.intake = intake
