@@ -201,6 +201,10 @@ async def test_webhooks_during_a_redis_outage_are_acked_and_answered_once_in_ord
     await redis_server.start()
     want = {"a": ["a1", "a2", "a3", "a4"], "b": ["b1", "b2", "b3", "b4"]}
     await eventually(lambda: answered(model) == want and len(twilio.messages) == turns(model), 30)
+    async with aiohttp.ClientSession() as http, http.get(f"{served.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'switchboard_messages_spooled_total{channel="whatsapp"} 8.0' in metrics
+    assert "switchboard_spool_drained_total 8.0" in metrics
     served.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.proc.wait(), 30) == 0
     assert answered(model) == want  # nothing answered twice, even after the drain
@@ -208,6 +212,7 @@ async def test_webhooks_during_a_redis_outage_are_acked_and_answered_once_in_ord
     assert replies == {ADA: turns(model, "a"), BOB: turns(model, "b")}
     [drained] = served.events("spool_drained")
     assert drained["count"] == 8
+    assert not list((tmp_path / "var" / "spool").iterdir())  # emptied, and removed at exit
 
 
 def turns(model: FakeOpenAI, tag: str = "") -> int:
