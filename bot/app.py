@@ -107,7 +107,8 @@ class App:
     def spool_drainer(self) -> SpoolDrainer:
         """The web role's task that moves spooled messages into Redis once it answers. Files
         left by dead processes are adopted now, so new messages queue behind them."""
-        self.spool.adopt()
+        with contextlib.suppress(OSError):  # the drainer reports it (spool_failed)
+            self.spool.adopt()
         return SpoolDrainer(spool=self.spool, intake=self.intake, log=self.log)
 
     def poller(self) -> Poller | None:

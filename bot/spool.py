@@ -23,6 +23,7 @@ from bot.logs import Logger
 from bot.messages import InboundMessage
 
 SUFFIX = ".jsonl"
+READ_CHUNK = 1 << 20
 
 
 class Intake(Protocol):
@@ -67,9 +68,10 @@ def _fsync_dir(folder: Path) -> None:
 class Spool:
     """This process's spool file and the files it adopted from dead processes."""
 
-    def __init__(self, folder: Path | str, *, log: Logger) -> None:
+    def __init__(self, folder: Path | str, *, log: Logger, read_chunk: int = READ_CHUNK) -> None:
         self.folder = Path(folder)
         self.log = log
+        self.read_chunk = read_chunk
         self.own: SpoolFile | None = None
         self.own_bytes = 0  # complete lines written to the own file since it was last emptied
         self.adopted: list[SpoolFile] = []
@@ -173,24 +175,39 @@ class Spool:
         started, moved = time.monotonic(), 0
         while self.adopted:
             spooled = self.adopted[0]
-            data = await asyncio.to_thread(
-                spooled.read, spooled.drained, os.fstat(spooled.fd).st_size
-            )
-            moved += await self._move(spooled, data, intake, final=True)
+            end = os.fstat(spooled.fd).st_size
+            moved += await self._drain_file(spooled, end, intake, final=True)
             self.adopted.pop(0)
             spooled.close(remove=True)
         while (own := self.own) is not None:
             async with self.lock:
-                if own.drained >= self.own_bytes:
-                    if self.own_bytes:
+                end = self.own_bytes
+                if own.drained >= end:
+                    if end:  # all confirmed: empty it, with no append in between
                         os.ftruncate(own.fd, 0)
                         own.drained = self.own_bytes = 0
                     break
-                data = await asyncio.to_thread(own.read, own.drained, self.own_bytes)
-            moved += await self._move(own, data, intake, final=False)
+            # Lines below `end` are complete and fsync'd; appends go after them meanwhile.
+            moved += await self._drain_file(own, end, intake, final=False)
         if moved:
             ms = round((time.monotonic() - started) * 1000)
             self.log.info("spool_drained", count=moved, ms=ms)
+        return moved
+
+    async def _drain_file(
+        self, spooled: SpoolFile, end: int, intake: Intake, *, final: bool
+    ) -> int:
+        """Move the lines of `spooled` up to byte `end`, a chunk at a time (a long outage
+        can leave a big file); `final`: no one writes this file any more."""
+        moved, chunk = 0, self.read_chunk
+        while spooled.drained < end:
+            start, stop = spooled.drained, min(end, spooled.drained + chunk)
+            data = await asyncio.to_thread(spooled.read, start, stop)
+            moved += await self._move(spooled, data, intake, final=final and stop == end)
+            if spooled.drained == start:  # no newline in the chunk: a longer line
+                if stop == end:
+                    break
+                chunk *= 2
         return moved
 
     async def _move(self, spooled: SpoolFile, data: bytes, intake: Intake, *, final: bool) -> int:

@@ -173,6 +173,25 @@ async def test_torn_and_corrupt_lines_are_skipped_with_a_warning(
     assert not path.exists()
 
 
+async def test_a_big_file_is_drained_a_chunk_at_a_time(
+    up: RedisIntake, redis_client: aioredis.Redis, events: CapturedEvents, tmp_path: Path
+) -> None:
+    """Files are read in chunks: lines that straddle a chunk or are longer than one arrive
+    whole and in order, and only a torn last line is skipped."""
+    texts = [f"m{n}" + "x" * (n * 37 % 300) for n in range(1, 30)]
+    lines = [line(wa(text, n)) for n, text in enumerate(texts, 1)]
+    write_dead_file(tmp_path / "spool", "999-dead.jsonl", [*lines, lines[0][:40]])
+    spool = Spool(tmp_path / "spool", log=events.log, read_chunk=64)
+    try:
+        spool.adopt()
+        await spool.append(wa("own", 99))
+        assert await asyncio.wait_for(spool.drain(up), 10) == len(texts) + 1
+    finally:
+        spool.close()
+    assert await inbox(redis_client, ADA) == [*texts, "own"]
+    assert [e["reason"] for e in events.events("spool_line_skipped")] == ["torn last line"]
+
+
 async def test_two_spools_never_adopt_the_same_file(
     up: RedisIntake, tmp_path: Path, events: CapturedEvents, redis_client: aioredis.Redis
 ) -> None:
