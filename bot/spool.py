@@ -24,6 +24,7 @@ from bot.messages import InboundMessage
 
 SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20
+INTAKE_DEADLINE = 5.0  # Twilio gives a webhook 15 s; Telegram's is similar
 
 
 class Intake(Protocol):
@@ -252,18 +253,35 @@ class SpooledIntake:
     """Intake that keeps a message in the local spool when Redis cannot confirm it, and
     queues every message behind the spooled ones until they reached Redis (order holds)."""
 
-    def __init__(self, intake: Intake, spool: Spool, *, log: Logger) -> None:
+    def __init__(
+        self, intake: Intake, spool: Spool, *, log: Logger, deadline: float = INTAKE_DEADLINE
+    ) -> None:
         self.intake = intake
         self.spool = spool
         self.log = log
+        self.deadline = deadline
 
     async def accept(self, message: InboundMessage) -> bool:
-        """Store `message` in Redis, else in the spool; StoreUnavailable if neither took it."""
+        """Store `message` in Redis, else in the spool; StoreUnavailable if neither took it.
+
+        Redis gets `deadline` seconds: a hung server (the client's own timeouts and retries
+        add up to far more) must not hold the webhook past the platform's timeout. A write
+        that landed after all is deduplicated when the spool is drained.
+        """
         if not self.spool.pending:
             try:
-                return await self.intake.accept(message)
+                async with asyncio.timeout(self.deadline):
+                    return await self.intake.accept(message)
             except StoreUnavailable:
                 pass
+            except TimeoutError:
+                self.log.error(
+                    "intake_failed",
+                    channel=message.channel,
+                    conversation=message.conversation,
+                    msg_id=message.platform_id,
+                    error=f"Redis did not confirm within {self.deadline:g} s",
+                )
         await self.spool.append(message)
         self.log.warning(
             "message_spooled",

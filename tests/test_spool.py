@@ -94,6 +94,31 @@ async def test_redis_down_spools_and_answers_success_without_logging_text(
     assert spool.pending
 
 
+async def test_a_hung_redis_does_not_hold_the_webhook(spool: Spool, events: CapturedEvents) -> None:
+    """A Redis that accepts the connection but never answers: the message is spooled once the
+    intake deadline passes, long before the client's own timeouts would give up."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = aioredis.Redis(port=port, socket_timeout=60, retry=Retry(NoBackoff(), 0))
+    intake = SpooledIntake(RedisIntake(hung, log=events.log), spool, log=events.log, deadline=0.3)
+    try:
+        assert await asyncio.wait_for(intake.accept(wa("hello", 1)), 10) is True
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await hung.aclose()
+    assert spool.pending
+    assert "0.3 s" in events.events("intake_failed")[0]["error"]
+    assert events.events("message_spooled")
+
+
 async def test_drain_moves_messages_in_order_and_new_ones_queue_behind(
     down: RedisIntake, up: RedisIntake, spool: Spool, redis_client: aioredis.Redis,
     events: CapturedEvents, tmp_path: Path,
