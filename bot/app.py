@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,7 @@ from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
+from bot.spool import Spool, SpoolDrainer, SpooledIntake
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
@@ -49,6 +51,7 @@ class App:
     access: RedisAccess
     choice: RedisModelChoice
     intake: RedisIntake
+    spool: Spool
     breaker: RedisBreaker
     local: LMStudioModels | None  # what LM Studio has loaded, when a local provider is configured
     metrics: Metrics
@@ -86,7 +89,7 @@ class App:
         """The HTTP application: health routes and every enabled channel's webhooks."""
         return make_web_app(
             redis=self.redis.client,
-            intake=self.intake,
+            intake=SpooledIntake(self.intake, self.spool, log=self.log),
             channels=self.webhook_channels,
             public_url=self.settings.bot_public_url,
             metrics_body=self.metrics_body,
@@ -102,6 +105,13 @@ class App:
             return self.metrics.render()
         self.metrics.set_state(inbox=inbox, breakers={s.model: s.state for s in states})
         return self.metrics.render()
+
+    def spool_drainer(self) -> SpoolDrainer:
+        """The web role's task that moves spooled messages into Redis once it answers. Files
+        left by dead processes are adopted now, so new messages queue behind them."""
+        with contextlib.suppress(OSError):  # the drainer reports it (spool_failed)
+            self.spool.adopt()
+        return SpoolDrainer(spool=self.spool, intake=self.intake, log=self.log)
 
     def poller(self) -> Poller | None:
         """The Telegram long-poller, when channels.telegram.mode is polling."""
@@ -168,6 +178,7 @@ async def open_app(
         llm = FailoverClient(
             registry=registry, providers=providers, log=log, breaker=breaker, local=local
         )
+        spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
         try:
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
@@ -214,6 +225,7 @@ async def open_app(
                 access=access,
                 choice=choice,
                 intake=RedisIntake(redis.client, log=log),
+                spool=spool,
                 breaker=breaker,
                 local=local,
                 metrics=metrics,
@@ -221,6 +233,7 @@ async def open_app(
                 telegram=telegram,
             )
         finally:
+            spool.close()
             if whatsapp is not None:
                 await whatsapp.close()
             await http.close()

@@ -236,6 +236,7 @@ async def serve(
                 if web_role:
                     if app.telegram is not None:
                         await identify_telegram(app.telegram, log)
+                    tasks.append(asyncio.create_task(app.spool_drainer().run(stop)))
                     runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
                     await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()

@@ -50,7 +50,8 @@ class RedisIntake:
     async def accept(self, message: InboundMessage) -> bool:
         """Store `message` once; True if new, False if its platform id was seen already.
 
-        Raises StoreUnavailable when Redis did not confirm, so the platform retries. The
+        Raises StoreUnavailable when Redis did not confirm (the web role then keeps the
+        message in its local spool, bot.spool; the poller leaves the offset). The
         wake-up is sent for duplicates too: a retry after a half-finished accept repairs it.
         """
         body = json.dumps(message.to_dict(), ensure_ascii=False)

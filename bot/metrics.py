@@ -23,6 +23,10 @@ class Metrics:
         r = self.registry
         self.received = Counter("switchboard_messages_received", "Messages stored by intake",
                                 ["channel"], registry=r)  # fmt: skip
+        self.spooled = Counter("switchboard_messages_spooled", "Messages kept in the local spool "
+                               "while Redis was down", ["channel"], registry=r)  # fmt: skip
+        self.spool_drained = Counter("switchboard_spool_drained", "Spooled messages moved into "
+                                     "Redis", registry=r)  # fmt: skip
         self.rejected = Counter("switchboard_messages_rejected", "Messages refused",
                                 ["channel", "reason"], registry=r)  # fmt: skip
         self.turns = Counter("switchboard_turns", "Model turns", ["outcome"], registry=r)
@@ -52,6 +56,10 @@ class Metrics:
         channel = str(event.get("channel") or "")
         if name == "message_received":
             self.received.labels(channel).inc()
+        elif name == "message_spooled":
+            self.spooled.labels(channel).inc()
+        elif name == "spool_drained" and isinstance(count := event.get("count"), int):
+            self.spool_drained.inc(count)
         elif name == "message_rejected":
             self.rejected.labels(channel, str(event.get("reason") or "")).inc()
         elif name in ("turn_finished", "turn_failed"):

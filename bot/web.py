@@ -1,7 +1,8 @@
 """The aiohttp application: channel webhooks, health and readiness, and the error → HTTP table.
 
-A webhook is answered only after intake stored its messages in Redis; errors map to the
-status a platform understands (403 bad signature, 400 bad payload, 503 retry later).
+A webhook is answered only after intake stored its messages in Redis (or, while Redis is
+down, in the fsync'd local spool); errors map to the status a platform understands (403 bad
+signature, 400 bad payload, 503 retry later).
 """
 
 from __future__ import annotations
