@@ -339,3 +339,33 @@ async def test_pairing_cli_lists_and_approves(
     assert "default: local/local-model -> backup/backup-model  by " + ADMIN in history
     async with gateway(text, redis_url, tmp_path, events) as app:
         assert await say(app, wa("hello")) == "backup says hi"
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("openrouter/", "'openrouter/' (write a ref as provider/model, no spaces); did you mean "),
+        ("/x", "'/x' (write a ref as provider/model, no spaces); did you mean 'Local' or "),
+        ("a/b/c", "'a/b/c' (no provider 'a'; providers: local, backup); did you mean 'Local' or "),
+        ("local/", "; did you mean 'Local' or 'local/local-model'?"),
+        ("local / local-model", "; did you mean 'local/local-model'?"),
+        ("99", "'99'; did you mean a number from 1 to 2?"),
+        ("0", "'0'; did you mean a number from 1 to 2?"),
+        ("9" * 5000, "99…'; did you mean "),
+    ],
+    ids=["provider-only", "model-only", "unknown-provider", "local-slash", "spaces",
+         "number-too-big", "number-zero", "huge-number"],
+)  # fmt: skip
+async def test_model_with_a_malformed_name_answers_unknown_model_with_a_suggestion(
+    app: App, name: str, hint: str
+) -> None:
+    """/model and /model default with a malformed or unknown name answer one line, "unknown
+    model …; did you mean …", and change nothing."""
+    for command in (f"/model {name}", f"/model default {name}"):
+        reply = await say(app, wa(command, ADMIN)) or ""
+        assert reply.startswith("unknown model '")
+        assert hint in reply
+        assert "\n" not in reply
+        assert len(reply) < 400
+    assert await app.choice.history() == []
+    assert await say(app, wa("hello", ADMIN)) == "local says hi"
