@@ -369,3 +369,34 @@ async def test_model_with_a_malformed_name_answers_unknown_model_with_a_suggesti
         assert len(reply) < 400
     assert await app.choice.history() == []
     assert await say(app, wa("hello", ADMIN)) == "local says hi"
+
+
+async def test_conversation_model_expires_with_the_conversation(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A conversation's model choice gets the conversation's idle TTL when set and is refreshed
+    by each turn like its history; everyone's default never expires."""
+    ttl = app.memory.ttl_seconds
+    key = f"conv:{{{ADMIN}}}:model"
+    await say(app, wa("/model Backup", ADMIN))
+    assert ttl - 5 <= await redis_client.ttl(key) <= ttl
+    await redis_client.expire(key, 100)
+    assert await say(app, wa("hello", ADMIN)) == "backup says hi"
+    assert ttl - 5 <= await redis_client.ttl(key) <= ttl
+    turns_ttl = await redis_client.ttl(f"conv:{{{ADMIN}}}:turns")
+    assert abs(await redis_client.ttl(key) - turns_ttl) <= 5
+    await say(app, wa("/model default Backup", ADMIN))
+    assert await redis_client.ttl("settings:model:default") == -1
+
+
+async def test_a_stored_choice_that_is_no_ref_falls_back_instead_of_crashing(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A conversation or default value in Redis that does not parse as a ref is passed over:
+    turns and /status still work, on the config's model."""
+    await redis_client.set(f"conv:{{{USER}}}:model", "openrouter/")
+    await redis_client.set("settings:model:default", "/x")
+    assert await say(app, wa("hello")) == "local says hi"
+    assert "Model: Local (local/local-model) (from the config)" in (
+        await say(app, wa("/status")) or ""
+    )
