@@ -341,6 +341,39 @@ async def test_pairing_cli_lists_and_approves(
         assert await say(app, wa("hello")) == "backup says hi"
 
 
+async def test_status_and_model_show_other_peoples_ids_to_admins_only(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A non-admin's /status and /model name no other sender (only "you"); an admin's name
+    who changed a model and whose conversation it was."""
+    admin2 = "whatsapp:+15550000009"
+    text = config_text(local, backup).replace(
+        f'commands: {{ admins: ["{ADMIN}"] }}',
+        f'commands: {{ admins: ["{ADMIN}", "{admin2}"], modelSwitch: "everyone" }}',
+    )
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        await say(app, wa("/model default Backup", admin2))
+        await say(app, wa("/model Local", OTHER))
+        await say(app, wa("/model Local", USER))
+        user_status = await say(app, wa("/status", USER)) or ""
+        user_model = await say(app, wa("/model", USER)) or ""
+        await say(app, wa("/model reset", USER))
+        user_menu_default = await say(app, wa("/model", USER)) or ""
+        admin_status = await say(app, wa("/status", ADMIN)) or ""
+        admin_model = await say(app, wa("/model", ADMIN)) or ""
+    for reply in (user_status, user_model, user_menu_default):
+        assert admin2 not in reply
+        assert OTHER not in reply
+    assert "this conversation: backup/backup-model → local/local-model by you" in user_status
+    assert "default: local/local-model → backup/backup-model" in user_status
+    assert "(from the conversation's choice, set by you)" in user_model
+    assert "(from the global default)." in user_menu_default
+    assert f"{OTHER}: backup/backup-model → local/local-model by {OTHER}" in admin_status
+    assert f"{USER}: local/local-model → (reset) by {USER}" in admin_status
+    assert f"(from the global default, set by {admin2})." in admin_model
+
+
 @pytest.mark.parametrize(
     ("name", "hint"),
     [

@@ -120,3 +120,7 @@ class RedisModelChoice:
             await self.redis.xrevrange(AUDIT_STREAM, count=count),
         )
         return [ModelChange(**json.loads(fields["change"])) for _, fields in rows]
+
+    async def last_change(self, scope: str, *, within: int = 100) -> ModelChange | None:
+        """The newest audited change of `scope` among the latest `within` changes, if any."""
+        return next((c for c in await self.history(within) if c.scope == scope), None)
