@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 
@@ -34,6 +34,27 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
+MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """An object of an update, or {} where the update holds something else there."""
+    return value if isinstance(value, dict) else {}
+
+
+def _utf8(text: str) -> str:
+    """`text` if it can be stored as UTF-8; a lone surrogate (a "\\ud800" escape) is a
+    BadPayload, not a crash further on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadPayload("the update holds text that is not valid Unicode") from exc
+    return text
 
 
 def utf16_len(text: str) -> int:
@@ -146,36 +167,59 @@ class TelegramChannel:
         if not hmac.compare_digest(given, self.secret):
             raise WebhookSecretError(f"wrong or missing {SECRET_HEADER}")
         try:
-            update = json.loads(request.body)
-        except ValueError as exc:
-            raise BadPayload("the body is not JSON") from exc
-        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+            # Strict UTF-8 first: json.loads(bytes) would let UTF-8-encoded surrogates through.
+            update = json.loads(request.body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise BadPayload("the body is not UTF-8 JSON (or is nested too deeply)") from exc
+        if not isinstance(update, dict) or not _is_int(update.get("update_id")):
             raise BadPayload("not a Telegram Update: update_id missing")
-        return self.messages_in(update)
+        return self._messages(update)
 
     def messages_in(self, update: dict[str, Any]) -> list[InboundMessage]:
-        """The text messages of one update that the bot should answer (often none)."""
+        """The text messages of one polled update that the bot should answer (often none);
+        a malformed one is logged and skipped, so it cannot hold up the updates after it."""
+        try:
+            return self._messages(update)
+        except BadPayload as exc:
+            self.log.warning(
+                "message_rejected", channel=self.name, reason="BadPayload", error=str(exc)
+            )
+            return []
+
+    def _messages(self, update: dict[str, Any]) -> list[InboundMessage]:
+        """The text messages of one update that the bot should answer (often none); BadPayload
+        when a text message lacks integer chat and sender ids or holds text that is no UTF-8."""
         message = update.get("message") or update.get("edited_message")
         if not isinstance(message, dict) or not isinstance(message.get("text"), str):
             return []  # an update kind or a message without text that we do not handle
-        chat, sender = message.get("chat") or {}, message.get("from") or {}
-        text = message["text"]
-        if chat.get("type") in ("group", "supergroup") and self.config.require_mention:
-            text = self._addressed_text(message)
-            if text is None:
+        chat, sender = message.get("chat"), message.get("from")
+        if sender is None:
+            return []  # no person to answer (Telegram omits `from` only for channel posts)
+        if not (isinstance(chat, dict) and _is_int(chat.get("id"))):
+            raise BadPayload("a Telegram message needs chat.id, an integer")
+        if not (isinstance(sender, dict) and _is_int(sender.get("id"))):
+            raise BadPayload("a Telegram message needs from.id, an integer")
+        text = _utf8(message["text"])
+        chat_type = _utf8(chat["type"]) if isinstance(chat.get("type"), str) else ""
+        if chat_type in ("group", "supergroup") and self.config.require_mention:
+            addressed = self._addressed_text(message)
+            if addressed is None:
                 return []
+            text = addressed
+        date, message_id = message.get("date"), message.get("message_id")
+        name = sender.get("first_name")
         return [
             InboundMessage(
                 channel=self.name,
-                conversation=f"telegram:{chat.get('id')}",
-                sender=f"telegram:{sender.get('id')}",
+                conversation=f"telegram:{chat['id']}",
+                sender=f"telegram:{sender['id']}",
                 text=text,
                 platform_id=str(update["update_id"]),
-                ts=float(message.get("date") or time.time()),
-                sender_name=sender.get("first_name"),
+                ts=float(date) if _is_int(date) and 0 < date < MAX_DATE else time.time(),
+                sender_name=_utf8(name) if isinstance(name, str) else None,
                 meta={
-                    "chat_type": str(chat.get("type", "")),
-                    "message_id": str(message.get("message_id", "")),
+                    "chat_type": chat_type,
+                    "message_id": str(message_id) if _is_int(message_id) else "",
                 },
             )
         ]
@@ -184,7 +228,7 @@ class TelegramChannel:
         """In a group: the text without the bot's @mention, or None if not for the bot."""
         me = self.me or {}
         username, bot_id = me.get("username"), me.get("id")
-        replied = (message.get("reply_to_message") or {}).get("from") or {}
+        replied = _dict(_dict(message.get("reply_to_message")).get("from"))
         text: str = message["text"]
         if username:
             mention = re.compile(rf"@{re.escape(username)}\b", re.IGNORECASE)
