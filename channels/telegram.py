@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
@@ -35,6 +36,7 @@ ALLOWED_UPDATES = ["message", "edited_message"]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
 MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
+MAX_PACED_CHATS = 10_000  # chats the pacer remembers at once, however short its window
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -62,6 +64,50 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+class ChatPacer:
+    """At most one message per `seconds` to each chat (Telegram's advice), in bounded memory.
+
+    Only chats sent to within the last `seconds` are remembered (at most `max_chats`, the
+    oldest forgotten first), so the map stays small however many chats the bot has answered.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_chats: int = MAX_PACED_CHATS,
+    ) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.max_chats = max_chats
+        self._last: OrderedDict[str, float] = OrderedDict()  # oldest send first
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def wait(self, chat_id: str) -> float:
+        """Seconds to wait before the next message to `chat_id` may go out (0: none)."""
+        self._forget()
+        last = self._last.get(chat_id)
+        return 0.0 if last is None else max(0.0, last + self.seconds - self.clock())
+
+    def sent(self, chat_id: str) -> None:
+        """A message to `chat_id` went out now."""
+        self._last[chat_id] = self.clock()
+        self._last.move_to_end(chat_id)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the chats whose window has passed, and the oldest beyond `max_chats`."""
+        now = self.clock()
+        while self._last:
+            chat_id, last = next(iter(self._last.items()))
+            if last + self.seconds > now and len(self._last) <= self.max_chats:
+                return
+            del self._last[chat_id]
+
+
 class TelegramError(ChannelSendError):
     """The Bot API answered `ok: false` (or could not be reached)."""
 
@@ -83,6 +129,7 @@ class TelegramChannel:
         backoff_seconds: float = 0.5,
         pace_seconds: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.http = http
@@ -98,7 +145,7 @@ class TelegramChannel:
         self.base_url = settings.telegram_api_base_url.rstrip("/")
         self.public_url = settings.bot_public_url
         self.me: dict[str, Any] | None = None
-        self._last_sent: dict[str, float] = {}
+        self.pacer = ChatPacer(pace_seconds, clock=clock)
 
     def startup_problems(self) -> list[str]:
         """What stops webhook mode from starting (it never runs without a secret)."""
@@ -260,11 +307,11 @@ class TelegramChannel:
         """Send the reply in order, one sendMessage per chunk, about one a second per chat."""
         chat_id = message.conversation.removeprefix("telegram:")
         for chunk in split_text(message.text, self.config.text_chunk_limit, measure=utf16_len):
-            wait = self._last_sent.get(chat_id, 0.0) + self.pace_seconds - time.monotonic()
+            wait = self.pacer.wait(chat_id)
             if wait > 0:
                 await self.sleep(wait)
             await self.call("sendMessage", chat_id=chat_id, text=chunk)
-            self._last_sent[chat_id] = time.monotonic()
+            self.pacer.sent(chat_id)
 
     async def typing(self, conversation: str) -> None:
         """Show "typing…" in the chat (it lasts about 5 s on the person's screen)."""

@@ -10,9 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bot.config import TelegramConfig
+from bot.messages import OutboundMessage
+from bot.settings import Settings
+from channels.telegram import TelegramChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram_server import (
@@ -372,3 +377,34 @@ async def test_a_malformed_polled_update_is_skipped_and_the_next_answered(
     [rejected] = events.events("message_rejected")
     assert "from.id" in rejected["error"]
     assert not events.events("poll_failed")
+
+
+async def test_the_pacing_map_stays_bounded_and_still_paces(
+    telegram: FakeTelegram, events: CapturedEvents
+) -> None:
+    """Replies to 300 chats leave only the chats inside the pacing window in memory, and a
+    second reply to a chat inside it still waits out the rest of its second."""
+    now = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    settings = Settings(_env_file=None, telegram_bot_token=telegram.token,  # type: ignore[call-arg]
+                        telegram_api_base_url=telegram.base_url)  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        channel = TelegramChannel(
+            settings=settings, config=TelegramConfig(), http=http, log=events.log,
+            pace_seconds=1.0, sleep=sleep, clock=lambda: now[0],
+        )  # fmt: skip
+        for chat in range(300):
+            await channel.send(OutboundMessage(channel="telegram", conversation=f"telegram:{chat}",
+                                               text="hi"))  # fmt: skip
+            now[0] += 0.1
+        assert len(channel.pacer) <= 11  # the chats of the last second, 0.1 s apart
+        assert waits == []
+        await channel.send(OutboundMessage(channel="telegram", conversation="telegram:299",
+                                           text="again"))  # fmt: skip
+    assert waits == [pytest.approx(0.9)]
+    assert len(telegram.sent) == 301
