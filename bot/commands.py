@@ -287,8 +287,8 @@ class Commands:
 
     @staticmethod
     def _by(ctx: CommandContext, who: str) -> str:
-        """ " by <id>" for admins, " by you" for the sender's own change, else nothing: other
-        people's ids are shown to admins only."""
+        """Who made a change, as the sender may read it: the id for admins, "you" for the
+        sender's own change, else nothing (other people's ids are shown to admins only)."""
         if ctx.is_admin:
             return f" by {who}"
         return " by you" if who == ctx.message.sender else ""
