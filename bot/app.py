@@ -183,7 +183,7 @@ async def open_app(
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
             compactor = Compactor(memory=memory, llm=llm, config=defaults.compaction, log=log)
-            choice = RedisModelChoice(redis.client, registry)
+            choice = RedisModelChoice(redis.client, registry, ttl_seconds=memory.ttl_seconds)
             access = RedisAccess(
                 redis.client,
                 channels=config.channels,

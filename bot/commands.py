@@ -2,7 +2,8 @@
 
 Handlers are methods marked with `@command`; each gets a typed context. Changing the model
 and approving strangers are admin-only (`commands.admins`); `commands.modelSwitch: everyone`
-opens the per-conversation switch. A refused command changes nothing and is logged.
+opens the per-conversation switch. A refused command changes nothing and is logged. Other
+people's ids (who changed a model, whose conversation) are shown to admins only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from bot.access import RedisAccess, Role
 from bot.errors import CommandError
 from bot.llm.breaker import RedisBreaker
-from bot.llm.choice import RedisModelChoice
+from bot.llm.choice import ModelChange, RedisModelChoice
 from bot.llm.registry import ModelRegistry
 from bot.llm.types import ModelRef
 from bot.logs import Logger
@@ -195,10 +196,13 @@ class Commands:
             f"Memory: {len(state.turns)} messages, about {tokens} tokens, "
             f"{state.summary.version if state.summary else 0} compactions"
         )
-        changes = await self.choice.history(3)
+        changes = await self._visible_changes(ctx, 3)
         if changes:
             lines.append("Recent model changes:")
-            lines += [f"  {c.scope}: {c.before} → {c.after} by {c.who}" for c in changes]
+            lines += [
+                f"  {self._scope(ctx, c.scope)}: {c.before} → {c.after}{self._by(ctx, c.who)}"
+                for c in changes
+            ]
         return "\n".join(lines)
 
     @command("models", summary="every model the gateway knows")
@@ -253,12 +257,41 @@ class Commands:
 
     async def _model_menu(self, ctx: CommandContext) -> str:
         ref, source = await self.choice.current(ctx.conversation)
-        lines = [f"Now: {self._name(ref)} (from the {_SOURCES[source]})."]
+        set_by = ""
+        if source != "config":
+            scope = "default" if source == "default" else ctx.conversation
+            change = await self.choice.last_change(scope)
+            by = self._by(ctx, change.who) if change else ""
+            set_by = f", set{by}" if by else ""
+        lines = [f"Now: {self._name(ref)} (from the {_SOURCES[source]}{set_by})."]
         aliases = self.registry.aliases()
         if aliases:
             lines.append("Switch with /model <name or number>:")
             lines += [f"{n}. {alias} — {target}" for n, (alias, target) in enumerate(aliases, 1)]
         return "\n".join(lines)
+
+    async def _visible_changes(self, ctx: CommandContext, count: int) -> list[ModelChange]:
+        """The newest `count` model changes the sender may see: all of them for an admin;
+        for anyone else, the default's and their own conversation's."""
+        if ctx.is_admin:
+            return await self.choice.history(count)
+        mine = ("default", ctx.conversation)
+        return [c for c in await self.choice.history(count * 10) if c.scope in mine][:count]
+
+    @staticmethod
+    def _scope(ctx: CommandContext, scope: str) -> str:
+        """A change's scope as the sender reads it (another's conversation id: admins only)."""
+        if scope == ctx.conversation and not ctx.is_admin:
+            return "this conversation"
+        return scope
+
+    @staticmethod
+    def _by(ctx: CommandContext, who: str) -> str:
+        """Who made a change, as the sender may read it: the id for admins, "you" for the
+        sender's own change, else nothing (other people's ids are shown to admins only)."""
+        if ctx.is_admin:
+            return f" by {who}"
+        return " by you" if who == ctx.message.sender else ""
 
     def _name(self, ref: ModelRef) -> str:
         alias = self.registry.alias_of(ref)

@@ -14,8 +14,9 @@ import hmac
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 
@@ -34,11 +35,77 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
+MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
+MAX_PACED_CHATS = 10_000  # chats the pacer remembers at once, however short its window
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """An object of an update, or {} where the update holds something else there."""
+    return value if isinstance(value, dict) else {}
+
+
+def _utf8(text: str) -> str:
+    """`text` if it can be stored as UTF-8; a lone surrogate (a "\\ud800" escape) is a
+    BadPayload, not a crash further on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadPayload("the update holds text that is not valid Unicode") from exc
+    return text
 
 
 def utf16_len(text: str) -> int:
     """Length in UTF-16 code units: how Telegram measures message text."""
     return len(text.encode("utf-16-le")) // 2
+
+
+class ChatPacer:
+    """At most one message per `seconds` to each chat (Telegram's advice), in bounded memory.
+
+    Only chats sent to within the last `seconds` are remembered (at most `max_chats`, the
+    oldest forgotten first), so the map stays small however many chats the bot has answered.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_chats: int = MAX_PACED_CHATS,
+    ) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.max_chats = max_chats
+        self._last: OrderedDict[str, float] = OrderedDict()  # oldest send first
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def wait(self, chat_id: str) -> float:
+        """Seconds to wait before the next message to `chat_id` may go out (0: none)."""
+        self._forget()
+        last = self._last.get(chat_id)
+        return 0.0 if last is None else max(0.0, last + self.seconds - self.clock())
+
+    def sent(self, chat_id: str) -> None:
+        """A message to `chat_id` went out now."""
+        self._last[chat_id] = self.clock()
+        self._last.move_to_end(chat_id)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the chats whose window has passed, and the oldest beyond `max_chats`."""
+        now = self.clock()
+        while self._last:
+            chat_id, last = next(iter(self._last.items()))
+            if last + self.seconds > now and len(self._last) <= self.max_chats:
+                return
+            del self._last[chat_id]
 
 
 class TelegramError(ChannelSendError):
@@ -62,6 +129,7 @@ class TelegramChannel:
         backoff_seconds: float = 0.5,
         pace_seconds: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.http = http
@@ -77,7 +145,7 @@ class TelegramChannel:
         self.base_url = settings.telegram_api_base_url.rstrip("/")
         self.public_url = settings.bot_public_url
         self.me: dict[str, Any] | None = None
-        self._last_sent: dict[str, float] = {}
+        self.pacer = ChatPacer(pace_seconds, clock=clock)
 
     def startup_problems(self) -> list[str]:
         """What stops webhook mode from starting (it never runs without a secret)."""
@@ -146,36 +214,59 @@ class TelegramChannel:
         if not hmac.compare_digest(given, self.secret):
             raise WebhookSecretError(f"wrong or missing {SECRET_HEADER}")
         try:
-            update = json.loads(request.body)
-        except ValueError as exc:
-            raise BadPayload("the body is not JSON") from exc
-        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+            # Strict UTF-8 first: json.loads(bytes) would let UTF-8-encoded surrogates through.
+            update = json.loads(request.body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise BadPayload("the body is not UTF-8 JSON (or is nested too deeply)") from exc
+        if not isinstance(update, dict) or not _is_int(update.get("update_id")):
             raise BadPayload("not a Telegram Update: update_id missing")
-        return self.messages_in(update)
+        return self._messages(update)
 
     def messages_in(self, update: dict[str, Any]) -> list[InboundMessage]:
-        """The text messages of one update that the bot should answer (often none)."""
+        """The text messages of one polled update that the bot should answer (often none);
+        a malformed one is logged and skipped, so it cannot hold up the updates after it."""
+        try:
+            return self._messages(update)
+        except BadPayload as exc:
+            self.log.warning(
+                "message_rejected", channel=self.name, reason="BadPayload", error=str(exc)
+            )
+            return []
+
+    def _messages(self, update: dict[str, Any]) -> list[InboundMessage]:
+        """The text messages of one update that the bot should answer (often none); BadPayload
+        when a text message lacks integer chat and sender ids or holds text that is no UTF-8."""
         message = update.get("message") or update.get("edited_message")
         if not isinstance(message, dict) or not isinstance(message.get("text"), str):
             return []  # an update kind or a message without text that we do not handle
-        chat, sender = message.get("chat") or {}, message.get("from") or {}
-        text = message["text"]
-        if chat.get("type") in ("group", "supergroup") and self.config.require_mention:
-            text = self._addressed_text(message)
-            if text is None:
+        chat, sender = message.get("chat"), message.get("from")
+        if sender is None:
+            return []  # no person to answer (Telegram omits `from` only for channel posts)
+        if not (isinstance(chat, dict) and _is_int(chat.get("id"))):
+            raise BadPayload("a Telegram message needs chat.id, an integer")
+        if not (isinstance(sender, dict) and _is_int(sender.get("id"))):
+            raise BadPayload("a Telegram message needs from.id, an integer")
+        text = _utf8(message["text"])
+        chat_type = _utf8(chat["type"]) if isinstance(chat.get("type"), str) else ""
+        if chat_type in ("group", "supergroup") and self.config.require_mention:
+            addressed = self._addressed_text(message)
+            if addressed is None:
                 return []
+            text = addressed
+        date, message_id = message.get("date"), message.get("message_id")
+        name = sender.get("first_name")
         return [
             InboundMessage(
                 channel=self.name,
-                conversation=f"telegram:{chat.get('id')}",
-                sender=f"telegram:{sender.get('id')}",
+                conversation=f"telegram:{chat['id']}",
+                sender=f"telegram:{sender['id']}",
                 text=text,
                 platform_id=str(update["update_id"]),
-                ts=float(message.get("date") or time.time()),
-                sender_name=sender.get("first_name"),
+                ts=float(date) if _is_int(date) and 0 < date < MAX_DATE else time.time(),
+                sender_name=_utf8(name) if isinstance(name, str) else None,
                 meta={
-                    "chat_type": str(chat.get("type", "")),
-                    "message_id": str(message.get("message_id", "")),
+                    "chat_type": chat_type,
+                    "message_id": str(message_id) if _is_int(message_id) else "",
                 },
             )
         ]
@@ -184,7 +275,7 @@ class TelegramChannel:
         """In a group: the text without the bot's @mention, or None if not for the bot."""
         me = self.me or {}
         username, bot_id = me.get("username"), me.get("id")
-        replied = (message.get("reply_to_message") or {}).get("from") or {}
+        replied = _dict(_dict(message.get("reply_to_message")).get("from"))
         text: str = message["text"]
         if username:
             mention = re.compile(rf"@{re.escape(username)}\b", re.IGNORECASE)
@@ -216,11 +307,11 @@ class TelegramChannel:
         """Send the reply in order, one sendMessage per chunk, about one a second per chat."""
         chat_id = message.conversation.removeprefix("telegram:")
         for chunk in split_text(message.text, self.config.text_chunk_limit, measure=utf16_len):
-            wait = self._last_sent.get(chat_id, 0.0) + self.pace_seconds - time.monotonic()
+            wait = self.pacer.wait(chat_id)
             if wait > 0:
                 await self.sleep(wait)
             await self.call("sendMessage", chat_id=chat_id, text=chunk)
-            self._last_sent[chat_id] = time.monotonic()
+            self.pacer.sent(chat_id)
 
     async def typing(self, conversation: str) -> None:
         """Show "typing…" in the chat (it lasts about 5 s on the person's screen)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
@@ -38,6 +39,10 @@ HINTS = {
     20429: "Twilio is rate limiting this account",
 }
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_MEDIA = 10  # Twilio sends at most 10 media per message; NumMedia is capped to this
+MAX_FIELDS = 1000  # an inbound form has a few dozen fields; more is not Twilio
+_WHATSAPP_FROM = re.compile(r"whatsapp:\+[1-9][0-9]{1,14}")
+_SID = re.compile(r"[A-Za-z0-9]{1,64}")
 MAX_RETRY_AFTER = 30.0
 # The headers of the Twilio response last seen in the current task: TwilioRestException
 # carries no headers, and Retry-After lives there. The SDK awaits straight through.
@@ -75,6 +80,16 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         )
         last_headers.set(dict(response.headers or {}))
         return response
+
+
+def media_count(field: str) -> int:
+    """NumMedia as a count to loop over: at most MAX_MEDIA (Twilio's own maximum), whatever
+    the field claims; BadPayload when it is not a whole number."""
+    text = field.strip() or "0"
+    if not (text.isascii() and text.isdigit()):
+        raise BadPayload("NumMedia is not a whole number")
+    digits = text.lstrip("0") or "0"
+    return MAX_MEDIA if len(digits) > 2 else min(int(digits), MAX_MEDIA)
 
 
 def hint(code: int | None) -> str:
@@ -136,8 +151,23 @@ class WhatsAppChannel:
     # -- inbound ---------------------------------------------------------------------------
 
     def verify(self, request: RawRequest) -> MultiDict[str]:
-        """The request's form fields, once its Twilio signature is proven."""
-        form = MultiDict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+        """The request's form fields, once its Twilio signature is proven.
+
+        A body that is no UTF-8 form (Twilio sends nothing else) or has more than MAX_FIELDS
+        fields is a BadPayload, before any signature work.
+        """
+        try:
+            pairs = parse_qsl(
+                request.body.decode("utf-8"),
+                keep_blank_values=True,
+                errors="strict",
+                max_num_fields=MAX_FIELDS,
+            )
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise BadPayload(
+                f"the body is not a UTF-8 form of at most {MAX_FIELDS} fields"
+            ) from exc
+        form = MultiDict(pairs)
         if not self.config.verify_signature:
             return form
         if self.validator is None:
@@ -158,12 +188,9 @@ class WhatsAppChannel:
         """A verified inbound WhatsApp message as an InboundMessage."""
         form = self.verify(request)
         sender, sid = form.get("From", ""), form.get("MessageSid", "")
-        if not sender.startswith("whatsapp:+") or not sid:
+        if not _WHATSAPP_FROM.fullmatch(sender) or not _SID.fullmatch(sid):
             raise BadPayload("not a WhatsApp message: From must be whatsapp:+E164, MessageSid set")
-        try:
-            count = int(form.get("NumMedia", "0") or 0)
-        except ValueError as exc:
-            raise BadPayload("NumMedia is not a number") from exc
+        count = media_count(form.get("NumMedia", ""))
         media = tuple(form[f"MediaUrl{n}"] for n in range(count) if f"MediaUrl{n}" in form)
         types = {f"type{n}": form.get(f"MediaContentType{n}", "") for n in range(count)}
         return [

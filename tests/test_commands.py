@@ -339,3 +339,97 @@ async def test_pairing_cli_lists_and_approves(
     assert "default: local/local-model -> backup/backup-model  by " + ADMIN in history
     async with gateway(text, redis_url, tmp_path, events) as app:
         assert await say(app, wa("hello")) == "backup says hi"
+
+
+async def test_status_and_model_show_other_peoples_ids_to_admins_only(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """A non-admin's /status and /model name no other sender (only "you"); an admin's name
+    who changed a model and whose conversation it was."""
+    admin2 = "whatsapp:+15550000009"
+    text = config_text(local, backup).replace(
+        f'commands: {{ admins: ["{ADMIN}"] }}',
+        f'commands: {{ admins: ["{ADMIN}", "{admin2}"], modelSwitch: "everyone" }}',
+    )
+    async with gateway(text, redis_url, tmp_path, events) as app:
+        await say(app, wa("/model default Backup", admin2))
+        await say(app, wa("/model Local", OTHER))
+        await say(app, wa("/model Local", USER))
+        user_status = await say(app, wa("/status", USER)) or ""
+        user_model = await say(app, wa("/model", USER)) or ""
+        await say(app, wa("/model reset", USER))
+        user_menu_default = await say(app, wa("/model", USER)) or ""
+        admin_status = await say(app, wa("/status", ADMIN)) or ""
+        admin_model = await say(app, wa("/model", ADMIN)) or ""
+    for reply in (user_status, user_model, user_menu_default):
+        assert admin2 not in reply
+        assert OTHER not in reply
+    assert "this conversation: backup/backup-model → local/local-model by you" in user_status
+    assert "default: local/local-model → backup/backup-model" in user_status
+    assert "(from the conversation's choice, set by you)" in user_model
+    assert "(from the global default)." in user_menu_default
+    assert f"{OTHER}: backup/backup-model → local/local-model by {OTHER}" in admin_status
+    assert f"{USER}: local/local-model → (reset) by {USER}" in admin_status
+    assert f"(from the global default, set by {admin2})." in admin_model
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("openrouter/", "'openrouter/' (write a ref as provider/model, no spaces); did you mean "),
+        ("/x", "'/x' (write a ref as provider/model, no spaces); did you mean 'Local' or "),
+        ("a/b/c", "'a/b/c' (no provider 'a'; providers: local, backup); did you mean 'Local' or "),
+        ("local/", "; did you mean 'Local' or 'local/local-model'?"),
+        ("local / local-model", "; did you mean 'local/local-model'?"),
+        ("99", "'99'; did you mean a number from 1 to 2?"),
+        ("0", "'0'; did you mean a number from 1 to 2?"),
+        ("9" * 5000, "99…'; did you mean "),
+    ],
+    ids=["provider-only", "model-only", "unknown-provider", "local-slash", "spaces",
+         "number-too-big", "number-zero", "huge-number"],
+)  # fmt: skip
+async def test_model_with_a_malformed_name_answers_unknown_model_with_a_suggestion(
+    app: App, name: str, hint: str
+) -> None:
+    """/model and /model default with a malformed or unknown name answer one line, "unknown
+    model …; did you mean …", and change nothing."""
+    for command in (f"/model {name}", f"/model default {name}"):
+        reply = await say(app, wa(command, ADMIN)) or ""
+        assert reply.startswith("unknown model '")
+        assert hint in reply
+        assert "\n" not in reply
+        assert len(reply) < 400
+    assert await app.choice.history() == []
+    assert await say(app, wa("hello", ADMIN)) == "local says hi"
+
+
+async def test_conversation_model_expires_with_the_conversation(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A conversation's model choice gets the conversation's idle TTL when set and is refreshed
+    by each turn like its history; everyone's default never expires."""
+    ttl = app.memory.ttl_seconds
+    key = f"conv:{{{ADMIN}}}:model"
+    await say(app, wa("/model Backup", ADMIN))
+    assert ttl - 5 <= await redis_client.ttl(key) <= ttl
+    await redis_client.expire(key, 100)
+    assert await say(app, wa("hello", ADMIN)) == "backup says hi"
+    assert ttl - 5 <= await redis_client.ttl(key) <= ttl
+    turns_ttl = await redis_client.ttl(f"conv:{{{ADMIN}}}:turns")
+    assert abs(await redis_client.ttl(key) - turns_ttl) <= 5
+    await say(app, wa("/model default Backup", ADMIN))
+    assert await redis_client.ttl("settings:model:default") == -1
+
+
+async def test_a_stored_choice_that_is_no_ref_falls_back_instead_of_crashing(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A conversation or default value in Redis that does not parse as a ref is passed over:
+    turns and /status still work, on the config's model."""
+    await redis_client.set(f"conv:{{{USER}}}:model", "openrouter/")
+    await redis_client.set("settings:model:default", "/x")
+    assert await say(app, wa("hello")) == "local says hi"
+    assert "Model: Local (local/local-model) (from the config)" in (
+        await say(app, wa("/status")) or ""
+    )

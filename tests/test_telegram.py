@@ -10,9 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bot.config import TelegramConfig
+from bot.messages import OutboundMessage
+from bot.settings import Settings
+from channels.telegram import TelegramChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram_server import (
@@ -305,3 +310,101 @@ async def test_commands_addressed_to_the_bot_work(
     await eventually(lambda: len(telegram.sent) == 1)
     assert telegram.sent[0]["text"] == "You are telegram:5 (user)."
     assert model.requests == []
+
+
+def _message_body(
+    update_id: int,
+    *,
+    text: bytes = b'"hi"',
+    chat: bytes = b'{"id": 5, "type": "private"}',
+    sender: bytes = b'{"id": 5, "first_name": "Ada"}',
+) -> bytes:
+    """An Update's JSON bytes written by hand, so that they can hold what json.dumps refuses."""
+    return (
+        b'{"update_id": %d, "message": {"message_id": 1, "date": 1700000000, "chat": %s, '
+        b'"from": %s, "text": %s}}' % (update_id, chat, sender, text)
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"update_id": 900, "message": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        _message_body(901, text=b'"hi \\ud800"'),
+        _message_body(902, text=b'"hi \xed\xa0\x80"'),
+        _message_body(903, chat=b"[5]"),
+        _message_body(904, sender=b'"Ada"'),
+        _message_body(905, chat=b'{"id": "5}x", "type": "private"}'),
+    ],
+    ids=["nested-5000-deep", "escaped-lone-surrogate", "utf8-encoded-surrogate",
+         "chat-not-an-object", "from-not-an-object", "chat-id-not-an-integer"],
+)  # fmt: skip
+async def test_updates_that_cannot_be_parsed_get_400_and_store_nothing(
+    gateway: Gateway, redis_client: aioredis.Redis, model: FakeOpenAI, events: CapturedEvents,
+    body: bytes,
+) -> None:  # fmt: skip
+    """Deep nesting, text that is no valid Unicode, and chat or sender ids of the wrong shape
+    get 400 (not 500), and nothing is stored or sent to a model."""
+    response = await gateway.http.post(
+        HOOK, data=body, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET,
+                                  "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert response.status == 400
+    assert await redis_client.keys("conv:*") == []
+    assert model.requests == []
+    [rejected] = events.events("message_rejected")
+    assert rejected["status"] == 400
+
+
+async def test_a_malformed_polled_update_is_skipped_and_the_next_answered(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
+    tmp_path: Path, events: CapturedEvents,
+) -> None:  # fmt: skip
+    """In polling mode an update whose sender is not an object is logged and skipped; the one
+    after it is answered and the poller keeps running."""
+    bad = private_text_update(chat_id=9, text="bad", update_id=300)
+    bad["message"]["from"] = "Ada"
+    telegram.push_update(bad)
+    telegram.push_update(private_text_update(chat_id=9, text="good", update_id=301))
+    channel = 'mode: "polling"'
+    async with gateway_for(
+        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    ):
+        await eventually(lambda: len(telegram.sent) == 1)
+        assert await redis_client.get("poller:{telegram}:offset") == "302"
+    contents = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    assert contents == ["good"]
+    [rejected] = events.events("message_rejected")
+    assert "from.id" in rejected["error"]
+    assert not events.events("poll_failed")
+
+
+async def test_the_pacing_map_stays_bounded_and_still_paces(
+    telegram: FakeTelegram, events: CapturedEvents
+) -> None:
+    """Replies to 300 chats leave only the chats inside the pacing window in memory, and a
+    second reply to a chat inside it still waits out the rest of its second."""
+    now = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    settings = Settings(_env_file=None, telegram_bot_token=telegram.token,  # type: ignore[call-arg]
+                        telegram_api_base_url=telegram.base_url)  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        channel = TelegramChannel(
+            settings=settings, config=TelegramConfig(), http=http, log=events.log,
+            pace_seconds=1.0, sleep=sleep, clock=lambda: now[0],
+        )  # fmt: skip
+        for chat in range(300):
+            await channel.send(OutboundMessage(channel="telegram", conversation=f"telegram:{chat}",
+                                               text="hi"))  # fmt: skip
+            now[0] += 0.1
+        assert len(channel.pacer) <= 11  # the chats of the last second, 0.1 s apart
+        assert waits == []
+        await channel.send(OutboundMessage(channel="telegram", conversation="telegram:299",
+                                           text="again"))  # fmt: skip
+    assert waits == [pytest.approx(0.9)]
+    assert len(telegram.sent) == 301

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import test_utils
 
 from bot.app import App
+from channels.base import RawRequest
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import (
@@ -277,3 +279,49 @@ async def test_commands_over_whatsapp_are_answered_without_a_model(
         [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
         assert sent.body == f"You are {PERSON} (user)."
         assert model.requests == []
+
+
+async def test_huge_num_media_is_capped_and_other_webhooks_are_not_stalled(
+    gateway: WhatsAppGateway,
+) -> None:
+    """A signed webhook claiming NumMedia=100000000 is parsed in O(10) work (at most 10 media)
+    and answered at once, and a webhook sent beside it is not held up."""
+    media = [(f"https://api.twilio.com/media/ME{n}", "image/jpeg") for n in range(12)]
+    fields = whatsapp_inbound(body="look", media=media) | {"NumMedia": "100000000"}
+    body, headers = signed_form(gateway.twilio.auth_token, HOOK, fields)
+    assert gateway.app.whatsapp is not None
+    started = time.perf_counter()
+    [message] = gateway.app.whatsapp.parse(RawRequest(url=HOOK, headers=headers, body=body))
+    assert time.perf_counter() - started < 1.0  # generous: it takes about a millisecond
+    assert len(message.media) == 10
+    started = time.perf_counter()
+    huge, normal = await asyncio.gather(
+        gateway.post(fields), gateway.post(whatsapp_inbound(body="hello"))
+    )
+    assert (huge.status, normal.status) == (200, 200)
+    assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize("bad", [b"%FF", b"\xff"], ids=["percent-encoded", "raw-byte"])
+async def test_a_form_that_is_not_utf8_gets_400_and_stores_nothing(
+    gateway: WhatsAppGateway, redis_client: aioredis.Redis, bad: bytes
+) -> None:
+    """A signed form whose Body is not UTF-8 gets 400 and stores nothing (it used to be
+    stored with U+FFFD in its place, under a signature made over that)."""
+    body, headers = signed_form(gateway.twilio.auth_token, HOOK, whatsapp_inbound(body="\ufffd"))
+    assert b"Body=%EF%BF%BD" in body
+    body = body.replace(b"Body=%EF%BF%BD", b"Body=" + bad)
+    response = await gateway.http.post("/webhooks/whatsapp", data=body, headers=headers)
+    assert response.status == 400
+    assert await redis_client.keys("conv:*") == []
+    [rejected] = gateway.events.events("message_rejected")
+    assert rejected["status"] == 400
+
+
+async def test_a_negative_num_media_gets_400(
+    gateway: WhatsAppGateway, redis_client: aioredis.Redis
+) -> None:
+    """NumMedia must be a whole number: -1 gets 400 and stores nothing."""
+    response = await gateway.post(whatsapp_inbound() | {"NumMedia": "-1"})
+    assert response.status == 400
+    assert await redis_client.keys("conv:*") == []

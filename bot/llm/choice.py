@@ -1,7 +1,9 @@
 """Which model a conversation uses: its own choice, else everyone's default, else the config.
 
 Choices live in Redis (a conversation's under its hash tag, the default in one key), so they
-survive restarts and every process sees them. Every change is audited on a capped stream.
+survive restarts and every process sees them. A conversation's choice expires with the
+conversation: it gets the memory's idle TTL when set, refreshed each time a turn reads it.
+Every change is audited on a capped stream.
 """
 
 from __future__ import annotations
@@ -44,24 +46,28 @@ class ModelChange:
 class RedisModelChoice:
     """Per-conversation and global model choices, resolved against the registry."""
 
-    def __init__(self, redis: aioredis.Redis, registry: ModelRegistry) -> None:
+    def __init__(self, redis: aioredis.Redis, registry: ModelRegistry, *, ttl_seconds: int) -> None:
         self.redis = redis
         self.registry = registry
+        self.ttl_seconds = ttl_seconds  # the conversation's idle expiry (session.idleDays)
 
     def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]:
-        """The model a conversation's next turn starts at, and where that choice comes from."""
+        """The model a conversation's next turn starts at, and where that choice comes from.
+
+        Reading the conversation's choice refreshes its expiry (GETEX), as a turn refreshes the
+        rest of the conversation. A stored value that is no usable ref is passed over.
+        """
 
         def queue(pipe: Pipeline) -> None:
-            pipe.get(conversation_model_key(conversation))
+            pipe.getex(conversation_model_key(conversation), ex=self.ttl_seconds)
             pipe.get(DEFAULT_KEY)
 
         def decode(replies: list[Any]) -> tuple[ModelRef, Source]:
             mine, default = replies
             for stored, source in ((mine, "conversation"), (default, "default")):
-                if stored:
-                    ref = ModelRef.parse(stored)
-                    if ref.provider in self.registry.provider_ids:  # a provider still configured
-                        return ref, source  # type: ignore[return-value]
+                ref = self._usable(stored)
+                if ref is not None:
+                    return ref, source  # type: ignore[return-value]
             return self.registry.default, "config"
 
         return Read(queue=queue, count=2, decode=decode)
@@ -85,7 +91,7 @@ class RedisModelChoice:
                 if ref is None:
                     pipe.delete(key)
                 else:
-                    pipe.set(key, str(ref))
+                    pipe.set(key, str(ref), ex=None if scope == "default" else self.ttl_seconds)
                 pipe.xadd(
                     AUDIT_STREAM,
                     {"change": json.dumps(asdict(change))},
@@ -100,9 +106,12 @@ class RedisModelChoice:
     async def default(self) -> ModelRef:
         """Everyone's default: the stored one, else the config's primary."""
         stored = cast("str | None", await self.redis.get(DEFAULT_KEY))
-        if stored and ModelRef.parse(stored).provider in self.registry.provider_ids:
-            return ModelRef.parse(stored)
-        return self.registry.default
+        return self._usable(stored) or self.registry.default
+
+    def _usable(self, stored: str | None) -> ModelRef | None:
+        """The stored ref if it parses and its provider is still configured, else None."""
+        ref = ModelRef.try_parse(stored) if stored else None
+        return ref if ref is not None and ref.provider in self.registry.provider_ids else None
 
     async def history(self, count: int = 10) -> list[ModelChange]:
         """The latest audited changes, newest first."""
@@ -111,3 +120,7 @@ class RedisModelChoice:
             await self.redis.xrevrange(AUDIT_STREAM, count=count),
         )
         return [ModelChange(**json.loads(fields["change"])) for _, fields in rows]
+
+    async def last_change(self, scope: str, *, within: int = 100) -> ModelChange | None:
+        """The newest audited change of `scope` among the latest `within` changes, if any."""
+        return next((c for c in await self.history(within) if c.scope == scope), None)

@@ -14,6 +14,7 @@ from bot.llm.types import ModelRef
 DEFAULT_CONTEXT_WINDOW = 128_000
 DEFAULT_MAX_TOKENS = 8_192
 OUTPUT_SHARE = 4  # an answer's reservation takes at most a quarter of the window
+MAX_ECHO = 60  # a name longer than this is cut in replies (and in the did-you-mean search)
 
 
 class LocalStates(Protocol):
@@ -93,30 +94,47 @@ class ModelRegistry:
         )
 
     def resolve(self, name: str) -> ModelRef:
-        """An alias (any case), a `provider/model` ref, or an alias's number in `/model`."""
-        text = name.strip()
+        """An alias (any case), a `provider/model` ref, or an alias's number in `/model`.
+
+        Anything else (a malformed ref such as `openrouter/` or `/x`, an unknown provider, a
+        number off the list) raises CommandError: "unknown model …; did you mean …?".
+        """
+        text = " ".join(name.split())
         aliases = self.aliases()
-        if text.isdigit() and 1 <= int(text) <= len(aliases):
-            return aliases[int(text) - 1][1]
+        number = _number(text)
+        if number is not None and 1 <= number <= len(aliases):
+            return aliases[number - 1][1]
         if text.casefold() in self._by_alias:
             return self._by_alias[text.casefold()]
-        if "/" in text:
-            ref = ModelRef.parse(text)
-            if ref.provider in self._providers:
-                return ref
-            hint = difflib.get_close_matches(ref.provider, list(self._providers), n=1)
-            raise CommandError(
-                f"unknown provider {ref.provider!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" Providers: {', '.join(sorted(self._providers))}."
-            )
-        candidates = [a for a, _ in aliases] + [str(r) for _, r in aliases]
-        hint = difflib.get_close_matches(text, candidates, n=1, cutoff=0.5)
-        raise CommandError(
-            f"unknown model {text!r}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
-            + " Use an alias, a provider/model ref, or a number from /model."
+        ref = ModelRef.try_parse(text)
+        if ref is not None and " " not in text and ref.provider in self._providers:
+            return ref
+        raise CommandError(self._unknown(text, ref))
+
+    def _unknown(self, text: str, ref: ModelRef | None) -> str:
+        """One line for a name that is no model: what was wrong, and the closest names."""
+        shown = text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 1] + "…"
+        why = ""
+        if ref is not None and " " not in text:
+            why = f" (no provider {ref.provider!r}; providers: {', '.join(self._providers)})"
+        elif "/" in text:
+            why = " (write a ref as provider/model, no spaces)"
+        candidates = [a for a, _ in self.aliases()] + self._refs()
+        close = difflib.get_close_matches(text[:MAX_ECHO], candidates, n=2, cutoff=0.5)
+        hint = " or ".join(repr(c) for c in close or candidates[:3])
+        if _number(text) is not None and self.aliases():
+            hint = f"a number from 1 to {len(self.aliases())}"
+        hint = f"; did you mean {hint}?" if hint else ""
+        return (
+            f"unknown model {shown!r}{why}{hint} "
+            "Use an alias, a provider/model ref, or a number from /model."
         )
+
+    def _refs(self) -> list[str]:
+        """Every `provider/model` the config names: aliased and chained refs, listed models."""
+        refs = [r for _, r in self.aliases()] + [self.default, *self.fallbacks]
+        refs += [ModelRef(pid, m.id) for pid, p in self._providers.items() for m in p.models]
+        return list(dict.fromkeys(str(r) for r in refs if r.provider in self._providers))
 
     def chain(self, primary: ModelRef | None = None) -> list[ModelInfo]:
         """The turn's models in order: its primary, then the configured fallbacks, no repeats.
@@ -128,3 +146,8 @@ class ModelRegistry:
             if ref not in ordered and ref.provider in self._providers:
                 ordered.append(ref)
         return [self.info(ref) for ref in ordered]
+
+
+def _number(text: str) -> int | None:
+    """The list number `text` is (`2`), or None; a long run of digits is no list number."""
+    return int(text) if text.isdecimal() and len(text) <= 9 else None

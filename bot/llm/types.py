@@ -27,6 +27,14 @@ class ModelRef:
             raise ValueError(f"{text!r} is not a model ref; write it as provider/model")
         return cls(provider, model)
 
+    @classmethod
+    def try_parse(cls, text: str) -> ModelRef | None:
+        """The ref `text` names, or None when it is not `provider/model` (`openrouter/`, `/x`)."""
+        try:
+            return cls.parse(text)
+        except ValueError:
+            return None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
