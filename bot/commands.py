@@ -17,7 +17,7 @@ from bot.access import RedisAccess, Role
 from bot.errors import CommandError
 from bot.llm.breaker import RedisBreaker
 from bot.llm.choice import ModelChange, RedisModelChoice
-from bot.llm.registry import ModelRegistry
+from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
 from bot.logs import Logger
 from bot.memory import Compactor, RedisMemory
@@ -196,6 +196,8 @@ class Commands:
             f"Memory: {len(state.turns)} messages, about {tokens} tokens, "
             f"{state.summary.version if state.summary else 0} compactions"
         )
+        if ctx.is_admin:
+            lines += [_local_state(m) for m in chain if m.loaded is not None]
         changes = await self._visible_changes(ctx, 3)
         if changes:
             lines.append("Recent model changes:")
@@ -313,3 +315,15 @@ class Commands:
 
 _SOURCES = {"conversation": "conversation's choice", "default": "global default",
             "config": "config"}  # fmt: skip
+
+
+def _local_state(model: ModelInfo) -> str:
+    """An LM Studio model as /status shows it to admins: loaded or not, and the window used."""
+    if not model.loaded:
+        return f"{model.ref}: not loaded (LM Studio loads it on demand)"
+    cut = (
+        ""
+        if model.context_window == model.configured_window
+        else (f" (config says {model.configured_window})")
+    )
+    return f"{model.ref}: loaded, window {model.context_window} tokens{cut}"
