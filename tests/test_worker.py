@@ -225,7 +225,8 @@ async def test_a_committed_reply_is_sent_without_asking_the_model_again(
 async def test_a_worker_that_lost_its_lease_changes_nothing(
     app: App, model: FakeOpenAI, redis_client: aioredis.Redis
 ) -> None:
-    """If another worker took the lease mid-turn, the first one neither stores nor sends."""
+    """If another worker took the lease mid-turn, the first one neither stores nor sends, and
+    leaves the wake-up unacked for the next taker."""
     conversation = "test:stolen"
     await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
     model.default = echo(lambda: 0.5)
@@ -234,7 +235,7 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(
     turn = asyncio.create_task(worker.process(conversation))
     await eventually(lambda: len(model.requests_to("/responses")) == 1)
     await redis_client.set(lease_key(conversation), "someone-else")
-    assert await turn is True
+    assert await turn is False
     assert sender.sent == []
     assert await app.memory.load(conversation) == []
 
