@@ -183,7 +183,8 @@ def _queue_acks(pipe: Pipeline, consumer: str, entries: list[str]) -> None:
 
 def _group_lost(exc: ResponseError) -> bool:
     """The ready stream or its consumer group is gone (Redis restarted empty, or flushed)."""
-    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+    message = str(exc)  # in a pipeline the server's error follows the failed command
+    return "NOGROUP" in message or "UNBLOCKED the stream key no longer exists" in message
 
 
 def lease_key(conversation: str) -> str:
