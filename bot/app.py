@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class App:
     metrics: Metrics
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
+    background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -206,6 +208,7 @@ async def open_app(
                 metrics=metrics,
                 whatsapp=whatsapp,
                 telegram=telegram,
+                background=(stream.task,) if stream.task is not None else (),
             )
         finally:
             if whatsapp is not None:
