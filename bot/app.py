@@ -80,6 +80,7 @@ class App:
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
+            retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
         )
 
     def web_app(self) -> web.Application:
