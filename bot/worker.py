@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,13 +36,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.agent import Agent, TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.errors import ChannelSendError
-from bot.intake import READY_MAXLEN, READY_STREAM, inbox_key
+from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
-from bot.memory import RedisMemory, conversation_key
+from bot.memory import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage
+from bot.wakeups import (
+    GROUP,
+    Sweeper,
+    batch_key,
+    ensure_group,
+    group_lost,
+    lease_key,
+    queue_acks,
+)
 
-GROUP = "workers"
-SWEEP_LOCK = "switchboard:sweep"
 CRASHED = "Something went wrong with that message; please try again."
 FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
 # Redis errors worth waiting out: the server is down, restarting, loading or failing over.
@@ -105,21 +111,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: ready stream. ARGV: group, consumer, entry id… Ack and delete the entries this consumer
-# still owns; one another worker reclaimed meanwhile is theirs to ack.
-ACK_OWNED = """
-local acked = 0
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    acked = acked + 1
-  end
-end
-return acked
-"""
-
 
 class ReplySender(Protocol):
     """Anything that can deliver a reply on one channel (a channel adapter)."""
@@ -174,27 +165,6 @@ class Claim(NamedTuple):
     taken: list[str]
 
 
-def _queue_acks(pipe: Pipeline, consumer: str, entries: list[str]) -> None:
-    """Ack and delete finished wake-ups this consumer still owns (nothing if there are none).
-    EVAL, not a registered script: in a pipeline that costs a SCRIPT EXISTS."""
-    if entries:
-        pipe.eval(ACK_OWNED, 1, READY_STREAM, GROUP, consumer, *entries)
-
-
-def _group_lost(exc: ResponseError) -> bool:
-    """The ready stream or its consumer group is gone (Redis restarted empty, or flushed)."""
-    message = str(exc)  # in a pipeline the server's error follows the failed command
-    return "NOGROUP" in message or "UNBLOCKED the stream key no longer exists" in message
-
-
-def lease_key(conversation: str) -> str:
-    return conversation_key(conversation, "lease")
-
-
-def batch_key(conversation: str) -> str:
-    return conversation_key(conversation, "batch")
-
-
 class Worker:
     """Runs conversations' turns from the ready stream, at most `max_concurrent` at once."""
 
@@ -229,6 +199,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.deadletters = RedisDeadLetters(redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.sweeper = Sweeper(redis, name=self.name, every=self.sweep_seconds, log=log)
         self.tasks: set[asyncio.Task[None]] = set()
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = redis.register_script(TAKE)
@@ -257,7 +228,7 @@ class Worker:
                 try:
                     if loop.time() >= next_sweep:
                         next_sweep = loop.time() + self.sweep_seconds
-                        await self.sweep()
+                        await self.sweeper.sweep()
                     entries: list[tuple[str, dict[str, str]]] = []
                     if loop.time() >= next_reclaim:
                         entries += await self._reclaim(free)
@@ -273,7 +244,7 @@ class Worker:
                     delay = min(delay * 2, self.retry_seconds)
                     continue
                 except ResponseError as exc:
-                    if not _group_lost(exc):
+                    if not group_lost(exc):
                         raise
                     self.log.warning("worker_group_lost", worker=self.name, error=str(exc))
                     await self._repair()
@@ -289,7 +260,7 @@ class Worker:
         delay = FIRST_RETRY
         while not stop.is_set():
             try:
-                await self._ensure_group()
+                await ensure_group(self.redis)
             except TRANSIENT as exc:
                 self.log.warning(
                     "redis_unavailable", worker=self.name, error=str(exc), retry_in=delay
@@ -304,63 +275,12 @@ class Worker:
         """Recreate the group, then wake every conversation with waiting work (their wake-ups
         went with the stream). A transient error here is retried by the run loop."""
         try:
-            await self._ensure_group()
-            woken = await self.sweep(force=True)
+            await ensure_group(self.redis)
+            woken = await self.sweeper.sweep(force=True)
         except TRANSIENT as exc:
             self.log.error("worker_redis_error", worker=self.name, error=str(exc))
             return
         self.log.warning("worker_group_recreated", worker=self.name, woken=woken)
-
-    async def sweep(self, *, force: bool = False) -> int:
-        """Wake every conversation that has waiting messages or a left batch and no lease
-        holder; how many were woken. One worker sweeps per period (a lock), unless `force`.
-
-        SCAN walks one server's keys: on Redis Cluster this must run on every primary."""
-        if not force and not await self.redis.set(
-            SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.sweep_seconds * 1000))
-        ):
-            return 0
-        woken = 0
-        for part in ("inbox", "batch"):
-            found: list[str] = []
-            async for key in self.redis.scan_iter(match=conversation_key("*", part), count=1000):
-                found.append(str(key))
-                if len(found) >= 500:
-                    woken += await self._wake_idle(found, part)
-                    found = []
-            woken += await self._wake_idle(found, part)
-        if woken:
-            self.log.warning("wakeups_repaired", worker=self.name, conversations=woken)
-        return woken
-
-    async def _wake_idle(self, keys: list[str], part: str) -> int:
-        """Add a wake-up for each conversation of `keys` (inbox or batch keys) whose lease is
-        free and whose key still holds work."""
-        prefix, suffix = conversation_key("", part).split("}")[0], "}" + f":{part}"
-        conversations = [k[len(prefix) : -len(suffix)] for k in keys if k.endswith(suffix)]
-        if not conversations:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for conversation in conversations:
-                pipe.exists(lease_key(conversation))
-                pipe.exists(inbox_key(conversation) if part == "inbox" else batch_key(conversation))
-            found = await pipe.execute()
-        idle = [
-            c
-            for c, held, work in zip(conversations, found[::2], found[1::2], strict=True)
-            if work and not held
-        ]
-        if idle:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for conversation in idle:
-                    pipe.xadd(
-                        READY_STREAM,
-                        {"conversation": conversation},
-                        maxlen=READY_MAXLEN,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        return len(idle)
 
     async def drain(self) -> None:
         """Wait for in-flight turns; cancel what is left after drain_seconds (they are resumed
@@ -376,20 +296,13 @@ class Worker:
         except (RedisError, OSError) as exc:  # unacked entries are reclaimed, found empty
             self.log.warning("worker_redis_error", worker=self.name, error=str(exc))
 
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
     async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
         """New entries, up to `count`; the entries of finished conversations are acked (and
         deleted) in the same round trip."""
         done, self._done = self._done, []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_acks(pipe, self.name, done)
+                queue_acks(pipe, self.name, done)
                 pipe.xreadgroup(GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500)
                 replies = await pipe.execute()
         except BaseException:
@@ -405,7 +318,7 @@ class Worker:
         done, self._done = self._done, []
         if done:
             async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_acks(pipe, self.name, done)
+                queue_acks(pipe, self.name, done)
                 await pipe.execute()
 
     async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:

@@ -489,3 +489,24 @@ async def test_a_lost_group_is_recreated_and_waiting_conversations_are_woken(
     await asyncio.gather(*tasks)
     assert [r.text for r in sender.sent] == ["echo:one", "echo:two", "echo:three"]
     assert events.events("worker_group_recreated")
+
+
+async def test_only_wakeups_this_worker_still_owns_are_acked(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A finished wake-up that another worker reclaimed meanwhile is left for that worker to
+    ack; the worker's own is acked and deleted."""
+    await redis_client.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+    mine = await redis_client.xadd(READY_STREAM, {"conversation": "test:mine"})
+    theirs = await redis_client.xadd(READY_STREAM, {"conversation": "test:theirs"})
+    worker = Worker(
+        redis=app.redis.client, agent=app.agent, memory=app.memory, senders={}, log=app.log,
+        name="me",
+    )  # fmt: skip
+    await redis_client.xreadgroup(GROUP, "me", {READY_STREAM: ">"}, count=2)
+    await redis_client.xclaim(READY_STREAM, GROUP, "other", min_idle_time=0, message_ids=[theirs])
+    worker._done = [mine, theirs]  # both turns finished here, acked on the way out
+    await worker.drain()
+    pending = await redis_client.xpending_range(READY_STREAM, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(theirs, "other")]
+    assert [entry_id for entry_id, _ in await redis_client.xrange(READY_STREAM)] == [theirs]
