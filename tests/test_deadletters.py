@@ -167,3 +167,14 @@ async def test_cli_lists_retries_and_drops_dead_letters(
     assert "no dead letter" in missing.err
     empty = await run_bot("dead-letters", "list", env=env, cwd=tmp_path)
     assert empty.out.strip() == "no dead letters"
+
+
+def test_help_names_the_dead_letter_actions() -> None:
+    """`bot --help` lists dead-letters, and its help names list, retry and drop."""
+    from bot.cli import build_parser
+
+    parser = build_parser()
+    assert "dead-letters" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dead-letters", "retry"])  # an ID is required
+    assert parser.parse_args(["dead-letters", "drop", "1-0"]).id == "1-0"
