@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -296,6 +297,8 @@ async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], lo
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
     died = [task for task in tasks if task in done]
     for task in died:
         exc = None if task.cancelled() else task.exception()

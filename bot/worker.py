@@ -357,8 +357,9 @@ class Worker:
             if await self.process(conversation, entry_id, claim):
                 self._done.append(entry_id)  # acked with the next read
         except Exception as exc:
-            # after a lease (Redis failed between turns: the turns themselves are guarded in
-            # _attempt, and a batch that keeps failing ends in the dead letters)
+            # A turn's task: Redis failed between turns (each turn is guarded in _attempt, and
+            # a batch that keeps failing ends in the dead letters). The entry stays unacked and
+            # is reclaimed after a lease; the sweep wakes the conversation if that is lost too.
             self.log.error(
                 "turn_crashed",
                 conversation=conversation,
@@ -415,7 +416,7 @@ class Worker:
                 return batch_id
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return None
-        except Exception as exc:
+        except Exception as exc:  # a whole turn: it ends in a reply or a dead letter
             error = f"{type(exc).__name__}: {exc}"
             self.log.error(
                 "turn_crashed", conversation=conversation, worker=self.name, attempt=attempts,
@@ -448,10 +449,11 @@ class Worker:
             if not await self._commit_turn(conversation, token, batch, TurnResult(reply=reply)):
                 return False
             await self._deliver(reply)
-        except Exception as exc:  # noqa: BLE001 - part of a crashed turn: left, then dead-lettered
+        except Exception as exc:  # part of a crashed turn: it is left, then dead-lettered
             self.log.error(
-                "apology_failed", conversation=conversation, error=f"{type(exc).__name__}: {exc}"
-            )
+                "apology_failed", conversation=conversation,
+                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
+            )  # fmt: skip
             return False
         return True
 
