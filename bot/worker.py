@@ -29,8 +29,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.agent import Agent, TurnResult
@@ -52,8 +60,11 @@ from bot.wakeups import (
 
 CRASHED = "Something went wrong with that message; please try again."
 FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
-# Redis errors worth waiting out: the server is down, restarting, loading or failing over.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Redis errors worth waiting out: the server is down, restarting, loading, failing over or full.
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, ClusterDownError,
+    TryAgainError, OutOfMemoryError, OSError,
+)  # fmt: skip
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
