@@ -78,15 +78,26 @@ class Agent:
         self.log = log
         self.clock = clock
 
-    async def run_turn(self, batch: Sequence[InboundMessage]) -> TurnResult:
-        """Answer a burst of messages as one turn; when no model can, a short apology."""
-        return await self._turn(batch, raise_failures=False)
+    async def run_turn(
+        self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
+    ) -> TurnResult:
+        """Answer a burst of messages as one turn; when no model can, a short apology.
+
+        `allowed` is called once a message passed the access check (the worker starts the
+        "typing…" indicator there, so strangers never see it)."""
+        return await self._turn(batch, raise_failures=False, allowed=allowed)
 
     async def answer(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Like run_turn, but raise AllModelsFailed / ModelError instead of apologising."""
         return await self._turn(batch, raise_failures=True)
 
-    async def _turn(self, batch: Sequence[InboundMessage], *, raise_failures: bool) -> TurnResult:
+    async def _turn(
+        self,
+        batch: Sequence[InboundMessage],
+        *,
+        raise_failures: bool,
+        allowed: Callable[[], None] | None = None,
+    ) -> TurnResult:
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
@@ -98,7 +109,10 @@ class Agent:
                 verdict = await self.access.pair(message)
             if not verdict.allowed:
                 replies += [verdict.reply] if verdict.reply else []
-            elif command:
+                continue
+            if allowed is not None:
+                allowed()
+            if command:
                 replies.append(await self.commands.handle(message, verdict.role))
             else:
                 for_model.append(message)

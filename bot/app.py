@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class App:
     metrics: Metrics
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
+    background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -83,6 +85,7 @@ class App:
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
+            retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
         )
 
     def web_app(self) -> web.Application:
@@ -231,6 +234,7 @@ async def open_app(
                 metrics=metrics,
                 whatsapp=whatsapp,
                 telegram=telegram,
+                background=(stream.task,) if stream.task is not None else (),
             )
         finally:
             spool.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -18,16 +19,18 @@ import aiohttp
 from aiohttp import web
 from dotenv import dotenv_values
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from bot import __version__
 from bot.app import App, open_app
 from bot.config import Config, load_config
+from bot.deadletters import DeadLetterError, RedisDeadLetters
 from bot.doctor import diagnose, render
 from bot.errors import AllModelsFailed, BotError, ChannelSendError, ConfigError, ModelError
 from bot.llm.registry import ModelRegistry
 from bot.logreader import Filters, Printer, parse_since, show_logs
 from bot.logs import EventHub, FileSink, Logger, make_logger
-from bot.redisdb import EmbeddedRedis, answers
+from bot.redisdb import EmbeddedRedis, answers, open_redis
 from bot.settings import Settings
 from channels.console import ConsoleChannel
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
@@ -95,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     approve = pairing_commands.add_parser("approve", help="let the person with CODE in")
     approve.add_argument("code")
 
+    dead = commands.add_parser(
+        "dead-letters", help="turns that failed too often to retry by themselves"
+    )
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    dead_commands.add_parser("list", help="show them, oldest first: ID, conversation, error")
+    retry = dead_commands.add_parser(
+        "retry", help="put ID's messages back at the front of its conversation and run them"
+    )
+    retry.add_argument("id")
+    drop = dead_commands.add_parser("drop", help="forget ID (its messages stay unanswered)")
+    drop.add_argument("id")
+
     model = commands.add_parser("model", help="model choices")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     history = model_commands.add_parser("history", help="the latest model changes (audit)")
@@ -127,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_async(tail_logs(settings, config, args))
             except KeyboardInterrupt:
                 return EXIT_OK
+        if args.command == "dead-letters":
+            return run_async(dead_letters(settings, args))
         if args.command in ("pairing", "model"):
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(admin(settings, config, log, args))
@@ -236,16 +253,18 @@ async def serve(
                 if web_role:
                     if app.telegram is not None:
                         await identify_telegram(app.telegram, log)
-                    tasks.append(asyncio.create_task(app.spool_drainer().run(stop)))
+                    tasks.append(
+                        asyncio.create_task(app.spool_drainer().run(stop), name="spool_drainer")
+                    )
                     runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
                     await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
                     if (poller := app.poller()) is not None:
-                        tasks.append(asyncio.create_task(poller.run(stop)))
+                        tasks.append(asyncio.create_task(poller.run(stop), name="poller"))
                 if worker_role:
-                    tasks.append(asyncio.create_task(app.worker().run(stop)))
+                    tasks.append(asyncio.create_task(app.worker().run(stop), name="worker"))
                     if app.local is not None:  # what LM Studio has loaded, every minute
-                        tasks.append(asyncio.create_task(app.local.run(stop)))
+                        tasks.append(asyncio.create_task(app.local.run(stop), name="lmstudio"))
                 listening = {"url": f"http://{settings.bot_host}:{settings.bot_port}"}
                 log.info(
                     "server_started",
@@ -259,13 +278,15 @@ async def serve(
                 # 80 ms under load in bench.pipeline, stalling every request in flight).
                 gc.collect()
                 gc.freeze()
-                await stop.wait()
+                died = await supervise(stop, [*tasks, *app.background], log)
                 log.info("server_stopping", role=role)
             finally:
                 stop.set()
                 if runner is not None:
                     await runner.cleanup()
-                await asyncio.gather(*tasks)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if died:
+                return EXIT_FAILED
     except BotError as exc:
         log.error("server_failed", error=str(exc))
         return EXIT_FAILED
@@ -274,6 +295,27 @@ async def serve(
         return EXIT_FAILED
     log.info("server_stopped", role=role)
     return EXIT_OK
+
+
+async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], log: Logger) -> bool:
+    """Wait until `stop` is set; True if a background task ended first (it crashed, or
+    returned when it should run on): the process then exits non-zero so its supervisor
+    (systemd, compose) restarts it."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    died = [task for task in tasks if task in done]
+    for task in died:
+        exc = None if task.cancelled() else task.exception()
+        log.error(
+            "task_failed",
+            task=task.get_name(),
+            error=f"{type(exc).__name__}: {exc}" if exc else "it stopped",
+            exc_info=exc,
+        )
+    return bool(died)
 
 
 async def identify_telegram(telegram: TelegramChannel, log: Logger) -> None:
@@ -346,6 +388,41 @@ async def admin(settings: Settings, config: Config, log: Logger, args: argparse.
             return EXIT_FAILED
         print(f"approved {approved.sender}")
         return EXIT_OK
+
+
+async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    """`bot dead-letters list|retry ID|drop ID` against the gateway's Redis."""
+    async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
+        letters = RedisDeadLetters(redis.client)
+        try:
+            if args.dead_command == "list":
+                found = await letters.list()
+                for letter in found:
+                    when = datetime.fromtimestamp(letter.ts).strftime("%Y-%m-%d %H:%M:%S")
+                    try:
+                        what = f"{len(letter.message_bodies())} message(s)"
+                    except DeadLetterError:
+                        what = "unreadable messages"
+                    print(
+                        f"{letter.id}  {when}  {letter.conversation}  {what}  "
+                        f"attempts={letter.attempts}  {letter.error}"
+                    )
+                if not found:
+                    print("no dead letters")
+                return EXIT_OK
+            if args.dead_command == "retry":
+                letter = await letters.retry(args.id)
+                print(f"retrying {letter.id}: back in {letter.conversation}'s inbox")
+                return EXIT_OK
+            letter = await letters.drop(args.id)
+            print(f"dropped {letter.id} ({letter.conversation})")
+            return EXIT_OK
+        except DeadLetterError as exc:
+            print(f"bot: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except (RedisError, OSError) as exc:
+            print(f"bot: Redis did not answer ({redis.where}): {exc}", file=sys.stderr)
+            return EXIT_FAILED
 
 
 async def telegram_admin(settings: Settings, config: Config, action: str) -> int:
