@@ -306,7 +306,11 @@ async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], lo
     stopping.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await stopping
-    died = [task for task in tasks if task in done]
+    # A task that returned because `stop` was just set has not died; one that raised has.
+    died = [
+        task for task in tasks
+        if task in done and (task.cancelled() or task.exception() or not stop.is_set())
+    ]  # fmt: skip
     for task in died:
         exc = None if task.cancelled() else task.exception()
         log.error(
