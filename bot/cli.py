@@ -30,6 +30,7 @@ from bot.errors import AllModelsFailed, BotError, ChannelSendError, ConfigError,
 from bot.llm.registry import ModelRegistry
 from bot.logreader import Filters, Printer, parse_since, show_logs
 from bot.logs import EventHub, FileSink, Logger, make_logger
+from bot.procs import ProcessGroup, child_argv, child_env
 from bot.redisdb import EmbeddedRedis, answers, open_redis
 from bot.settings import Settings
 from channels.console import ConsoleChannel
@@ -55,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="all (default): both in one process; web: HTTP intake only; worker: turns only",
     )
+    serve.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes of the role under one parent that restarts any that die; "
+        "web and all share BOT_PORT (SO_REUSEPORT) (default 1)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     chat = commands.add_parser("chat", help="talk to the gateway's models from this terminal")
     chat.add_argument("-m", "--message", help="send one message, print only the reply, exit")
@@ -165,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce_config(log, config)
     try:
         if serving:
-            return run_async(serve(settings, config, log, args.role, hub))
+            if args.procs > 1:
+                return run_async(serve_procs(settings, config, log, args.role, args.procs))
+            return run_async(serve(settings, config, log, args.role, hub, args.reuse_port))
         return run_async(chat(settings, config, log, args.message, args.user, hub))
     finally:
         file_sink.close()
@@ -230,8 +242,43 @@ def config_check(settings: Settings, file: str | None) -> int:
     return EXIT_OK
 
 
+async def serve_procs(settings: Settings, config: Config, log: Logger, role: str, n: int) -> int:
+    """`bot serve --procs N`: the children share one Redis (the embedded one started here when
+    REDIS_URL is unset) and, for web and all, one port."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.bot_data_dir)
+    try:
+        if embedded is not None:
+            await embedded.start()
+        group = ProcessGroup(
+            count=n,
+            argv=child_argv(role),
+            env=child_env(embedded.url if embedded else None),
+            log=log,
+            grace_seconds=config.agents.defaults.timeout_seconds + 15,
+        )
+        log.info("server_started", role=role, procs=n, port=settings.bot_port)
+        code = await group.run(stop)
+    except BotError as exc:
+        log.error("server_failed", error=str(exc))
+        return EXIT_FAILED
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+    log.info("server_stopped", role=role, procs=n)
+    return EXIT_OK if code == 0 else EXIT_FAILED
+
+
 async def serve(
-    settings: Settings, config: Config, log: Logger, role: str, hub: EventHub | None = None
+    settings: Settings,
+    config: Config,
+    log: Logger,
+    role: str,
+    hub: EventHub | None = None,
+    reuse_port: bool = False,
 ) -> int:
     """Run the role until SIGTERM or SIGINT; then stop intake, drain turns, close, exit 0."""
     stop = asyncio.Event()
@@ -258,7 +305,9 @@ async def serve(
                     )
                     runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
-                    await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
+                    await web.TCPSite(
+                        runner, settings.bot_host, settings.bot_port, reuse_port=reuse_port or None
+                    ).start()
                     if (poller := app.poller()) is not None:
                         tasks.append(asyncio.create_task(poller.run(stop), name="poller"))
                 if worker_role:
