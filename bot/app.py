@@ -148,7 +148,9 @@ async def open_app(
     A channel is built when it is enabled and its credentials are in the environment.
     """
     metrics = Metrics()
-    async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
+    async with open_redis(
+        settings.redis_url, settings.bot_data_dir, cluster=settings.redis_cluster
+    ) as redis:
         stream = RedisStreamSink(redis.client, max_len=config.logging.stream_max_len)
         if hub is not None:
             hub.add(metrics.observe)

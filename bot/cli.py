@@ -31,7 +31,7 @@ from bot.llm.registry import ModelRegistry
 from bot.logreader import Filters, Printer, parse_since, show_logs
 from bot.logs import EventHub, FileSink, Logger, make_logger
 from bot.procs import ProcessGroup, child_argv, child_env
-from bot.redisdb import EmbeddedRedis, answers, open_redis
+from bot.redisdb import EmbeddedRedis, answers, connect, open_redis
 from bot.settings import Settings
 from channels.console import ConsoleChannel
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
@@ -405,14 +405,17 @@ async def tail_logs(settings: Settings, config: Config, args: argparse.Namespace
         conversation=args.conversation,
         since=since,
     )
-    url = settings.redis_url
+    url, cluster = settings.redis_url, settings.redis_cluster
     if url is None:  # read the embedded server only if one is running; never start one
         embedded = EmbeddedRedis(settings.bot_data_dir)
-        url = embedded.url if await answers(embedded.url) else None
+        url, cluster = (embedded.url if await answers(embedded.url) else None), False
+    redis = (
+        connect(url, cluster=cluster, socket_connect_timeout=2, socket_timeout=5) if url else None
+    )
     printer = Printer(sys.stdout, as_json=args.json, color=sys.stdout.isatty())
     try:
         return await show_logs(
-            redis_url=url, file=log_path(settings, config), filters=filters, count=args.n,
+            redis=redis, file=log_path(settings, config), filters=filters, count=args.n,
             follow=args.follow, printer=printer, notice=sys.stderr,
         )  # fmt: skip
     except asyncio.CancelledError:
@@ -445,7 +448,9 @@ async def admin(settings: Settings, config: Config, log: Logger, args: argparse.
 
 async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     """`bot dead-letters list|retry ID|drop ID` against the gateway's Redis."""
-    async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
+    async with open_redis(
+        settings.redis_url, settings.bot_data_dir, cluster=settings.redis_cluster
+    ) as redis:
         letters = RedisDeadLetters(redis.client)
         try:
             if args.dead_command == "list":

@@ -16,15 +16,14 @@ from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bot.config import CATALOG_KEYS, Config, ProviderConfig, key_variable
 from bot.errors import StoreUnavailable
 from bot.llm.lmstudio import LocalModelState, NoNativeApi, ProviderStates, fetch_states
 from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
-from bot.redisdb import describe_url, open_redis
+from bot.redisdb import connect, describe_url, open_redis
 from bot.settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -110,11 +109,14 @@ async def check_redis(settings: Settings) -> Check:
         return await _check_embedded_redis(settings)
     where = describe_url(settings.redis_url)
     fix = f"start Redis or fix REDIS_URL ({where})"
+    if settings.redis_cluster:
+        where, fix = f"Redis Cluster via {where}", f"{fix}, or unset REDIS_CLUSTER"
     try:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=REDIS_SECONDS, socket_timeout=REDIS_SECONDS
-        )
-    except ValueError:
+        client = connect(
+            settings.redis_url, cluster=settings.redis_cluster,
+            socket_connect_timeout=REDIS_SECONDS, socket_timeout=REDIS_SECONDS,
+        )  # fmt: skip
+    except (ValueError, RedisClusterException):
         return _fail("redis", "REDIS_URL is not a Redis URL", fix)
     try:
         async with asyncio.timeout(REDIS_SECONDS + 1):

@@ -187,7 +187,7 @@ def _in_time(event: dict[str, Any], filters: Filters) -> bool:
 
 async def show_logs(
     *,
-    redis_url: str | None,
+    redis: aioredis.Redis | None,
     file: Path,
     filters: Filters,
     count: int,
@@ -195,9 +195,9 @@ async def show_logs(
     printer: Printer,
     notice: TextIO,
 ) -> int:
-    """`bot logs`: from Redis (the whole deployment) or, if it is unreachable, the local file."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2,
-                                     socket_timeout=5) if redis_url else None  # fmt: skip
+    """`bot logs`: from Redis (the whole deployment) or, if it is unreachable or None, the
+    local file. Closes `redis`."""
+    client = redis
     try:
         if client is not None:
             try:

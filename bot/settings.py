@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis to use; unset starts an embedded one under BOT_DATA_DIR."
     )
+    redis_cluster: bool = Field(
+        default=False, description="true: REDIS_URL is one node of a Redis Cluster."
+    )
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_whatsapp_from: str | None = None
