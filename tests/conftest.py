@@ -104,36 +104,14 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     folder = tmp_path_factory.mktemp("cluster")
     ports = _free_ports(6)
     nodes, buses = ports[:3], ports[3:]
-    procs = [
-        subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                str(bus),
-                "--cluster-config-file",
-                str(folder / f"nodes-{port}.conf"),
-                "--cluster-node-timeout",
-                "2000",
-                "--dir",
-                str(folder),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-                "--logfile",
-                str(folder / f"{port}.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for port, bus in zip(nodes, buses, strict=True)
-    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    for port, bus in zip(nodes, buses, strict=True):
+        argv = [server, "--port", str(port), "--cluster-enabled", "yes", "--cluster-port", str(bus),
+                "--cluster-config-file", str(folder / f"nodes-{port}.conf"),
+                "--cluster-node-timeout", "2000", "--dir", str(folder), "--save", "",
+                "--appendonly", "no", "--bind", "127.0.0.1",
+                "--logfile", str(folder / f"{port}.log")]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         deadline = time.monotonic() + 10
         for port in nodes:

@@ -1,0 +1,300 @@
+"""The gateway on a real 3-node Redis Cluster (REDIS_CLUSTER=true): every script, pipeline and
+SCAN it runs works across nodes, keys spread over the nodes, and `bot logs` reads the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from bot.app import App, open_app
+from bot.config import parse_config
+from bot.deadletters import DEAD_LETTERS, RedisDeadLetters
+from bot.doctor import check_redis
+from bot.errors import StoreUnavailable
+from bot.intake import READY_STREAM, inbox_key
+from bot.llm.lmstudio import state_key
+from bot.logreader import Filters, recent_from_redis
+from bot.logs import EVENT_STREAM, EventHub, RedisStreamSink, make_logger
+from bot.messages import InboundMessage, OutboundMessage
+from bot.redisdb import open_redis
+from bot.settings import Settings
+from bot.wakeups import Sweeper, ensure_group
+from tests.conftest import CapturedEvents
+from tests.fakes.lmstudio_server import FakeLMStudio
+from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
+from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
+from tests.helpers import (
+    bot_env,
+    eventually,
+    gateway_config,
+    gateway_config_text,
+    inbound,
+    run_bot,
+    seed_config_text,
+)
+
+
+def echo(request: Recorded) -> Reply:
+    """A model that answers with the last user message it was shown."""
+    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
+
+
+class RecordingSender:
+    """A channel stand-in that keeps every reply it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, message: OutboundMessage) -> None:
+        self.sent.append(message)
+
+
+def settings_for(url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=url, redis_cluster=True, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+
+
+async def keys_per_node(client: aioredis.Redis, pattern: str) -> list[int]:
+    """How many keys matching `pattern` each primary holds."""
+    cluster = cast("RedisCluster", client)
+    counts = []
+    for node in cluster.get_primaries():
+        found = await cluster.keys(pattern, target_nodes=node)
+        counts.append(len(found))
+    return counts
+
+
+@pytest.fixture
+async def app(
+    redis_cluster_url: str,
+    cluster_client: aioredis.Redis,
+    tmp_path: Path,
+    events: CapturedEvents,
+) -> AsyncIterator[App]:
+    async with FakeOpenAI(models=["local-model"], default=echo) as model:
+        config = gateway_config(model.base_url)
+        async with open_app(settings_for(redis_cluster_url, tmp_path), config, events.log) as up:
+            yield up
+
+
+async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
+    app: App, cluster_client: aioredis.Redis
+) -> None:
+    """Intake, two workers (take, commit, acks), memory, access, choice and the breaker on the
+    cluster client: 12 conversations x 3 messages answered once each, in order; each
+    conversation's keys share a slot and the conversations land on every node."""
+    sender = RecordingSender()
+    worker_args = {"redis": app.redis.client, "agent": app.agent, "memory": app.memory,
+                   "senders": {"test": sender}, "log": app.log, "max_concurrent": 4}  # fmt: skip
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(app.worker().__class__(**worker_args).run(stop)) for _ in "ab"]  # type: ignore[arg-type]
+    convs = [f"test:{n}" for n in range(12)]
+    for m in range(3):
+        for conv in convs:
+            await app.intake.accept(inbound(f"{conv}#{m}", conversation=conv, n=m, channel="test"))
+    await eventually(lambda: sum(r.text.count("#") for r in sender.sent) >= 36)
+    stop.set()
+    await asyncio.gather(*tasks)
+    seen: dict[str, list[str]] = defaultdict(list)
+    for reply in sender.sent:
+        seen[reply.conversation] += reply.text.removeprefix("echo:").split("\n")
+    assert dict(seen) == {c: [f"{c}#{m}" for m in range(3)] for c in convs}
+    assert [len(await app.memory.load(c)) > 0 for c in convs] == [True] * 12
+    spread = await keys_per_node(cluster_client, "conv:*")
+    assert len(spread) == 3 and all(spread), spread
+    assert await cluster_client.xpending(READY_STREAM, "workers") == {
+        "pending": 0, "min": None, "max": None, "consumers": []
+    }  # fmt: skip
+
+
+async def test_memory_choice_breaker_and_pairing_scripts_run_on_the_cluster(
+    app: App, cluster_client: aioredis.Redis
+) -> None:
+    """Compaction's prefix swap, clearing, a per-conversation model choice, a breaker that
+    opens, and a pairing request approved: each script and MULTI stays in one slot."""
+    conv = "test:memory"
+    for n, text in enumerate(("one", "two")):
+        turn = await app.agent.run_turn([inbound(text, conversation=conv, n=n, channel="test")])
+        await app.memory.append(conv, turn.remember)  # a MULTI on the conversation's slot
+    state = await app.memory.state(conv)
+    assert len(state.turns) == 4
+    assert await app.memory.replace_prefix(conv, seen=state, drop=2, summary=None)
+    assert len(await app.memory.load(conv)) == 2
+    await app.memory.clear(conv)
+    assert await app.memory.load(conv) == []
+
+    [info, *_] = app.registry.chain()
+    await app.choice.set(conv, info.ref, who="test:admin")
+    assert (await app.choice.current(conv)) == (info.ref, "conversation")
+    await app.breaker.failure("local/local-model", severity="down", probe=False)
+    assert await app.breaker.check("local/local-model") == "open"
+
+    stranger = InboundMessage(
+        channel="whatsapp", conversation="whatsapp:+15550009999", sender="whatsapp:+15550009999",
+        text="hi", platform_id="SM1", ts=0.0,
+    )  # fmt: skip
+    await app.access.pair(stranger)
+    [request] = await app.access.pending()
+    approved = await app.access.approve(request.code, who="test:admin")
+    assert approved is not None and approved.sender == stranger.sender
+
+
+async def test_dead_letters_and_the_sweep_cover_every_node(
+    app: App, cluster_client: aioredis.Redis
+) -> None:
+    """A dead letter is kept, retried into its conversation's inbox with a wake-up, and
+    dropped; the sweep's SCAN finds waiting inboxes on all three nodes and wakes each once."""
+    letters = RedisDeadLetters(cluster_client)
+    body = json.dumps(inbound("lost", conversation="test:dead", n=1, channel="test").to_dict())
+    letter_id = await letters.add(
+        conversation="test:dead", batch="b1", attempts=3, error="boom", messages=f"[{body}]"
+    )
+    assert [letter.id for letter in await letters.list()] == [letter_id]
+    await letters.retry(letter_id)
+    assert await cluster_client.lrange(inbox_key("test:dead"), 0, -1) == [body]
+    assert await cluster_client.xlen(DEAD_LETTERS) == 0
+
+    await cluster_client.delete(READY_STREAM)
+    await ensure_group(cluster_client)
+    convs = [f"test:idle{n}" for n in range(30)]
+    for conv in convs:
+        await cluster_client.rpush(inbox_key(conv), "{}")
+    spread = await keys_per_node(cluster_client, "conv:*:inbox")
+    assert len(spread) == 3 and all(spread), spread
+    sweeper = Sweeper(cluster_client, name="sweeper", every=60, log=app.log)
+    assert await sweeper.sweep(force=True) == len(convs) + 1  # and test:dead's inbox
+    entries = await cluster_client.xrange(READY_STREAM)
+    assert sorted(f["conversation"] for _, f in entries) == sorted([*convs, "test:dead"])
+
+
+async def test_lmstudio_state_and_the_event_stream_live_on_the_cluster(
+    redis_cluster_url: str,
+    cluster_client: aioredis.Redis,
+    tmp_path: Path,
+    data_dir: Path,
+    events: CapturedEvents,
+) -> None:
+    """LM Studio's loaded state is stored and read back with a turn's other state, a load is
+    claimed once across processes, and events written to the stream are read by `bot logs`'
+    reader."""
+    async with FakeLMStudio(model="minimax-m2.1-gs32", default=Reply(text="local")) as lms:
+        text = seed_config_text(data_dir, lmstudio_url=lms.base_url)
+        config = parse_config(text, source="bot.json5", env={})
+        async with open_app(settings_for(redis_cluster_url, tmp_path), config, events.log) as up:
+            assert up.local is not None
+            await up.local.refresh(force=True)
+            assert await cluster_client.get(state_key("lmstudio"))
+            turn = await up.agent.run_turn([inbound("hi", conversation="console:lms", n=1)])
+            assert turn.reply is not None and turn.reply.text == "local"
+            assert await up.local.claim_load("lmstudio/x", 5)
+            assert not await up.local.claim_load("lmstudio/x", 5)
+
+    hub, sink = EventHub(), RedisStreamSink(cluster_client, max_len=100, every=0.05)
+    hub.add(sink)
+    log = make_logger(stream=io.StringIO(), as_json=True, hub=hub)
+    log.info("message_received", channel="test", conversation="test:1")
+    await sink.flush()
+    found, _ = await recent_from_redis(cluster_client, Filters(), 10)
+    assert [e["event"] for e in found] == ["message_received"]
+    assert await cluster_client.xlen(EVENT_STREAM) == 1
+
+
+async def test_doctor_and_open_redis_know_the_cluster(
+    redis_cluster_url: str, tmp_path: Path
+) -> None:
+    """`bot doctor` pings the cluster through the cluster client; REDIS_CLUSTER without a
+    REDIS_URL is refused with a clear message instead of starting an embedded server."""
+    check = await check_redis(settings_for(redis_cluster_url, tmp_path))
+    assert (check.status, check.detail) == (
+        "ok",
+        f"Redis Cluster via {redis_cluster_url} answers PING",
+    )
+    with pytest.raises(StoreUnavailable, match="REDIS_CLUSTER"):
+        async with open_redis(None, tmp_path, cluster=True):
+            pass
+
+
+async def post(twilio: FakeTwilio, url: str, who: str, text: str) -> None:
+    """One signed webhook, retried until the web process answers 200."""
+    body, headers = signed_form(twilio.auth_token, url, whatsapp_inbound(from_=who, body=text))
+    async with asyncio.timeout(30), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)  # the web process is starting
+
+
+async def test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster(
+    redis_cluster_url: str, cluster_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """`bot serve --role web` and two `--role worker` processes on the cluster answer 30
+    conversations x 4 signed WhatsApp messages, each in order, none lost; the conversations'
+    keys are on every node, and `bot logs` reads the deployment's events from the cluster."""
+    async with FakeOpenAI(models=["local-model"], default=echo) as model, FakeTwilio() as twilio:
+        port = closed_port()
+        config = tmp_path / "bot.json5"
+        text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+        config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
+        env = bot_env(
+            tmp_path, REDIS_URL=redis_cluster_url, REDIS_CLUSTER="true", BOT_CONFIG=str(config),
+            BOT_PORT=str(port), BOT_PUBLIC_URL=f"http://127.0.0.1:{port}",
+            TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
+            TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
+        )  # fmt: skip
+        procs = []
+        for n, role in enumerate(("web", "worker", "worker")):
+            with (tmp_path / f"{role}{n}.out").open("wb") as sink:
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "bot",
+                        "serve",
+                        "--role",
+                        role,
+                        env=env,
+                        cwd=tmp_path,
+                        stdout=sink,
+                        stderr=asyncio.subprocess.STDOUT,
+                    )  # fmt: skip
+                )
+        try:
+            url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+            people = [f"whatsapp:+1555000{n:04d}" for n in range(30)]
+            for m in range(4):
+                await asyncio.gather(*(post(twilio, url, who, f"{who}#{m}") for who in people))
+            await eventually(
+                lambda: sum((s.body or "").count("#") for s in twilio.messages) >= 120, within=60
+            )
+            logs = await run_bot("logs", "-n", "500", "--json", env=env, cwd=tmp_path)
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.terminate()
+            codes = [await asyncio.wait_for(proc.wait(), 60) for proc in procs]
+    assert codes == [0, 0, 0], [(tmp_path / p).read_text()[-2000:] for p in ("web0.out",)]
+    answered: dict[str, list[str]] = defaultdict(list)
+    for sent in twilio.messages:
+        answered[sent.to] += (sent.body or "").removeprefix("echo:").split("\n")
+    assert dict(answered) == {who: [f"{who}#{m}" for m in range(4)] for who in people}
+    spread = await keys_per_node(cluster_client, "conv:*")
+    assert len(spread) == 3 and all(spread), spread
+    assert logs.code == 0, logs.err
+    assert "this machine only" not in logs.err
+    shown = [json.loads(line) for line in logs.out.splitlines() if line.startswith("{")]
+    received = {e["conversation"] for e in shown if e["event"] == "message_received"}
+    assert len(received) == 30
