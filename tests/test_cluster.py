@@ -30,6 +30,7 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.redisdb import open_redis
 from bot.settings import Settings
 from bot.wakeups import Sweeper, ensure_group
+from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
@@ -94,10 +95,13 @@ async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     cluster client: 12 conversations x 3 messages answered once each, in order; each
     conversation's keys share a slot and the conversations land on every node."""
     sender = RecordingSender()
-    worker_args = {"redis": app.redis.client, "agent": app.agent, "memory": app.memory,
-                   "senders": {"test": sender}, "log": app.log, "max_concurrent": 4}  # fmt: skip
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(app.worker().__class__(**worker_args).run(stop)) for _ in "ab"]  # type: ignore[arg-type]
+    workers = [
+        Worker(redis=app.redis.client, agent=app.agent, memory=app.memory,
+               senders={"test": sender}, log=app.log, max_concurrent=4)
+        for _ in range(2)
+    ]  # fmt: skip
+    tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
     convs = [f"test:{n}" for n in range(12)]
     for m in range(3):
         for conv in convs:
@@ -111,7 +115,8 @@ async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     assert dict(seen) == {c: [f"{c}#{m}" for m in range(3)] for c in convs}
     assert [len(await app.memory.load(c)) > 0 for c in convs] == [True] * 12
     spread = await keys_per_node(cluster_client, "conv:*")
-    assert len(spread) == 3 and all(spread), spread
+    assert len(spread) == 3, spread
+    assert all(spread), spread
     assert await cluster_client.xpending(READY_STREAM, "workers") == {
         "pending": 0, "min": None, "max": None, "consumers": []
     }  # fmt: skip
@@ -146,7 +151,8 @@ async def test_memory_choice_breaker_and_pairing_scripts_run_on_the_cluster(
     await app.access.pair(stranger)
     [request] = await app.access.pending()
     approved = await app.access.approve(request.code, who="test:admin")
-    assert approved is not None and approved.sender == stranger.sender
+    assert approved is not None
+    assert approved.sender == stranger.sender
 
 
 async def test_dead_letters_and_the_sweep_cover_every_node(
@@ -170,7 +176,8 @@ async def test_dead_letters_and_the_sweep_cover_every_node(
     for conv in convs:
         await cluster_client.rpush(inbox_key(conv), "{}")
     spread = await keys_per_node(cluster_client, "conv:*:inbox")
-    assert len(spread) == 3 and all(spread), spread
+    assert len(spread) == 3, spread
+    assert all(spread), spread
     sweeper = Sweeper(cluster_client, name="sweeper", every=60, log=app.log)
     assert await sweeper.sweep(force=True) == len(convs) + 1  # and test:dead's inbox
     entries = await cluster_client.xrange(READY_STREAM)
@@ -195,7 +202,8 @@ async def test_lmstudio_state_and_the_event_stream_live_on_the_cluster(
             await up.local.refresh(force=True)
             assert await cluster_client.get(state_key("lmstudio"))
             turn = await up.agent.run_turn([inbound("hi", conversation="console:lms", n=1)])
-            assert turn.reply is not None and turn.reply.text == "local"
+            assert turn.reply is not None
+            assert turn.reply.text == "local"
             assert await up.local.claim_load("lmstudio/x", 5)
             assert not await up.local.claim_load("lmstudio/x", 5)
 
@@ -238,6 +246,15 @@ async def post(twilio: FakeTwilio, url: str, who: str, text: str) -> None:
             await asyncio.sleep(0.1)  # the web process is starting
 
 
+async def start(role: str, out: Path, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    """`bot serve --role ROLE`, its output kept in `out`."""
+    with out.open("wb") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve", "--role", role,
+            env=env, cwd=cwd, stdout=sink, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+
 async def test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster(
     redis_cluster_url: str, cluster_client: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -255,23 +272,10 @@ async def test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster(
             TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
             TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
         )  # fmt: skip
-        procs = []
-        for n, role in enumerate(("web", "worker", "worker")):
-            with (tmp_path / f"{role}{n}.out").open("wb") as sink:
-                procs.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "bot",
-                        "serve",
-                        "--role",
-                        role,
-                        env=env,
-                        cwd=tmp_path,
-                        stdout=sink,
-                        stderr=asyncio.subprocess.STDOUT,
-                    )  # fmt: skip
-                )
+        procs = [
+            await start(role, tmp_path / f"{role}{n}.out", env, tmp_path)
+            for n, role in enumerate(("web", "worker", "worker"))
+        ]
         try:
             url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
             people = [f"whatsapp:+1555000{n:04d}" for n in range(30)]
@@ -292,7 +296,8 @@ async def test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster(
         answered[sent.to] += (sent.body or "").removeprefix("echo:").split("\n")
     assert dict(answered) == {who: [f"{who}#{m}" for m in range(4)] for who in people}
     spread = await keys_per_node(cluster_client, "conv:*")
-    assert len(spread) == 3 and all(spread), spread
+    assert len(spread) == 3, spread
+    assert all(spread), spread
     assert logs.code == 0, logs.err
     assert "this machine only" not in logs.err
     shown = [json.loads(line) for line in logs.out.splitlines() if line.startswith("{")]
