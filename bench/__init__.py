@@ -48,6 +48,7 @@ def gateway_env(
         "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "BOT_DATA_DIR": str(data_dir),
         "REDIS_URL": redis_url,
+        "REDIS_CLUSTER": os.environ.get("REDIS_CLUSTER", ""),  # REDIS_URL names a cluster node
         "TWILIO_ACCOUNT_SID": twilio.account_sid,
         "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_WHATSAPP_FROM": sender,

@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from bot.config import parse_config
 from bot.llm.breaker import RedisBreaker
 from bot.llm.failover import FailoverClient
@@ -29,7 +27,7 @@ from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.logs import make_logger
 from bot.messages import Turn
-from bot.redisdb import EmbeddedRedis
+from bot.redisdb import EmbeddedRedis, connect
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import gateway_config_text
 
@@ -59,7 +57,8 @@ async def run(turns: int, first_token_s: float, cooldown: float, workdir: Path) 
         embedded = EmbeddedRedis(workdir)
         await embedded.start()
         url = embedded.url
-    redis = aioredis.Redis.from_url(url, decode_responses=True)
+    cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+    redis = connect(url, cluster=cluster)
     log = make_logger(stream=io.StringIO(), as_json=True)
     hung = Reply(hang=True)
     async with (

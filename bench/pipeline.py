@@ -39,7 +39,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 import bench
-from bot.redisdb import EmbeddedRedis
+from bot.redisdb import EmbeddedRedis, connect
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import FakeTwilio
 
@@ -220,11 +220,19 @@ def cpu_total(procs: list[asyncio.subprocess.Process]) -> float | None:
 
 async def redis_counts(redis: aioredis.Redis) -> tuple[int, int]:
     """(round trips, commands) Redis has served so far: socket reads it processed (a pipeline
-    arrives in one) and commands including those run inside scripts (INFO excluded)."""
-    stats = await redis.info("stats")
-    commands = await redis.info("commandstats")
-    calls = sum(int(v["calls"]) for name, v in commands.items() if name != "cmdstat_info")
-    return int(stats["total_reads_processed"]), calls
+    arrives in one) and commands including those run inside scripts (INFO excluded); on a
+    Redis Cluster (INFO answered per node) summed over the nodes."""
+    stats, commands = await redis.info("stats"), await redis.info("commandstats")
+    per_node = "total_reads_processed" not in stats
+    all_stats = list(stats.values()) if per_node else [stats]
+    all_commands = list(commands.values()) if per_node else [commands]
+    calls = sum(
+        int(v["calls"])
+        for node in all_commands
+        for name, v in node.items()
+        if name != "cmdstat_info"
+    )
+    return sum(int(node["total_reads_processed"]) for node in all_stats), calls
 
 
 async def run_loadgen(url: str, rate: float, seconds: float, token: str, out: Path, log: Path):
@@ -463,7 +471,8 @@ async def run(
         embedded = EmbeddedRedis(workdir)
         await embedded.start()
         redis_url = embedded.url
-    redis = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+    cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+    redis = connect(redis_url, cluster=cluster, decode_responses=False, socket_timeout=10)
     try:
         shape = f"one --role web and {workers} --role worker" if workers else "one --role all"
         print(f"gateway: `bot serve`, {shape} process(es); relay: bench.relay, one process")

@@ -23,7 +23,7 @@ from bot.errors import StoreUnavailable
 from bot.llm.lmstudio import LocalModelState, NoNativeApi, ProviderStates, fetch_states
 from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
-from bot.redisdb import connect, describe_url, open_redis
+from bot.redisdb import cluster_info, connect, describe_url, open_redis
 from bot.settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -120,11 +120,19 @@ async def check_redis(settings: Settings) -> Check:
         return _fail("redis", "REDIS_URL is not a Redis URL", fix)
     try:
         async with asyncio.timeout(REDIS_SECONDS + 1):
-            await client.ping()
+            await client.ping()  # a cluster client pings every node
+            info = await cluster_info(client) if settings.redis_cluster else {}
     except (RedisError, OSError, TimeoutError) as exc:
         return _fail("redis", f"cannot reach Redis at {where} ({_reason(exc)})", fix)
     finally:
         await client.aclose()
+    if settings.redis_cluster:
+        state, size = info.get("cluster_state"), info.get("cluster_size")
+        if state != "ok":
+            return _fail(
+                "redis", f"{where}: cluster_state {state}", "see CLUSTER INFO on the nodes"
+            )
+        return _ok("redis", f"{where}: {size} primaries answer PING, cluster_state ok")
     return _ok("redis", f"{where} answers PING")
 
 

@@ -94,6 +94,12 @@ def connect(
     return aioredis.Redis.from_url(url, **options)
 
 
+async def cluster_info(client: aioredis.Redis) -> dict[str, str]:
+    """CLUSTER INFO of a client made by `connect(..., cluster=True)` (cluster_state, …)."""
+    info = await cast("RedisCluster", client).cluster_info()
+    return {str(k): str(v) for k, v in dict(info).items()}
+
+
 def describe_url(url: str) -> str:
     """A Redis URL with any password removed, for logs and errors."""
     if "@" in url and "://" in url:

@@ -225,7 +225,7 @@ async def test_doctor_and_open_redis_know_the_cluster(
     check = await check_redis(settings_for(redis_cluster_url, tmp_path))
     assert (check.status, check.detail) == (
         "ok",
-        f"Redis Cluster via {redis_cluster_url} answers PING",
+        f"Redis Cluster via {redis_cluster_url}: 3 primaries answer PING, cluster_state ok",
     )
     with pytest.raises(StoreUnavailable, match="REDIS_CLUSTER"):
         async with open_redis(None, tmp_path, cluster=True):
