@@ -77,8 +77,7 @@ class Sweeper:
         """Wake every conversation that has waiting messages or a left batch and no lease
         holder; how many were woken. One process sweeps per period (a lock), unless `force`.
 
-        SCAN walks the keys of the one server it talks to: on Redis Cluster this has to run on
-        every primary (e.g. a ClusterPipeline per node, or `target_nodes=ALL_PRIMARIES`)."""
+        On Redis Cluster the cluster client's SCAN walks every primary in turn."""
         if not force and not await self.redis.set(
             SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.every * 1000))
         ):
