@@ -31,6 +31,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from bot.errors import StoreUnavailable
 
 START_TIMEOUT = 10.0
+CLUSTER_MAX_CONNECTIONS = 2**31  # per node, as unbounded as the plain client's pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +91,10 @@ def connect(
         "socket_timeout": socket_timeout,
     }
     if cluster:
+        # Per node, no cap (like the plain client's pool): the cluster client's default of 100
+        # fails the 101st concurrent command with MaxConnectionsError instead of waiting, and
+        # in a pipeline that also tears down connections other requests are using.
+        options["max_connections"] = CLUSTER_MAX_CONNECTIONS
         return cast("aioredis.Redis", _Cluster.from_url(url, **options))
     return aioredis.Redis.from_url(url, **options)
 

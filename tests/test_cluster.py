@@ -122,6 +122,19 @@ async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     }  # fmt: skip
 
 
+async def test_bursts_of_intakes_beyond_a_hundred_at_once_are_stored(
+    app: App, cluster_client: aioredis.Redis
+) -> None:
+    """Three bursts of 300 webhooks' intakes at once on the cluster client (one web process under
+    load): every one is stored, none fails for want of a connection to a node."""
+    for burst in range(3):
+        messages = [
+            inbound("hi", conversation=f"test:{burst}:{n}", n=n, channel="test") for n in range(300)
+        ]
+        assert await asyncio.gather(*(app.intake.accept(m) for m in messages)) == [True] * 300
+    assert await cluster_client.xlen(READY_STREAM) == 900
+
+
 async def test_memory_choice_breaker_and_pairing_scripts_run_on_the_cluster(
     app: App, cluster_client: aioredis.Redis
 ) -> None:
