@@ -63,12 +63,14 @@ async def produce(intake: RedisIntake, who: int, until: float, counter: list[int
         counter[0] += 1
 
 
-async def consume(redis: aioredis.Redis, name: str, until: float, counter: list[int]) -> None:
+async def consume(
+    redis: aioredis.Redis, name: str, until: float, counter: list[int], batch: int
+) -> None:
     done: list[str] = []
     while time.monotonic() < until + 1:
         async with redis.pipeline(transaction=False) as pipe:
             queue_acks(pipe, name, done)
-            pipe.xreadgroup(GROUP, name, {READY_STREAM: ">"}, count=64, block=200)
+            pipe.xreadgroup(GROUP, name, {READY_STREAM: ">"}, count=batch, block=200)
             replies: list[Any] = await pipe.execute()
         done = [entry_id for _, entries in replies[-1] or [] for entry_id, _ in entries]
         counter[0] += len(done)
@@ -76,7 +78,7 @@ async def consume(redis: aioredis.Redis, name: str, until: float, counter: list[
             return
 
 
-async def main(seconds: float, producers: int, consumers: int) -> None:
+async def main(seconds: float, producers: int, consumers: int, batch: int) -> None:
     url = os.environ["REDIS_URL"]
     cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
     redis = connect(url, cluster=cluster, socket_timeout=10)
@@ -90,7 +92,7 @@ async def main(seconds: float, producers: int, consumers: int) -> None:
         accepted, acked = [0], [0]
         await asyncio.gather(
             *(produce(intake, p, until, accepted) for p in range(producers)),
-            *(consume(redis, f"c{c}", until, acked) for c in range(consumers)),
+            *(consume(redis, f"c{c}", until, acked, batch) for c in range(consumers)),
         )
         elapsed = time.monotonic() - started
         after = await node_cpu(redis, cluster)
@@ -122,5 +124,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--producers", type=int, default=64)
     parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8, help="entries per read (maxConcurrent)")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.producers, args.consumers))
+    asyncio.run(main(args.seconds, args.producers, args.consumers, args.batch))
