@@ -5,7 +5,7 @@ Read once at start-up by the CLI and passed down; nothing reads the environment 
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
     openrouter_api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_node(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL naming one node of the cluster")
+        return self
 
     def secrets(self) -> list[str]:
         """Every secret value that is set, so log sinks can redact them."""

@@ -15,6 +15,7 @@ from typing import cast
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from bot.app import App, open_app
@@ -228,6 +229,13 @@ async def test_lmstudio_state_and_the_event_stream_live_on_the_cluster(
     found, _ = await recent_from_redis(cluster_client, Filters(), 10)
     assert [e["event"] for e in found] == ["message_received"]
     assert await cluster_client.xlen(EVENT_STREAM) == 1
+
+
+def test_redis_cluster_without_a_node_is_refused_at_start(tmp_path: Path) -> None:
+    """REDIS_CLUSTER=true without REDIS_URL is an invalid environment (no embedded server is
+    started for it, by `bot serve` or by a `--procs` parent)."""
+    with pytest.raises(ValidationError, match="REDIS_CLUSTER=true needs REDIS_URL"):
+        Settings(redis_cluster=True, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
 
 
 async def test_doctor_and_open_redis_know_the_cluster(
