@@ -444,13 +444,17 @@ def _response_object(
     usage = None
     if done:
         input_tokens, output_tokens, reasoning_tokens = _tokens(body, reply)
-        usage = None if reply.no_usage else {
-            "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": reply.cached, "cache_write_tokens": 0},
-            "output_tokens": output_tokens,
-            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
-            "total_tokens": input_tokens + output_tokens,
-        }
+        usage = (
+            None
+            if reply.no_usage
+            else {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": reply.cached, "cache_write_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                "total_tokens": input_tokens + output_tokens,
+            }
+        )
     return {
         "id": response_id,
         "object": "response",
