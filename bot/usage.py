@@ -32,7 +32,7 @@ NANO = 1_000_000_000  # nano-dollars in a dollar
 CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compactor's default)
 # A probe ("Answer with one word." / "ping", cut at the first token): about 10 tokens in, 1 out.
 PROBE_USAGE = Usage(tokens_in=10, tokens_out=1, estimated=True)
-TTL_DAYS = 400  # daily totals are kept a little over a year
+TTL_DAYS = 400  # totals are kept a little over a year after their last call
 SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
 MODEL_KEY = "usage:model:{{{model}}}:{day}"
 CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
@@ -282,8 +282,7 @@ class RedisUsage:
     def _queue(self, pipe: Pipeline, key: str, totals: Totals) -> None:
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
         if pairs:
-            ttl = 0 if key.startswith("usage:conversation:") else self.ttl_seconds
-            pipe.eval(_ADD, 1, key, ttl, *pairs)
+            pipe.eval(_ADD, 1, key, self.ttl_seconds, *pairs)
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:
