@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -14,9 +15,14 @@ import redis.asyncio as aioredis
 from bot.agent import BUDGET_NOTICE
 from bot.app import App, open_app
 from bot.config import parse_config
-from bot.messages import InboundMessage
+from bot.llm.breaker import RedisBreaker
+from bot.llm.failover import FailoverClient
+from bot.llm.providers import OpenAIProvider
+from bot.llm.registry import ModelRegistry
+from bot.messages import InboundMessage, Turn
 from bot.metrics import Metrics
 from bot.settings import Settings
+from bot.usage import Prices, RedisUsage, Totals
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, server_error
 from tests.helpers import bot_env, provider_block, run_bot
@@ -146,14 +152,18 @@ async def test_totals_equal_what_the_servers_reported(
     assert (conversation.tokens_in, conversation.tokens_out, conversation.turns) == (1000, 400, 1)
 
 
+@pytest.mark.parametrize("api", ["responses", "chat"])
 async def test_a_server_that_reports_no_usage_is_estimated(
     local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
-    tmp_path: Path, events: CapturedEvents,
+    tmp_path: Path, events: CapturedEvents, api: str,
 ) -> None:  # fmt: skip
-    """With no usage in the stream, the call is counted from its text and marked estimated."""
+    """With no usage in the stream (Responses, or chat ignoring include_usage), the call is
+    counted from its text and marked estimated."""
     async with gateway(config_text(local, backup), redis_url, tmp_path, events) as app:
-        local.script(Reply(text="x" * 90, no_usage=True))
-        await say(app, wa("y" * 300))
+        if api == "chat":
+            local.script(server_error())
+        (local if api == "responses" else backup).script(Reply(text="x" * 90, no_usage=True))
+        assert await say(app, wa("y" * 300)) == "x" * 90
         [ann] = await app.usage.sender_days(ANN, 1)
     assert (ann.estimated, ann.calls) == (1, 1)
     assert ann.tokens_out == 30  # 90 characters, 3 a token
@@ -295,3 +305,39 @@ async def test_bot_usage_json_matches_the_servers(
     assert lines[0].split()[:2] == ["MODEL", "TURNS"]
     assert lines[1].split()[:4] == [HOSTED, "2", "1,200", "450"]
     assert lines[2].split()[:4] == [LOCAL, "1", "120", "30"]
+
+
+async def test_a_probe_counts_on_its_model_only(
+    local: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A breaker probe that reached the model is added to the model's day, estimated and
+    for no sender."""
+    config = parse_config(config_text(local, backup), source="t", env={})
+    usage = RedisUsage(redis_client, prices=Prices(config), log=events.log)
+    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+    client = FailoverClient(
+        registry=ModelRegistry(config), providers=providers, log=events.log, usage=usage,
+        breaker=RedisBreaker(redis_client, log=events.log, cooldown_seconds=0.05),
+    )  # fmt: skip
+    hello = [Turn(role="user", text="hello", ts=0.0)]
+    try:
+        await local.stop_listening()  # refused: the breaker opens
+        await client.complete(instructions="be brief", turns=hello, conversation=ANN)
+        await local.start_listening()
+        async with asyncio.timeout(10):  # turns go on until one of them starts the probe
+            while not events.events("model_probe"):
+                await client.complete(instructions="be brief", turns=hello, conversation=BOB)
+                await asyncio.sleep(0.01)
+        key = f"usage:model:{{{LOCAL}}}:{usage.day()}"
+        async with asyncio.timeout(10):
+            while not await redis_client.exists(key):  # noqa: ASYNC110 - polling Redis with a deadline
+                await asyncio.sleep(0.01)
+        probe = Totals.from_hash(await redis_client.hgetall(key))
+    finally:
+        await client.close()
+        for provider in providers.values():
+            await provider.close()
+    assert (probe.tokens_in, probe.tokens_out, probe.estimated, probe.calls) == (10, 1, 1, 1)
+    assert probe.turns == 0
+    assert [e["kind"] for e in events.events("model_usage") if e["model"] == LOCAL] == ["probe"]
+    assert not await redis_client.keys("usage:sender:*")  # turns' calls wait for their turn
