@@ -78,6 +78,7 @@ class App:
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
+            delivery_retry_seconds=defaults.delivery_retry_seconds,
         )
 
     def web_app(self) -> web.Application:
