@@ -117,8 +117,10 @@ class FakeTwilio:
         account_sid: str = DEFAULT_ACCOUNT_SID,
         auth_token: str = DEFAULT_AUTH_TOKEN,
         max_body: int = MAX_BODY,
+        latency: float = 0.0,
     ) -> None:
         self.account_sid = account_sid
+        self.latency = latency  # seconds each create takes before it is accepted
         self.auth_token = auth_token
         self.max_body = max_body
         self.messages: list[SentMessage] = []
@@ -229,6 +231,8 @@ class FakeTwilio:
 
         if rejection := self._validate(recorded):
             return rejection
+        if self.latency:
+            await self._sleep(self.latency)
         return await self._accept(recorded)
 
     async def _list_messages(self, request: web.Request) -> web.Response:
