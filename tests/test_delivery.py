@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from bot.config import parse_config
 from bot.delivery import DUE_KEY, head_key, outbox_key
 from bot.messages import InboundMessage
 from bot.settings import Settings
-from bot.worker import Worker
+from bot.worker import Worker, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.telegram_server import FakeTelegram
@@ -29,7 +29,7 @@ from tests.fakes.twilio_server import (
     server_error,
     too_many_requests,
 )
-from tests.helpers import gateway_config_text
+from tests.helpers import eventually, gateway_config_text
 
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
@@ -102,8 +102,26 @@ class Rig:
                     self.clock.now = max(self.clock.now, due[0][1] / 1000)
                 await asyncio.sleep(0.01)
 
+    async def until(self, check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+        """Poll a Redis condition until it holds; fail if `within` seconds pass first."""
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 - polling a condition with a deadline
+                await asyncio.sleep(0.01)
+
+    async def due(self) -> bool:
+        """Whether the person's conversation waits in the due set."""
+        return await self.redis.zscore(DUE_KEY, PERSON) is not None
+
     async def outbox(self, conversation: str = PERSON) -> list[str]:
         return list(await self.redis.lrange(outbox_key(conversation), 0, -1))
+
+    async def outbox_holds(self, count: int) -> bool:
+        return len(await self.outbox()) >= count
+
+
+async def lease_gone(redis: aioredis.Redis) -> bool:
+    """Whether the person's conversation lease has run out."""
+    return not await redis.exists(lease_key(PERSON))
 
 
 @pytest.fixture
@@ -159,9 +177,7 @@ async def test_retry_after_of_a_429_is_honoured(rig: Rig, running: Worker) -> No
     rig.twilio.script(too_many_requests(retry_after=7))
     started = rig.clock.now
     await rig.say("hello")
-    async with asyncio.timeout(10):
-        while not await rig.redis.zscore(DUE_KEY, PERSON):
-            await asyncio.sleep(0.01)
+    await rig.until(rig.due)
     assert await rig.redis.zscore(DUE_KEY, PERSON) == pytest.approx((started + 7) * 1000, abs=5)
     assert rig.twilio.messages == []
     await rig.drive(lambda: len(rig.twilio.messages) == 1)
@@ -187,7 +203,8 @@ async def test_non_retryable_is_logged_once_and_the_next_reply_goes_out(
     await rig.say("second")
     await rig.drive(lambda: len(rig.twilio.messages) == 1)
     [failed] = rig.events.events("send_failed")
-    assert "63016" in failed["error"] and "24-hour window" in failed["error"]
+    assert "63016" in failed["error"]
+    assert "24-hour window" in failed["error"]
     assert failed["retryable"] is False
     assert rig.bodies() == ["echo:second"]
     assert len([r for r in rig.twilio.requests if r.method == "POST"]) == 2
@@ -217,13 +234,9 @@ async def test_a_later_reply_waits_behind_an_undelivered_one(rig: Rig, running: 
     out in order."""
     rig.twilio.outage(3600)
     await rig.say("one")
-    async with asyncio.timeout(10):
-        while not await rig.redis.zscore(DUE_KEY, PERSON):
-            await asyncio.sleep(0.01)
+    await rig.until(rig.due)
     await rig.say("two")
-    async with asyncio.timeout(10):
-        while len(await rig.outbox()) < 2:
-            await asyncio.sleep(0.01)
+    await rig.until(lambda: rig.outbox_holds(2))
     assert rig.twilio.messages == []
     rig.twilio.outage(0)
     await rig.drive(lambda: len(rig.twilio.messages) == 2)
@@ -236,14 +249,13 @@ async def test_a_resumed_send_repeats_no_chunk_the_platform_took(rig: Rig) -> No
     rig.model.script(Reply(text="alpha alpha alpha. beta beta beta. gamma gamma."))
     rig.twilio.script(TwilioReply(), TwilioReply(delay=0.3))  # chunk 2 is slow to answer
     first = rig.worker(lease_seconds=0.5)
-    turn = asyncio.create_task(first.process(PERSON))
     await rig.say("talk")
-    async with asyncio.timeout(10):
-        while len([r for r in rig.twilio.requests if r.method == "POST"]) < 2:
-            await asyncio.sleep(0.01)
+    turn = asyncio.create_task(first.process(PERSON))
+    await eventually(lambda: len([r for r in rig.twilio.requests if r.method == "POST"]) >= 2)
     turn.cancel()  # the first worker is gone mid-send; its lease runs out
     await asyncio.gather(turn, return_exceptions=True)
     await rig.twilio.wait_for_messages(2)  # Twilio took chunk 2 all the same
+    await rig.until(lambda: lease_gone(rig.redis))
 
     second = rig.worker(lease_seconds=0.5)
     stop = asyncio.Event()
@@ -264,9 +276,7 @@ async def test_another_worker_delivers_after_the_first_one_stopped(rig: Rig) -> 
     task = asyncio.create_task(first.run(stop))
     rig.twilio.script(server_error(500))
     await rig.say("hello")
-    async with asyncio.timeout(10):
-        while not await rig.redis.zscore(DUE_KEY, PERSON):
-            await asyncio.sleep(0.01)
+    await rig.until(rig.due)
     stop.set()
     await task
     assert rig.twilio.messages == []
