@@ -269,6 +269,8 @@ class Outbox:
             if loaded == ["lost"]:
                 return Flush.LOST
             head = self._decode_head(loaded)
+            if head is None:  # a worker may have died between emptying it and leaving the set
+                await self.redis.zrem(DUE_KEY, conversation)
             continuing = False
         while head is not None:
             if lost is not None and lost.is_set():
