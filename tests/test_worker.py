@@ -277,12 +277,30 @@ async def start_worker_process(
     )  # fmt: skip
 
 
-async def start_serve_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
-    """A real `bot serve --role worker` process."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "serve", "--role", "worker", env=env, cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+async def sending(redis: aioredis.Redis, pid: int) -> int:
+    """How many replies the worker process `pid` is delivering now: conversations whose lease
+    it holds (its tokens are "host-PID-…:…") and whose batch is committed."""
+    keys = await redis.keys("conv:*:lease")
+    tokens = await redis.mget(keys) if keys else []
+    mine = [key for key, token in zip(keys, tokens, strict=True) if token and f"-{pid}-" in token]
+    states = [await redis.hget(key.replace(":lease", ":batch"), "state") for key in mine]
+    return states.count("replied")
+
+
+async def workers_ready(logs: list[Path], within: float = 30) -> None:
+    """Wait until every worker process has logged `worker_started`."""
+    async with asyncio.timeout(within):
+        while not all('"worker_started"' in log.read_text() for log in logs):  # noqa: ASYNC110 - polling with a deadline
+            await asyncio.sleep(0.05)
+
+
+async def start_serve_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """A real `bot serve --role worker` process, its events written to `log`."""
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve", "--role", "worker", env=env, cwd=ROOT,
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -311,7 +329,8 @@ async def test_three_worker_processes_survive_a_sigkill(
             TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
             TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
         )  # fmt: skip
-        procs = [await start_serve_worker(env) for _ in range(3)]
+        logs = [tmp_path / f"worker{n}.log" for n in range(3)]
+        procs = [await start_serve_worker(env, log) for log in logs]
         try:
             async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
                 accepted = 0
@@ -322,14 +341,17 @@ async def test_three_worker_processes_survive_a_sigkill(
                         message = inbound(f"{conv}#{m}", conversation=conv, n=m, channel="whatsapp")
                         await web_role.intake.accept(message)
                         accepted += 1
-                        await asyncio.sleep(random.uniform(0, 0.02))
+                        await asyncio.sleep(random.uniform(0.02, 0.2))
 
                 def covered() -> int:
                     return sum((m.body or "").count("#") for m in twilio.messages)
 
+                await workers_ready(logs)
                 posting = asyncio.gather(*(post(c) for c in convs))
-                # A third in and replies flowing: every worker is busy.
-                await eventually(lambda: accepted >= 150 and covered() >= 30, within=60)
+                await eventually(lambda: accepted >= 150, within=60)  # a third in
+                async with asyncio.timeout(30):  # until the victim is mid-send
+                    while not await sending(redis_client, procs[0].pid):  # noqa: ASYNC110 - polling with a deadline
+                        await asyncio.sleep(0.005)
                 procs[0].send_signal(signal.SIGKILL)
                 await posting
                 await eventually(lambda: covered() >= 500, within=60)
@@ -344,7 +366,9 @@ async def test_three_worker_processes_survive_a_sigkill(
     for sent in twilio.messages:
         seen[sent.to] += (sent.body or "").removeprefix("echo:").split("\n")
     wrong = {c: seen[c] for c in convs if seen[c] != [f"{c}#{m}" for m in range(10)]}
-    assert not wrong, wrong
+    duplicates = sum(len(seen[c]) - len(set(seen[c])) for c in convs)
+    losses = sum(len({f"{c}#{m}" for m in range(10)} - set(seen[c])) for c in convs)
+    assert not wrong, f"{duplicates} duplicates, {losses} losses: {wrong}"
     assert procs[0].returncode == -signal.SIGKILL
     assert all(p.returncode == 0 for p in procs[1:])
 
