@@ -217,7 +217,6 @@ class Outbox:
         self.clock = clock
         self._load = redis.register_script(LOAD)
         self._advance = redis.register_script(ADVANCE)
-        self._schedule = redis.register_script(SCHEDULE)
         self._enqueue = redis.register_script(ENQUEUE)
         self._claim_due = redis.register_script(CLAIM_DUE)
 
