@@ -208,7 +208,7 @@ class Worker:
                 if not entries:
                     entries = await self._read(free)
                 claims = await self._claim([f.get("conversation", "") for _, f in entries])
-                due = await self._claim_due(free - len(entries))
+                due = await self._claim_due(max(free - len(entries), 1))  # never starved
             except (RedisError, OSError) as exc:
                 self.log.error("worker_redis_error", worker=self.name, error=str(exc))
                 await asyncio.sleep(1)  # what was read is reclaimed after a lease
@@ -443,7 +443,9 @@ class Worker:
         return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
 
     async def _claim_due(self, count: int) -> list[str]:
-        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s)."""
+        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s).
+        The run loop asks for at least one, so retries never starve behind new turns: one due
+        delivery may run beyond max_concurrent."""
         now = time.monotonic()
         if now < self._next_due or count <= 0:
             return []
