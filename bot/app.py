@@ -30,6 +30,7 @@ from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
 from bot.spool import Spool, SpoolDrainer, SpooledIntake
+from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
@@ -59,6 +60,7 @@ class App:
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
     background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
+    usage: RedisUsage  # tokens and cost per sender, model and conversation; daily budgets
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -86,6 +88,7 @@ class App:
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
             retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
+            delivery_retry_seconds=defaults.delivery_retry_seconds,
         )
 
     def web_app(self) -> web.Application:
@@ -180,9 +183,11 @@ async def open_app(
         )
         registry = ModelRegistry(config, local)
         breaker = RedisBreaker(redis.client, log=log)
+        usage = RedisUsage(redis.client, prices=Prices(config), log=log)
         llm = FailoverClient(
-            registry=registry, providers=providers, log=log, breaker=breaker, local=local
-        )
+            registry=registry, providers=providers, log=log, breaker=breaker, local=local,
+            usage=usage,
+        )  # fmt: skip
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
         try:
             defaults = config.agents.defaults
@@ -205,6 +210,8 @@ async def open_app(
                 breaker=breaker,
                 model_switch=config.commands.model_switch,
                 log=log,
+                usage=usage,
+                daily_token_budget=config.session.daily_token_budget,
             )
             agent = Agent(
                 redis=redis.client,
@@ -217,6 +224,8 @@ async def open_app(
                 turn_timeout=defaults.timeout_seconds,
                 max_inbound_chars=defaults.max_inbound_chars,
                 log=log,
+                usage=usage,
+                daily_token_budget=config.session.daily_token_budget,
             )
             yield App(
                 settings=settings,
@@ -237,6 +246,7 @@ async def open_app(
                 whatsapp=whatsapp,
                 telegram=telegram,
                 background=(stream.task,) if stream.task is not None else (),
+                usage=usage,
             )
         finally:
             spool.close()

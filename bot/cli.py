@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
+import math
 import os
 import signal
 import sys
@@ -33,6 +35,7 @@ from bot.logs import EventHub, FileSink, Logger, make_logger
 from bot.procs import ProcessGroup, child_argv, child_env
 from bot.redisdb import EmbeddedRedis, answers, connect, open_redis
 from bot.settings import Settings
+from bot.usage import Totals
 from channels.console import ConsoleChannel
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
 
@@ -125,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     history = model_commands.add_parser("history", help="the latest model changes (audit)")
     history.add_argument("-n", type=int, default=20, help="how many (default 20)")
 
+    usage = commands.add_parser(
+        "usage", help="tokens and cost by sender, model or day (from the gateway's Redis)"
+    )
+    usage.add_argument(
+        "--by", choices=["sender", "model", "day"], default="sender",
+        help="one row per sender (default), model or UTC day",
+    )  # fmt: skip
+    usage.add_argument(
+        "--since", default="7d", help="the last N days (UTC, today included): 1d, 7d (default)"
+    )
+    usage.add_argument(
+        "--json", action="store_true", help="one JSON object per row (tokens_in, tokens_out, cost)"
+    )
+
     config = commands.add_parser("config", help="inspect the gateway config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_commands.add_parser("check", help="validate a config and print its model chain")
@@ -154,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_OK
         if args.command == "dead-letters":
             return run_async(dead_letters(settings, args))
+        if args.command == "usage":
+            log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
+            return run_async(usage_report(settings, config, log, args))
         if args.command in ("pairing", "model"):
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(admin(settings, config, log, args))
@@ -481,6 +501,39 @@ async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
         except (RedisError, OSError) as exc:
             print(f"bot: Redis did not answer ({redis.where}): {exc}", file=sys.stderr)
             return EXIT_FAILED
+
+
+async def usage_report(
+    settings: Settings, config: Config, log: Logger, args: argparse.Namespace
+) -> int:
+    """`bot usage`: totals of the last days by sender, model or day; full ids (operators)."""
+    try:
+        days = max(1, math.ceil(parse_since(args.since) / 86400))
+    except ValueError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    async with open_app(settings, config, log) as app:
+        rows = await app.usage.report(by=args.by, days=days)
+    if args.json:
+        for row in rows:
+            print(json.dumps({args.by: row.key, **row.totals.to_dict()}))
+        return EXIT_OK
+    if not rows:
+        print(f"no usage recorded in the last {days} day(s)")
+        return EXIT_OK
+    total = Totals()
+    for row in rows:
+        total.add(row.totals)
+    width = max(len(args.by), 5, *(len(row.key) for row in rows))
+    head = ("TURNS", "TOKENS_IN", "TOKENS_OUT", "CACHED", "COST_USD", "LOCAL")
+    print(f"{args.by.upper():<{width}}  " + "  ".join(f"{h:>10}" for h in head))
+    for key, totals in [*((r.key, r.totals) for r in rows), ("total", total)]:
+        cells = (totals.turns, totals.tokens_in, totals.tokens_out, totals.cached_in)
+        print(
+            f"{key:<{width}}  " + "  ".join(f"{c:>10,}" for c in cells)
+            + f"  {totals.cost:>10.4f}  {totals.local_share:>10.0%}"
+        )  # fmt: skip
+    return EXIT_OK
 
 
 async def telegram_admin(settings: Settings, config: Config, action: str) -> int:

@@ -75,6 +75,7 @@ class AgentDefaults(_Model):
     timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30, gt=0)
+    delivery_retry_seconds: float = Field(default=3600, gt=0)
     max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
 
@@ -161,6 +162,8 @@ class CommandsConfig(_Model):
 class SessionConfig(_Model):
     idle_days: float = Field(default=30, gt=0)
     rate_limit_per_minute: int = Field(default=20, ge=1)
+    # Tokens (in + out) one sender may use per UTC day; 0: no limit. Admins are exempt.
+    daily_token_budget: int = Field(default=0, ge=0)
 
 
 class LoggingConfig(_Model):
