@@ -21,8 +21,9 @@ from redis.asyncio.cluster import RedisCluster
 from bot.app import App, open_app
 from bot.config import parse_config
 from bot.deadletters import DEAD_LETTERS, RedisDeadLetters
+from bot.delivery import DUE_KEY
 from bot.doctor import check_redis
-from bot.errors import StoreUnavailable
+from bot.errors import ChannelSendError, StoreUnavailable
 from bot.intake import READY_STREAM, inbox_key
 from bot.llm.lmstudio import state_key
 from bot.logreader import Filters, recent_from_redis
@@ -60,6 +61,20 @@ class RecordingSender:
 
     async def send(self, message: OutboundMessage) -> None:
         self.sent.append(message)
+
+
+class FlakySender(RecordingSender):
+    """Refuses the first reply as a platform's 503 would, then takes every reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def send(self, message: OutboundMessage) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise ChannelSendError("503 from the platform", retryable=True)
+        await super().send(message)
 
 
 def settings_for(url: str, tmp_path: Path) -> Settings:
@@ -121,6 +136,26 @@ async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     assert await cluster_client.xpending(READY_STREAM, "workers") == {
         "pending": 0, "min": None, "max": None, "consumers": []
     }  # fmt: skip
+
+
+async def test_a_refused_reply_is_retried_from_the_due_set_on_the_cluster(
+    app: App, cluster_client: aioredis.Redis
+) -> None:
+    """A reply the platform refuses waits in its conversation's outbox (on that conversation's
+    node) with its next attempt in the shared due set (another node's slot), and a worker
+    delivers it from there: the outbox's scripts and pipelines work across nodes."""
+    sender = FlakySender()
+    worker = Worker(redis=app.redis.client, agent=app.agent, memory=app.memory,
+                    senders={"test": sender}, log=app.log)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await app.intake.accept(inbound("later", conversation="test:flaky", n=1, channel="test"))
+    await eventually(lambda: bool(sender.sent), within=10)
+    stop.set()
+    await task
+    assert sender.refused == 1
+    assert [r.text for r in sender.sent] == ["echo:later"]
+    assert await cluster_client.zcard(DUE_KEY) == 0
 
 
 async def test_bursts_of_intakes_beyond_a_hundred_at_once_are_stored(
