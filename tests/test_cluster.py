@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from bot.app import App, open_app
 from bot.config import parse_config
@@ -29,7 +30,7 @@ from bot.llm.lmstudio import state_key
 from bot.logreader import Filters, recent_from_redis
 from bot.logs import EVENT_STREAM, EventHub, RedisStreamSink, make_logger
 from bot.messages import InboundMessage, OutboundMessage
-from bot.redisdb import open_redis
+from bot.redisdb import connect, open_redis
 from bot.settings import Settings
 from bot.wakeups import Sweeper, ensure_group
 from bot.worker import Worker
@@ -264,6 +265,22 @@ async def test_lmstudio_state_and_the_event_stream_live_on_the_cluster(
     found, _ = await recent_from_redis(cluster_client, Filters(), 10)
     assert [e["event"] for e in found] == ["message_received"]
     assert await cluster_client.xlen(EVENT_STREAM) == 1
+
+
+async def test_an_unreachable_cluster_is_a_redis_error_that_callers_wait_out(
+    tmp_path: Path,
+) -> None:
+    """A cluster whose named node does not answer fails like a plain Redis that is down (a
+    RedisError: the worker retries, readyz says 503, doctor says how to fix it), not with the
+    cluster client's own exception that nothing catches."""
+    url = f"redis://127.0.0.1:{closed_port()}"
+    client = connect(url, cluster=True, socket_connect_timeout=1)
+    with pytest.raises(RedisError):
+        await client.ping()
+    await client.aclose()
+    check = await check_redis(settings_for(url, tmp_path))
+    assert check.status == "fail"
+    assert check.detail.startswith(f"cannot reach Redis at Redis Cluster via {url}")
 
 
 def test_redis_cluster_without_a_node_is_refused_at_start(tmp_path: Path) -> None:
