@@ -24,8 +24,9 @@ from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
+from bot.media import TOO_SLOW, MediaReader, TurnMedia
 from bot.memory import Compactor, ConversationState
-from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, read_together
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
@@ -65,6 +66,7 @@ class Agent:
         max_inbound_chars: int,
         log: Logger,
         clock: Callable[[], float] = time.time,
+        media: MediaReader | None = None,
     ) -> None:
         self.redis = redis
         self.llm = llm
@@ -77,6 +79,7 @@ class Agent:
         self.max_inbound_chars = max_inbound_chars
         self.log = log
         self.clock = clock
+        self.media = media
 
     async def run_turn(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology."""
@@ -137,14 +140,7 @@ class Agent:
             msg_id=last.platform_id,
             messages=len(batch),
         )
-        text = "\n".join(self._clip(m.text) for m in batch if m.text.strip())
-        if not text:
-            self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
-            return TEXT_ONLY, ()
-        attachments = sum(len(m.media) for m in batch)
-        if attachments:
-            text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
-        user = Turn(role="user", text=text, ts=self.clock())
+        deadline = asyncio.get_running_loop().time() + self.turn_timeout
         if ahead is None:
             _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
         assert ahead is not None
@@ -152,8 +148,26 @@ class Agent:
         chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
-        deadline = asyncio.get_running_loop().time() + self.turn_timeout
-        completion = await self._complete(conversation, chain[0], user, state, breakers, deadline)
+        texts: Sequence[str] = [m.text for m in batch]
+        images: tuple[Attachment, ...] = ()
+        if self.media is not None and any(m.media for m in batch):
+            got = await self._read_media(batch, chain, deadline)
+            if got.refusal is not None:
+                self.log.info("turn_skipped", conversation=conversation, error="media refused")
+                return got.refusal, ()
+            texts, images = got.texts, got.images
+            chain = [m for m in chain if m.images] if images else chain
+        text = "\n".join(self._clip(t) for t in texts if t.strip())
+        if not text:
+            self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
+            return TEXT_ONLY, ()
+        attachments = sum(len(m.media) for m in batch)
+        if attachments and self.media is None:
+            text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
+        user = Turn(role="user", text=text, ts=self.clock())
+        completion = await self._complete(
+            conversation, chain[0], user, state, breakers, deadline, images
+        )
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
         self.log.info(
             "turn_finished",
@@ -165,6 +179,22 @@ class Agent:
             tokens_out=completion.usage.tokens_out,
         )
         return completion.text, (user, reply)
+
+    async def _read_media(
+        self, batch: Sequence[InboundMessage], chain: Sequence[ModelInfo], deadline: float
+    ) -> TurnMedia:
+        """The turn's attachments, fetched within the turn's time (after the access check)."""
+        assert self.media is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.media.read(batch, vision=any(m.images for m in chain))
+        except TimeoutError:
+            last = batch[-1]
+            self.log.warning(
+                "media_rejected", channel=last.channel, conversation=last.conversation,
+                reason="timeout", error="the attachments took longer than the turn's timeout",
+            )  # fmt: skip
+            return TurnMedia(refusal=TOO_SLOW)
 
     def _clip(self, text: str) -> str:
         """Text over maxInboundChars is cut, and the model is told."""
@@ -203,6 +233,7 @@ class Agent:
         state: ConversationState,
         breakers: dict[str, str],
         deadline: float,
+        images: tuple[Attachment, ...] = (),
     ) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice).
         `deadline`: the turn's budget for waiting on models to start answering."""
@@ -225,6 +256,7 @@ class Agent:
                     conversation=conversation,
                     breakers=breakers if pressure == 0 else None,
                     deadline=deadline,
+                    images=images,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -22,7 +22,10 @@ from bot.llm.failover import FailoverClient
 from bot.llm.lmstudio import LMStudioModels
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
+from bot.llm.transcription import OpenAITranscriber
+from bot.llm.types import ModelRef
 from bot.logs import EventHub, Logger, RedisStreamSink
+from bot.media import MediaFetcher, MediaReader
 from bot.memory import Compactor, RedisMemory
 from bot.metrics import Metrics
 from bot.poller import Poller
@@ -32,8 +35,8 @@ from bot.spool import Spool, SpoolDrainer, SpooledIntake
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
-from channels.telegram import TelegramChannel
-from channels.whatsapp import WhatsAppChannel
+from channels.telegram import TelegramChannel, TelegramMediaFetcher
+from channels.whatsapp import TwilioMediaFetcher, WhatsAppChannel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +182,20 @@ async def open_app(
             registry=registry, providers=providers, log=log, breaker=breaker, local=local
         )
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
+        media_config = config.agents.defaults.media
+        heard = media_config.transcription_model
+        transcriber = (
+            OpenAITranscriber(
+                ModelRef.parse(heard), config.providers()[ModelRef.parse(heard).provider]
+            )
+            if heard
+            else None
+        )
+        fetchers: dict[str, MediaFetcher] = {}
+        if whatsapp is not None:
+            fetchers[whatsapp.name] = TwilioMediaFetcher(settings=settings, http=http)
+        if telegram is not None:
+            fetchers[telegram.name] = TelegramMediaFetcher(telegram)
         try:
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
@@ -212,6 +229,12 @@ async def open_app(
                 turn_timeout=defaults.timeout_seconds,
                 max_inbound_chars=defaults.max_inbound_chars,
                 log=log,
+                media=MediaReader(
+                    fetchers=fetchers,
+                    transcriber=transcriber,
+                    max_bytes=media_config.max_bytes,
+                    log=log,
+                ),
             )
             yield App(
                 settings=settings,
@@ -242,5 +265,7 @@ async def open_app(
                 hub.remove(metrics.observe)
                 await stream.close()
             await llm.close()
+            if transcriber is not None:
+                await transcriber.close()
             for provider in providers.values():
                 await provider.close()

@@ -61,6 +61,11 @@ class CompactionConfig(_Model):
     model: str | None = None
 
 
+class MediaConfig(_Model):
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    transcription_model: str | None = None
+
+
 def _default_model_choice() -> ModelChoice:
     return ModelChoice(
         primary="lmstudio/minimax-m2.1-gs32",
@@ -77,6 +82,7 @@ class AgentDefaults(_Model):
     lease_seconds: float = Field(default=30, gt=0)
     max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
+    media: MediaConfig = MediaConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -448,6 +454,9 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     compaction = defaults.get("compaction")
     if isinstance(compaction, dict):
         refs.append(((*here, "compaction", "model"), compaction.get("model")))
+    media = defaults.get("media")
+    if isinstance(media, dict):
+        refs.append(((*here, "media", "transcriptionModel"), media.get("transcriptionModel")))
 
     problems: list[tuple[Loc, str]] = []
     for loc, ref in refs:

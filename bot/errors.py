@@ -101,3 +101,12 @@ class AllModelsFailed(BotError):
 
 class CommandError(BotError):
     """A chat command could not be carried out; the message is shown to the person."""
+
+
+class MediaRejected(BotError):
+    """An attachment could not be used; `reason` says why, in a word the logs can count:
+    "too_large", "unsupported", "fetch_failed" or "not_configured"."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -38,7 +38,7 @@ from bot.llm.lmstudio import LMStudioModels
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
-from bot.messages import Turn
+from bot.messages import Attachment, Turn
 from bot.reads import Read
 
 LOAD_SECONDS = 600.0  # how long a background load may take (large models load for minutes)
@@ -79,15 +79,20 @@ class FailoverClient:
         max_output_tokens: int | None = None,
         breakers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        images: Sequence[Attachment] = (),
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
         `max_output_tokens` caps the answer below each model's own maxTokens. `breakers` are
         decisions read beforehand (`read_breakers`); other models are checked here.
         `deadline` (event-loop time): no model is waited on to start answering past it.
+        `images`: pictures for the last turn; only models whose `input` takes images are tried.
         """
         failures: list[str] = []
-        chain = [m for m in self.registry.chain(primary) if self._usable(m, conversation, failures)]
+        chain = self.registry.chain(primary)
+        if images:
+            chain = [m for m in chain if m.images]
+        chain = [m for m in chain if self._usable(m, conversation, failures)]
         skipped: list[ModelInfo] = []
         for index, model in enumerate(chain):
             if model.loaded is False and index + 1 < len(chain):
@@ -113,6 +118,7 @@ class FailoverClient:
             completion = await self._attempt(
                 model, instructions, turns, conversation, max_output_tokens, breaker=decision,
                 following=[*chain[index + 1 :], *skipped], failures=failures, deadline=deadline,
+                images=images,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -120,6 +126,7 @@ class FailoverClient:
             completion = await self._attempt(
                 model, instructions, turns, conversation, max_output_tokens, breaker=OPEN,
                 following=skipped[index + 1 :], failures=failures, deadline=deadline,
+                images=images,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -217,6 +224,7 @@ class FailoverClient:
         following: Sequence[ModelInfo],
         failures: list[str],
         deadline: float | None,
+        images: Sequence[Attachment] = (),
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
 
@@ -232,6 +240,7 @@ class FailoverClient:
             instructions=instructions,
             turns=turns,
             max_output_tokens=min(model.output_reserve, max_output_tokens or model.output_reserve),
+            images=images,
         )
         started = time.perf_counter()
         try:
