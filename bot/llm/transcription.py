@@ -42,9 +42,8 @@ class OpenAITranscriber:
             )
         except openai.OpenAIError as exc:
             raise translate(exc, str(self.ref)) from exc
-        extra = result.model_extra or {}
-        usage = extra.get("usage") if isinstance(extra.get("usage"), dict) else None
-        seconds = extra.get("duration") or (usage or {}).get("seconds")
+        usage = getattr(result, "usage", None)  # {type: "duration", seconds} where given
+        seconds = getattr(usage, "seconds", None) or (result.model_extra or {}).get("duration")
         return Transcript(
             text=result.text.strip(),
             seconds=float(seconds) if isinstance(seconds, int | float) else None,
