@@ -168,7 +168,8 @@ async def test_whatsapp_photo_goes_to_the_first_vision_model_fetched_with_creden
         assert "What animal is this?" in seen.prompt
         resource, cdn = twilio.media_hits
         assert resource.auth == (twilio.account_sid, twilio.auth_token)
-        assert cdn.path.startswith("/cdn/") and cdn.host != resource.host
+        assert cdn.path.startswith("/cdn/")
+        assert cdn.host != resource.host
         assert cdn.authorization is None
         [fetched] = events.events("media_fetched")
         assert (fetched["type"], fetched["bytes"]) == ("image/jpeg", len(PHOTO))
@@ -178,7 +179,8 @@ async def test_whatsapp_photo_goes_to_the_first_vision_model_fetched_with_creden
         await asyncio.wait_for(twilio.wait_for_messages(2), 20)
         [later] = text.requests_to("/responses")
         assert later.images == []
-        assert "[picture]" in later.prompt and "What animal is this?" in later.prompt
+        assert "[picture]" in later.prompt
+        assert "What animal is this?" in later.prompt
         assert len(vision.requests_to("/responses")) == 1
     b64 = base64.b64encode(PHOTO).decode()
     assert_private(events, url, twilio.auth_token, "/cdn/", b64[:40], "a picture of a cat")
@@ -210,7 +212,8 @@ async def test_telegram_photo_with_caption_sends_the_largest_size(
         await post_telegram(gw, private_text_update(text="And its name?", update_id=2))
         await eventually(lambda: len(telegram.sent) == 2)
         [later] = text.requests_to("/responses")
-        assert later.images == [] and "[picture]" in later.prompt
+        assert later.images == []
+        assert "[picture]" in later.prompt
     path = telegram.files[large_id][0]
     assert_private(events, telegram.token, path, base64.b64encode(PHOTO).decode()[:40])
 
@@ -236,7 +239,8 @@ async def test_whatsapp_voice_note_is_transcribed_and_answered(
     [seen] = text.requests_to("/responses")
     assert f"[voice note] {text.transcript}" in seen.prompt
     [transcribed] = events.events("transcribed")
-    assert transcribed["seconds"] == text.transcript_seconds and transcribed["ms"] >= 0
+    assert transcribed["seconds"] == text.transcript_seconds
+    assert transcribed["ms"] >= 0
     assert_private(events, url, text.transcript, twilio.auth_token)
 
 
@@ -257,7 +261,8 @@ async def test_a_file_over_max_bytes_is_refused_while_downloading(
         assert answer.body == too_large(MAX_BYTES)
         [sent] = twilio.cdn_bytes_sent.values()
     assert sent < total
-    assert vision.requests == [] and text.requests == []
+    assert vision.requests == []
+    assert text.requests == []
     [rejected] = events.events("media_rejected")
     assert rejected["reason"] == "too_large"
     assert_private(events, url)
@@ -277,7 +282,8 @@ async def test_voice_notes_without_a_transcription_model_get_a_short_reply(
         )
         await eventually(lambda: len(telegram.sent) == 1)
     assert telegram.sent[0]["text"] == NO_EARS
-    assert telegram.calls_to("getFile") == [] and text.requests == []
+    assert telegram.calls_to("getFile") == []
+    assert text.requests == []
 
 
 async def test_a_failed_transcription_gets_an_apology_and_no_model_call(
@@ -297,9 +303,11 @@ async def test_a_failed_transcription_gets_an_apology_and_no_model_call(
         await eventually(lambda: len(telegram.sent) == 1)
     assert telegram.sent[0]["text"] == NOT_HEARD
     assert len(text.transcriptions) == 1
-    assert text.requests_to("/responses") == [] and vision.requests == []
+    assert text.requests_to("/responses") == []
+    assert vision.requests == []
     [rejected] = events.events("media_rejected")
-    assert rejected["reason"] == "transcription" and "500" in rejected["error"]
+    assert rejected["reason"] == "transcription"
+    assert "500" in rejected["error"]
 
 
 async def test_unsupported_attachments_get_a_short_reply(
@@ -315,7 +323,9 @@ async def test_unsupported_attachments_get_a_short_reply(
         await post_whatsapp(gw, fields, twilio.auth_token)
         [answer] = await asyncio.wait_for(twilio.wait_for_messages(1), 20)
     assert answer.body == UNSUPPORTED
-    assert twilio.media_hits == [] and text.requests == [] and vision.requests == []
+    assert twilio.media_hits == []
+    assert text.requests == []
+    assert vision.requests == []
 
 
 async def test_failover_keeps_a_picture_to_image_capable_models(
