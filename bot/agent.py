@@ -1,4 +1,5 @@
-"""One turn, start to end: access → commands → memory → model (with failover) → the reply.
+"""One turn, start to end: access → commands → attachments → memory → model (with failover)
+→ the reply. Attachments are fetched by their channel only after the access check.
 
 The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
 whose reply holds a command's answer and/or only the model's final text (or a short apology),
@@ -183,11 +184,14 @@ class Agent:
     async def _read_media(
         self, batch: Sequence[InboundMessage], chain: Sequence[ModelInfo], deadline: float
     ) -> TurnMedia:
-        """The turn's attachments, fetched within the turn's time (after the access check)."""
+        """The turn's attachments, fetched within the turn's time (after the access check).
+        Pictures are refused before any download when no usable model takes images."""
         assert self.media is not None
+        providers = self.llm.providers
+        vision = any(m.images and providers[m.ref.provider].missing_key is None for m in chain)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.media.read(batch, vision=any(m.images for m in chain))
+                return await self.media.read(batch, vision=vision)
         except TimeoutError:
             last = batch[-1]
             self.log.warning(

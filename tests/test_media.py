@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.media import NO_EARS, NOT_HEARD, UNSUPPORTED, too_large
+from bot.media import NO_EARS, NOT_HEARD, TOO_SLOW, UNSUPPORTED, too_large
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, server_error
 from tests.fakes.telegram_server import (
@@ -55,6 +55,7 @@ def media_config(
     vision_api: str = "openai-responses",
     vision_first: bool = False,
     transcription: bool = True,
+    timeout: float = 20,
 ) -> str:
     """Text-only `local/local-model` and image-capable `vision/vision-model` (second unless
     `vision_first`); voice notes to `local/whisper-1` when `transcription`."""
@@ -67,7 +68,7 @@ def media_config(
         "agents": {"defaults": {
             "model": {"primary": chain[0], "fallbacks": chain[1:]},
             "systemPrompt": "You are a test assistant.",
-            "timeoutSeconds": 20,
+            "timeoutSeconds": timeout,
             "media": media,
         }},
         "models": {"mode": "replace", "providers": {
@@ -345,3 +346,22 @@ async def test_failover_keeps_a_picture_to_image_capable_models(
     assert "can't reach a language model" in (answer.body or "")
     assert len(vision.requests_to("/responses")) == 1
     assert text.requests_to("/responses") == []
+
+
+async def test_a_download_that_stalls_ends_within_the_turns_timeout(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """A CDN that sends headers and then nothing is given up on at the turn's timeout (here
+    1 s): the person is asked to send it again, and no model runs."""
+    text, vision = models
+    config = media_config(text.base_url, vision.base_url, timeout=1)
+    url = twilio.add_media("image/jpeg", hang=True)
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config) as gw:
+        fields = whatsapp_inbound(body="Look!", media=[(url, "image/jpeg")])
+        await post_whatsapp(gw, fields, twilio.auth_token)
+        [answer] = await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+    assert answer.body == TOO_SLOW
+    assert vision.requests == []
+    [rejected] = events.events("media_rejected")
+    assert rejected["reason"] == "timeout"

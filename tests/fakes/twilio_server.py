@@ -119,6 +119,7 @@ class StoredMedia:
     content_type: str
     data: bytes = b""
     streamed: int = 0
+    hang: bool = False  # the CDN sends the headers, then nothing until the fake closes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,13 +219,19 @@ class FakeTwilio:
         return list(self.messages)
 
     def add_media(
-        self, content_type: str, data: bytes = b"", *, streamed: int = 0, message_sid: str = ""
+        self,
+        content_type: str,
+        data: bytes = b"",
+        *,
+        streamed: int = 0,
+        hang: bool = False,
+        message_sid: str = "",
     ) -> str:
         """Store an inbound attachment; return its MediaUrl as a webhook would carry it."""
         media_sid = _new_sid("ME")
         message_sid = message_sid or _new_sid("MM")
         self._media[media_sid] = StoredMedia(
-            content_type=content_type, data=data, streamed=streamed
+            content_type=content_type, data=data, streamed=streamed, hang=hang
         )
         path = _MEDIA_PATH.format(
             account_sid=self.account_sid, message_sid=message_sid, media_sid=media_sid
@@ -265,6 +272,11 @@ class FakeTwilio:
         stored = self._media.get(key)
         if stored is None:
             return web.Response(status=404)
+        if stored.hang:
+            response = web.StreamResponse(headers={"Content-Type": stored.content_type})
+            await response.prepare(request)
+            await self._closing.wait()
+            return response
         if not stored.streamed:
             return web.Response(body=stored.data, headers={"Content-Type": stored.content_type})
         response = web.StreamResponse(headers={"Content-Type": stored.content_type})
