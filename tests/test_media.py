@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.config import TelegramConfig
 from bot.media import NO_EARS, NOT_HEARD, TOO_SLOW, UNSUPPORTED, too_large
+from bot.messages import InboundMessage
+from bot.settings import Settings
+from channels.base import RawRequest
+from channels.telegram import TelegramChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, server_error
 from tests.fakes.telegram_server import (
@@ -365,3 +370,52 @@ async def test_a_download_that_stalls_ends_within_the_turns_timeout(
     assert vision.requests == []
     [rejected] = events.events("media_rejected")
     assert rejected["reason"] == "timeout"
+
+
+def telegram_channel(events: CapturedEvents, *, require_mention: bool = True) -> TelegramChannel:
+    settings = Settings(_env_file=None, telegram_bot_token="1:tok", telegram_webhook_secret=SECRET)  # type: ignore[call-arg]
+    config = TelegramConfig(dm_policy="open", require_mention=require_mention)
+    channel = TelegramChannel(settings=settings, config=config, http=None, log=events.log)  # type: ignore[arg-type]
+    channel.me = {"id": 123456, "username": "switchboard_test_bot"}
+    return channel
+
+
+def parse(channel: TelegramChannel, update: dict[str, Any]) -> list[InboundMessage]:
+    body = json.dumps(update).encode()
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    return channel.parse(RawRequest(url=f"{PUBLIC}/webhooks/telegram", headers=headers, body=body))
+
+
+def test_telegram_parses_photos_voice_and_documents_with_their_types(
+    events: CapturedEvents,
+) -> None:
+    """A photo is its largest size's file id (image/jpeg) with the caption as text; a voice
+    note and a document carry their mime types and sizes; a sticker is still ignored."""
+    channel = telegram_channel(events)
+    sizes = [("small", 90, 60, 5), ("large", 1280, 853, 900), ("mid", 320, 213, 60)]
+    [photo] = parse(channel, private_photo_update(sizes=sizes, caption="Look", update_id=1))
+    assert (photo.text, photo.media) == ("Look", ("large",))
+    assert (photo.meta["type0"], photo.meta["size0"]) == ("image/jpeg", "900")
+    [voice] = parse(channel, private_voice_update(file_id="v1", file_size=42, update_id=2))
+    assert (voice.text, voice.media, voice.meta["type0"]) == ("", ("v1",), "audio/ogg")
+    document = private_text_update(update_id=3)
+    del document["message"]["text"]
+    document["message"]["document"] = {"file_id": "d1", "mime_type": "application/pdf"}
+    [doc] = parse(channel, document)
+    assert (doc.media, doc.meta["type0"]) == (("d1",), "application/pdf")
+    sticker = private_text_update(update_id=4)
+    del sticker["message"]["text"]
+    sticker["message"]["sticker"] = {"file_id": "s1", "width": 512, "height": 512}
+    assert parse(channel, sticker) == []
+
+
+def test_telegram_group_photos_need_a_mention_in_the_caption(events: CapturedEvents) -> None:
+    """In a group, a photo is for the bot only when its caption mentions it (the mention is
+    taken out of the text)."""
+    channel = telegram_channel(events)
+    update = private_photo_update(sizes=[("p", 10, 10, 1)], caption="nice", update_id=1)
+    update["message"]["chat"] = {"id": -100123, "type": "supergroup", "title": "Group"}
+    assert parse(channel, update) == []
+    update["message"]["caption"] = "@switchboard_test_bot what is this?"
+    [message] = parse(channel, update)
+    assert (message.text, message.media) == ("what is this?", ("p",))
