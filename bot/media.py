@@ -119,14 +119,17 @@ class MediaReader:
         started = time.perf_counter()
         got = await fetcher.fetch_media(message, index, max_bytes=self.max_bytes)
         kind = media_type(got.content_type)
+        if kind in ("", "application/octet-stream"):
+            kind = declared  # a file server that says no more than bytes
         self.log.info(
             "media_fetched", channel=message.channel, conversation=message.conversation,
             type=kind, bytes=len(got.data), ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip
-        self._check(kind, vision=vision)
+        self._check(kind or "application/octet-stream", vision=vision)
         if kind in IMAGE_TYPES:
             return PICTURE, Attachment(content_type=kind, data=got.data)
-        return f"{VOICE_NOTE} {await self._transcribe(message, got)}", None
+        audio = Attachment(content_type=kind, data=got.data)
+        return f"{VOICE_NOTE} {await self._transcribe(message, audio)}", None
 
     def _check(self, kind: str, *, vision: bool) -> None:
         """Refuse, before or after the download, what no model here could take."""

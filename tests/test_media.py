@@ -419,3 +419,21 @@ def test_telegram_group_photos_need_a_mention_in_the_caption(events: CapturedEve
     update["message"]["caption"] = "@switchboard_test_bot what is this?"
     [message] = parse(channel, update)
     assert (message.text, message.media) == ("what is this?", ("p",))
+
+
+async def test_an_attachment_of_no_known_type_is_refused_after_download(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """An attachment declared with no type and served as bare bytes is refused as unsupported:
+    it is neither shown to a model nor sent for transcription."""
+    text, vision = models
+    config = media_config(text.base_url, vision.base_url)
+    url = twilio.add_media("application/octet-stream", b"\x00\x01 mystery")
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config) as gw:
+        await post_whatsapp(gw, whatsapp_inbound(body="?", media=[(url, "")]), twilio.auth_token)
+        [answer] = await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+    assert answer.body == UNSUPPORTED
+    assert text.transcriptions == []
+    assert text.requests == []
+    assert vision.requests == []
