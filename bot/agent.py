@@ -5,6 +5,8 @@ The agent never sees a platform: it takes the messages of one turn and returns a
 whose reply holds a command's answer and/or only the model's final text (or a short apology),
 or no reply at all for a message that must be dropped. The caller stores `remember` (the
 worker does so atomically with the turn's state); commands are never remembered.
+Each turn's model calls are accounted at its end in one pipeline (bot.usage); a sender past
+`session.dailyTokenBudget` gets one notice a day and no model call (admins are exempt).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from bot.access import RedisAccess, Verdict
+from bot.access import RedisAccess, Role, Verdict
 from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.choice import RedisModelChoice, Source
@@ -29,6 +31,7 @@ from bot.media import TOO_SLOW, MediaReader, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, read_together
+from bot.usage import RedisUsage
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -37,9 +40,11 @@ TOO_LONG = (
     "This is too long for the model, even with the conversation condensed. Please send a "
     "shorter message, or /new to start over."
 )
+BUDGET_NOTICE = "You've reached today's limit; it resets at 00:00 UTC."
 OVERFLOW_RETRIES = 2
-# What a model turn reads first: the model choice, the history, the breaker decisions.
-TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, str]]
+# What a model turn reads first: the model choice, the history, the breaker decisions, and
+# (sender, tokens the sender used today) for the daily budget.
+TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, str], tuple[str, int]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +72,8 @@ class Agent:
         max_inbound_chars: int,
         log: Logger,
         clock: Callable[[], float] = time.time,
+        usage: RedisUsage | None = None,
+        daily_token_budget: int = 0,
         media: MediaReader | None = None,
     ) -> None:
         self.redis = redis
@@ -80,20 +87,34 @@ class Agent:
         self.max_inbound_chars = max_inbound_chars
         self.log = log
         self.clock = clock
+        self.usage = usage
+        self.daily_token_budget = daily_token_budget
         self.media = media
 
-    async def run_turn(self, batch: Sequence[InboundMessage]) -> TurnResult:
-        """Answer a burst of messages as one turn; when no model can, a short apology."""
-        return await self._turn(batch, raise_failures=False)
+    async def run_turn(
+        self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
+    ) -> TurnResult:
+        """Answer a burst of messages as one turn; when no model can, a short apology.
+
+        `allowed` is called once a message passed the access check (the worker starts the
+        "typing…" indicator there, so strangers never see it)."""
+        return await self._turn(batch, raise_failures=False, allowed=allowed)
 
     async def answer(self, batch: Sequence[InboundMessage]) -> TurnResult:
         """Like run_turn, but raise AllModelsFailed / ModelError instead of apologising."""
         return await self._turn(batch, raise_failures=True)
 
-    async def _turn(self, batch: Sequence[InboundMessage], *, raise_failures: bool) -> TurnResult:
+    async def _turn(
+        self,
+        batch: Sequence[InboundMessage],
+        *,
+        raise_failures: bool,
+        allowed: Callable[[], None] | None = None,
+    ) -> TurnResult:
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
+        roles: list[Role] = []
         is_command = [parse_command(m.text) is not None for m in batch]
         # A command may change what the model turn reads (/new, /model): then it reads later.
         verdicts, ahead = await self._read_ahead(batch, with_turn_state=not any(is_command))
@@ -102,20 +123,34 @@ class Agent:
                 verdict = await self.access.pair(message)
             if not verdict.allowed:
                 replies += [verdict.reply] if verdict.reply else []
-            elif command:
+                continue
+            if allowed is not None:
+                allowed()
+            if command:
                 replies.append(await self.commands.handle(message, verdict.role))
             else:
                 for_model.append(message)
+                roles.append(verdict.role)
         remember: tuple[Turn, ...] = ()
-        if for_model:
-            try:
-                text, remember = await self._model_turn(for_model, ahead)
-            except (AllModelsFailed, ModelError) as exc:
-                self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-                if raise_failures:
-                    raise
-                text = _apology_for(exc)
-            replies.append(text)
+        try:
+            if for_model:
+                try:
+                    answer, remember = await self._model_turn(
+                        for_model, ahead, exempt=roles[-1] == "admin"
+                    )
+                except (AllModelsFailed, ModelError) as exc:
+                    self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
+                    if raise_failures:
+                        raise
+                    answer = _apology_for(exc)
+                replies += [answer] if answer is not None else []
+        finally:  # what the turn's calls (and a /compact's) used, in one round trip
+            if self.usage is not None:
+                await self.usage.record(
+                    sender=(for_model or batch)[-1].sender,
+                    conversation=last.conversation,
+                    calls=self.usage.take(last.conversation),
+                )
         if not replies:
             return TurnResult(reply=None)
         reply = OutboundMessage(
@@ -127,11 +162,17 @@ class Agent:
         return TurnResult(reply=reply, remember=remember)
 
     async def _model_turn(
-        self, batch: Sequence[InboundMessage], ahead: TurnState | None
-    ) -> tuple[str, tuple[Turn, ...]]:
-        """The model's final text for these messages, and the exchange to remember. `ahead`:
-        the turn's state if read already."""
+        self, batch: Sequence[InboundMessage], ahead: TurnState | None, *, exempt: bool
+    ) -> tuple[str | None, tuple[Turn, ...]]:
+        """The model's final text for these messages (None: say nothing), and the exchange
+        to remember. `ahead`: the turn's state if read already; `exempt`: no daily budget."""
         last = batch[-1]
+        if ahead is None or ahead[3][0] != last.sender:
+            _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
+        assert ahead is not None
+        (primary, _), state, breakers, (_, spent) = ahead
+        if self.daily_token_budget and not exempt and spent >= self.daily_token_budget:
+            return await self._over_budget(last, spent), ()
         conversation = last.conversation
         started = time.perf_counter()
         self.log.info(
@@ -142,10 +183,6 @@ class Agent:
             messages=len(batch),
         )
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
-        if ahead is None:
-            _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
-        assert ahead is not None
-        (primary, _), state, breakers = ahead
         chain = self.llm.registry.chain(primary)
         if not chain:
             raise AllModelsFailed("no model is configured (models.providers is empty)")
@@ -200,6 +237,18 @@ class Agent:
             )  # fmt: skip
             return TurnMedia(refusal=TOO_SLOW)
 
+    async def _over_budget(self, last: InboundMessage, spent: int) -> str | None:
+        """The sender is past today's budget: the notice, the first time today; then None."""
+        assert self.usage is not None
+        first = await self.usage.first_notice(last.sender)
+        fields = {"channel": last.channel, "conversation": last.conversation,
+                  "tokens": spent, "budget": self.daily_token_budget}  # fmt: skip
+        if first:
+            self.log.warning("budget_exceeded", **fields)
+            return BUDGET_NOTICE
+        self.log.info("turn_skipped", **fields, error="daily token budget reached")
+        return None
+
     def _clip(self, text: str) -> str:
         """Text over maxInboundChars is cut, and the model is told."""
         if len(text) <= self.max_inbound_chars:
@@ -219,15 +268,22 @@ class Agent:
         conversation = batch[-1].conversation
         no_breakers: Read[dict[str, str]] = Read.value({})
         no_local: Read[dict[str, ProviderStates]] = Read.value({})
-        checked, choice, state, breakers, _ = await read_together(
+        sender = batch[-1].sender
+        spent = (
+            self.usage.read_spent(sender)
+            if self.usage is not None and self.daily_token_budget
+            else Read.value(0)
+        )
+        checked, choice, state, breakers, _, used = await read_together(
             self.redis,
             verdicts,
             self.choice.read_current(conversation),
             self.compactor.memory.read_state(conversation),
             self.llm.read_breakers() or no_breakers,
             self.llm.local.read() if self.llm.local else no_local,  # what LM Studio has loaded
+            spent,  # the sender's tokens today, for the daily budget
         )
-        return checked, (choice, state, breakers)
+        return checked, (choice, state, breakers, (sender, used))
 
     async def _complete(
         self,

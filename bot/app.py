@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
 from bot.spool import Spool, SpoolDrainer, SpooledIntake
+from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
@@ -60,6 +62,8 @@ class App:
     metrics: Metrics
     whatsapp: WhatsAppChannel | None
     telegram: TelegramChannel | None
+    background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
+    usage: RedisUsage  # tokens and cost per sender, model and conversation; daily budgets
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -86,6 +90,7 @@ class App:
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
+            retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
         )
 
     def web_app(self) -> web.Application:
@@ -178,9 +183,11 @@ async def open_app(
         )
         registry = ModelRegistry(config, local)
         breaker = RedisBreaker(redis.client, log=log)
+        usage = RedisUsage(redis.client, prices=Prices(config), log=log)
         llm = FailoverClient(
-            registry=registry, providers=providers, log=log, breaker=breaker, local=local
-        )
+            registry=registry, providers=providers, log=log, breaker=breaker, local=local,
+            usage=usage,
+        )  # fmt: skip
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
         media_config = config.agents.defaults.media
         heard = media_config.transcription_model
@@ -217,6 +224,8 @@ async def open_app(
                 breaker=breaker,
                 model_switch=config.commands.model_switch,
                 log=log,
+                usage=usage,
+                daily_token_budget=config.session.daily_token_budget,
             )
             agent = Agent(
                 redis=redis.client,
@@ -229,6 +238,8 @@ async def open_app(
                 turn_timeout=defaults.timeout_seconds,
                 max_inbound_chars=defaults.max_inbound_chars,
                 log=log,
+                usage=usage,
+                daily_token_budget=config.session.daily_token_budget,
                 media=MediaReader(
                     fetchers=fetchers,
                     transcriber=transcriber,
@@ -254,6 +265,8 @@ async def open_app(
                 metrics=metrics,
                 whatsapp=whatsapp,
                 telegram=telegram,
+                background=(stream.task,) if stream.task is not None else (),
+                usage=usage,
             )
         finally:
             spool.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import json
+import math
 import os
 import signal
 import sys
@@ -18,17 +21,21 @@ import aiohttp
 from aiohttp import web
 from dotenv import dotenv_values
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from bot import __version__
 from bot.app import App, open_app
 from bot.config import Config, load_config
+from bot.deadletters import DeadLetterError, RedisDeadLetters
 from bot.doctor import diagnose, render
 from bot.errors import AllModelsFailed, BotError, ChannelSendError, ConfigError, ModelError
 from bot.llm.registry import ModelRegistry
 from bot.logreader import Filters, Printer, parse_since, show_logs
 from bot.logs import EventHub, FileSink, Logger, make_logger
-from bot.redisdb import EmbeddedRedis, answers
+from bot.procs import ProcessGroup, child_argv, child_env
+from bot.redisdb import EmbeddedRedis, answers, open_redis
 from bot.settings import Settings
+from bot.usage import Totals
 from channels.console import ConsoleChannel
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
 
@@ -52,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="all (default): both in one process; web: HTTP intake only; worker: turns only",
     )
+    serve.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes of the role under one parent that restarts any that die; "
+        "web and all share BOT_PORT (SO_REUSEPORT) (default 1)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     chat = commands.add_parser("chat", help="talk to the gateway's models from this terminal")
     chat.add_argument("-m", "--message", help="send one message, print only the reply, exit")
@@ -95,10 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     approve = pairing_commands.add_parser("approve", help="let the person with CODE in")
     approve.add_argument("code")
 
+    dead = commands.add_parser(
+        "dead-letters", help="turns that failed too often to retry by themselves"
+    )
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    dead_commands.add_parser("list", help="show them, oldest first: ID, conversation, error")
+    retry = dead_commands.add_parser(
+        "retry", help="put ID's messages back at the front of its conversation and run them"
+    )
+    retry.add_argument("id")
+    drop = dead_commands.add_parser("drop", help="forget ID (its messages stay unanswered)")
+    drop.add_argument("id")
+
     model = commands.add_parser("model", help="model choices")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     history = model_commands.add_parser("history", help="the latest model changes (audit)")
     history.add_argument("-n", type=int, default=20, help="how many (default 20)")
+
+    usage = commands.add_parser(
+        "usage", help="tokens and cost by sender, model or day (from the gateway's Redis)"
+    )
+    usage.add_argument(
+        "--by", choices=["sender", "model", "day"], default="sender",
+        help="one row per sender (default), model or UTC day",
+    )  # fmt: skip
+    usage.add_argument(
+        "--since", default="7d", help="the last N days (UTC, today included): 1d, 7d (default)"
+    )
+    usage.add_argument(
+        "--json", action="store_true", help="one JSON object per row (tokens_in, tokens_out, cost)"
+    )
 
     config = commands.add_parser("config", help="inspect the gateway config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -127,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_async(tail_logs(settings, config, args))
             except KeyboardInterrupt:
                 return EXIT_OK
+        if args.command == "dead-letters":
+            return run_async(dead_letters(settings, args))
+        if args.command == "usage":
+            log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
+            return run_async(usage_report(settings, config, log, args))
         if args.command in ("pairing", "model"):
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(admin(settings, config, log, args))
@@ -148,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce_config(log, config)
     try:
         if serving:
-            return run_async(serve(settings, config, log, args.role, hub))
+            if args.procs > 1:
+                return run_async(serve_procs(settings, config, log, args.role, args.procs))
+            return run_async(serve(settings, config, log, args.role, hub, args.reuse_port))
         return run_async(chat(settings, config, log, args.message, args.user, hub))
     finally:
         file_sink.close()
@@ -220,8 +269,43 @@ def config_check(settings: Settings, file: str | None) -> int:
     return EXIT_OK
 
 
+async def serve_procs(settings: Settings, config: Config, log: Logger, role: str, n: int) -> int:
+    """`bot serve --procs N`: the children share one Redis (the embedded one started here when
+    REDIS_URL is unset) and, for web and all, one port."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.bot_data_dir)
+    try:
+        if embedded is not None:
+            await embedded.start()
+        group = ProcessGroup(
+            count=n,
+            argv=child_argv(role),
+            env=child_env(embedded.url if embedded else None),
+            log=log,
+            grace_seconds=config.agents.defaults.timeout_seconds + 15,
+        )
+        log.info("server_started", role=role, procs=n, port=settings.bot_port)
+        code = await group.run(stop)
+    except BotError as exc:
+        log.error("server_failed", error=str(exc))
+        return EXIT_FAILED
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+    log.info("server_stopped", role=role, procs=n)
+    return EXIT_OK if code == 0 else EXIT_FAILED
+
+
 async def serve(
-    settings: Settings, config: Config, log: Logger, role: str, hub: EventHub | None = None
+    settings: Settings,
+    config: Config,
+    log: Logger,
+    role: str,
+    hub: EventHub | None = None,
+    reuse_port: bool = False,
 ) -> int:
     """Run the role until SIGTERM or SIGINT; then stop intake, drain turns, close, exit 0."""
     stop = asyncio.Event()
@@ -243,16 +327,20 @@ async def serve(
                 if web_role:
                     if app.telegram is not None:
                         await identify_telegram(app.telegram, log)
-                    tasks.append(asyncio.create_task(app.spool_drainer().run(stop)))
+                    tasks.append(
+                        asyncio.create_task(app.spool_drainer().run(stop), name="spool_drainer")
+                    )
                     runner = web.AppRunner(app.web_app(), access_log=None)
                     await runner.setup()
-                    await web.TCPSite(runner, settings.bot_host, settings.bot_port).start()
+                    await web.TCPSite(
+                        runner, settings.bot_host, settings.bot_port, reuse_port=reuse_port or None
+                    ).start()
                     if (poller := app.poller()) is not None:
-                        tasks.append(asyncio.create_task(poller.run(stop)))
+                        tasks.append(asyncio.create_task(poller.run(stop), name="poller"))
                 if worker_role:
-                    tasks.append(asyncio.create_task(app.worker().run(stop)))
+                    tasks.append(asyncio.create_task(app.worker().run(stop), name="worker"))
                     if app.local is not None:  # what LM Studio has loaded, every minute
-                        tasks.append(asyncio.create_task(app.local.run(stop)))
+                        tasks.append(asyncio.create_task(app.local.run(stop), name="lmstudio"))
                 listening = {"url": f"http://{settings.bot_host}:{settings.bot_port}"}
                 log.info(
                     "server_started",
@@ -266,13 +354,15 @@ async def serve(
                 # 80 ms under load in bench.pipeline, stalling every request in flight).
                 gc.collect()
                 gc.freeze()
-                await stop.wait()
+                died = await supervise(stop, [*tasks, *app.background], log)
                 log.info("server_stopping", role=role)
             finally:
                 stop.set()
                 if runner is not None:
                     await runner.cleanup()
-                await asyncio.gather(*tasks)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if died:
+                return EXIT_FAILED
     except BotError as exc:
         log.error("server_failed", error=str(exc))
         return EXIT_FAILED
@@ -281,6 +371,31 @@ async def serve(
         return EXIT_FAILED
     log.info("server_stopped", role=role)
     return EXIT_OK
+
+
+async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], log: Logger) -> bool:
+    """Wait until `stop` is set; True if a background task ended first (it crashed, or
+    returned when it should run on): the process then exits non-zero so its supervisor
+    (systemd, compose) restarts it."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    # A task that returned because `stop` was just set has not died; one that raised has.
+    died = [
+        task for task in tasks
+        if task in done and (task.cancelled() or task.exception() or not stop.is_set())
+    ]  # fmt: skip
+    for task in died:
+        exc = None if task.cancelled() else task.exception()
+        log.error(
+            "task_failed",
+            task=task.get_name(),
+            error=f"{type(exc).__name__}: {exc}" if exc else "it stopped",
+            exc_info=exc,
+        )
+    return bool(died)
 
 
 async def identify_telegram(telegram: TelegramChannel, log: Logger) -> None:
@@ -353,6 +468,74 @@ async def admin(settings: Settings, config: Config, log: Logger, args: argparse.
             return EXIT_FAILED
         print(f"approved {approved.sender}")
         return EXIT_OK
+
+
+async def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    """`bot dead-letters list|retry ID|drop ID` against the gateway's Redis."""
+    async with open_redis(settings.redis_url, settings.bot_data_dir) as redis:
+        letters = RedisDeadLetters(redis.client)
+        try:
+            if args.dead_command == "list":
+                found = await letters.list()
+                for letter in found:
+                    when = datetime.fromtimestamp(letter.ts).strftime("%Y-%m-%d %H:%M:%S")
+                    try:
+                        what = f"{len(letter.message_bodies())} message(s)"
+                    except DeadLetterError:
+                        what = "unreadable messages"
+                    print(
+                        f"{letter.id}  {when}  {letter.conversation}  {what}  "
+                        f"attempts={letter.attempts}  {letter.error}"
+                    )
+                if not found:
+                    print("no dead letters")
+                return EXIT_OK
+            if args.dead_command == "retry":
+                letter = await letters.retry(args.id)
+                print(f"retrying {letter.id}: back in {letter.conversation}'s inbox")
+                return EXIT_OK
+            letter = await letters.drop(args.id)
+            print(f"dropped {letter.id} ({letter.conversation})")
+            return EXIT_OK
+        except DeadLetterError as exc:
+            print(f"bot: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except (RedisError, OSError) as exc:
+            print(f"bot: Redis did not answer ({redis.where}): {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+
+async def usage_report(
+    settings: Settings, config: Config, log: Logger, args: argparse.Namespace
+) -> int:
+    """`bot usage`: totals of the last days by sender, model or day; full ids (operators)."""
+    try:
+        days = max(1, math.ceil(parse_since(args.since) / 86400))
+    except ValueError as exc:
+        print(f"bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    async with open_app(settings, config, log) as app:
+        rows = await app.usage.report(by=args.by, days=days)
+    if args.json:
+        for row in rows:
+            print(json.dumps({args.by: row.key, **row.totals.to_dict()}))
+        return EXIT_OK
+    if not rows:
+        print(f"no usage recorded in the last {days} day(s)")
+        return EXIT_OK
+    total = Totals()
+    for row in rows:
+        total.add(row.totals)
+    width = max(len(args.by), 5, *(len(row.key) for row in rows))
+    head = ("TURNS", "TOKENS_IN", "TOKENS_OUT", "CACHED", "COST_USD", "LOCAL")
+    print(f"{args.by.upper():<{width}}  " + "  ".join(f"{h:>10}" for h in head))
+    for key, totals in [*((r.key, r.totals) for r in rows), ("total", total)]:
+        cells = (totals.turns, totals.tokens_in, totals.tokens_out, totals.cached_in)
+        print(
+            f"{key:<{width}}  " + "  ".join(f"{c:>10,}" for c in cells)
+            + f"  {totals.cost:>10.4f}  {totals.local_share:>10.0%}"
+        )  # fmt: skip
+    return EXIT_OK
 
 
 async def telegram_admin(settings: Settings, config: Config, action: str) -> int:

@@ -22,6 +22,7 @@ from bot.llm.types import ModelRef
 from bot.logs import Logger
 from bot.memory import Compactor, RedisMemory
 from bot.messages import InboundMessage
+from bot.usage import RedisUsage, Totals
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +92,8 @@ class Commands:
         breaker: RedisBreaker | None,
         model_switch: str,
         log: Logger,
+        usage: RedisUsage | None = None,
+        daily_token_budget: int = 0,
     ) -> None:
         self.choice = choice
         self.registry = registry
@@ -100,6 +103,8 @@ class Commands:
         self.breaker = breaker
         self.model_switch = model_switch
         self.log = log
+        self.usage = usage
+        self.daily_token_budget = daily_token_budget
         self.handlers: dict[str, tuple[CommandSpec, Handler]] = {}
         for _, method in inspect.getmembers(self, inspect.ismethod):
             spec: CommandSpec | None = getattr(method, "__command__", None)
@@ -244,6 +249,35 @@ class Commands:
         self._audit(ctx, change.before, change.after, ctx.conversation)
         return f"This conversation now uses {self._name(ref)}."
 
+    @command("usage", usage="[all]", summary="your tokens and cost today and over 30 days")
+    async def usage_(self, ctx: CommandContext) -> str:
+        if self.usage is None:
+            raise CommandError("Usage is not recorded here.")
+        if ctx.args.lower() == "all":
+            if not ctx.is_admin:
+                return self._refuse(ctx, "Only admins can see everyone's usage.")
+            rows = (await self.usage.report(by="sender", days=USAGE_DAYS))[:TOP_SENDERS]
+            if not rows:
+                return f"No usage in the last {USAGE_DAYS} days."
+            lines = [f"Top senders, last {USAGE_DAYS} days:"]
+            lines += [f"{n}. {row.key}: {_usage_line(row.totals)}" for n, row in
+                      enumerate(rows, 1)]  # fmt: skip
+            return "\n".join(lines)
+        if ctx.args:
+            raise CommandError("Usage: /usage (your own), or /usage all (admins).")
+        days = await self.usage.sender_days(ctx.message.sender, USAGE_DAYS)
+        month = Totals()
+        for day in days:
+            month.add(day)
+        lines = [f"Today: {_usage_line(days[0])}", f"Last {USAGE_DAYS} days: {_usage_line(month)}"]
+        if self.daily_token_budget and not ctx.is_admin:
+            left = max(0, self.daily_token_budget - days[0].tokens)
+            lines.append(
+                f"Daily limit: {self.daily_token_budget:,} tokens ({left:,} left today; "
+                "it resets at 00:00 UTC)."
+            )
+        return "\n".join(lines)
+
     # -- admins --------------------------------------------------------------------------------
 
     @command("approve", usage="CODE", summary="let a person who asked for access in", admin=True)
@@ -311,6 +345,19 @@ class Commands:
             "model_changed", channel=ctx.message.channel, conversation=ctx.conversation,
             by=ctx.message.sender, scope=scope, before=before, after=after,
         )  # fmt: skip
+
+
+USAGE_DAYS = 30
+TOP_SENDERS = 10
+
+
+def _usage_line(totals: Totals) -> str:
+    """One period's usage as /usage shows it."""
+    turns = f"{totals.turns} turn{'' if totals.turns == 1 else 's'}"
+    return (
+        f"{totals.tokens:,} tokens ({totals.tokens_in:,} in, {totals.tokens_out:,} out), "
+        f"${totals.cost:.4f}, {turns}"
+    )
 
 
 _SOURCES = {"conversation": "conversation's choice", "default": "global default",

@@ -167,6 +167,8 @@ class CommandsConfig(_Model):
 class SessionConfig(_Model):
     idle_days: float = Field(default=30, gt=0)
     rate_limit_per_minute: int = Field(default=20, ge=1)
+    # Tokens (in + out) one sender may use per UTC day; 0: no limit. Admins are exempt.
+    daily_token_budget: int = Field(default=0, ge=0)
 
 
 class LoggingConfig(_Model):

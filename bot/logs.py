@@ -187,7 +187,7 @@ class RedisStreamSink:
         self.pending.append(line)
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
+        self.task = asyncio.create_task(self._run(), name="event_sink")
 
     async def _run(self) -> None:
         # Stopped by an event, never cancelled: a cancel landing inside the Redis client

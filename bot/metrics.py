@@ -38,8 +38,11 @@ class Metrics:
                                  ["model"], registry=r)  # fmt: skip
         self.compactions = Counter("switchboard_compactions", "Compactions",
                                    ["result"], registry=r)  # fmt: skip
-        self.tokens = Counter("switchboard_tokens", "Tokens reported by servers",
-                              ["model", "direction"], registry=r)  # fmt: skip
+        self.tokens = Counter("switchboard_tokens", "Tokens of every model call (reported, "
+                              "else estimated), cached input apart", ["model", "direction"],
+                              registry=r)  # fmt: skip
+        self.cost = Counter("switchboard_cost_usd", "Cost of model calls from the configured "
+                            "prices (USD)", ["model"], registry=r)  # fmt: skip
         self.replies = Counter("switchboard_replies_sent", "Replies delivered", ["channel"],
                                registry=r)  # fmt: skip
         self.send_failures = Counter("switchboard_send_failures", "Replies not delivered",
@@ -70,9 +73,15 @@ class Metrics:
             model = str(event.get("model") or "")
             self.attempts.labels(str(event.get("provider") or ""), model,
                                  str(event.get("outcome") or "")).inc()  # fmt: skip
+        elif name == "model_usage":  # bot.usage's accounting of one call (probes included)
+            model = str(event.get("model") or "")
             for direction in ("in", "out"):
                 if isinstance(count := event.get(f"tokens_{direction}"), int):
                     self.tokens.labels(model, direction).inc(count)
+            if isinstance(cached := event.get("cached_in"), int) and cached:
+                self.tokens.labels(model, "cached_in").inc(cached)
+            if isinstance(cost := event.get("cost"), int | float):
+                self.cost.labels(model).inc(cost)
         elif name == "model_fallback":
             self.fallbacks.labels(str(event.get("model") or "")).inc()
         elif name in ("compaction", "compaction_failed", "history_trimmed"):

@@ -23,6 +23,7 @@ B = TypeVar("B")
 C = TypeVar("C")
 D = TypeVar("D")
 E = TypeVar("E")
+F = TypeVar("F")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,11 @@ async def read_together(
     redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], e: Read[E], /, *,
     what: str = ...,
 ) -> tuple[A, B, C, D, E]: ...  # fmt: skip
+@overload
+async def read_together(
+    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], e: Read[E],
+    f: Read[F], /, *, what: str = ...,
+) -> tuple[A, B, C, D, E, F]: ...  # fmt: skip
 async def read_together(
     redis: aioredis.Redis, *reads: Read[Any], what: str = "reading the conversation"
 ) -> tuple[Any, ...]:

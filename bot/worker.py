@@ -8,6 +8,12 @@ sent, never generated again. The one window for a second copy is a crash between
 platform accepting the reply and the batch being deleted (one Redis round trip). Wake-ups come
 from the `ready` stream's consumer group; entries of dead workers are reclaimed once idle
 for a lease period.
+
+Nothing wedges: whatever fails inside a turn ends in a short reply to the person, or, when
+nobody can be told (the batch is unreadable, the reply cannot go out), the batch is left for the
+next taker and, after MAX_ATTEMPTS takes (counted on the batch in Redis), moved to the dead
+letters. A lost consumer group (Redis came back empty) is recreated, and a periodic sweep wakes
+every conversation whose wake-up was lost.
 """
 
 from __future__ import annotations
@@ -18,28 +24,54 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.agent import Agent, TurnResult
+from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.errors import ChannelSendError
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
-from bot.memory import RedisMemory, conversation_key
+from bot.memory import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage
+from bot.wakeups import (
+    GROUP,
+    Sweeper,
+    batch_key,
+    ensure_group,
+    group_lost,
+    lease_key,
+    queue_acks,
+)
 
-GROUP = "workers"
+CRASHED = "Something went wrong with that message; please try again."
+FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
+# Redis errors worth waiting out: the server is down, restarting, loading, failing over or full.
+TRANSIENT = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, ClusterDownError,
+    TryAgainError, OutOfMemoryError, OSError,
+)  # fmt: skip
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
 # call deletes the finished batch first. Then: the batch (a stored one, else the inbox drained
 # into a new one) as a flat HGETALL list, or {'released'} when the inbox is empty (the lease is
 # given up), {'busy'} (another worker holds the lease), {'lost'} (ours expired or was taken).
+# Every take of a stored batch counts an attempt on it (a new batch starts at 1).
 TAKE = """
 local holder = redis.call('GET', KEYS[1])
 if ARGV[4] == '' then
@@ -49,14 +81,17 @@ else
   if holder ~= ARGV[1] then return {'lost'} end
   if redis.call('HGET', KEYS[2], 'id') == ARGV[4] then redis.call('DEL', KEYS[2]) end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('HGETALL', KEYS[2]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+  return redis.call('HGETALL', KEYS[2])
+end
 local messages = redis.call('LRANGE', KEYS[3], 0, -1)
 if #messages == 0 then
   redis.call('DEL', KEYS[1])
   return {'released'}
 end
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending',
+redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending', 'attempts', 1,
   'messages', '[' .. table.concat(messages, ',') .. ']')
 return redis.call('HGETALL', KEYS[2])
 """
@@ -79,6 +114,12 @@ return 1
 RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# KEYS: lease. ARGV: token. Give up a lease if it is still ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -107,10 +148,11 @@ class Batch:
     state: str
     messages: list[InboundMessage]
     reply: OutboundMessage | None
+    attempts: int = 1  # takes so far, this one included
 
     @classmethod
     def from_flat(cls, flat: list[str]) -> Batch:
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        fields = flat_fields(flat)
         reply = fields.get("reply")
         return cls(
             id=fields["id"],
@@ -118,7 +160,13 @@ class Batch:
             state=fields["state"],
             messages=[InboundMessage.from_dict(m) for m in json.loads(fields["messages"])],
             reply=OutboundMessage.from_dict(json.loads(reply)) if reply else None,
+            attempts=int(fields.get("attempts") or 1),
         )
+
+
+def flat_fields(flat: list[str]) -> dict[str, str]:
+    """A flat HGETALL reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Claim(NamedTuple):
@@ -126,21 +174,6 @@ class Claim(NamedTuple):
 
     token: str
     taken: list[str]
-
-
-def _queue_acks(pipe: Pipeline, entries: list[str]) -> None:
-    """Ack and delete finished wake-ups (nothing if there are none)."""
-    if entries:
-        pipe.xack(READY_STREAM, GROUP, *entries)
-        pipe.xdel(READY_STREAM, *entries)
-
-
-def lease_key(conversation: str) -> str:
-    return conversation_key(conversation, "lease")
-
-
-def batch_key(conversation: str) -> str:
-    return conversation_key(conversation, "batch")
 
 
 class Worker:
@@ -158,7 +191,12 @@ class Worker:
         max_concurrent: int = 8,
         drain_seconds: float = 30,
         name: str | None = None,
+        retry_seconds: float = 5,
+        sweep_seconds: float | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
+        """`retry_seconds`: the longest wait between tries while Redis is unreachable;
+        `sweep_seconds`: how often lost wake-ups are looked for (default two leases)."""
         self.redis = redis
         self.agent = agent
         self.memory = memory
@@ -167,39 +205,93 @@ class Worker:
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrent = max_concurrent
         self.drain_seconds = drain_seconds
+        self.retry_seconds = retry_seconds
+        self.sweep_seconds = sweep_seconds if sweep_seconds is not None else 2 * lease_seconds
+        self.max_attempts = max_attempts
+        self.deadletters = RedisDeadLetters(redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.sweeper = Sweeper(redis, name=self.name, every=self.sweep_seconds, log=log)
         self.tasks: set[asyncio.Task[None]] = set()
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = redis.register_script(TAKE)
         self._commit = redis.register_script(COMMIT)
         self._renew = redis.register_script(RENEW)
+        self._release = redis.register_script(RELEASE)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds)."""
-        await self._ensure_group()
+        """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds).
+
+        An unreachable Redis is waited out (backoff up to retry_seconds), a lost group is
+        recreated; any other error ends the task (the process exits, its supervisor restarts
+        it)."""
+        if not await self._wait_for_redis(stop):
+            return
         loop = asyncio.get_running_loop()
-        next_reclaim = 0.0
+        next_reclaim = next_sweep = 0.0
+        delay = FIRST_RETRY
         self.log.info("worker_started", worker=self.name, max_concurrent=self.max_concurrent)
+        try:
+            while not stop.is_set():
+                free = self.max_concurrent - len(self.tasks)
+                if free <= 0:
+                    await asyncio.wait(self.tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    if loop.time() >= next_sweep:
+                        next_sweep = loop.time() + self.sweep_seconds
+                        await self.sweeper.sweep()
+                    entries: list[tuple[str, dict[str, str]]] = []
+                    if loop.time() >= next_reclaim:
+                        entries += await self._reclaim(free)
+                        next_reclaim = loop.time() + self.lease_ms / 2000
+                    if not entries:
+                        entries = await self._read(free)
+                    claims = await self._claim([f.get("conversation", "") for _, f in entries])
+                except TRANSIENT as exc:  # what was read is reclaimed after a lease
+                    self.log.error(
+                        "worker_redis_error", worker=self.name, error=str(exc), retry_in=delay
+                    )
+                    await _pause(stop, delay)
+                    delay = min(delay * 2, self.retry_seconds)
+                    continue
+                except ResponseError as exc:
+                    if not group_lost(exc):
+                        raise
+                    self.log.warning("worker_group_lost", worker=self.name, error=str(exc))
+                    await self._repair()
+                    continue
+                delay = FIRST_RETRY
+                for (entry_id, fields), claim in zip(entries, claims, strict=True):
+                    self._spawn(entry_id, fields.get("conversation", ""), claim)
+        finally:
+            await self.drain()
+
+    async def _wait_for_redis(self, stop: asyncio.Event) -> bool:
+        """Create the group once Redis answers, retrying with backoff; False if stopped first."""
+        delay = FIRST_RETRY
         while not stop.is_set():
-            free = self.max_concurrent - len(self.tasks)
-            if free <= 0:
-                await asyncio.wait(self.tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
-                continue
             try:
-                entries: list[tuple[str, dict[str, str]]] = []
-                if loop.time() >= next_reclaim:
-                    entries += await self._reclaim(free)
-                    next_reclaim = loop.time() + self.lease_ms / 2000
-                if not entries:
-                    entries = await self._read(free)
-                claims = await self._claim([f.get("conversation", "") for _, f in entries])
-            except (RedisError, OSError) as exc:
-                self.log.error("worker_redis_error", worker=self.name, error=str(exc))
-                await asyncio.sleep(1)  # what was read is reclaimed after a lease
+                await ensure_group(self.redis)
+            except TRANSIENT as exc:
+                self.log.warning(
+                    "redis_unavailable", worker=self.name, error=str(exc), retry_in=delay
+                )
+                await _pause(stop, delay)
+                delay = min(delay * 2, self.retry_seconds)
                 continue
-            for (entry_id, fields), claim in zip(entries, claims, strict=True):
-                self._spawn(entry_id, fields.get("conversation", ""), claim)
-        await self.drain()
+            return True
+        return False
+
+    async def _repair(self) -> None:
+        """Recreate the group, then wake every conversation with waiting work (their wake-ups
+        went with the stream). A transient error here is retried by the run loop."""
+        try:
+            await ensure_group(self.redis)
+            woken = await self.sweeper.sweep(force=True)
+        except TRANSIENT as exc:
+            self.log.error("worker_redis_error", worker=self.name, error=str(exc))
+            return
+        self.log.warning("worker_group_recreated", worker=self.name, woken=woken)
 
     async def drain(self) -> None:
         """Wait for in-flight turns; cancel what is left after drain_seconds (they are resumed
@@ -215,20 +307,13 @@ class Worker:
         except (RedisError, OSError) as exc:  # unacked entries are reclaimed, found empty
             self.log.warning("worker_redis_error", worker=self.name, error=str(exc))
 
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
     async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
         """New entries, up to `count`; the entries of finished conversations are acked (and
         deleted) in the same round trip."""
         done, self._done = self._done, []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_acks(pipe, done)
+                queue_acks(pipe, self.name, done)
                 pipe.xreadgroup(GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500)
                 replies = await pipe.execute()
         except BaseException:
@@ -244,7 +329,7 @@ class Worker:
         done, self._done = self._done, []
         if done:
             async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_acks(pipe, done)
+                queue_acks(pipe, self.name, done)
                 await pipe.execute()
 
     async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
@@ -282,12 +367,16 @@ class Worker:
         try:
             if await self.process(conversation, entry_id, claim):
                 self._done.append(entry_id)  # acked with the next read
-        except Exception as exc:  # noqa: BLE001 - a background task: log it, the entry is retried
+        except Exception as exc:
+            # A turn's task: Redis failed between turns (each turn is guarded in _attempt, and
+            # a batch that keeps failing ends in the dead letters). The entry stays unacked and
+            # is reclaimed after a lease; the sweep wakes the conversation if that is lost too.
             self.log.error(
                 "turn_crashed",
                 conversation=conversation,
                 worker=self.name,
                 error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
             )
 
     async def process(
@@ -312,17 +401,86 @@ class Worker:
         )
         try:
             while taken != ["lost"] and not lost.is_set():
-                batch = Batch.from_flat(taken)
-                if not await self._run_batch(conversation, token, batch):
-                    break
-                taken = await self._take_batch(conversation, token, finished=batch.id)
+                finished = await self._attempt(conversation, token, taken)
+                if finished is None:
+                    return False  # left for the next taker: the entry stays pending
+                taken = await self._take_batch(conversation, token, finished=finished)
                 if taken == ["released"]:
                     return True
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
-            return True
+            return False  # the batch is left for the next taker (reclaimed after a lease)
         finally:
             done.set()  # not cancel(): a cancel inside the Redis client can be swallowed
             await renewer
+
+    async def _attempt(self, conversation: str, token: str, taken: list[str]) -> str | None:
+        """Run one taken batch whatever fails inside it. The batch id once it is finished
+        (answered, apologised for, or dead-lettered); None when it is left for the next taker
+        (the lease was lost, or it failed where nobody could be told)."""
+        fields = flat_fields(taken)
+        batch_id, attempts = fields.get("id", ""), int(fields.get("attempts") or 1)
+        if attempts > self.max_attempts:  # earlier takes died without a word (a killed process)
+            await self._dead_letter(conversation, fields, "the worker died during every attempt")
+            return batch_id
+        try:
+            if await self._run_batch(conversation, token, Batch.from_flat(taken)):
+                return batch_id
+            self.log.warning("lease_lost", conversation=conversation, worker=self.name)
+            return None
+        except Exception as exc:  # a whole turn: it ends in a reply or a dead letter
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "turn_crashed", conversation=conversation, worker=self.name, attempt=attempts,
+                error=error, exc_info=exc,
+            )  # fmt: skip
+        if await self._apologise(conversation, token, fields):
+            return batch_id
+        if attempts >= self.max_attempts:
+            await self._dead_letter(conversation, fields, error)
+            return batch_id
+        await self._release(keys=[lease_key(conversation)], args=[token])
+        self.log.warning("turn_left", conversation=conversation, attempt=attempts)
+        return None
+
+    async def _apologise(self, conversation: str, token: str, fields: dict[str, str]) -> bool:
+        """Finish a crashed turn with a short reply instead of the answer (nothing remembered);
+        False when that is not possible (unreadable batch, a stored reply that did not go out,
+        a lost lease, a failing channel)."""
+        if fields.get("state") != "pending":
+            return False
+        try:
+            batch = Batch.from_flat(flat_list(fields))
+            last = batch.messages[-1]
+            reply = OutboundMessage(
+                channel=last.channel,
+                conversation=last.conversation,
+                text=CRASHED,
+                reply_to=last.platform_id,
+            )
+            if not await self._commit_turn(conversation, token, batch, TurnResult(reply=reply)):
+                return False
+            await self._deliver(reply)
+        except Exception as exc:  # part of a crashed turn: it is left, then dead-lettered
+            self.log.error(
+                "apology_failed", conversation=conversation,
+                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
+            )  # fmt: skip
+            return False
+        return True
+
+    async def _dead_letter(self, conversation: str, fields: dict[str, str], error: str) -> None:
+        """Keep a batch that keeps failing for an operator (`bot dead-letters`); the caller then
+        finishes it, so the conversation's next messages are answered."""
+        letter = await self.deadletters.add(
+            conversation=conversation,
+            batch=fields.get("id", ""),
+            attempts=int(fields.get("attempts") or 1),
+            error=error,
+            messages=fields.get("messages", ""),
+        )
+        self.log.error(
+            "dead_lettered", conversation=conversation, worker=self.name, id=letter, error=error
+        )
 
     async def _take_batch(self, conversation: str, token: str, *, finished: str) -> list[str]:
         """One TAKE: claim the lease (finished == "") or delete the finished batch, then the
@@ -349,8 +507,8 @@ class Worker:
             )
         reply = batch.reply
         if batch.state == "pending":
-            async with self._typing(batch.messages[-1]):
-                result = await self.agent.run_turn(batch.messages)
+            async with self._typing(batch.messages[-1]) as allowed:
+                result = await self.agent.run_turn(batch.messages, allowed=allowed)
             if not await self._commit_turn(conversation, token, batch, result):
                 return False
             reply = result.reply
@@ -359,14 +517,17 @@ class Worker:
         return True
 
     @contextlib.asynccontextmanager
-    async def _typing(self, message: InboundMessage) -> AsyncIterator[None]:
-        """Keep the person's "typing…" indicator on while the turn runs, where there is one."""
+    async def _typing(self, message: InboundMessage) -> AsyncIterator[Callable[[], None]]:
+        """A callback that turns the person's "typing…" indicator on (where there is one) until
+        the turn ends. The agent calls it once access is granted: strangers never see it."""
         sender = self.senders.get(message.channel)
-        if not isinstance(sender, TypingIndicator):
-            yield
-            return
+        tasks: list[asyncio.Task[None]] = []
 
-        async def keep_typing() -> None:
+        def start() -> None:
+            if isinstance(sender, TypingIndicator) and not tasks:
+                tasks.append(asyncio.create_task(keep_typing(sender)))
+
+        async def keep_typing(sender: TypingIndicator) -> None:
             while True:
                 try:
                     await sender.typing(message.conversation)
@@ -376,13 +537,13 @@ class Worker:
                     )
                 await asyncio.sleep(TYPING_EVERY)
 
-        task = asyncio.create_task(keep_typing())
         try:
-            yield
+            yield start
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _commit_turn(
         self, conversation: str, token: str, batch: Batch, result: TurnResult
@@ -444,3 +605,15 @@ class Worker:
             if not held:
                 lost.set()
                 return
+
+
+def flat_list(fields: dict[str, str]) -> list[str]:
+    """A dict as a flat HGETALL reply."""
+    return [item for pair in fields.items() for item in pair]
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()

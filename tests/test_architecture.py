@@ -19,6 +19,8 @@ CORE = (
     "bot.llm",
     "bot.intake",
     "bot.worker",
+    "bot.wakeups",
+    "bot.deadletters",
 )
 CHANNEL_ALLOWED = ("bot.messages", "bot.errors", "bot.settings", "bot.config", "channels.base")
 SDK_HOMES = {

@@ -239,9 +239,15 @@ def test_help_lists_every_command() -> None:
     """`bot --help` names each subcommand a user can run."""
     from bot.cli import build_parser
 
-    text = build_parser().format_help()
-    for command in ("serve", "chat", "config", "telegram", "pairing", "model"):
+    parser = build_parser()
+    text = parser.format_help()
+    for command in ("serve", "chat", "config", "telegram", "pairing", "model", "doctor", "logs",
+                    "dead-letters", "usage"):  # fmt: skip
         assert command in text
+    serve = parser.parse_args(["serve", "--procs", "3"])
+    assert (serve.role, serve.procs) == ("all", 3)
+    usage = parser.parse_args(["usage", "--by", "model", "--since", "7d", "--json"])
+    assert (usage.by, usage.since, usage.json) == ("model", "7d", True)
 
 
 async def test_worker_role_runs_turns_without_listening(tmp_path: Path, redis_url: str) -> None:

@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bot.app import App, open_app
-from bot.intake import READY_STREAM
-from bot.messages import OutboundMessage
+from bot.config import parse_config
+from bot.intake import READY_STREAM, inbox_key
+from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
-from bot.worker import GROUP, Worker, batch_key, lease_key
+from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.helpers import eventually, gateway_config, gateway_config_text, inbound
@@ -225,7 +226,8 @@ async def test_a_committed_reply_is_sent_without_asking_the_model_again(
 async def test_a_worker_that_lost_its_lease_changes_nothing(
     app: App, model: FakeOpenAI, redis_client: aioredis.Redis
 ) -> None:
-    """If another worker took the lease mid-turn, the first one neither stores nor sends."""
+    """If another worker took the lease mid-turn, the first one neither stores nor sends, and
+    leaves the wake-up unacked for the next taker."""
     conversation = "test:stolen"
     await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
     model.default = echo(lambda: 0.5)
@@ -234,7 +236,7 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(
     turn = asyncio.create_task(worker.process(conversation))
     await eventually(lambda: len(model.requests_to("/responses")) == 1)
     await redis_client.set(lease_key(conversation), "someone-else")
-    assert await turn is True
+    assert await turn is False
     assert sender.sent == []
     assert await app.memory.load(conversation) == []
 
@@ -360,3 +362,151 @@ async def test_sigterm_finishes_the_turn_in_flight_then_exits_0(
             proc.kill()
             await proc.wait()
     assert [r["text"] for r in received] == ["echo:slow one"]
+
+
+async def test_a_turn_that_crashes_gets_a_short_reply_and_the_next_message_is_answered(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A turn that raises (here: unreadable memory) ends in the "something went wrong" reply,
+    remembers nothing, logs turn_crashed with the traceback, and the conversation goes on."""
+    conversation = "test:crash-turn"
+    turns_key = app.memory.keys(conversation)[0]
+    await redis_client.rpush(turns_key, "this is not JSON")
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender))
+    await app.intake.accept(inbound("first", conversation=conversation, n=1, channel="test"))
+    await eventually(lambda: len(sender.sent) == 1)
+    assert sender.sent[0].text == CRASHED
+    assert await redis_client.lrange(turns_key, 0, -1) == ["this is not JSON"]
+    crashed = events.events("turn_crashed")
+    assert crashed
+    assert "Traceback" in crashed[0]["exception"]
+    await redis_client.delete(turns_key)  # the operator repairs the data
+    await app.intake.accept(inbound("second", conversation=conversation, n=2, channel="test"))
+    await eventually(lambda: len(sender.sent) == 2)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert sender.sent[1].text == "echo:second"
+    assert await redis_client.exists(batch_key(conversation)) == 0
+
+
+async def test_a_lapsed_lease_leaves_the_batch_for_the_next_taker(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis
+) -> None:
+    """A worker whose lease lapsed mid-turn (COMMIT refused) leaves its wake-up unacked, so
+    the batch is taken again and answered once, without the person writing again."""
+    conversation = "test:lapsed"
+    delays = iter([0.5])
+    model.default = echo(lambda: next(delays, 0.0))
+    sender = RecordingSender()
+    # A 2 s lease: the finished entry would be acked (within a 0.5 s read) long before it
+    # could be reclaimed as idle, so only a worker that leaves it unacked answers.
+    stop, tasks = await running(make_worker(app, sender, lease_seconds=2))
+    await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
+    await eventually(lambda: len(model.requests_to("/responses")) == 1)
+    await redis_client.delete(lease_key(conversation))  # the lease lapsed; nobody took it
+    await eventually(lambda: len(sender.sent) == 1, within=10)
+    await asyncio.sleep(0.5)  # room for a wrong second reply to show up
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert [r.text for r in sender.sent] == ["echo:hello"]
+    assert len(model.requests_to("/responses")) == 2
+
+
+class TypingSender(RecordingSender):
+    """A channel stand-in with a "typing…" indicator that records who was shown it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.typing_to: list[str] = []
+
+    async def typing(self, conversation: str) -> None:
+        self.typing_to.append(conversation)
+
+
+async def test_typing_starts_only_after_the_access_check(
+    model: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A stranger refused by dmPolicy allowlist never sees "typing…"; an allowed sender does."""
+    friend, stranger = "whatsapp:+15550000001", "whatsapp:+15550000002"
+    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+    text += f'channels: {{ whatsapp: {{ dmPolicy: "allowlist", allowFrom: ["{friend}"] }} }} }}'
+    config = parse_config(text, source="test.json5", env={})
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    sender = TypingSender()
+    async with open_app(settings, config, CapturedEvents().log) as app:
+        worker = Worker(
+            redis=app.redis.client, agent=app.agent, memory=app.memory,
+            senders={"whatsapp": sender}, log=app.log,
+        )  # fmt: skip
+        stop, tasks = await running(worker)
+        for n, who in enumerate([stranger, friend]):
+            message = InboundMessage(
+                channel="whatsapp", conversation=who, sender=who, text="hi",
+                platform_id=f"SM{n}", ts=float(n),
+            )  # fmt: skip
+            await app.intake.accept(message)
+        await eventually(lambda: len(sender.sent) == 1)
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert [r.conversation for r in sender.sent] == [friend]
+    assert stranger not in sender.typing_to
+    assert friend in sender.typing_to
+
+
+async def test_a_lost_wakeup_is_repaired_by_the_sweep(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis
+) -> None:
+    """Messages in an inbox without a wake-up on the stream (it was lost) are answered once
+    the periodic sweep finds them."""
+    conversation = "test:lost-wakeup"
+    message = inbound("anyone?", conversation=conversation, channel="test")
+    await redis_client.rpush(inbox_key(conversation), json.dumps(message.to_dict()))
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender, sweep_seconds=0.2))
+    await eventually(lambda: len(sender.sent) == 1)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert [r.text for r in sender.sent] == ["echo:anyone?"]
+
+
+async def test_a_lost_group_is_recreated_and_waiting_conversations_are_woken(
+    app: App, model: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """When the ready stream and its group vanish under a running worker (Redis flushed), the
+    worker recreates the group, wakes the conversations with waiting messages, and goes on."""
+    sender = RecordingSender()
+    stop, tasks = await running(make_worker(app, sender, sweep_seconds=3600))
+    await app.intake.accept(inbound("one", conversation="test:g1", channel="test"))
+    await eventually(lambda: len(sender.sent) == 1)
+    await redis_client.delete(READY_STREAM)  # the group goes with the stream
+    message = inbound("two", conversation="test:g2", channel="test")
+    await redis_client.rpush(inbox_key("test:g2"), json.dumps(message.to_dict()))
+    await eventually(lambda: len(sender.sent) == 2)
+    await app.intake.accept(inbound("three", conversation="test:g3", n=3, channel="test"))
+    await eventually(lambda: len(sender.sent) == 3)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert [r.text for r in sender.sent] == ["echo:one", "echo:two", "echo:three"]
+    assert events.events("worker_group_recreated")
+
+
+async def test_only_wakeups_this_worker_still_owns_are_acked(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """A finished wake-up that another worker reclaimed meanwhile is left for that worker to
+    ack; the worker's own is acked and deleted."""
+    await redis_client.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+    mine = await redis_client.xadd(READY_STREAM, {"conversation": "test:mine"})
+    theirs = await redis_client.xadd(READY_STREAM, {"conversation": "test:theirs"})
+    worker = Worker(
+        redis=app.redis.client, agent=app.agent, memory=app.memory, senders={}, log=app.log,
+        name="me",
+    )  # fmt: skip
+    await redis_client.xreadgroup(GROUP, "me", {READY_STREAM: ">"}, count=2)
+    await redis_client.xclaim(READY_STREAM, GROUP, "other", min_idle_time=0, message_ids=[theirs])
+    worker._done = [mine, theirs]  # both turns finished here, acked on the way out
+    await worker.drain()
+    pending = await redis_client.xpending_range(READY_STREAM, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(theirs, "other")]
+    assert [entry_id for entry_id, _ in await redis_client.xrange(READY_STREAM)] == [theirs]

@@ -17,6 +17,9 @@ A local model that LM Studio reports as not loaded is not made to load while a p
 when another model can answer: the turn goes on down the chain and one request (across all
 processes) loads it in the background, within LM Studio's own JIT and TTL rules; the model
 serves again once it is loaded. With no other model, the turn waits for the load.
+
+Every call that got an answer is accounted (bot.usage): a turn's and a compaction's calls are
+noted for the conversation's turn to write; a probe's (tiny, estimated) is written at once.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
 from bot.messages import Attachment, Turn
 from bot.reads import Read
+from bot.usage import PROBE_USAGE, CallKind, RedisUsage, estimate
 
 LOAD_SECONDS = 600.0  # how long a background load may take (large models load for minutes)
 
@@ -55,8 +59,10 @@ class FailoverClient:
         log: Logger,
         breaker: RedisBreaker | None = None,
         local: LMStudioModels | None = None,
+        usage: RedisUsage | None = None,
     ) -> None:
         self.registry = registry
+        self.usage = usage
         self.providers = providers
         self.log = log
         self.breaker = breaker
@@ -79,6 +85,7 @@ class FailoverClient:
         max_output_tokens: int | None = None,
         breakers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
@@ -86,6 +93,7 @@ class FailoverClient:
         `max_output_tokens` caps the answer below each model's own maxTokens. `breakers` are
         decisions read beforehand (`read_breakers`); other models are checked here.
         `deadline` (event-loop time): no model is waited on to start answering past it.
+        `purpose`: what the call is for, as usage accounting files it.
         `images`: pictures for the last turn; only models whose `input` takes images are tried.
         """
         failures: list[str] = []
@@ -118,6 +126,7 @@ class FailoverClient:
             completion = await self._attempt(
                 model, instructions, turns, conversation, max_output_tokens, breaker=decision,
                 following=[*chain[index + 1 :], *skipped], failures=failures, deadline=deadline,
+                purpose=purpose,
                 images=images,
             )  # fmt: skip
             if completion is not None:
@@ -126,6 +135,7 @@ class FailoverClient:
             completion = await self._attempt(
                 model, instructions, turns, conversation, max_output_tokens, breaker=OPEN,
                 following=skipped[index + 1 :], failures=failures, deadline=deadline,
+                purpose=purpose,
                 images=images,
             )  # fmt: skip
             if completion is not None:
@@ -166,6 +176,7 @@ class FailoverClient:
         self.log.info("model_loading", model=ref, provider=model.ref.provider)
         try:
             await self.providers[model.ref.provider].probe(model.ref.model, seconds=LOAD_SECONDS)
+            await self._account_probe(ref)
             error = ""
         except (ModelUnavailable, ModelError) as exc:
             error = str(exc)
@@ -194,11 +205,18 @@ class FailoverClient:
             outcome, error = "ok", str(exc)
         else:
             await self.breaker.success(ref, probe=True)
+            await self._account_probe(ref)
             outcome, error = "ok", ""
         self.log.info(
             "model_probe", model=ref, provider=model.ref.provider, outcome=outcome,
             ms=round((time.perf_counter() - started) * 1000, 1), error=error,
         )  # fmt: skip
+
+    async def _account_probe(self, ref: str) -> None:
+        """A probe that reached the model: its tiny request, estimated (the stream is cut at
+        the first token, before any usage is reported), on the model's day."""
+        if self.usage is not None:
+            await self.usage.record_background(self.usage.note("", ref, PROBE_USAGE, "probe"))
 
     def _first_token_wait(
         self, provider: Provider, following: Sequence[ModelInfo], deadline: float | None
@@ -224,6 +242,7 @@ class FailoverClient:
         following: Sequence[ModelInfo],
         failures: list[str],
         deadline: float | None,
+        purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
@@ -279,6 +298,12 @@ class FailoverClient:
             return None
         if self.breaker and breaker != CLEAN:
             await self.breaker.success(ref, probe=False)
+        if self.usage is not None:
+            chars = len(instructions) + sum(len(t.text) for t in turns)
+            usage = estimate(
+                completion.usage, prompt_chars=chars, answer_chars=len(completion.text)
+            )
+            self.usage.note(conversation, ref, usage, purpose)
         self.log.info(
             "model_attempt",
             conversation=conversation,

@@ -111,6 +111,18 @@ def translate(exc: openai.OpenAIError, where: str) -> Exception:
     return ModelUnavailable(f"{where}: {type(exc).__name__}")
 
 
+def _usage(reported: dict[str, Any], tokens_in: str, tokens_out: str, details: str) -> Usage:
+    """A server's `usage` object (Responses or chat names), cached input tokens included."""
+    cached = reported.get(details)
+    cached = cached if isinstance(cached, dict) else {}
+    return Usage(
+        tokens_in=int(reported.get(tokens_in) or 0),
+        tokens_out=int(reported.get(tokens_out) or 0),
+        cached_in=int(cached.get("cached_tokens") or 0),
+        cache_write=int(cached.get("cache_write_tokens") or 0),
+    )
+
+
 class OpenAIProvider:
     """A provider reached through the openai SDK, over Responses or Chat Completions."""
 
@@ -214,6 +226,7 @@ class OpenAIProvider:
             "model": request.model,
             "messages": messages,
             "max_tokens": request.max_output_tokens,
+            "stream_options": {"include_usage": True},  # the last chunk carries the usage
             **self._extra,
         }
 
@@ -258,27 +271,27 @@ class OpenAIProvider:
             elif kind in ("response.failed", "error"):
                 raise ModelUnavailable(f"{self.id}/{request.model}: the response failed")
         if final is None:
-            return strip_reasoning_markup("".join(deltas)), Usage()
-        usage = final.get("usage") or {}
-        return responses_final_text(final.get("output") or []), Usage(
-            tokens_in=int(usage.get("input_tokens") or 0),
-            tokens_out=int(usage.get("output_tokens") or 0),
+            return strip_reasoning_markup("".join(deltas)), Usage(estimated=True)
+        usage = final.get("usage")
+        return responses_final_text(final.get("output") or []), (
+            _usage(usage, "input_tokens", "output_tokens", "input_tokens_details")
+            if isinstance(usage, dict)
+            else Usage(estimated=True)
         )
 
     async def _chat(
         self, request: CompletionRequest, started: Callable[[], None]
     ) -> tuple[str, Usage]:
         parts: list[str] = []
-        usage = Usage()
+        usage = Usage(estimated=True)  # until the stream's usage chunk (include_usage)
         waiting = True
         async for chunk in self._events(*self._request(request)):
             if waiting and self._generating(chunk):
                 waiting = False
                 started()
             if isinstance(reported := chunk.get("usage"), dict):
-                usage = Usage(
-                    tokens_in=int(reported.get("prompt_tokens") or 0),
-                    tokens_out=int(reported.get("completion_tokens") or 0),
+                usage = _usage(
+                    reported, "prompt_tokens", "completion_tokens", "prompt_tokens_details"
                 )
             for choice in chunk.get("choices") or []:
                 # delta.reasoning_content / delta.reasoning are never read: reasoning stays out.

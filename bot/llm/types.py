@@ -38,10 +38,14 @@ class ModelRef:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
-    """Tokens the server reported for one call (0 when it reported none)."""
+    """Tokens the server reported for one call; `estimated` when it reported none (then the
+    counts are 0 until bot.usage estimates them from the text)."""
 
-    tokens_in: int = 0
+    tokens_in: int = 0  # every input token, cached ones included
     tokens_out: int = 0
+    cached_in: int = 0  # input tokens read from the server's prompt cache
+    cache_write: int = 0  # input tokens written to it (where the server says)
+    estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -184,7 +184,9 @@ class Compactor:
         older, recent = state.turns[:cut], state.turns[cut:]
         summary_room = max(128, target // 3)
         try:
-            text = await self._summarise(state.summary, older, model, summary_room, focus)
+            text = await self._summarise(
+                conversation, state.summary, older, model, summary_room, focus
+            )
         except (AllModelsFailed, ModelError) as exc:
             return await self._drop(conversation, state, cut, before, extra, ref, str(exc))
         summary = Summary(
@@ -227,7 +229,7 @@ class Compactor:
         return cut
 
     async def _summarise(
-        self, previous: Summary | None, older: Sequence[Turn], model: ModelInfo,
+        self, conversation: str, previous: Summary | None, older: Sequence[Turn], model: ModelInfo,
         room: int, focus: str | None,
     ) -> str:  # fmt: skip
         lines = [f"{'Person' if t.role == 'user' else 'Assistant'}: {t.text}" for t in older]
@@ -245,7 +247,9 @@ class Compactor:
             instructions=instructions,
             turns=[Turn(role="user", text="\n\n".join(parts), ts=time.time())],
             primary=primary,
+            conversation=conversation,
             max_output_tokens=room,
+            purpose="compaction",
         )
         limit_chars = int(room * self.estimator.ratios.get(ref, self.estimator.default_ratio))
         return completion.text[:limit_chars]

@@ -45,6 +45,8 @@ class Reply:
     delay: float = 0.0
     hang: bool = False
     usage: tuple[int, int] | None = None  # (input_tokens, output_tokens); None: estimated
+    cached: int = 0  # of the input tokens, how many came from the prompt cache
+    no_usage: bool = False  # report no usage at all (a server that ignores include_usage)
     think_in_content: bool = True  # chat completions: also prefix content with <think>…</think>
     stall_after: int | None = None  # streams: go silent after this many text deltas
     token_delay: float = 0.0  # streams: pause between events (a slow but live server)
@@ -500,13 +502,17 @@ def _response_object(
     usage = None
     if done:
         input_tokens, output_tokens, reasoning_tokens = _tokens(body, reply)
-        usage = {
-            "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": output_tokens,
-            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
-            "total_tokens": input_tokens + output_tokens,
-        }
+        usage = (
+            None
+            if reply.no_usage
+            else {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": reply.cached, "cache_write_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+                "total_tokens": input_tokens + output_tokens,
+            }
+        )
     return {
         "id": response_id,
         "object": "response",
@@ -608,6 +614,7 @@ def _chat_usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached},
         "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
 
@@ -649,7 +656,7 @@ def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
             yield None
         yield chunk({"content": piece})
     yield chunk({}, "stop")
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage") and not reply.no_usage:
         yield _sse(None, {**base, "choices": [], "usage": _chat_usage(body, reply)})
     yield "data: [DONE]\n\n"
 

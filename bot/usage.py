@@ -1,0 +1,352 @@
+"""Tokens and cost per model call, per turn, per sender, per model; daily token budgets.
+
+Every model call (a turn's answer, a compaction summary, a probe) becomes a `Call`: the tokens
+the server reported (an estimate where it reported none, marked estimated) priced with the
+model's seed `cost` (USD per million tokens). A turn's calls are kept in this process until
+the turn ends, then written in one pipeline: per sender per UTC day, per model per UTC day and
+per conversation, each key single-slot (hash tags) so the design runs on Redis Cluster.
+Costs are counted in whole nano-dollars (HINCRBY), so sums are exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from bot.config import CATALOG_KEYS, Config, ModelCost
+from bot.llm.types import Usage
+from bot.logs import Logger
+from bot.reads import Read
+
+CallKind = Literal["turn", "compaction", "probe"]
+GroupBy = Literal["sender", "model", "day"]
+NANO = 1_000_000_000  # nano-dollars in a dollar
+CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compactor's default)
+# A probe ("Answer with one word." / "ping", cut at the first token): about 10 tokens in, 1 out.
+PROBE_USAGE = Usage(tokens_in=10, tokens_out=1, estimated=True)
+TTL_DAYS = 400  # totals are kept a little over a year after their last call
+SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
+MODEL_KEY = "usage:model:{{{model}}}:{day}"
+CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
+NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
+# `bot usage` finds the daily keys by SCAN. On Redis Cluster a SCAN covers one node: the
+# reader must scan every primary (redis-py's RedisCluster.scan_iter does).
+_DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
+
+# One key's increments as one command: HINCRBY per field, then the key's expiry. EVAL (not
+# EVALSHA) so a Redis that restarted empty needs no SCRIPT LOAD; one key, so one slot.
+_ADD = """
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One priced model call."""
+
+    model: str
+    kind: CallKind
+    tokens_in: int  # every input token, cached ones included
+    tokens_out: int
+    cached_in: int = 0
+    cost_nusd: int = 0  # nano-dollars
+    estimated: bool = False
+    local: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+@dataclass(slots=True, kw_only=True)
+class Totals:
+    """Summed usage of one key or one report row (the fields of the Redis hashes)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cached_in: int = 0
+    cost_nusd: int = 0
+    calls: int = 0
+    turns: int = 0
+    estimated: int = 0  # calls whose tokens are an estimate
+    local_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+    @property
+    def cost(self) -> float:
+        """Dollars."""
+        return self.cost_nusd / NANO
+
+    @property
+    def local_share(self) -> float:
+        """The share of tokens served by local models (0..1)."""
+        return self.local_tokens / self.tokens if self.tokens else 0.0
+
+    @classmethod
+    def from_hash(cls, values: dict[Any, Any]) -> Totals:
+        names = {f.name for f in fields(cls)}
+        found = {_text(k): int(v) for k, v in values.items() if _text(k) in names}
+        return cls(**found)
+
+    def add(self, other: Totals) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cached_in": self.cached_in,
+            "cost": round(self.cost, 9),
+            "calls": self.calls,
+            "turns": self.turns,
+            "estimated": self.estimated,
+            "local_share": round(self.local_share, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One row of a report: a sender, a model or a day, and its totals."""
+
+    key: str
+    totals: Totals = field(default_factory=Totals)
+
+
+class Prices:
+    """Each model's seed `cost`; a model is local when its provider is not one of the
+    built-in hosted ones and it costs nothing."""
+
+    def __init__(self, config: Config) -> None:
+        self._costs: dict[str, ModelCost] = {}
+        self._hosted_providers = set(CATALOG_KEYS)
+        for pid, provider in config.providers().items():
+            for spec in provider.models:
+                self._costs[f"{pid}/{spec.id}"] = spec.cost
+
+    def cost(self, model: str) -> ModelCost:
+        return self._costs.get(model, ModelCost())
+
+    def is_local(self, model: str) -> bool:
+        cost = self.cost(model)
+        free = not (cost.input or cost.output or cost.cache_read or cost.cache_write)
+        return free and model.partition("/")[0] not in self._hosted_providers
+
+    def call(self, model: str, usage: Usage, kind: CallKind) -> Call:
+        """Price what a server reported for one call."""
+        cost = self.cost(model)
+        cached = min(usage.cached_in, usage.tokens_in)
+        written = min(usage.cache_write, usage.tokens_in - cached)
+        fresh = usage.tokens_in - cached - written
+        # (USD per million tokens) * tokens = 1000 nano-dollars per unit.
+        nano = (
+            fresh * cost.input
+            + cached * cost.cache_read
+            + written * cost.cache_write
+            + usage.tokens_out * cost.output
+        ) * 1000
+        return Call(
+            model=model,
+            kind=kind,
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            cached_in=cached,
+            cost_nusd=round(nano),
+            estimated=usage.estimated,
+            local=self.is_local(model),
+        )
+
+
+def estimate(usage: Usage, *, prompt_chars: int, answer_chars: int) -> Usage:
+    """`usage` as reported, or (the server reported none) an estimate from the text sent
+    and received, marked estimated."""
+    if not usage.estimated:
+        return usage
+    return Usage(
+        tokens_in=max(1, prompt_chars // CHARS_PER_TOKEN),
+        tokens_out=max(1, answer_chars // CHARS_PER_TOKEN),
+        estimated=True,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _increments(calls: Iterable[Call], *, turn: bool) -> Totals:
+    totals = Totals(turns=1 if turn else 0)
+    for call in calls:
+        totals.add(
+            Totals(
+                tokens_in=call.tokens_in,
+                tokens_out=call.tokens_out,
+                cached_in=call.cached_in,
+                cost_nusd=call.cost_nusd,
+                calls=1,
+                estimated=1 if call.estimated else 0,
+                local_tokens=call.tokens if call.local else 0,
+            )
+        )
+    return totals
+
+
+class RedisUsage:
+    """Prices every model call, keeps a turn's calls until the turn ends, writes the totals."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prices: Prices,
+        log: Logger,
+        clock: Callable[[], float] = time.time,
+        ttl_days: int = TTL_DAYS,
+    ) -> None:
+        self.redis = redis
+        self.prices = prices
+        self.log = log
+        self.clock = clock
+        self.ttl_seconds = ttl_days * 86400
+        self._pending: dict[str, list[Call]] = {}
+
+    def day(self, ts: float | None = None) -> str:
+        """The UTC day of `ts` (default: now), as YYYY-MM-DD."""
+        when = self.clock() if ts is None else ts
+        return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%d")
+
+    def days(self, count: int) -> list[str]:
+        """The last `count` UTC days, today first."""
+        now = self.clock()
+        return [self.day(now - 86400 * back) for back in range(count)]
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def note(self, conversation: str, model: str, usage: Usage, kind: CallKind) -> Call:
+        """Price one call and keep it for the conversation's turn (`take`); log `model_usage`
+        (the metrics count cost and tokens from it)."""
+        call = self.prices.call(model, usage, kind)
+        self.log.info(
+            "model_usage", conversation=conversation, model=model, kind=kind,
+            tokens_in=call.tokens_in, tokens_out=call.tokens_out, cached_in=call.cached_in,
+            cost=round(call.cost_nusd / NANO, 9), estimated=call.estimated,
+        )  # fmt: skip
+        if conversation:
+            self._pending.setdefault(conversation, []).append(call)
+        return call
+
+    def take(self, conversation: str) -> list[Call]:
+        """The calls noted for this conversation since the last take (its turn's calls)."""
+        return self._pending.pop(conversation, [])
+
+    async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None:
+        """Add a turn's calls to the sender's day, each model's day and the conversation, in
+        one round trip. Never raises: a Redis failure loses these numbers, not the reply."""
+        if not calls:
+            return
+        day = self.day()
+        turn = any(c.kind == "turn" for c in calls)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            everything = _increments(calls, turn=turn)
+            self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
+            self._queue(pipe, CONVERSATION_KEY.format(conversation=conversation), everything)
+            self._queue_models(pipe, calls, day, turn=turn)
+            await self._execute(pipe, conversation)
+
+    async def record_background(self, call: Call) -> None:
+        """Add a call no person's turn made (a probe) to its model's day."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_models(pipe, [call], self.day(), turn=False)
+            await self._execute(pipe, "")
+
+    def _queue_models(self, pipe: Pipeline, calls: list[Call], day: str, *, turn: bool) -> None:
+        models = list(dict.fromkeys(c.model for c in calls))
+        answered = next((c.model for c in reversed(calls) if c.kind == "turn"), None)
+        for model in models:
+            mine = [c for c in calls if c.model == model]
+            totals = _increments(mine, turn=turn and model == answered)
+            self._queue(pipe, MODEL_KEY.format(model=model, day=day), totals)
+
+    def _queue(self, pipe: Pipeline, key: str, totals: Totals) -> None:
+        pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
+        if pairs:
+            pipe.eval(_ADD, 1, key, self.ttl_seconds, *pairs)
+
+    async def _execute(self, pipe: Pipeline, conversation: str) -> None:
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.log.warning("usage_not_recorded", conversation=conversation, error=str(exc))
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def read_spent(self, sender: str) -> Read[int]:
+        """The sender's tokens so far today (in and out), to read with a turn's state."""
+        key = SENDER_KEY.format(sender=sender, day=self.day())
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.hmget(key, "tokens_in", "tokens_out")
+
+        return Read(
+            queue=queue,
+            count=1,
+            decode=lambda replies: sum(int(v or 0) for v in replies[0]),
+        )
+
+    async def first_notice(self, sender: str) -> bool:
+        """True once per sender and UTC day: the first caller past the budget sends the notice."""
+        key = SENDER_KEY.format(sender=sender, day=self.day())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(key, NOTIFIED, 1)
+            pipe.expire(key, self.ttl_seconds)
+            first, _ = await pipe.execute()
+        return bool(first)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def sender_days(self, sender: str, days: int) -> list[Totals]:
+        """The sender's totals for each of the last `days` UTC days, today first."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in self.days(days):
+                pipe.hgetall(SENDER_KEY.format(sender=sender, day=day))
+            replies = await pipe.execute()
+        return [Totals.from_hash(r) for r in replies]
+
+    async def conversation(self, conversation: str) -> Totals:
+        """A conversation's totals since it began."""
+        found = await self.redis.hgetall(CONVERSATION_KEY.format(conversation=conversation))
+        return Totals.from_hash(found)
+
+    async def report(self, *, by: GroupBy, days: int) -> list[Row]:
+        """Totals of the last `days` UTC days (today included) by sender, model or day, most
+        expensive (then most tokens) first; days newest first."""
+        wanted = set(self.days(days))
+        kind = "sender" if by == "sender" else "model"
+        keys: list[tuple[str, str, str]] = []
+        async for raw in self.redis.scan_iter(match=f"usage:{kind}:*", count=1000):
+            found = _DAILY.match(_text(raw))
+            if found and found[3] in wanted:
+                keys.append((_text(raw), found[2], found[3]))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, _, _ in keys:
+                pipe.hgetall(key)
+            replies = await pipe.execute() if keys else []
+        rows: dict[str, Totals] = {}
+        for (_, who, day), reply in zip(keys, replies, strict=True):
+            rows.setdefault(day if by == "day" else who, Totals()).add(Totals.from_hash(reply))
+        if by == "day":
+            return [Row(key=k, totals=rows[k]) for k in sorted(rows, reverse=True)]
+        ranked = sorted(rows.items(), key=lambda kv: (-kv[1].cost_nusd, -kv[1].tokens, kv[0]))
+        return [Row(key=k, totals=t) for k, t in ranked]

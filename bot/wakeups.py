@@ -1,0 +1,126 @@
+"""Wake-ups on the ready stream: the workers' consumer group (recreated when Redis lost it),
+acking only the entries a worker still owns, and the sweep that wakes conversations whose
+wake-up was lost (waiting messages or a left batch, and nobody holding the lease)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from bot.intake import READY_MAXLEN, READY_STREAM, inbox_key
+from bot.logs import Logger
+from bot.memory import conversation_key
+
+GROUP = "workers"
+SWEEP_LOCK = "switchboard:sweep"
+SWEEP_CHUNK = 500
+
+# KEYS: ready stream. ARGV: group, consumer, entry id… Ack and delete the entries this consumer
+# still owns; one another worker reclaimed meanwhile is theirs to ack.
+ACK_OWNED = """
+local acked = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    acked = acked + 1
+  end
+end
+return acked
+"""
+
+
+def lease_key(conversation: str) -> str:
+    """Held by the worker running the conversation's turns."""
+    return conversation_key(conversation, "lease")
+
+
+def batch_key(conversation: str) -> str:
+    """The messages of the conversation's current turn, and its state."""
+    return conversation_key(conversation, "batch")
+
+
+def queue_acks(pipe: Pipeline, consumer: str, entries: list[str]) -> None:
+    """Ack and delete finished wake-ups this consumer still owns (nothing if there are none).
+    EVAL, not a registered script: in a pipeline that costs a SCRIPT EXISTS."""
+    if entries:
+        pipe.eval(ACK_OWNED, 1, READY_STREAM, GROUP, consumer, *entries)
+
+
+def group_lost(exc: ResponseError) -> bool:
+    """The ready stream or its consumer group is gone (Redis restarted empty, or flushed)."""
+    message = str(exc)  # in a pipeline the server's error follows the failed command
+    return "NOGROUP" in message or "UNBLOCKED the stream key no longer exists" in message
+
+
+async def ensure_group(redis: aioredis.Redis) -> None:
+    """Create the ready stream and the workers' group unless they exist."""
+    try:
+        await redis.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Sweeper:
+    """Finds conversations with work and no wake-up in flight, and wakes them."""
+
+    def __init__(self, redis: aioredis.Redis, *, name: str, every: float, log: Logger) -> None:
+        self.redis = redis
+        self.name = name
+        self.every = every
+        self.log = log
+
+    async def sweep(self, *, force: bool = False) -> int:
+        """Wake every conversation that has waiting messages or a left batch and no lease
+        holder; how many were woken. One process sweeps per period (a lock), unless `force`.
+
+        SCAN walks the keys of the one server it talks to: on Redis Cluster this has to run on
+        every primary (e.g. a ClusterPipeline per node, or `target_nodes=ALL_PRIMARIES`)."""
+        if not force and not await self.redis.set(
+            SWEEP_LOCK, self.name, nx=True, px=max(1, int(self.every * 1000))
+        ):
+            return 0
+        woken = 0
+        for part in ("inbox", "batch"):
+            found: list[str] = []
+            async for key in self.redis.scan_iter(match=conversation_key("*", part), count=1000):
+                found.append(str(key))
+                if len(found) >= SWEEP_CHUNK:
+                    woken += await self._wake_idle(found, part)
+                    found = []
+            woken += await self._wake_idle(found, part)
+        if woken:
+            self.log.warning("wakeups_repaired", worker=self.name, conversations=woken)
+        return woken
+
+    async def _wake_idle(self, keys: list[str], part: str) -> int:
+        """Add a wake-up for each conversation of `keys` (its inbox or batch keys) whose lease
+        is free and whose key still holds work."""
+        prefix, suffix = f"{conversation_key('', part).split('}')[0]}", f"}}:{part}"
+        conversations = [k[len(prefix) : -len(suffix)] for k in keys if k.endswith(suffix)]
+        if not conversations:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation in conversations:
+                pipe.exists(lease_key(conversation))
+                pipe.exists(inbox_key(conversation) if part == "inbox" else batch_key(conversation))
+            found = await pipe.execute()
+        idle = [
+            c
+            for c, held, work in zip(conversations, found[::2], found[1::2], strict=True)
+            if work and not held
+        ]
+        if idle:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation in idle:
+                    pipe.xadd(
+                        READY_STREAM,
+                        {"conversation": conversation},
+                        maxlen=READY_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        return len(idle)
