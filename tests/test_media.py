@@ -114,11 +114,16 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 
 
 def whatsapp_gateway(
-    tmp_path: Path, redis_url: str, events: CapturedEvents, twilio: FakeTwilio, config: str
+    tmp_path: Path,
+    redis_url: str,
+    events: CapturedEvents,
+    twilio: FakeTwilio,
+    config: str,
+    access: str = 'dmPolicy: "open"',
 ):  # type: ignore[no-untyped-def]
     return running_gateway(
         model_url="unused", redis_url=redis_url, data_dir=tmp_path, log=events.log,
-        channels='whatsapp: { dmPolicy: "open" }', config_text=config, bot_public_url=PUBLIC,
+        channels=f"whatsapp: {{ {access} }}", config_text=config, bot_public_url=PUBLIC,
         twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
         twilio_whatsapp_from="whatsapp:+14155238886", twilio_api_base_url=twilio.base_url,
     )  # fmt: skip
@@ -437,3 +442,30 @@ async def test_an_attachment_of_no_known_type_is_refused_after_download(
     assert text.transcriptions == []
     assert text.requests == []
     assert vision.requests == []
+
+
+async def test_attachments_are_fetched_only_after_the_access_check(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """A stranger's photo costs nothing (never downloaded, no model); an allowed sender's
+    photo is fetched and answered."""
+    text, vision = models
+    config = media_config(text.base_url, vision.base_url)
+    access = 'dmPolicy: "allowlist", allowFrom: ["whatsapp:+15551234567"]'
+    url = twilio.add_media("image/jpeg", PHOTO)
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config, access) as gw:
+        stranger = whatsapp_inbound(
+            from_="whatsapp:+15559990000", body="hi", media=[(url, "image/jpeg")]
+        )
+        await post_whatsapp(gw, stranger, twilio.auth_token)
+        await eventually(lambda: bool(events.events("message_rejected")))
+        assert twilio.media_hits == []
+        friend = whatsapp_inbound(body="What is it?", media=[(url, "image/jpeg")])
+        await post_whatsapp(gw, friend, twilio.auth_token)
+        await eventually(lambda: len(vision.requests_to("/responses")) == 1)
+        await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+    assert [m.to for m in twilio.messages] == ["whatsapp:+15551234567"]
+    assert len(twilio.media_hits) == 2  # the friend's: the resource, then the CDN
+    assert len(events.events("media_fetched")) == 1
+    assert text.requests == []
