@@ -203,6 +203,14 @@ class Config(_Model):
                         f"capped at a quarter of the window ({spec.context_window // 4} tokens). "
                         "Lower maxTokens, or raise contextWindow to what the server loads."
                     )
+        heard = self.agents.defaults.media.transcription_model
+        provider_id = split_ref(heard)[0] if heard else ""
+        listening = self.providers().get(provider_id)
+        if heard and listening is not None and not listening.api_key:
+            found.append(
+                f"agents.defaults.media.transcriptionModel ({heard}): {key_variable(provider_id)} "
+                "is not set, so voice notes will get an apology instead of a transcript."
+            )
         return found
 
     def model_spec(self, provider: str, model_id: str) -> ModelSpec | None:

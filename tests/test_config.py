@@ -367,6 +367,15 @@ def test_media_keys_load_and_are_checked() -> None:
     assert "did you mean 'openai'?" in issues["agents.defaults.media.transcriptionModel", 4]
 
 
+def test_a_transcription_model_without_its_key_is_warned_about() -> None:
+    """A transcriptionModel on a hosted provider whose key is unset loads with a warning that
+    names the variable; with the key set there is none."""
+    text = '{agents: {defaults: {media: {transcriptionModel: "openai/whisper-1"}}}}'
+    [warning] = parse_config(text, source="x", env={}).warnings()
+    assert "OPENAI_API_KEY is not set" in warning
+    assert parse_config(text, source="x", env={"OPENAI_API_KEY": "sk-x"}).warnings() == []
+
+
 def test_unlisted_model_of_known_provider_is_allowed() -> None:
     """A model id a provider does not list is fine; model_spec returns None for it."""
     config = parse_config('{agents: {defaults: {model: "openai/gpt-6"}}}', source="x", env={})
