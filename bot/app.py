@@ -91,6 +91,7 @@ class App:
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
             retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
+            delivery_retry_seconds=defaults.delivery_retry_seconds,
         )
 
     def web_app(self) -> web.Application:

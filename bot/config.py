@@ -80,6 +80,7 @@ class AgentDefaults(_Model):
     timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30, gt=0)
+    delivery_retry_seconds: float = Field(default=3600, gt=0)
     max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
     media: MediaConfig = MediaConfig()

@@ -59,11 +59,13 @@ class StoreUnavailable(BotError):
 
 
 class ChannelSendError(BotError):
-    """A reply could not be delivered to a platform."""
+    """A reply could not be delivered to a platform. `retry_after`: seconds the platform
+    asked to wait (a 429's Retry-After), if it said."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class ModelError(BotError):

@@ -1,13 +1,13 @@
 """The turn runner (worker role): lease a ready conversation, run its turns, deliver replies.
 
 A conversation is run by one worker at a time (a lease in Redis, renewed while the turn
-runs). Its inbox is drained into a batch whose state moves pending → replied → deleted (once
-sent), each step fenced by the lease token, so a worker that lost its lease can change
-nothing and a worker that takes over resumes where the dead one stopped: a stored reply is
-sent, never generated again. The one window for a second copy is a crash between the
-platform accepting the reply and the batch being deleted (one Redis round trip). Wake-ups come
-from the `ready` stream's consumer group; entries of dead workers are reclaimed once idle
-for a lease period.
+runs). Its inbox is drained into a batch whose state moves pending → replied (the reply is in
+the conversation's outbox, bot.delivery) → deleted (once the outbox was flushed), each step
+fenced by the lease token, so a worker that lost its lease can change nothing and a worker
+that takes over resumes where the dead one stopped: a stored reply is sent, never generated
+again, and chunks the platform took are not sent again. Wake-ups come from the `ready`
+stream's consumer group; entries of dead workers are reclaimed once idle for a lease period;
+replies waiting to be retried come from the outbox's due set.
 
 Nothing wedges: whatever fails inside a turn ends in a short reply to the person, or, when
 nobody can be told (the batch is unreadable, the reply cannot go out), the batch is left for the
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.agent import Agent, TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
+from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
 from bot.errors import ChannelSendError
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
@@ -96,18 +98,29 @@ redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending',
 return redis.call('HGETALL', KEYS[2])
 """
 
-# KEYS: lease, batch, turns, summary, base. ARGV: token, batch id, reply JSON, ttl s,
-# turn JSON... Appends the turn to memory and stores the reply, or nothing if fenced off.
+# KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
+# entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
+# turn to memory and queues the reply in the outbox, or nothing if fenced off. Returns 0
+# (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started now),
+# 3 or more (it waits behind earlier replies).
 COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
-if #ARGV > 4 then
-  redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
+if #ARGV > 7 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 8))
   for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
-redis.call('HSET', KEYS[2], 'state', 'replied', 'reply', ARGV[3])
-return 1
+redis.call('HSET', KEYS[2], 'state', 'replied')
+if ARGV[3] == '' then return 1 end
+local queued = redis.call('RPUSH', KEYS[6], ARGV[3])
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+if queued == 1 then
+  redis.call('DEL', KEYS[7])
+  redis.call('HSET', KEYS[7], 'id', ARGV[5], 'sent', 0, 'started', ARGV[6])
+  redis.call('EXPIRE', KEYS[7], ARGV[7])
+end
+return queued + 1
 """
 
 # KEYS: lease. ARGV: token, ttl ms.
@@ -123,12 +136,6 @@ return 0
 """
 
 
-class ReplySender(Protocol):
-    """Anything that can deliver a reply on one channel (a channel adapter)."""
-
-    async def send(self, message: OutboundMessage) -> None: ...
-
-
 @runtime_checkable
 class TypingIndicator(Protocol):
     """A channel that can show "typing…" while a turn runs."""
@@ -137,6 +144,7 @@ class TypingIndicator(Protocol):
 
 
 TYPING_EVERY = 4.0
+DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,7 +193,7 @@ class Worker:
         redis: aioredis.Redis,
         agent: Agent,
         memory: RedisMemory,
-        senders: Mapping[str, ReplySender],
+        senders: Mapping[str, ReplySender | ChunkSender],
         log: Logger,
         lease_seconds: float = 30,
         max_concurrent: int = 8,
@@ -194,6 +202,8 @@ class Worker:
         retry_seconds: float = 5,
         sweep_seconds: float | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        delivery_retry_seconds: float = 3600,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`retry_seconds`: the longest wait between tries while Redis is unreachable;
         `sweep_seconds`: how often lost wake-ups are looked for (default two leases)."""
@@ -217,6 +227,11 @@ class Worker:
         self._commit = redis.register_script(COMMIT)
         self._renew = redis.register_script(RENEW)
         self._release = redis.register_script(RELEASE)
+        self.outbox = Outbox(
+            redis=redis, senders=senders, log=log, retry_seconds=delivery_retry_seconds,
+            clock=clock,
+        )  # fmt: skip
+        self._next_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds).
@@ -247,6 +262,7 @@ class Worker:
                     if not entries:
                         entries = await self._read(free)
                     claims = await self._claim([f.get("conversation", "") for _, f in entries])
+                    due = await self._claim_due(max(free - len(entries), 1))  # never starved
                 except TRANSIENT as exc:  # what was read is reclaimed after a lease
                     self.log.error(
                         "worker_redis_error", worker=self.name, error=str(exc), retry_in=delay
@@ -263,6 +279,8 @@ class Worker:
                 delay = FIRST_RETRY
                 for (entry_id, fields), claim in zip(entries, claims, strict=True):
                     self._spawn(entry_id, fields.get("conversation", ""), claim)
+                for conversation in due:
+                    self._spawn_due(conversation)
         finally:
             await self.drain()
 
@@ -457,9 +475,14 @@ class Worker:
                 text=CRASHED,
                 reply_to=last.platform_id,
             )
-            if not await self._commit_turn(conversation, token, batch, TurnResult(reply=reply)):
+            entry = self.outbox.entry(reply)
+            committed = await self._commit_turn(
+                conversation, token, batch, TurnResult(reply=reply), entry
+            )
+            if not committed:
                 return False
-            await self._deliver(reply)
+            # Stored in the outbox: it is delivered from there, in order, whatever happens next.
+            await self._flush(conversation, token, entry if committed <= 2 else None)
         except Exception as exc:  # part of a crashed turn: it is left, then dead-lettered
             self.log.error(
                 "apology_failed", conversation=conversation,
@@ -505,16 +528,26 @@ class Worker:
             self.log.warning(
                 "turn_resumed", conversation=conversation, worker=self.name, state=batch.state
             )
-        reply = batch.reply
+        entry = None
         if batch.state == "pending":
             async with self._typing(batch.messages[-1]) as allowed:
                 result = await self.agent.run_turn(batch.messages, allowed=allowed)
-            if not await self._commit_turn(conversation, token, batch, result):
+            entry = self.outbox.entry(result.reply) if result.reply else None
+            if entry is not None and not entry.chunks:
+                entry = None  # nothing to send (an empty reply)
+            committed = await self._commit_turn(conversation, token, batch, result, entry)
+            if not committed:
                 return False
-            reply = result.reply
-        if reply is not None:
-            await self._deliver(reply)
-        return True
+            if entry is None:
+                return True
+            if committed > 2:
+                entry = None  # it waits behind earlier replies: flush from the head
+        elif batch.reply is not None:  # stored in its batch by an earlier version
+            legacy = self.outbox.entry(batch.reply)
+            keys = lease_key(conversation), batch_key(conversation)
+            if not await self.outbox.enqueue_legacy(*keys, token, legacy):
+                return False
+        return await self._flush(conversation, token, entry)
 
     @contextlib.asynccontextmanager
     async def _typing(self, message: InboundMessage) -> AsyncIterator[Callable[[], None]]:
@@ -546,32 +579,80 @@ class Worker:
                     await task
 
     async def _commit_turn(
-        self, conversation: str, token: str, batch: Batch, result: TurnResult
-    ) -> bool:
+        self, conversation: str, token: str, batch: Batch, result: TurnResult, entry: Entry | None
+    ) -> int:
+        """Remember the turn and queue its reply in one script; COMMIT's verdict."""
         turns = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.remember]
         args: list[Any] = [
             token,
             batch.id,
-            json.dumps(result.reply.to_dict(), ensure_ascii=False) if result.reply else "",
+            entry.to_json() if entry else "",
             self.memory.ttl_seconds,
+            entry.id if entry else "",
+            entry.at if entry else 0,
+            self.outbox.ttl_seconds,
             *turns,
         ]
-        keys = [lease_key(conversation), batch_key(conversation), *self.memory.keys(conversation)]
-        return bool(await self._commit(keys=keys, args=args))
+        keys = [
+            lease_key(conversation),
+            batch_key(conversation),
+            *self.memory.keys(conversation),
+            outbox_key(conversation),
+            head_key(conversation),
+        ]
+        return int(await self._commit(keys=keys, args=args))
 
-    async def _deliver(self, reply: OutboundMessage) -> None:
-        sender = self.senders.get(reply.channel)
-        fields = {"channel": reply.channel, "conversation": reply.conversation}
-        if sender is None:
-            error = f"no {reply.channel!r} channel is configured in this process"
-            self.log.error("send_failed", **fields, error=error, retryable=False)
-            return
+    async def _flush(self, conversation: str, token: str, fresh: Entry | None) -> bool:
+        """Deliver the conversation's outbox (a reply that must wait stays there, in the due
+        set); False if the lease was lost."""
+        lease = lease_key(conversation)
+        return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
+
+    async def _claim_due(self, count: int) -> list[str]:
+        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s).
+        The run loop asks for at least one, so retries never starve behind new turns: one due
+        delivery may run beyond max_concurrent."""
+        now = time.monotonic()
+        if now < self._next_due or count <= 0:
+            return []
+        self._next_due = now + DUE_EVERY
+        return await self.outbox.claim_due(count, hold_ms=min(self.lease_ms, 5000))
+
+    def _spawn_due(self, conversation: str) -> None:
+        task = asyncio.create_task(self._deliver_due(conversation))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _deliver_due(self, conversation: str) -> None:
+        """Take the conversation's lease, flush its outbox, then run any turn waiting (as a
+        turn's worker would before letting go). Busy: its holder flushes, or it is due again."""
+        token = self._token()
         try:
-            await sender.send(reply)
-        except ChannelSendError as exc:
-            self.log.error("send_failed", **fields, error=str(exc), retryable=exc.retryable)
-            return
-        self.log.info("reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text)
+            if not await self.redis.set(lease_key(conversation), token, nx=True, px=self.lease_ms):
+                return
+            lost, done = asyncio.Event(), asyncio.Event()
+            renewer = asyncio.create_task(
+                self._keep_lease(conversation, token, None, lost=lost, done=done)
+            )
+            try:
+                flushed = await self.outbox.flush(
+                    conversation, lease_key(conversation), token, lost=lost
+                )
+            finally:
+                done.set()
+                await renewer
+            if flushed is Flush.LOST:
+                return
+            taken = await self._take_batch(conversation, token, finished="-")
+            if taken not in (["released"], ["lost"]):
+                await self.process(conversation, None, Claim(token, taken))
+        except Exception as exc:  # noqa: BLE001 - a background task: log it; due again later
+            self.log.error(
+                "delivery_crashed",
+                conversation=conversation,
+                worker=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     async def _keep_lease(
         self,

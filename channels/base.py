@@ -58,6 +58,14 @@ class Channel(Protocol):
         """Deliver a reply; raise ChannelSendError (with `retryable`) when it cannot."""
         ...
 
+    def chunks(self, message: OutboundMessage) -> list[str]:
+        """The reply as the platform messages it is sent in, in order (split_text)."""
+        ...
+
+    async def send_chunk(self, message: OutboundMessage, chunk: str) -> None:
+        """One attempt at one chunk; raise ChannelSendError (`retryable`, `retry_after`)."""
+        ...
+
 
 @runtime_checkable
 class StatusReceiver(Protocol):

@@ -5,7 +5,8 @@ photo, voice note, audio or document with its caption) of
 `message` and `edited_message` becomes InboundMessages (one conversation per chat; in groups
 only when the bot is mentioned or replied to, unless `requireMention: false`). Replies go out
 with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
-paced per chat, retrying 429 (after `retry_after`), 5xx and network errors.
+paced per chat, one attempt per chunk from the outbox (which retries 429 after
+`retry_after`, 5xx and network errors); other Bot API calls retry a few times themselves.
 """
 
 from __future__ import annotations
@@ -202,13 +203,17 @@ class TelegramChannel:
 
     # -- the Bot API ---------------------------------------------------------------------------
 
-    async def call(self, method: str, *, http_seconds: float = 30, **params: Any) -> Any:
-        """Call a Bot API method; retry 429, 5xx and network errors; return `result`."""
+    async def call(
+        self, method: str, *, http_seconds: float = 30, attempts: int | None = None, **params: Any
+    ) -> Any:
+        """Call a Bot API method; retry 429, 5xx and network errors (up to `attempts`, the
+        channel's default if None); return `result`."""
         if self.token is None:
             raise TelegramError("TELEGRAM_BOT_TOKEN is not set", retryable=False)
         url = f"{self.base_url}/bot{self.token}/{method}"
         body = {k: v for k, v in params.items() if v is not None}
-        for attempt in range(1, self.attempts + 1):
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
             delay = self.backoff_seconds * 2 ** (attempt - 1)
             try:
                 async with self.http.post(
@@ -231,7 +236,8 @@ class TelegramChannel:
                 retry_after = (answer.get("parameters") or {}).get("retry_after")
                 if status == 429 and isinstance(retry_after, int | float):
                     delay = min(float(retry_after), MAX_RETRY_AFTER)
-            if not error.retryable or attempt == self.attempts:
+                    error.retry_after = float(retry_after)
+            if not error.retryable or attempt == attempts:
                 raise error
             self.log.warning("send_retry", channel=self.name, error=str(error), ms=delay * 1000)
             await self.sleep(delay)
@@ -349,14 +355,30 @@ class TelegramChannel:
 
     # -- outbound ------------------------------------------------------------------------------
 
+    def chunks(self, message: OutboundMessage) -> list[str]:
+        """The reply as messages within `textChunkLimit` UTF-16 units, in order."""
+        return split_text(message.text, self.config.text_chunk_limit, measure=utf16_len)
+
     async def send(self, message: OutboundMessage) -> None:
-        """Send the reply in order, one sendMessage per chunk, about one a second per chat."""
+        """Send the reply in order, one sendMessage per chunk, about one a second per chat,
+        retrying each a few times (the worker's outbox uses `send_chunk`)."""
+        for chunk in self.chunks(message):
+            await self._send_chunk(message, chunk, attempts=None)
+
+    async def send_chunk(self, message: OutboundMessage, chunk: str) -> None:
+        """One sendMessage for one chunk, paced per chat; TelegramError says whether to retry."""
+        await self._send_chunk(message, chunk, attempts=1)
+
+    async def _send_chunk(
+        self, message: OutboundMessage, chunk: str, *, attempts: int | None
+    ) -> None:
         chat_id = message.conversation.removeprefix("telegram:")
-        for chunk in split_text(message.text, self.config.text_chunk_limit, measure=utf16_len):
-            wait = self.pacer.wait(chat_id)
-            if wait > 0:
-                await self.sleep(wait)
-            await self.call("sendMessage", chat_id=chat_id, text=chunk)
+        wait = self.pacer.wait(chat_id)
+        if wait > 0:
+            await self.sleep(wait)
+        try:
+            await self.call("sendMessage", attempts=attempts, chat_id=chat_id, text=chunk)
+        finally:
             self.pacer.sent(chat_id)
 
     async def typing(self, conversation: str) -> None:

@@ -2,7 +2,8 @@
 
 The only module that imports the twilio SDK. Webhooks are verified with twilio's
 RequestValidator over the public URL; replies go through its async client, in chunks
-within `textChunkLimit`, retrying 429 (honouring Retry-After) and 5xx with backoff.
+within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
+errors), and a resumed send asks Twilio's Messages list whether a chunk was already taken.
 Attachments (MediaUrl{n}) are fetched with the account's Basic auth, which never follows
 Twilio's redirect to its CDN on another host.
 """
@@ -18,7 +19,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from multidict import MultiDict
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -52,6 +53,8 @@ MAX_MEDIA = 10  # Twilio sends at most 10 media per message; NumMedia is capped 
 MAX_FIELDS = 1000  # an inbound form has a few dozen fields; more is not Twilio
 _WHATSAPP_FROM = re.compile(r"whatsapp:\+[1-9][0-9]{1,14}")
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")
+CLOCK_SKEW = 2.0  # seconds of clock difference to Twilio allowed for when reconciling
+RECONCILE_PAGE = 50  # the newest messages to one person looked at when reconciling
 MAX_RETRY_AFTER = 30.0
 # The headers of the Twilio response last seen in the current task: TwilioRestException
 # carries no headers, and Retry-After lives there. The SDK awaits straight through.
@@ -234,39 +237,84 @@ class WhatsAppChannel:
 
     # -- outbound --------------------------------------------------------------------------
 
+    def chunks(self, message: OutboundMessage) -> list[str]:
+        """The reply as WhatsApp messages within `textChunkLimit`, in order."""
+        return split_text(message.text, self.config.text_chunk_limit)
+
     async def send(self, message: OutboundMessage) -> None:
-        """Send the reply to the person, in order, one Messages request per chunk."""
+        """Send the reply to the person, in order, one Messages request per chunk, retrying
+        each a few times (the worker's outbox uses `send_chunk` and retries for longer)."""
+        chunks = self.chunks(message)
+        for n, chunk in enumerate(chunks, 1):
+            await self._send_chunk(message.conversation, chunk, part=f"{n}/{len(chunks)}")
+
+    async def send_chunk(self, message: OutboundMessage, chunk: str) -> None:
+        """One Messages request for one chunk; ChannelSendError says whether to retry."""
+        await self._send_chunk(message.conversation, chunk, part="", attempts=1)
+
+    async def accepted(self, message: OutboundMessage, chunk: str, since: float) -> bool:
+        """Whether Twilio already took `chunk` for this person at or after `since` (epoch s):
+        the newest messages to them (To and From filters) with that body, created since."""
+        client = self._client()
+        origin = {} if self.config.messaging_service_sid else {"from_": self.sender or ""}
+        try:
+            page = await client.messages.page_async(
+                to=message.conversation, page_size=RECONCILE_PAGE, **origin
+            )
+        except TwilioException as exc:  # a list's error carries the response, not a code
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = getattr(exc, "status", None) or getattr(response, "status_code", None)
+            raise ChannelSendError(
+                f"Twilio {status} error listing messages: {hint(getattr(exc, 'code', None))}",
+                retryable=status in RETRY_STATUSES,
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ChannelSendError(
+                f"cannot reach Twilio: {type(exc).__name__}", retryable=True
+            ) from exc
+        return any(
+            sent.body == chunk
+            and sent.date_created is not None
+            and sent.date_created.timestamp() >= int(since) - CLOCK_SKEW
+            for sent in page
+        )
+
+    def _client(self) -> Client:
+        """The Twilio client, once credentials and a sender are set."""
         if self.client is None:
             raise ChannelSendError(
                 "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to send", retryable=False
             )
         if not (self.sender or self.config.messaging_service_sid):
             raise ChannelSendError("TWILIO_WHATSAPP_FROM is not set", retryable=False)
-        chunks = split_text(message.text, self.config.text_chunk_limit)
-        for n, chunk in enumerate(chunks, 1):
-            await self._send_chunk(message.conversation, chunk, part=f"{n}/{len(chunks)}")
+        return self.client
 
-    async def _send_chunk(self, to: str, body: str, *, part: str) -> None:
-        assert self.client is not None
+    async def _send_chunk(
+        self, to: str, body: str, *, part: str, attempts: int | None = None
+    ) -> None:
+        client = self._client()
         origin: dict[str, str] = (
             {"messaging_service_sid": self.config.messaging_service_sid}
             if self.config.messaging_service_sid
             else {"from_": self.sender or ""}
         )
-        for attempt in range(1, self.attempts + 1):
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
             last_headers.set({})
             try:
-                await self.client.messages.create_async(to=to, body=body, **origin)
+                await client.messages.create_async(to=to, body=body, **origin)
                 return
             except TwilioRestException as exc:
                 retryable = exc.status in RETRY_STATUSES
                 error = f"Twilio {exc.status} error {exc.code}: {hint(exc.code)}"
-                if not retryable or attempt == self.attempts:
-                    raise ChannelSendError(error, retryable=retryable) from exc
+                if not retryable or attempt == attempts:
+                    raise ChannelSendError(
+                        error, retryable=retryable, retry_after=self._retry_after()
+                    ) from exc
                 delay = self._retry_after() or self.backoff_seconds * 2 ** (attempt - 1)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"cannot reach Twilio: {type(exc).__name__}"
-                if attempt == self.attempts:
+                if attempt == attempts:
                     raise ChannelSendError(error, retryable=True) from exc
                 delay = self.backoff_seconds * 2 ** (attempt - 1)
             self.log.warning(

@@ -24,7 +24,8 @@ from bot.settings import Settings
 from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
-from tests.helpers import eventually, gateway_config, gateway_config_text, inbound
+from tests.fakes.twilio_server import FakeTwilio
+from tests.helpers import bot_env, eventually, gateway_config, gateway_config_text, inbound
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,60 +279,98 @@ async def start_worker_process(
     )  # fmt: skip
 
 
+async def sending(redis: aioredis.Redis, pid: int) -> int:
+    """How many replies the worker process `pid` is delivering now: conversations whose lease
+    it holds (its tokens are "host-PID-…:…") and whose batch is committed."""
+    keys = await redis.keys("conv:*:lease")
+    tokens = await redis.mget(keys) if keys else []
+    mine = [key for key, token in zip(keys, tokens, strict=True) if token and f"-{pid}-" in token]
+    states = [await redis.hget(key.replace(":lease", ":batch"), "state") for key in mine]
+    return states.count("replied")
+
+
+async def workers_ready(logs: list[Path], within: float = 30) -> None:
+    """Wait until every worker process has logged `worker_started`."""
+    async with asyncio.timeout(within):
+        while not all('"worker_started"' in log.read_text() for log in logs):  # noqa: ASYNC110 - polling with a deadline
+            await asyncio.sleep(0.05)
+
+
+async def start_serve_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """A real `bot serve --role worker` process, its events written to `log`."""
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve", "--role", "worker", env=env, cwd=ROOT,
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "delay", [lambda: 0.0, lambda: random.uniform(0.01, 0.05)], ids=["instant", "10-50ms"]
+)
 async def test_three_worker_processes_survive_a_sigkill(
+    delay: Callable[[], float],
     model: FakeOpenAI,
     redis_client: aioredis.Redis,
     redis_url: str,
     tmp_path: Path,
     events: CapturedEvents,
-    sink: tuple[str, list[dict[str, str]]],
 ) -> None:
-    """50 conversations x 10 messages posted concurrently to three worker processes, one
-    killed with SIGKILL mid-run: every conversation's replies arrive in order, once each."""
-    sink_url, received = sink
-    model.default = echo(lambda: random.uniform(0.01, 0.05))
+    """50 WhatsApp conversations x 10 messages posted concurrently to three `bot serve
+    --role worker` processes, one killed with SIGKILL mid-run: Twilio takes every
+    conversation's replies in order, each exactly once (none lost, none twice)."""
+    model.default = echo(delay)
     config = tmp_path / "bot.json5"
-    config.write_text(gateway_config_text(model.base_url, lease_seconds=1))
+    text = gateway_config_text(model.base_url, lease_seconds=1).rstrip().rstrip("}")
+    config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
     settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
-    procs = [await start_worker_process(f"w{n}", config, redis_url, sink_url) for n in range(3)]
-    convs = [f"test:{n}" for n in range(50)]
-    try:
-        async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
-            accepted = 0
+    convs = [f"whatsapp:+1555{n:07d}" for n in range(50)]
+    async with FakeTwilio(latency=0.03) as twilio:  # a kill lands mid-send, as it would
+        env = bot_env(
+            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config),
+            TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
+            TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
+        )  # fmt: skip
+        logs = [tmp_path / f"worker{n}.log" for n in range(3)]
+        procs = [await start_serve_worker(env, log) for log in logs]
+        try:
+            async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
+                accepted = 0
 
-            async def post(conv: str) -> None:
-                nonlocal accepted
-                for m in range(10):
-                    message = inbound(f"{conv}#{m}", conversation=conv, n=m, channel="test")
-                    await web_role.intake.accept(message)
-                    accepted += 1
-                    await asyncio.sleep(random.uniform(0, 0.02))
+                async def post(conv: str) -> None:
+                    nonlocal accepted
+                    for m in range(10):
+                        message = inbound(f"{conv}#{m}", conversation=conv, n=m, channel="whatsapp")
+                        await web_role.intake.accept(message)
+                        accepted += 1
+                        await asyncio.sleep(random.uniform(0.02, 0.2))
 
-            posting = asyncio.gather(*(post(c) for c in convs))
-            await eventually(lambda: accepted >= 150)  # a third in: every worker is busy
-            procs[0].send_signal(signal.SIGKILL)
-            await posting
+                def covered() -> int:
+                    return sum((m.body or "").count("#") for m in twilio.messages)
 
-            def covered() -> int:
-                return sum(r["text"].count("#") for r in received)
-
-            await eventually(lambda: covered() >= 500, within=60)
-            await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(proc.wait() for proc in procs))
+                await workers_ready(logs)
+                posting = asyncio.gather(*(post(c) for c in convs))
+                await eventually(lambda: accepted >= 150, within=60)  # a third in
+                async with asyncio.timeout(30):  # until the victim is mid-send
+                    while not await sending(redis_client, procs[0].pid):  # noqa: ASYNC110 - polling with a deadline
+                        await asyncio.sleep(0.005)
+                procs[0].send_signal(signal.SIGKILL)
+                await posting
+                await eventually(lambda: covered() >= 500, within=60)
+                await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*(proc.wait() for proc in procs))
 
     seen: dict[str, list[str]] = defaultdict(list)
-    for reply in received:
-        seen[reply["conversation"]] += reply["text"].removeprefix("echo:").split("\n")
+    for sent in twilio.messages:
+        seen[sent.to] += (sent.body or "").removeprefix("echo:").split("\n")
     wrong = {c: seen[c] for c in convs if seen[c] != [f"{c}#{m}" for m in range(10)]}
-    assert not wrong, [
-        (r["conversation"], r["worker"], r["text"].replace("\n", " ").replace("echo:", ""))
-        for r in received
-        if r["conversation"] in wrong
-    ]
+    duplicates = sum(len(seen[c]) - len(set(seen[c])) for c in convs)
+    losses = sum(len({f"{c}#{m}" for m in range(10)} - set(seen[c])) for c in convs)
+    assert not wrong, f"{duplicates} duplicates, {losses} losses: {wrong}"
     assert procs[0].returncode == -signal.SIGKILL
     assert all(p.returncode == 0 for p in procs[1:])
 

@@ -1,6 +1,8 @@
 """An in-process fake of Twilio's REST API Messages resource (aiohttp.web), in Twilio's shapes.
 
-Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It also builds
+Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It creates
+messages (POST) and lists them (GET, newest first, filtered by To, From and DateSent, paged),
+and can play an outage (every request answered 5xx until a moment). It also builds
 Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests,
 and serves inbound media as Twilio does: the Media resource answers 401 without the account's
 Basic auth and 307 to a CDN URL with it; the CDN (another port: another origin) serves the bytes.
@@ -70,6 +72,7 @@ class SentMessage:
     media_url: list[str]
     content_sid: str | None
     at: float  # time.monotonic() when accepted
+    created: float = 0.0  # time.time() when accepted: the resource's date_created
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,8 +144,10 @@ class FakeTwilio:
         account_sid: str = DEFAULT_ACCOUNT_SID,
         auth_token: str = DEFAULT_AUTH_TOKEN,
         max_body: int = MAX_BODY,
+        latency: float = 0.0,
     ) -> None:
         self.account_sid = account_sid
+        self.latency = latency  # seconds each create takes before it is accepted
         self.auth_token = auth_token
         self.max_body = max_body
         self.messages: list[SentMessage] = []
@@ -154,6 +159,8 @@ class FakeTwilio:
         self._media: dict[str, StoredMedia] = {}
         self._cdn_runner: web.AppRunner | None = None
         self._script: deque[TwilioReply] = deque()
+        self._outage_until = 0.0
+        self._outage_reply = server_error(503)
         self._closing = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -174,6 +181,7 @@ class FakeTwilio:
         """Start listening on a free port."""
         app = web.Application()
         app.router.add_post(_MESSAGES_PATH, self._create_message)
+        app.router.add_get(_MESSAGES_PATH, self._list_messages)
         app.router.add_get(_MEDIA_PATH, self._media_resource)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -211,6 +219,16 @@ class FakeTwilio:
     def script(self, *replies: TwilioReply) -> None:
         """Queue replies for the next authenticated Messages POSTs, then behave normally."""
         self._script.extend(replies)
+
+    def outage(self, seconds: float, reply: TwilioReply | None = None) -> None:
+        """Answer every authenticated request (create and list) with `reply` (a 503 by
+        default) for the next `seconds`."""
+        self._outage_until = time.monotonic() + seconds
+        self._outage_reply = reply or server_error(503)
+
+    @property
+    def in_outage(self) -> bool:
+        return time.monotonic() < self._outage_until
 
     async def wait_for_messages(self, count: int = 1) -> list[SentMessage]:
         """Wait until at least `count` messages were accepted (wrap in `asyncio.timeout`)."""
@@ -314,6 +332,8 @@ class FakeTwilio:
             )
         if request.match_info["account_sid"] != self.account_sid:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
+        if self.in_outage:
+            return _reply_error(self._outage_reply)
 
         if self._script:
             reply = self._script.popleft()
@@ -326,7 +346,61 @@ class FakeTwilio:
 
         if rejection := self._validate(recorded):
             return rejection
+        if self.latency:
+            await self._sleep(self.latency)
         return await self._accept(recorded)
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """GET Messages.json: this account's messages, newest first, as Twilio pages them."""
+        query = request.query
+        self.requests.append(
+            TwilioRequest(
+                method=request.method,
+                path=request.path,
+                form=dict(query),
+                media=[],
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                auth=_basic_auth(request.headers.get("Authorization")),
+            )
+        )
+        if self.requests[-1].auth != (self.account_sid, self.auth_token):
+            return _error(401, 20003, "Authenticate")
+        if request.match_info["account_sid"] != self.account_sid:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        if self.in_outage:
+            return _reply_error(self._outage_reply)
+        found = [
+            m
+            for m in reversed(self.messages)
+            if query.get("To", m.to) == m.to
+            and query.get("From", m.from_) == m.from_
+            and _date_sent_matches(query, m)
+        ]
+        try:
+            size = min(int(query.get("PageSize", "50")), 1000)
+            page = int(query.get("Page", "0"))
+        except ValueError:
+            return _error(400, 20001, "Invalid paging parameter")
+        rows = found[page * size : (page + 1) * size]
+        base = _MESSAGES_PATH.format(account_sid=self.account_sid)
+        filters = {k: v for k, v in query.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(number: int) -> str:
+            return f"{base}?{urlencode({**filters, 'PageSize': size, 'Page': number})}"
+
+        more = (page + 1) * size < len(found)
+        body = {
+            "messages": [self._resource(m, status="sent") for m in rows],
+            "end": page * size + max(len(rows) - 1, 0),
+            "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) if more else None,
+            "page": page,
+            "page_size": size,
+            "previous_page_uri": uri(page - 1) if page > 0 else None,
+            "start": page * size,
+            "uri": uri(page),
+        }
+        return web.json_response(body)
 
     def _validate(self, recorded: TwilioRequest) -> web.Response | None:
         form = recorded.form
@@ -361,15 +435,18 @@ class FakeTwilio:
             media_url=list(recorded.media),
             content_sid=form.get("ContentSid"),
             at=time.monotonic(),
+            created=time.time(),
         )
         async with self._changed:
             self.messages.append(message)
             self._changed.notify_all()
         return web.json_response(self._resource(message), status=201)
 
-    def _resource(self, message: SentMessage) -> dict[str, Any]:
-        """The Message resource JSON as Twilio answers a create (status "queued")."""
-        now = format_datetime(datetime.now(UTC))  # RFC 2822, e.g. "Fri, 13 Aug 2010 01:16:24 +0000"
+    def _resource(self, message: SentMessage, status: str = "queued") -> dict[str, Any]:
+        """The Message resource JSON as Twilio answers a create (status "queued") or lists
+        it (here "sent", with date_sent)."""
+        # RFC 2822, e.g. "Fri, 13 Aug 2010 01:16:24 +0000"
+        now = format_datetime(datetime.fromtimestamp(message.created or time.time(), UTC))
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{message.sid}"
         # A Messaging Service picks the sender later, so Twilio reports 0 segments at first.
         segments = 0 if message.messaging_service_sid else _segments(message.body or "")
@@ -378,7 +455,7 @@ class FakeTwilio:
             "api_version": API_VERSION,
             "body": message.body or "",
             "date_created": now,
-            "date_sent": None,
+            "date_sent": now if status == "sent" else None,
             "date_updated": now,
             "direction": "outbound-api",
             "error_code": None,
@@ -390,7 +467,7 @@ class FakeTwilio:
             "price": None,
             "price_unit": "USD",
             "sid": message.sid,
-            "status": "queued",
+            "status": status,
             "subresource_uris": {"media": f"{uri}/Media.json", "feedback": f"{uri}/Feedback.json"},
             "to": message.to,
             "uri": f"{uri}.json",
@@ -423,6 +500,25 @@ def _error(
     if detail is not None:
         body["detail"] = detail
     return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+def _reply_error(reply: TwilioReply) -> web.Response:
+    """A scripted error reply in Twilio's shape."""
+    code = reply.code if reply.code is not None else reply.status
+    message = reply.message or HTTPStatus(reply.status).phrase
+    return _error(reply.status, code, message, headers=reply.headers)
+
+
+def _date_sent_matches(query: Mapping[str, str], message: SentMessage) -> bool:
+    """Twilio's DateSent filters: `DateSent` (that day), `DateSent<` and `DateSent>` (on or
+    before / after; the SDK sends an ISO 8601 time, only its date counts here)."""
+    sent = datetime.fromtimestamp(message.created, UTC).date().isoformat()
+    exact, before, after = (query.get(k, "")[:10] for k in ("DateSent", "DateSent<", "DateSent>"))
+    return (
+        (not exact or sent == exact)
+        and (not before or sent <= before)
+        and (not after or sent >= after)
+    )
 
 
 def _basic_auth(header: str | None) -> tuple[str, str] | None:

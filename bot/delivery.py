@@ -1,0 +1,409 @@
+"""The outbox: replies kept in Redis until the platform took them, delivered in order.
+
+A conversation's replies wait in `conv:{id}:outbox` (oldest first, each with its chunks); the
+head's progress (chunks accepted, whether a send of the next one may have begun, the next
+attempt) lives in `conv:{id}:outbox:head`. Every write is fenced by the conversation's lease.
+A retryable failure (5xx, 429, network) leaves the reply there with a backoff time in the
+shared due set that every worker polls; later replies wait behind it; a reply older than
+`agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast, runtime_checkable
+
+import redis.asyncio as aioredis
+
+from bot.errors import ChannelSendError
+from bot.logs import Logger
+from bot.memory import conversation_key
+from bot.messages import OutboundMessage
+
+DUE_KEY = "switchboard:outbox:due"
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+UNKNOWN_START = 0  # `started` of a head whose progress was lost: since the reply was queued
+
+
+class ReplySender(Protocol):
+    """Anything that can deliver a whole reply on one channel (e.g. the console)."""
+
+    async def send(self, message: OutboundMessage) -> None: ...
+
+
+@runtime_checkable
+class ChunkSender(Protocol):
+    """A channel that splits a reply into platform messages and sends them one at a time."""
+
+    def chunks(self, message: OutboundMessage) -> list[str]:
+        """The reply as the platform messages it is sent in, in order."""
+        ...
+
+    async def send_chunk(self, message: OutboundMessage, chunk: str) -> None:
+        """One attempt at one chunk; raise ChannelSendError (`retryable`, `retry_after`)."""
+        ...
+
+
+@runtime_checkable
+class AcceptanceCheck(Protocol):
+    """A channel that can tell whether the platform already took a chunk (WhatsApp can)."""
+
+    async def accepted(self, message: OutboundMessage, chunk: str, since: float) -> bool:
+        """True if `chunk` was accepted for this conversation at or after `since` (epoch s)."""
+        ...
+
+
+class Step(enum.StrEnum):
+    """What became of one chunk."""
+
+    SENT = "sent"  # the platform took it (now or, as it says, before)
+    DROPPED = "dropped"  # a failure that retrying cannot fix: the rest of the reply is dropped
+
+
+class Flush(enum.StrEnum):
+    """How a flush of a conversation's outbox ended."""
+
+    EMPTY = "empty"  # everything delivered (or dropped with an event)
+    WAITING = "waiting"  # the head waits for its next attempt (in the due set)
+    LOST = "lost"  # the lease was lost: another worker carries on
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One queued reply: its id, when it was queued (epoch ms), the reply and its chunks."""
+
+    id: str
+    at: int
+    reply: OutboundMessage
+    chunks: list[str]
+
+    def to_json(self) -> str:
+        data = {"id": self.id, "at": self.at, "reply": self.reply.to_dict(), "chunks": self.chunks}
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        data = json.loads(text)
+        return cls(
+            id=data["id"],
+            at=int(data["at"]),
+            reply=OutboundMessage.from_dict(data["reply"]),
+            chunks=list(data["chunks"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Head:
+    """The reply being delivered and its progress. `started` (epoch ms): a send of chunk
+    `sent` may have begun then (None: not tried yet). `retrying`: the conversation is in
+    the due set."""
+
+    entry: Entry
+    sent: int = 0
+    started: int | None = None
+    attempts: int = 0
+    next_at: int = 0
+    retrying: bool = False
+
+
+def outbox_key(conversation: str) -> str:
+    return conversation_key(conversation, "outbox")
+
+
+def head_key(conversation: str) -> str:
+    return conversation_key(conversation, "outbox:head")
+
+
+# KEYS: lease, outbox, head. ARGV: token, ttl s. The head and its progress (a head whose
+# progress is missing gets `started` 0: a send may have begun since it was queued).
+LOAD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+local entry = redis.call('LINDEX', KEYS[2], 0)
+if not entry then
+  redis.call('DEL', KEYS[3])
+  return {'empty'}
+end
+local id = cjson.decode(entry)['id']
+if redis.call('HGET', KEYS[3], 'id') ~= id then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'id', id, 'sent', 0, 'started', 0)
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+return {'head', entry, redis.call('HGETALL', KEYS[3])}
+"""
+
+# KEYS: lease, outbox, head. ARGV: token, head id, chunks now accepted (or skipped), chunks
+# in all, now ms, '1' when the next chunk is sent at once, ttl s. Records progress; once the
+# head is done, pops it and makes the next reply the head. Replies {'lost'}, {'more'},
+# {'next', entry, retrying} or {'empty', retrying}.
+ADVANCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
+if redis.call('HGET', KEYS[3], 'id') ~= ARGV[2] then return {'lost'} end
+if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[3], 'sent', ARGV[3])
+  if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5])
+  else redis.call('HDEL', KEYS[3], 'started') end
+  return {'more'}
+end
+local retrying = redis.call('HGET', KEYS[3], 'retrying') or ''
+redis.call('LPOP', KEYS[2])
+redis.call('DEL', KEYS[3])
+local entry = redis.call('LINDEX', KEYS[2], 0)
+if not entry then return {'empty', retrying} end
+redis.call('HSET', KEYS[3], 'id', cjson.decode(entry)['id'], 'sent', 0)
+if retrying ~= '' then redis.call('HSET', KEYS[3], 'retrying', retrying) end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5]) end
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+return {'next', entry, retrying}
+"""
+
+# KEYS: lease, head. ARGV: token, head id, attempts, next attempt ms.
+SCHEDULE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'attempts', ARGV[3], 'next', ARGV[4], 'retrying', 1)
+return 1
+"""
+
+# KEYS: lease, outbox, head, batch. ARGV: token, entry JSON, entry id, ttl s. Moves a reply
+# stored in its batch by an earlier version to the outbox; the head gets `started` 0 (it may
+# have been sent).
+ENQUEUE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HDEL', KEYS[4], 'reply') == 0 then return 1 end
+if redis.call('RPUSH', KEYS[2], ARGV[2]) == 1 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'id', ARGV[3], 'sent', 0, 'started', 0)
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: due. ARGV: now ms, count, claimed until ms. Due conversations, each pushed back to
+# `claimed until` so that one worker takes it (and another does if that one dies).
+CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+return due
+"""
+
+
+class Outbox:
+    """Queues replies and delivers a conversation's outbox for the worker holding its lease."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        senders: Mapping[str, ReplySender | ChunkSender],
+        log: Logger,
+        retry_seconds: float = 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.senders = senders
+        self.log = log
+        self.retry_ms = int(retry_seconds * 1000)
+        self.ttl_seconds = int(retry_seconds) + 86400  # a safety net; expiry normally drops it
+        self.clock = clock
+        self._load = redis.register_script(LOAD)
+        self._advance = redis.register_script(ADVANCE)
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._claim_due = redis.register_script(CLAIM_DUE)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def entry(self, reply: OutboundMessage) -> Entry:
+        """A reply as it is queued: the chunks its channel sends it in (one when it has none)."""
+        sender = self.senders.get(reply.channel)
+        chunks = sender.chunks(reply) if isinstance(sender, ChunkSender) else [reply.text]
+        return Entry(id=uuid.uuid4().hex, at=self.now_ms(), reply=reply, chunks=chunks)
+
+    async def enqueue_legacy(self, lease: str, batch: str, token: str, entry: Entry) -> bool:
+        """Move a reply an earlier version stored in its batch to the outbox (False if the
+        lease is lost)."""
+        conversation = entry.reply.conversation
+        keys = [lease, outbox_key(conversation), head_key(conversation), batch]
+        args: list[str | int] = [token, entry.to_json(), entry.id, self.ttl_seconds]
+        return bool(await self._enqueue(keys=keys, args=args))
+
+    async def claim_due(self, count: int, hold_ms: int) -> list[str]:
+        """Conversations whose next delivery attempt is due, up to `count`, held for `hold_ms`."""
+        if count <= 0:
+            return []
+        now = self.now_ms()
+        found = await self._claim_due(keys=[DUE_KEY], args=[now, count, now + hold_ms])
+        return [str(member) for member in found]
+
+    async def flush(
+        self,
+        conversation: str,
+        lease: str,
+        token: str,
+        *,
+        fresh: Entry | None = None,
+        lost: asyncio.Event | None = None,
+    ) -> Flush:
+        """Deliver the outbox head first until it is empty or has to wait.
+
+        `fresh`: the reply the caller just queued at the head with a send marked started,
+        so its first chunk goes out without reading the outbox first."""
+        keys = [lease, outbox_key(conversation), head_key(conversation)]
+        head: Head | None
+        if fresh is not None:
+            head = Head(entry=fresh, started=fresh.at)
+            continuing = True  # the started mark is ours: no send has begun yet
+        else:
+            loaded = await self._load(keys=keys, args=[token, self.ttl_seconds])
+            if loaded == ["lost"]:
+                return Flush.LOST
+            head = self._decode_head(loaded)
+            if head is None:  # a worker may have died between emptying it and leaving the set
+                await self.redis.zrem(DUE_KEY, conversation)
+            continuing = False
+        while head is not None:
+            if lost is not None and lost.is_set():
+                return Flush.LOST
+            now = self.now_ms()
+            if head.next_at > now:
+                return Flush.WAITING
+            if head.attempts and now >= head.entry.at + self.retry_ms:
+                self._expired(head)
+                done = len(head.entry.chunks)
+            else:
+                outcome = await self._attempt(keys, token, head, continuing=continuing)
+                if isinstance(outcome, Flush):
+                    return outcome
+                done = head.sent + 1 if outcome is Step.SENT else len(head.entry.chunks)
+            step = await self._step(keys, token, head, done)
+            if isinstance(step, Flush):
+                return step
+            head, continuing = step, True
+        return Flush.EMPTY
+
+    async def _attempt(
+        self, keys: list[str], token: str, head: Head, *, continuing: bool
+    ) -> Step | Flush:
+        """Send chunk `head.sent`, unless the platform already took it (a resumed send)."""
+        entry = head.entry
+        reply = entry.reply
+        fields = {"channel": reply.channel, "conversation": reply.conversation}
+        part = f"{head.sent + 1}/{len(entry.chunks)}"
+        sender = self.senders.get(reply.channel)
+        if sender is None:
+            error = f"no {reply.channel!r} channel is configured in this process"
+            self.log.error("send_failed", **fields, error=error, retryable=False, part=part)
+            return Step.DROPPED
+        chunk = entry.chunks[head.sent]
+        try:
+            if (
+                not continuing
+                and head.started is not None
+                and isinstance(sender, AcceptanceCheck)
+                and await sender.accepted(reply, chunk, self._since(head) / 1000)
+            ):
+                self.log.info("send_reconciled", **fields, part=part, msg_id=reply.reply_to)
+            elif isinstance(sender, ChunkSender):
+                await sender.send_chunk(reply, chunk)
+            else:
+                await sender.send(dataclasses.replace(reply, text=chunk))
+        except ChannelSendError as exc:
+            if exc.retryable:
+                return await self._retry(keys, token, head, exc, part)
+            self.log.error("send_failed", **fields, error=str(exc), retryable=False, part=part)
+            return Step.DROPPED
+        if head.sent + 1 == len(entry.chunks):
+            self.log.info(
+                "reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text,
+                chunks=len(entry.chunks),
+            )  # fmt: skip
+        return Step.SENT
+
+    async def _step(self, keys: list[str], token: str, head: Head, done: int) -> Head | Flush:
+        """Record that the head's first `done` chunks are dealt with (one round trip), marking
+        the next send started; the head to go on with, or how the flush ends."""
+        total, now = len(head.entry.chunks), self.now_ms()
+        args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
+        reply = cast("list[str]", await self._advance(keys=keys, args=args))
+        verdict = reply[0]
+        if verdict == "lost":
+            return Flush.LOST
+        if verdict == "more":
+            return dataclasses.replace(head, sent=done, started=now)
+        if verdict == "empty":
+            if reply[-1]:  # it was in the due set, and nothing is left to retry
+                await self.redis.zrem(DUE_KEY, head.entry.reply.conversation)
+            return Flush.EMPTY
+        return Head(entry=Entry.from_json(reply[1]), started=now, retrying=bool(reply[2]))
+
+    def _decode_head(self, loaded: list[Any]) -> Head | None:
+        """LOAD's reply as a Head (None when the outbox is empty)."""
+        if loaded[0] == "empty":
+            return None
+        flat = cast("list[str]", loaded[2])
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        started = fields.get("started")
+        return Head(
+            entry=Entry.from_json(loaded[1]),
+            sent=int(fields.get("sent", 0)),
+            started=int(started) if started is not None else None,
+            attempts=int(fields.get("attempts", 0)),
+            next_at=int(fields.get("next", 0)),
+            retrying=bool(fields.get("retrying")),
+        )
+
+    def _expired(self, head: Head) -> None:
+        """Say, as an error an operator sees, that a reply was given up on."""
+        reply = head.entry.reply
+        self.log.error(
+            "reply_expired",
+            channel=reply.channel,
+            conversation=reply.conversation,
+            msg_id=reply.reply_to,
+            undelivered=len(head.entry.chunks) - head.sent,
+            chunks=len(head.entry.chunks),
+            attempts=head.attempts,
+            error=f"not delivered within deliveryRetrySeconds ({self.retry_ms // 1000} s)",
+        )
+
+    def _since(self, head: Head) -> int:
+        """From when a send of the head's next chunk may have begun (epoch ms)."""
+        if head.started is None or head.started == UNKNOWN_START:
+            return head.entry.at
+        return head.started
+
+    async def _retry(
+        self, keys: list[str], token: str, head: Head, exc: ChannelSendError, part: str
+    ) -> Flush:
+        """Schedule the next attempt with backoff, or after the platform's Retry-After."""
+        attempts = head.attempts + 1
+        backoff = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempts - 1))
+        delay = exc.retry_after if exc.retry_after is not None else backoff
+        now = self.now_ms()
+        next_at = max(now, min(now + int(delay * 1000), head.entry.at + self.retry_ms))
+        conversation = head.entry.reply.conversation
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # EVAL, not the registered script: in a pipeline that costs a SCRIPT EXISTS.
+            pipe.eval(SCHEDULE, 2, keys[0], keys[2], token, head.entry.id, attempts, next_at)
+            pipe.zadd(DUE_KEY, {conversation: next_at})
+            scheduled, _ = await pipe.execute()
+        self.log.warning(
+            "send_retry",
+            channel=head.entry.reply.channel,
+            conversation=conversation,
+            part=part,
+            attempt=attempts,
+            error=str(exc),
+            ms=next_at - now,
+        )
+        return Flush.WAITING if scheduled else Flush.LOST

@@ -1,0 +1,91 @@
+"""Chaos for the outbox with a real `bot serve` process, real Redis and fakes at the HTTP
+boundary: a Twilio outage longer than any in-process retry. (The SIGKILL chaos test, with an
+instant model, is in test_worker.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
+from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
+from tests.helpers import bot_env, gateway_config_text
+
+ROOT = Path(__file__).resolve().parent.parent
+PERSON = "whatsapp:+15551234567"
+
+
+def echo(request: Recorded) -> Reply:
+    """A model that answers at once with the last user message it was shown."""
+    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(models=["local-model"], default=echo) as fake:
+        yield fake
+
+
+async def test_a_reply_due_during_a_12_s_twilio_outage_arrives_once_after_it(
+    model: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Twilio answers 503 to everything for 12 s from the moment a message arrives: with the
+    default retry settings the person gets the reply exactly once, after Twilio recovers."""
+    port = closed_port()
+    config = tmp_path / "bot.json5"
+    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+    config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
+    log = tmp_path / "serve.log"
+    async with FakeTwilio() as twilio:
+        env = bot_env(
+            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
+            BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
+            TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
+            TWILIO_API_BASE_URL=twilio.base_url,
+        )  # fmt: skip
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "serve", env=env, cwd=ROOT,
+                stdout=out, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+            async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+                while True:  # until the process serves
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                            if ready.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.1)
+                twilio.outage(12)
+                recovered = time.monotonic() + 12
+                body, headers = signed_form(
+                    twilio.auth_token, url, whatsapp_inbound(from_=PERSON, body="are you up?")
+                )
+                async with http.post(url, data=body, headers=headers) as response:
+                    assert response.status == 200
+            async with asyncio.timeout(40):
+                [sent] = await twilio.wait_for_messages(1)
+            await asyncio.sleep(1.0)  # room for a wrong second copy to show up
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert [m.body for m in twilio.messages] == ["echo:are you up?"]
+    assert sent.to == PERSON
+    assert sent.at >= recovered
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "send_failed" not in names
+    assert names.count("send_retry") >= 3
+    assert names.count("reply_sent") == 1

@@ -1,0 +1,291 @@
+"""The outbox on real Redis against fake Twilio and Telegram: retries with backoff, order,
+chunks never repeated after a crash, non-retryable failures, expiry, takeover by any worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.app import App, open_app
+from bot.config import parse_config
+from bot.delivery import DUE_KEY, head_key, outbox_key
+from bot.messages import InboundMessage
+from bot.settings import Settings
+from bot.worker import Worker, lease_key
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
+from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.telegram_server import too_many_requests as telegram_429
+from tests.fakes.twilio_server import (
+    FakeTwilio,
+    TwilioReply,
+    outside_window,
+    server_error,
+    too_many_requests,
+)
+from tests.helpers import eventually, gateway_config_text
+
+SENDER = "whatsapp:+14155238886"
+PERSON = "whatsapp:+15551234567"
+
+
+def echo(request: Recorded) -> Reply:
+    """A model that answers with the last user message it was shown."""
+    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
+
+
+class Clock:
+    """Wall-clock time that a test moves forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    """A gateway's parts with WhatsApp and Telegram pointed at fakes, and a clock for workers."""
+
+    app: App
+    twilio: FakeTwilio
+    telegram: FakeTelegram
+    model: FakeOpenAI
+    redis: aioredis.Redis
+    events: CapturedEvents
+    clock: Clock
+    sequence: int = 0
+
+    def worker(self, *, retry_seconds: float = 3600, lease_seconds: float = 30) -> Worker:
+        return Worker(
+            redis=self.app.redis.client,
+            agent=self.app.agent,
+            memory=self.app.memory,
+            senders=self.app.senders,
+            log=self.app.log,
+            lease_seconds=lease_seconds,
+            delivery_retry_seconds=retry_seconds,
+            clock=self.clock,
+        )
+
+    async def say(self, text: str, conversation: str = PERSON) -> None:
+        """A message from the person, stored as the web role stores it."""
+        self.sequence += 1
+        await self.app.intake.accept(
+            InboundMessage(
+                channel=conversation.split(":")[0],
+                conversation=conversation,
+                sender=conversation,
+                text=text,
+                platform_id=f"p{self.sequence}",
+                ts=time.time(),
+                meta={"chat_type": "private"},
+            )
+        )
+
+    def bodies(self) -> list[str]:
+        return [m.body or "" for m in self.twilio.messages]
+
+    async def drive(self, condition: Callable[[], bool], within: float = 15) -> None:
+        """Until `condition` holds: move the clock to the next due attempt, let workers run."""
+        async with asyncio.timeout(within):
+            while not condition():
+                due = await self.redis.zrange(DUE_KEY, 0, 0, withscores=True)
+                if due:
+                    self.clock.now = max(self.clock.now, due[0][1] / 1000)
+                await asyncio.sleep(0.01)
+
+    async def until(self, check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+        """Poll a Redis condition until it holds; fail if `within` seconds pass first."""
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 - polling a condition with a deadline
+                await asyncio.sleep(0.01)
+
+    async def due(self) -> bool:
+        """Whether the person's conversation waits in the due set."""
+        return await self.redis.zscore(DUE_KEY, PERSON) is not None
+
+    async def outbox(self, conversation: str = PERSON) -> list[str]:
+        return list(await self.redis.lrange(outbox_key(conversation), 0, -1))
+
+    async def outbox_holds(self, count: int) -> bool:
+        return len(await self.outbox()) >= count
+
+
+async def lease_gone(redis: aioredis.Redis) -> bool:
+    """Whether the person's conversation lease has run out."""
+    return not await redis.exists(lease_key(PERSON))
+
+
+@pytest.fixture
+async def rig(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> AsyncIterator[Rig]:
+    async with (
+        FakeOpenAI(models=["local-model"], default=echo) as model,
+        FakeTwilio() as twilio,
+        FakeTelegram() as telegram,
+    ):
+        text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+        text += """channels: {
+            whatsapp: { dmPolicy: "open", textChunkLimit: 20 },
+            telegram: { dmPolicy: "open", mode: "polling" },
+        } }"""
+        config = parse_config(text, source="test.json5", env={})
+        settings = Settings(
+            redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
+            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
+            twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
+            telegram_bot_token=telegram.token, telegram_api_base_url=telegram.base_url,
+        )  # type: ignore[call-arg]  # fmt: skip
+        async with open_app(settings, config, events.log) as app:
+            yield Rig(app, twilio, telegram, model, redis_client, events, Clock())
+
+
+@pytest.fixture
+async def running(rig: Rig) -> AsyncIterator[Worker]:
+    """One worker taking turns and due deliveries until the test ends."""
+    worker = rig.worker()
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    yield worker
+    stop.set()
+    await task
+
+
+async def test_5xx_then_ok_is_delivered_once_after_backoff(rig: Rig, running: Worker) -> None:
+    """Three 503s: the reply waits in Redis and is retried after 1, 2 and 4 s, then sent once."""
+    rig.twilio.script(server_error(503), server_error(503), server_error(503))
+    await rig.say("hello")
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    assert rig.bodies() == ["echo:hello"]
+    assert [e["ms"] for e in rig.events.events("send_retry")] == [1000, 2000, 4000]
+    assert not rig.events.events("send_failed")
+    assert await rig.outbox() == []
+    assert await rig.redis.zcard(DUE_KEY) == 0
+
+
+async def test_retry_after_of_a_429_is_honoured(rig: Rig, running: Worker) -> None:
+    """Twilio's Retry-After (7 s) sets the next attempt, not the default backoff."""
+    rig.twilio.script(too_many_requests(retry_after=7))
+    started = rig.clock.now
+    await rig.say("hello")
+    await rig.until(rig.due)
+    assert await rig.redis.zscore(DUE_KEY, PERSON) == pytest.approx((started + 7) * 1000, abs=5)
+    assert rig.twilio.messages == []
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    assert rig.bodies() == ["echo:hello"]
+
+
+async def test_telegram_429_is_retried_after_retry_after(rig: Rig, running: Worker) -> None:
+    """A Telegram 429 with retry_after 3 is retried 3 s later, from the outbox, once."""
+    rig.telegram.script("sendMessage", telegram_429(retry_after=3))
+    await rig.say("hi there", conversation="telegram:42")
+    await rig.drive(lambda: len(rig.telegram.sent) == 1)
+    assert [s["text"] for s in rig.telegram.sent] == ["echo:hi there"]
+    assert [e["ms"] for e in rig.events.events("send_retry")] == [3000]
+
+
+async def test_non_retryable_is_logged_once_and_the_next_reply_goes_out(
+    rig: Rig, running: Worker
+) -> None:
+    """A 63016 is not retried: one send_failed with the code and hint; the next reply is sent."""
+    rig.twilio.script(outside_window())
+    await rig.say("first")
+    await rig.drive(lambda: bool(rig.events.events("send_failed")))
+    await rig.say("second")
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    [failed] = rig.events.events("send_failed")
+    assert "63016" in failed["error"]
+    assert "24-hour window" in failed["error"]
+    assert failed["retryable"] is False
+    assert rig.bodies() == ["echo:second"]
+    assert len([r for r in rig.twilio.requests if r.method == "POST"]) == 2
+
+
+async def test_a_reply_that_cannot_be_delivered_expires_with_an_error_event(rig: Rig) -> None:
+    """After deliveryRetrySeconds of failures the reply is dropped with `reply_expired`."""
+    worker = rig.worker(retry_seconds=30)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    rig.twilio.outage(3600)
+    await rig.say("a long sentence that becomes two chunks")
+    await rig.drive(lambda: bool(rig.events.events("reply_expired")))
+    stop.set()
+    await task
+    [expired] = rig.events.events("reply_expired")
+    assert expired["level"] == "error"
+    assert expired["undelivered"] == expired["chunks"] == 3
+    assert rig.clock.now - time.time() < 31  # at the deadline, not a backoff step past it
+    assert await rig.outbox() == []
+    assert await rig.redis.zcard(DUE_KEY) == 0
+    assert rig.twilio.messages == []
+
+
+async def test_a_later_reply_waits_behind_an_undelivered_one(rig: Rig, running: Worker) -> None:
+    """While the first reply waits for Twilio, the second is stored behind it; then both go
+    out in order."""
+    rig.twilio.outage(3600)
+    await rig.say("one")
+    await rig.until(rig.due)
+    await rig.say("two")
+    await rig.until(lambda: rig.outbox_holds(2))
+    assert rig.twilio.messages == []
+    rig.twilio.outage(0)
+    await rig.drive(lambda: len(rig.twilio.messages) == 2)
+    assert rig.bodies() == ["echo:one", "echo:two"]
+
+
+async def test_a_resumed_send_repeats_no_chunk_the_platform_took(rig: Rig) -> None:
+    """A worker dies while Twilio takes chunk 2 of 3: another worker reconciles with Twilio's
+    Messages list and sends only chunk 3."""
+    rig.model.script(Reply(text="alpha alpha alpha. beta beta beta. gamma gamma."))
+    rig.twilio.script(TwilioReply(), TwilioReply(delay=0.3))  # chunk 2 is slow to answer
+    first = rig.worker(lease_seconds=0.5)
+    await rig.say("talk")
+    turn = asyncio.create_task(first.process(PERSON))
+    await eventually(lambda: len([r for r in rig.twilio.requests if r.method == "POST"]) >= 2)
+    turn.cancel()  # the first worker is gone mid-send; its lease runs out
+    await asyncio.gather(turn, return_exceptions=True)
+    await rig.twilio.wait_for_messages(2)  # Twilio took chunk 2 all the same
+    await rig.until(lambda: lease_gone(rig.redis))
+
+    second = rig.worker(lease_seconds=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    await rig.drive(lambda: len(rig.twilio.messages) >= 3)
+    stop.set()
+    await task
+    assert rig.bodies() == ["alpha alpha alpha.", "beta beta beta.", "gamma gamma."]
+    assert len(rig.events.events("send_reconciled")) == 1
+    assert await rig.outbox() == []
+    assert await rig.redis.exists(head_key(PERSON)) == 0
+
+
+async def test_another_worker_delivers_after_the_first_one_stopped(rig: Rig) -> None:
+    """A reply left waiting by a worker that has stopped is delivered by a new one."""
+    first = rig.worker()
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    rig.twilio.script(server_error(500))
+    await rig.say("hello")
+    await rig.until(rig.due)
+    stop.set()
+    await task
+    assert rig.twilio.messages == []
+
+    second = rig.worker()
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    stop.set()
+    await task
+    assert rig.bodies() == ["echo:hello"]
+    assert len(rig.model.requests_to("/responses")) == 1
