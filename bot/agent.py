@@ -1,4 +1,5 @@
-"""One turn, start to end: access → commands → memory → model (with failover) → the reply.
+"""One turn, start to end: access → commands → attachments → memory → model (with failover)
+→ the reply. Attachments are fetched by their channel only after the access check.
 
 The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
 whose reply holds a command's answer and/or only the model's final text (or a short apology),
@@ -26,8 +27,9 @@ from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
+from bot.media import TOO_SLOW, MediaReader, TurnMedia
 from bot.memory import Compactor, ConversationState
-from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, read_together
 from bot.usage import RedisUsage
 
@@ -72,6 +74,7 @@ class Agent:
         clock: Callable[[], float] = time.time,
         usage: RedisUsage | None = None,
         daily_token_budget: int = 0,
+        media: MediaReader | None = None,
     ) -> None:
         self.redis = redis
         self.llm = llm
@@ -86,6 +89,7 @@ class Agent:
         self.clock = clock
         self.usage = usage
         self.daily_token_budget = daily_token_budget
+        self.media = media
 
     async def run_turn(
         self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
@@ -178,19 +182,30 @@ class Agent:
             msg_id=last.platform_id,
             messages=len(batch),
         )
-        text = "\n".join(self._clip(m.text) for m in batch if m.text.strip())
+        deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        chain = self.llm.registry.chain(primary)
+        if not chain:
+            raise AllModelsFailed("no model is configured (models.providers is empty)")
+        texts: Sequence[str] = [m.text for m in batch]
+        images: tuple[Attachment, ...] = ()
+        if self.media is not None and any(m.media for m in batch):
+            got = await self._read_media(batch, chain, deadline)
+            if got.refusal is not None:
+                self.log.info("turn_skipped", conversation=conversation, error="media refused")
+                return got.refusal, ()
+            texts, images = got.texts, got.images
+            chain = [m for m in chain if m.images] if images else chain
+        text = "\n".join(self._clip(t) for t in texts if t.strip())
         if not text:
             self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
             return TEXT_ONLY, ()
         attachments = sum(len(m.media) for m in batch)
-        if attachments:
+        if attachments and self.media is None:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock())
-        chain = self.llm.registry.chain(primary)
-        if not chain:
-            raise AllModelsFailed("no model is configured (models.providers is empty)")
-        deadline = asyncio.get_running_loop().time() + self.turn_timeout
-        completion = await self._complete(conversation, chain[0], user, state, breakers, deadline)
+        completion = await self._complete(
+            conversation, chain[0], user, state, breakers, deadline, images
+        )
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
         self.log.info(
             "turn_finished",
@@ -202,6 +217,25 @@ class Agent:
             tokens_out=completion.usage.tokens_out,
         )
         return completion.text, (user, reply)
+
+    async def _read_media(
+        self, batch: Sequence[InboundMessage], chain: Sequence[ModelInfo], deadline: float
+    ) -> TurnMedia:
+        """The turn's attachments, fetched within the turn's time (after the access check).
+        Pictures are refused before any download when no usable model takes images."""
+        assert self.media is not None
+        providers = self.llm.providers
+        vision = any(m.images and providers[m.ref.provider].missing_key is None for m in chain)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.media.read(batch, vision=vision)
+        except TimeoutError:
+            last = batch[-1]
+            self.log.warning(
+                "media_rejected", channel=last.channel, conversation=last.conversation,
+                reason="timeout", error="the attachments took longer than the turn's timeout",
+            )  # fmt: skip
+            return TurnMedia(refusal=TOO_SLOW)
 
     async def _over_budget(self, last: InboundMessage, spent: int) -> str | None:
         """The sender is past today's budget: the notice, the first time today; then None."""
@@ -259,6 +293,7 @@ class Agent:
         state: ConversationState,
         breakers: dict[str, str],
         deadline: float,
+        images: tuple[Attachment, ...] = (),
     ) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice).
         `deadline`: the turn's budget for waiting on models to start answering."""
@@ -281,6 +316,7 @@ class Agent:
                     conversation=conversation,
                     breakers=breakers if pressure == 0 else None,
                     deadline=deadline,
+                    images=images,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -23,7 +23,10 @@ from bot.llm.failover import FailoverClient
 from bot.llm.lmstudio import LMStudioModels
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
+from bot.llm.transcription import OpenAITranscriber
+from bot.llm.types import ModelRef
 from bot.logs import EventHub, Logger, RedisStreamSink
+from bot.media import MediaFetcher, MediaReader
 from bot.memory import Compactor, RedisMemory
 from bot.metrics import Metrics
 from bot.poller import Poller
@@ -34,8 +37,8 @@ from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
-from channels.telegram import TelegramChannel
-from channels.whatsapp import WhatsAppChannel
+from channels.telegram import TelegramChannel, TelegramMediaFetcher
+from channels.whatsapp import TwilioMediaFetcher, WhatsAppChannel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +192,20 @@ async def open_app(
             usage=usage,
         )  # fmt: skip
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
+        media_config = config.agents.defaults.media
+        heard = media_config.transcription_model
+        transcriber = (
+            OpenAITranscriber(
+                ModelRef.parse(heard), config.providers()[ModelRef.parse(heard).provider]
+            )
+            if heard
+            else None
+        )
+        fetchers: dict[str, MediaFetcher] = {}
+        if whatsapp is not None:
+            fetchers[whatsapp.name] = TwilioMediaFetcher(settings=settings, http=http)
+        if telegram is not None:
+            fetchers[telegram.name] = TelegramMediaFetcher(telegram)
         try:
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
@@ -226,6 +243,12 @@ async def open_app(
                 log=log,
                 usage=usage,
                 daily_token_budget=config.session.daily_token_budget,
+                media=MediaReader(
+                    fetchers=fetchers,
+                    transcriber=transcriber,
+                    max_bytes=media_config.max_bytes,
+                    log=log,
+                ),
             )
             yield App(
                 settings=settings,
@@ -258,5 +281,7 @@ async def open_app(
                 hub.remove(metrics.observe)
                 await stream.close()
             await llm.close()
+            if transcriber is not None:
+                await transcriber.close()
             for provider in providers.values():
                 await provider.close()

@@ -255,8 +255,15 @@ def config_check(settings: Settings, file: str | None) -> int:
         print(
             f"  {n}. {info.ref}  alias={info.alias or '-'}  api={info.api}  "
             f"baseUrl={info.base_url}  contextWindow={info.context_window}  "
-            f"maxTokens={info.max_tokens}" + ("" if info.listed else "  (not listed: defaults)")
-        )
+            f"maxTokens={info.max_tokens}" + ("  input=text,image" if info.images else "")
+            + ("" if info.listed else "  (not listed: defaults)")
+        )  # fmt: skip
+    media = config.agents.defaults.media
+    print(
+        f"media: maxBytes={media.max_bytes}  pictures="
+        + ("first input=text,image model" if any(m.images for m in registry.chain()) else "off")
+        + f"  voice notes={media.transcription_model or 'off'}"
+    )
     for warning in config.warnings():
         print(f"warning: {warning}")
     return EXIT_OK

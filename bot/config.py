@@ -61,6 +61,11 @@ class CompactionConfig(_Model):
     model: str | None = None
 
 
+class MediaConfig(_Model):
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    transcription_model: str | None = None
+
+
 def _default_model_choice() -> ModelChoice:
     return ModelChoice(
         primary="lmstudio/minimax-m2.1-gs32",
@@ -78,6 +83,7 @@ class AgentDefaults(_Model):
     delivery_retry_seconds: float = Field(default=3600, gt=0)
     max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
+    media: MediaConfig = MediaConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -198,6 +204,14 @@ class Config(_Model):
                         f"capped at a quarter of the window ({spec.context_window // 4} tokens). "
                         "Lower maxTokens, or raise contextWindow to what the server loads."
                     )
+        heard = self.agents.defaults.media.transcription_model
+        provider_id = split_ref(heard)[0] if heard else ""
+        listening = self.providers().get(provider_id)
+        if heard and listening is not None and not listening.api_key:
+            found.append(
+                f"agents.defaults.media.transcriptionModel ({heard}): {key_variable(provider_id)} "
+                "is not set, so voice notes will get an apology instead of a transcript."
+            )
         return found
 
     def model_spec(self, provider: str, model_id: str) -> ModelSpec | None:
@@ -451,6 +465,9 @@ def _reference_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     compaction = defaults.get("compaction")
     if isinstance(compaction, dict):
         refs.append(((*here, "compaction", "model"), compaction.get("model")))
+    media = defaults.get("media")
+    if isinstance(media, dict):
+        refs.append(((*here, "media", "transcriptionModel"), media.get("transcriptionModel")))
 
     problems: list[tuple[Loc, str]] = []
     for loc, ref in refs:

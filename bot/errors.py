@@ -103,3 +103,13 @@ class AllModelsFailed(BotError):
 
 class CommandError(BotError):
     """A chat command could not be carried out; the message is shown to the person."""
+
+
+class MediaRejected(BotError):
+    """An attachment could not be used; `reason` says why, in a word the logs can count:
+    "too_large", "unsupported", "fetch_failed", "no_vision" (no model takes images),
+    "not_configured" (no transcription model) or "transcription" (it failed)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

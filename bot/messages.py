@@ -51,6 +51,19 @@ class InboundMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    """A fetched attachment as the core sees it: bytes and a content type, never a URL."""
+
+    content_type: str
+    data: bytes
+
+    @property
+    def kind(self) -> str:
+        """The content type's top-level part: "image", "audio", …"""
+        return self.content_type.partition("/")[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundMessage:
     """One reply to send to a conversation on a channel."""
 

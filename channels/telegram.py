@@ -1,6 +1,7 @@
 """Telegram through the Bot API (plain aiohttp): webhooks with a secret, long polling, replies.
 
-Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. Text of
+Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. Text (or a
+photo, voice note, audio or document with its caption) of
 `message` and `edited_message` becomes InboundMessages (one conversation per chat; in groups
 only when the bot is mentioned or replied to, unless `requireMention: false`). Replies go out
 with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
@@ -26,11 +27,12 @@ from bot.errors import (
     BadPayload,
     ChannelNotConfigured,
     ChannelSendError,
+    MediaRejected,
     WebhookSecretError,
 )
-from bot.messages import InboundMessage, OutboundMessage
+from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
-from channels.base import Ack, EventLog, RawRequest, split_text
+from channels.base import Ack, EventLog, RawRequest, download, split_text
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
@@ -38,6 +40,8 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
 MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
 MAX_PACED_CHATS = 10_000  # chats the pacer remembers at once, however short its window
+# Attachments other than photos, with the content type to assume when Telegram gives none.
+KINDS = {"voice": "audio/ogg", "audio": "audio/mpeg", "document": "application/octet-stream"}
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -107,6 +111,41 @@ class ChatPacer:
             if last + self.seconds > now and len(self._last) <= self.max_chats:
                 return
             del self._last[chat_id]
+
+
+def attachments(message: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """A message's attachment (`photo`: its largest size; `voice`, `audio`, `document`) as
+    file ids, with meta `type{n}` (content type) and `size{n}` (bytes, when Telegram says)."""
+    photo = message.get("photo")
+    found: dict[str, Any] = {}
+    content_type = ""
+    if isinstance(photo, list) and (sizes := [_dict(p) for p in photo if _dict(p)]):
+        found = max(sizes, key=lambda p: (_area(p), _size(p)))
+        content_type = "image/jpeg"  # Telegram re-encodes every photo size as JPEG
+    else:
+        for kind, default in KINDS.items():
+            if isinstance(message.get(kind), dict):
+                found = message[kind]
+                mime = found.get("mime_type")
+                content_type = _utf8(mime) if isinstance(mime, str) and mime else default
+                break
+    file_id = found.get("file_id")
+    if not isinstance(file_id, str) or not file_id:
+        return (), {}
+    meta = {"type0": content_type}
+    if _size(found):
+        meta["size0"] = str(_size(found))
+    return (_utf8(file_id),), meta
+
+
+def _area(photo: dict[str, Any]) -> int:
+    width, height = photo.get("width"), photo.get("height")
+    return width * height if _is_int(width) and _is_int(height) else 0
+
+
+def _size(item: dict[str, Any]) -> int:
+    size = item.get("file_size")
+    return size if _is_int(size) and size > 0 else 0
 
 
 class TelegramError(ChannelSendError):
@@ -240,11 +279,16 @@ class TelegramChannel:
             return []
 
     def _messages(self, update: dict[str, Any]) -> list[InboundMessage]:
-        """The text messages of one update that the bot should answer (often none); BadPayload
-        when a text message lacks integer chat and sender ids or holds text that is no UTF-8."""
+        """The messages of one update that the bot should answer (often none): text, or a
+        photo, voice note, audio or document with its caption; BadPayload when such a message
+        lacks integer chat and sender ids or holds text that is no UTF-8."""
         message = update.get("message") or update.get("edited_message")
-        if not isinstance(message, dict) or not isinstance(message.get("text"), str):
-            return []  # an update kind or a message without text that we do not handle
+        if not isinstance(message, dict):
+            return []  # an update kind we do not handle
+        media, types = attachments(message)
+        raw = message.get("text") if "text" in message else message.get("caption")
+        if not isinstance(raw, str) and not (raw is None and media):
+            return []  # a message kind we do not handle (stickers, polls…), or a bad text
         chat, sender = message.get("chat"), message.get("from")
         if sender is None:
             return []  # no person to answer (Telegram omits `from` only for channel posts)
@@ -252,10 +296,10 @@ class TelegramChannel:
             raise BadPayload("a Telegram message needs chat.id, an integer")
         if not (isinstance(sender, dict) and _is_int(sender.get("id"))):
             raise BadPayload("a Telegram message needs from.id, an integer")
-        text = _utf8(message["text"])
+        text = _utf8(raw or "")
         chat_type = _utf8(chat["type"]) if isinstance(chat.get("type"), str) else ""
         if chat_type in ("group", "supergroup") and self.config.require_mention:
-            addressed = self._addressed_text(message)
+            addressed = self._addressed_text(message, text)
             if addressed is None:
                 return []
             text = addressed
@@ -270,19 +314,21 @@ class TelegramChannel:
                 platform_id=str(update["update_id"]),
                 ts=float(date) if _is_int(date) and 0 < date < MAX_DATE else time.time(),
                 sender_name=_utf8(name) if isinstance(name, str) else None,
+                media=media,
                 meta={
                     "chat_type": chat_type,
                     "message_id": str(message_id) if _is_int(message_id) else "",
+                    **types,
                 },
             )
         ]
 
-    def _addressed_text(self, message: dict[str, Any]) -> str | None:
-        """In a group: the text without the bot's @mention, or None if not for the bot."""
+    def _addressed_text(self, message: dict[str, Any], text: str) -> str | None:
+        """In a group: the text (or caption) without the bot's @mention, or None if not for
+        the bot."""
         me = self.me or {}
         username, bot_id = me.get("username"), me.get("id")
         replied = _dict(_dict(message.get("reply_to_message")).get("from"))
-        text: str = message["text"]
         if username:
             mention = re.compile(rf"@{re.escape(username)}\b", re.IGNORECASE)
             if mention.search(text):
@@ -339,3 +385,35 @@ class TelegramChannel:
         """Show "typing…" in the chat (it lasts about 5 s on the person's screen)."""
         chat_id = conversation.removeprefix("telegram:")
         await self.call("sendChatAction", chat_id=chat_id, action="typing")
+
+
+class TelegramMediaFetcher:
+    """Telegram attachments: `getFile`, then `{api}/file/bot{token}/{file_path}`."""
+
+    def __init__(self, channel: TelegramChannel) -> None:
+        self.channel = channel
+
+    async def fetch_media(
+        self, message: InboundMessage, index: int, *, max_bytes: int
+    ) -> Attachment:
+        """The `index`th attachment of a Telegram message, at most `max_bytes`."""
+        if index >= len(message.media):
+            raise MediaRejected("the message has no such attachment", reason="fetch_failed")
+        size = message.meta.get(f"size{index}", "")
+        if size.isdigit() and int(size) > max_bytes:
+            raise MediaRejected(f"the file is over {max_bytes} bytes", reason="too_large")
+        try:
+            found = await self.channel.call("getFile", file_id=message.media[index])
+        except TelegramError as exc:
+            raise MediaRejected(str(exc), reason="fetch_failed") from exc
+        path = _dict(found).get("file_path")
+        if not isinstance(path, str) or not path:
+            raise MediaRejected("getFile gave no file_path", reason="fetch_failed")
+        if _size(_dict(found)) > max_bytes:
+            raise MediaRejected(f"the file is over {max_bytes} bytes", reason="too_large")
+        return await download(
+            self.channel.http,
+            f"{self.channel.base_url}/file/bot{self.channel.token}/{path}",
+            max_bytes=max_bytes,
+            declared_type=message.meta.get(f"type{index}", ""),
+        )

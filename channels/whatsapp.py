@@ -4,6 +4,8 @@ The only module that imports the twilio SDK. Webhooks are verified with twilio's
 RequestValidator over the public URL; replies go through its async client, in chunks
 within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
 errors), and a resumed send asks Twilio's Messages list whether a chunk was already taken.
+Attachments (MediaUrl{n}) are fetched with the account's Basic auth, which never follows
+Twilio's redirect to its CDN on another host.
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
+from yarl import URL
 
 from bot.config import WhatsAppConfig
-from bot.errors import BadPayload, ChannelNotConfigured, ChannelSendError, WebhookAuthError
-from bot.messages import InboundMessage, OutboundMessage
+from bot.errors import (
+    BadPayload,
+    ChannelNotConfigured,
+    ChannelSendError,
+    MediaRejected,
+    WebhookAuthError,
+)
+from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
-from channels.base import Ack, EventLog, RawRequest, split_text
+from channels.base import Ack, EventLog, RawRequest, download, same_origin, split_text
 
 # Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>
 HINTS = {
@@ -329,3 +338,42 @@ class WhatsAppChannel:
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
+
+
+class TwilioMediaFetcher:
+    """WhatsApp attachments: Twilio's media resource with the account SID and auth token as
+    Basic auth, then its redirect to the CDN with no credentials (another host)."""
+
+    def __init__(self, *, settings: Settings, http: aiohttp.ClientSession) -> None:
+        self.http = http
+        self.api = URL(settings.twilio_api_base_url)
+        token = settings.twilio_auth_token
+        sid = settings.twilio_account_sid
+        self.authorization = (
+            aiohttp.encode_basic_auth(sid, token.get_secret_value()) if sid and token else None
+        )
+
+    async def fetch_media(
+        self, message: InboundMessage, index: int, *, max_bytes: int
+    ) -> Attachment:
+        """The `index`th attachment of a WhatsApp message, at most `max_bytes`."""
+        if index >= len(message.media):
+            raise MediaRejected("the message has no such attachment", reason="fetch_failed")
+        if self.authorization is None:
+            raise MediaRejected(
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to fetch media",
+                reason="fetch_failed",
+            )
+        return await download(
+            self.http,
+            message.media[index],
+            max_bytes=max_bytes,
+            headers_for=self._headers_for,
+            declared_type=message.meta.get(f"type{index}", ""),
+        )
+
+    def _headers_for(self, url: URL) -> dict[str, str]:
+        """Credentials for Twilio's own API host only, never for the CDN it redirects to."""
+        if self.authorization is not None and same_origin(url, self.api):
+            return {"Authorization": self.authorization}
+        return {}

@@ -161,14 +161,17 @@ async def running_gateway(
     channels: str = "",
     poller: bool = False,
     hub: EventHub | None = None,
+    config_text: str | None = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
     """Serve the gateway's web app and run a worker (and the poller, if asked) until exit.
 
     `channels` is the JSON5 body of the config's `channels` section; `settings` are Settings
-    fields (secrets, base URLs of fake platforms).
+    fields (secrets, base URLs of fake platforms); `config_text` replaces the config built for
+    `model_url` (its `channels` section is still added).
     """
-    text = gateway_config_text(model_url).rstrip().rstrip("}") + f"channels: {{ {channels} }} }}"
+    text = (config_text or gateway_config_text(model_url)).rstrip().rstrip("}")
+    text += f"channels: {{ {channels} }} }}"
     config = parse_config(text, source="test.json5", env={})
     env = Settings(redis_url=redis_url, bot_data_dir=str(data_dir), _env_file=None, **settings)  # type: ignore[call-arg]
     async with open_app(env, config, log, hub) as app:

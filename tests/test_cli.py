@@ -170,6 +170,21 @@ async def test_config_check_warns_when_max_tokens_fills_the_window(
     assert "1024 tokens" in warning
 
 
+async def test_config_check_shows_pictures_and_voice_notes(tmp_path: Path, data_dir: Path) -> None:
+    """A model marked `input: ["text", "image"]` and agents.defaults.media are accepted and
+    shown: which models take pictures, the size cap, the transcription model."""
+    seed = (data_dir / "config" / "seed-local-stack.json5").read_text()
+    media = 'media: { maxBytes: 5000000, transcriptionModel: "lmstudio/whisper" },'
+    text = seed.replace('input: ["text"]', 'input: ["text", "image"]')
+    text = text.replace("defaults: {", "defaults: {\n      " + media, 1)
+    config = write_config(tmp_path, text)
+    result = await run_bot("config", "check", str(config), env=bot_env(tmp_path), cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "input=text,image" in result.out
+    assert "maxBytes=5000000" in result.out
+    assert "voice notes=lmstudio/whisper" in result.out
+
+
 async def test_config_check_names_a_misspelt_key(tmp_path: Path, data_dir: Path) -> None:
     """A misspelt key exits 2 with the file, the line and the key path."""
     seed = (data_dir / "config" / "seed-local-stack.json5").read_text()

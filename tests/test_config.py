@@ -351,6 +351,31 @@ def test_unknown_provider_in_ref_suggests() -> None:
     assert issue.line == 3
 
 
+def test_media_keys_load_and_are_checked() -> None:
+    """agents.defaults.media takes maxBytes (10 MiB by default) and a transcriptionModel ref;
+    a misspelt key or an unknown provider in the ref is located like any other."""
+    assert parse_config("{}", source="x", env={}).agents.defaults.media.max_bytes == 10 * 2**20
+    good = '{agents: {defaults: {media: {maxBytes: 5000, transcriptionModel: "openai/whisper-1"}}}}'
+    media = parse_config(good, source="x", env={}).agents.defaults.media
+    assert (media.max_bytes, media.transcription_model) == (5000, "openai/whisper-1")
+    text = (
+        '{\n  agents: {defaults: {media: {\n    maxByte: 5,\n    transcriptionModel: "opnai/w",'
+        "\n  }}},\n}"
+    )
+    issues = {(i.path, i.line): i.message for i in issues_of(text)}
+    assert "did you mean 'maxBytes'?" in issues["agents.defaults.media.maxByte", 3]
+    assert "did you mean 'openai'?" in issues["agents.defaults.media.transcriptionModel", 4]
+
+
+def test_a_transcription_model_without_its_key_is_warned_about() -> None:
+    """A transcriptionModel on a hosted provider whose key is unset loads with a warning that
+    names the variable; with the key set there is none."""
+    text = '{agents: {defaults: {media: {transcriptionModel: "openai/whisper-1"}}}}'
+    [warning] = parse_config(text, source="x", env={}).warnings()
+    assert "OPENAI_API_KEY is not set" in warning
+    assert parse_config(text, source="x", env={"OPENAI_API_KEY": "sk-x"}).warnings() == []
+
+
 def test_unlisted_model_of_known_provider_is_allowed() -> None:
     """A model id a provider does not list is fine; model_spec returns None for it."""
     config = parse_config('{agents: {defaults: {model: "openai/gpt-6"}}}', source="x", env={})

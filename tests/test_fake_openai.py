@@ -357,3 +357,18 @@ class TestScriptAndRecords:
                 await sdk.close()
         assert [m.id for m in models.data] == ["a", "b"]
         assert one.id == "b"
+
+
+async def test_transcription_endpoint_takes_multipart_file_and_model(fake: FakeOpenAI) -> None:
+    """The SDK's transcription call reaches the fake as multipart `file` + `model` and gets
+    the text back; a request without `model` is a 400."""
+    client = _client(fake.base_url)
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", file=("voice.ogg", b"OggS audio", "audio/ogg")
+    )
+    assert result.text == fake.transcript
+    [heard] = fake.transcriptions
+    assert (heard.model, heard.filename, heard.audio) == ("whisper-1", "voice.ogg", b"OggS audio")
+    with pytest.raises(openai.BadRequestError):
+        await client.post("/audio/transcriptions", cast_to=object, body={}, files=[("file", b"x")])
+    await client.close()

@@ -376,3 +376,24 @@ class TestUpdateBuilders:
             "username": "switchboard_test_bot",
         }
         assert "entities" not in reply["message"]
+
+
+async def test_get_file_then_download_by_file_path(
+    fake: FakeTelegram, session: aiohttp.ClientSession
+) -> None:
+    """getFile gives a stored file's file_path and size; the file URL serves it (only with the
+    bot's token); an unknown file_id is a 400."""
+    file_id = fake.add_file(b"jpeg bytes")
+    status, body = await call(session, fake, "getFile", file_id=file_id)
+    assert status == 200
+    result = body["result"]
+    assert (result["file_id"], result["file_size"]) == (file_id, len(b"jpeg bytes"))
+    assert result["file_path"].startswith("photos/")
+    async with session.get(f"{fake.base_url}/file/bot{TOKEN}/{result['file_path']}") as response:
+        assert response.status == 200
+        assert await response.read() == b"jpeg bytes"
+    async with session.get(f"{fake.base_url}/file/bot1:wrong/{result['file_path']}") as response:
+        assert response.status == 401
+    status, body = await call(session, fake, "getFile", file_id="nope")
+    assert (status, body["description"]) == (400, "Bad Request: invalid file_id")
+    assert fake.downloads == [result["file_path"]]

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 import pytest
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -249,3 +250,25 @@ class TestWebhooks:
         assert (params["MessageStatus"], params["ErrorCode"]) == ("failed", "63016")
         assert params["ChannelPrefix"] == "whatsapp"
         assert "ErrorCode" not in whatsapp_status(sid="SM" + "f" * 32)
+
+
+async def test_media_needs_basic_auth_and_redirects_to_another_origin(fake: FakeTwilio) -> None:
+    """The Media resource answers 401 (code 20003) without auth and 307 to a CDN on another
+    port with it; the CDN serves the bytes and content type with no auth at all."""
+    url = fake.add_media("image/png", b"\x89PNG picture")
+    good = aiohttp.encode_basic_auth(fake.account_sid, fake.auth_token)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, allow_redirects=False) as response:
+            assert response.status == 401
+            assert (await response.json())["code"] == 20003
+        headers = {"Authorization": good}
+        async with session.get(url, headers=headers, allow_redirects=False) as response:
+            assert response.status == 307
+            location = response.headers["Location"]
+        assert f":{fake.cdn_port}/cdn/" in location
+        assert fake.cdn_port != fake.port
+        async with session.get(location) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "image/png"
+            assert await response.read() == b"\x89PNG picture"
+    assert [hit.auth is not None for hit in fake.media_hits] == [False, True, False]

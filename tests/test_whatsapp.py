@@ -226,13 +226,15 @@ async def test_too_long_body_is_not_retried_and_is_logged_with_a_hint(
     assert len([r for r in twilio.requests if r.method == "POST"]) == 1
 
 
-async def test_media_without_text_gets_a_text_only_notice(gateway: WhatsAppGateway) -> None:
-    """A picture with no caption gets a short notice and never reaches a model."""
+async def test_a_picture_with_no_vision_model_gets_a_notice(gateway: WhatsAppGateway) -> None:
+    """A picture when no model of the chain takes images gets one sentence, is never
+    downloaded and never reaches a model."""
     media = [("https://api.twilio.com/2010-04-01/Accounts/AC/Messages/MM/Media/ME", "image/jpeg")]
     await gateway.post(whatsapp_inbound(body="", media=media))
     [sent] = await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
-    assert "only read text" in (sent.body or "")
+    assert sent.body == "None of the models here can see pictures; please describe it in words."
     assert gateway.model.requests == []
+    assert gateway.events.events("media_fetched") == []
 
 
 async def test_status_callbacks_are_verified_and_failures_logged(gateway: WhatsAppGateway) -> None:

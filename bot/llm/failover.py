@@ -41,7 +41,7 @@ from bot.llm.lmstudio import LMStudioModels
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
 from bot.logs import Logger
-from bot.messages import Turn
+from bot.messages import Attachment, Turn
 from bot.reads import Read
 from bot.usage import PROBE_USAGE, CallKind, RedisUsage, estimate
 
@@ -86,6 +86,7 @@ class FailoverClient:
         breakers: Mapping[str, str] | None = None,
         deadline: float | None = None,
         purpose: CallKind = "turn",
+        images: Sequence[Attachment] = (),
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
@@ -93,9 +94,13 @@ class FailoverClient:
         decisions read beforehand (`read_breakers`); other models are checked here.
         `deadline` (event-loop time): no model is waited on to start answering past it.
         `purpose`: what the call is for, as usage accounting files it.
+        `images`: pictures for the last turn; only models whose `input` takes images are tried.
         """
         failures: list[str] = []
-        chain = [m for m in self.registry.chain(primary) if self._usable(m, conversation, failures)]
+        chain = self.registry.chain(primary)
+        if images:
+            chain = [m for m in chain if m.images]
+        chain = [m for m in chain if self._usable(m, conversation, failures)]
         skipped: list[ModelInfo] = []
         for index, model in enumerate(chain):
             if model.loaded is False and index + 1 < len(chain):
@@ -122,6 +127,7 @@ class FailoverClient:
                 model, instructions, turns, conversation, max_output_tokens, breaker=decision,
                 following=[*chain[index + 1 :], *skipped], failures=failures, deadline=deadline,
                 purpose=purpose,
+                images=images,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -130,6 +136,7 @@ class FailoverClient:
                 model, instructions, turns, conversation, max_output_tokens, breaker=OPEN,
                 following=skipped[index + 1 :], failures=failures, deadline=deadline,
                 purpose=purpose,
+                images=images,
             )  # fmt: skip
             if completion is not None:
                 return completion
@@ -236,6 +243,7 @@ class FailoverClient:
         failures: list[str],
         deadline: float | None,
         purpose: CallKind = "turn",
+        images: Sequence[Attachment] = (),
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
 
@@ -251,6 +259,7 @@ class FailoverClient:
             instructions=instructions,
             turns=turns,
             max_output_tokens=min(model.output_reserve, max_output_tokens or model.output_reserve),
+            images=images,
         )
         started = time.perf_counter()
         try:

@@ -16,8 +16,9 @@ Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -29,7 +30,7 @@ from bot.config import ProviderConfig, key_variable
 from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
-from bot.messages import Turn
+from bot.messages import Attachment, Turn
 
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
 OVERFLOW_MARKERS = (
@@ -55,6 +56,24 @@ def _error_text(exc: openai.APIStatusError) -> str:
             return f"{inner.get('code') or ''} {inner.get('message') or ''}".strip()
         return str(inner)
     return str(body or exc.message)
+
+
+def data_url(image: Attachment) -> str:
+    """A picture as a `data:` URL, the form both APIs take inline."""
+    return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def _with_images(
+    turn: dict[str, Any], images: Sequence[Attachment], *, responses: bool
+) -> dict[str, Any]:
+    """A turn whose content is its text followed by the pictures, in the API's part shapes."""
+    if responses:
+        parts: list[dict[str, Any]] = [{"type": "input_text", "text": turn["content"]}]
+        parts += [{"type": "input_image", "image_url": data_url(i)} for i in images]
+    else:
+        parts = [{"type": "text", "text": turn["content"]}]
+        parts += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
+    return {"role": turn["role"], "content": parts}
 
 
 def _refused(exc: BaseException) -> bool:
@@ -188,17 +207,21 @@ class OpenAIProvider:
         return bool(event.get("choices")) or isinstance(event.get("usage"), dict)
 
     def _request(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
-        """The path and JSON body of a streamed call in this provider's API."""
-        if self.api == "openai-responses":
+        """The path and JSON body of a streamed call in this provider's API. Pictures go with
+        the last turn as image parts (Responses `input_image`, chat `image_url`), as data URLs."""
+        responses = self.api == "openai-responses"
+        turns: list[dict[str, Any]] = [{"role": t.role, "content": t.text} for t in request.turns]
+        if request.images and turns:
+            turns[-1] = _with_images(turns[-1], request.images, responses=responses)
+        if responses:
             return "/responses", {
                 "model": request.model,
                 "instructions": request.instructions,
-                "input": [{"role": t.role, "content": t.text} for t in request.turns],
+                "input": turns,
                 "max_output_tokens": request.max_output_tokens,
                 **self._extra,
             }
-        messages: list[Any] = [{"role": "system", "content": request.instructions}]
-        messages += [{"role": t.role, "content": t.text} for t in request.turns]
+        messages: list[Any] = [{"role": "system", "content": request.instructions}, *turns]
         return "/chat/completions", {
             "model": request.model,
             "messages": messages,

@@ -36,6 +36,7 @@ class ModelInfo:
     listed: bool  # False: the provider exists but does not list this model id
     configured_window: int = 0  # the config's contextWindow (0: same as context_window)
     loaded: bool | None = None  # what the server says (None: unknown, or not LM Studio)
+    images: bool = False  # the seed's `input` includes "image": it may be shown pictures
 
     @property
     def output_reserve(self) -> int:
@@ -91,6 +92,7 @@ class ModelRegistry:
             listed=spec is not None,
             configured_window=configured,
             loaded=state.loaded if state else None,
+            images=spec is not None and "image" in spec.input,
         )
 
     def resolve(self, name: str) -> ModelRef:

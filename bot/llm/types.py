@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.config import split_ref
-from bot.messages import Turn
+from bot.messages import Attachment, Turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,15 @@ class CompletionRequest:
     instructions: str
     turns: Sequence[Turn]
     max_output_tokens: int
+    images: Sequence[Attachment] = ()  # pictures that go with the last (user) turn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transcript:
+    """What a voice note said, and how long it was where the server says (else None)."""
+
+    text: str
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,8 @@
 """An in-process fake OpenAI-compatible server (LM Studio flavour) built on aiohttp.web.
 
 It answers `GET /v1/models`, `POST /v1/responses` and `POST /v1/chat/completions`, streaming or
-not, in the shapes the openai SDK parses, with scripted replies, errors, delays and hangs.
+not, in the shapes the openai SDK parses, with scripted replies, errors, delays and hangs; and
+`POST /v1/audio/transcriptions` (multipart `file` + `model`) as OpenAI's whisper endpoint does.
 """
 
 from __future__ import annotations
@@ -74,12 +75,29 @@ class Recorded:
         return bool((self.json or {}).get("stream"))
 
     @property
+    def images(self) -> list[str]:
+        """The image parts' URLs (data URLs), whether sent as Responses `input_image` or chat
+        `image_url` parts."""
+        return list(_image_urls((self.json or {}).get("input", (self.json or {}).get("messages"))))
+
+    @property
     def prompt(self) -> str:
         """Every text the model was shown (instructions, input or messages), one per line."""
         body = self.json or {}
         parts = [body["instructions"]] if isinstance(body.get("instructions"), str) else []
         parts.extend(_texts(body.get("input", body.get("messages"))))
         return "\n".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    """One transcription request the fake received (the audio's bytes are kept to compare)."""
+
+    model: str
+    filename: str
+    content_type: str
+    audio: bytes
+    headers: CIMultiDictProxy[str]
 
 
 def error_reply(
@@ -158,6 +176,10 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self.context_window = context_window  # prompt + max output over it → 400 overflow
         self.overflows = 0
+        self.transcript = "hello from a voice note"  # what /v1/audio/transcriptions answers
+        self.transcript_seconds = 3.5
+        self.transcription_error: Reply | None = None  # answer transcriptions with this error
+        self.transcriptions: list[Transcription] = []
         self.port = 0
         self._script: deque[Reply] = deque()
         self._closing = asyncio.Event()
@@ -178,6 +200,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -278,6 +301,27 @@ class FakeOpenAI:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(request, _chat_body, _chat_events)
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        """OpenAI's transcription endpoint: multipart `file` and `model`, JSON `{text}` back."""
+        form = await request.post()
+        upload, model = form.get("file"), form.get("model")
+        if not isinstance(upload, web.FileField) or not isinstance(model, str) or not model:
+            missing = "file" if not isinstance(upload, web.FileField) else "model"
+            return _error_response(error_reply(400, f"Missing required parameter: '{missing}'."))
+        self.transcriptions.append(
+            Transcription(
+                model=model,
+                filename=upload.filename,
+                content_type=upload.content_type,
+                audio=upload.file.read(),
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            )
+        )
+        if self.transcription_error is not None:
+            return _error_response(self.transcription_error)
+        usage = {"type": "duration", "seconds": self.transcript_seconds}
+        return web.json_response({"text": self.transcript, "usage": usage})
 
     async def _answer(
         self,
@@ -398,6 +442,20 @@ def _texts(value: Any) -> Iterator[str]:
             yield value["text"]
         elif "content" in value:
             yield from _texts(value["content"])
+
+
+def _image_urls(value: Any) -> Iterator[str]:
+    """URLs of image parts inside a Responses `input` or chat `messages` value, in order."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _image_urls(item)
+    elif isinstance(value, dict):
+        if value.get("type") == "input_image" and isinstance(value.get("image_url"), str):
+            yield value["image_url"]
+        elif value.get("type") == "image_url" and isinstance(value.get("image_url"), dict):
+            yield str(value["image_url"].get("url"))
+        elif "content" in value:
+            yield from _image_urls(value["content"])
 
 
 def _sse(event_type: str | None, data: dict[str, Any]) -> str:

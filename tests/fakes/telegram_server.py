@@ -1,7 +1,8 @@
 """An in-process fake of the Telegram Bot API built on aiohttp.web, in the real shapes.
 
 It answers `{base}/bot{token}/{method}` (getMe, getUpdates with long polling, the webhook methods,
-sendMessage, sendChatAction) with the real envelope and error texts, plus scripted errors.
+sendMessage, sendChatAction, getFile) with the real envelope and error texts, plus scripted errors,
+and serves files at `{base}/file/bot{token}/{file_path}` as the Bot API does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import json
 import re
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any, Self
 from aiohttp import web
 
 MAX_MESSAGE_LENGTH = 4096  # UTF-16 code units
+MAX_DOWNLOAD = 20 * 1024 * 1024  # getFile refuses bigger files
 CONFLICT_WEBHOOK = (
     "Conflict: can't use getUpdates method while webhook is active; "
     "use deleteWebhook to delete the webhook first"
@@ -141,6 +144,8 @@ class FakeTelegram:
         self._chats: dict[int, dict[str, Any]] = {}
         self._last_message_id: defaultdict[int, int] = defaultdict(int)
         self._messages: dict[tuple[int, int], dict[str, Any]] = {}
+        self.files: dict[str, tuple[str, bytes]] = {}  # file_id → (file_path, bytes)
+        self.downloads: list[str] = []  # file paths fetched from /file/bot<token>/
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._methods: dict[str, tuple[str, Handler]] = {
@@ -153,6 +158,7 @@ class FakeTelegram:
                 "getWebhookInfo": self._get_webhook_info,
                 "sendMessage": self._send_message,
                 "sendChatAction": self._send_chat_action,
+                "getFile": self._get_file,
             }.items()
         }
 
@@ -193,6 +199,7 @@ class FakeTelegram:
         """Start listening on a free port."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -236,6 +243,12 @@ class FakeTelegram:
         """Queue behaviours for the next calls of `method`, in order; then it answers normally."""
         self._scripts[method.lower()].extend(replies)
 
+    def add_file(self, data: bytes, *, folder: str = "photos", ext: str = "jpg") -> str:
+        """Store a file the bot may fetch (getFile, then the file URL); return its file_id."""
+        file_id = f"AgAC{uuid.uuid4().hex}"
+        self.files[file_id] = (f"{folder}/file_{len(self.files)}.{ext}", data)
+        return file_id
+
     def calls_to(self, method: str) -> list[Call]:
         """Recorded calls of one method."""
         return [call for call in self.calls if call.method.lower() == method.lower()]
@@ -267,6 +280,17 @@ class FakeTelegram:
         if description is not None:
             body["description"] = description
         return web.json_response(body)
+
+    async def _download(self, request: web.Request) -> web.Response:
+        """A file by its file_path; octet-stream, as the Bot API serves files."""
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        path = request.match_info["path"]
+        self.downloads.append(path)
+        for file_path, data in self.files.values():
+            if file_path == path:
+                return web.Response(body=data, content_type="application/octet-stream")
+        return _error(404, "Not Found")
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return _error(404, "Not Found")
@@ -395,6 +419,21 @@ class FakeTelegram:
         )
         return message, None
 
+    async def _get_file(self, params: dict[str, Any]) -> tuple[Any, str | None]:
+        file_id = params.get("file_id")
+        if not isinstance(file_id, str) or file_id not in self.files:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        path, data = self.files[file_id]
+        if len(data) > MAX_DOWNLOAD:
+            raise _ApiError(400, "Bad Request: file is too big")
+        unique = "AQAD" + file_id[-12:]
+        return {
+            "file_id": file_id,
+            "file_unique_id": unique,
+            "file_size": len(data),
+            "file_path": path,
+        }, None
+
     async def _send_chat_action(self, params: dict[str, Any]) -> tuple[Any, str | None]:
         chat_id = _chat_id(params)
         action = params.get("action")
@@ -458,6 +497,50 @@ def private_text_update(
     chat |= {"id": chat_id, "type": "private"}
     message = _message(chat, user, text, message_id, edited=edited)
     return _update(message, update_id, edited=edited)
+
+
+def private_photo_update(
+    *,
+    sizes: list[tuple[str, int, int, int]],  # (file_id, width, height, file_size), small first
+    caption: str | None = None,
+    chat_id: int = 1001,
+    user_id: int = 1001,
+    update_id: int | None = None,
+) -> dict[str, Any]:
+    """A private-chat Update with a `photo` (its sizes, as Telegram lists them) and a caption."""
+    update = private_text_update(chat_id=chat_id, user_id=user_id, update_id=update_id)
+    message = update["message"]
+    del message["text"]
+    message.pop("entities", None)
+    message["photo"] = [
+        {"file_id": fid, "file_unique_id": "AQAD" + fid[-12:], "file_size": size,
+         "width": width, "height": height}
+        for fid, width, height, size in sizes
+    ]  # fmt: skip
+    if caption is not None:
+        message["caption"] = caption
+    return update
+
+
+def private_voice_update(
+    *,
+    file_id: str,
+    file_size: int,
+    duration: int = 3,
+    chat_id: int = 1001,
+    user_id: int = 1001,
+    update_id: int | None = None,
+) -> dict[str, Any]:
+    """A private-chat Update with a `voice` note (OGG/Opus, as Telegram records them)."""
+    update = private_text_update(chat_id=chat_id, user_id=user_id, update_id=update_id)
+    message = update["message"]
+    del message["text"]
+    message.pop("entities", None)
+    message["voice"] = {
+        "file_id": file_id, "file_unique_id": "AgAD" + file_id[-12:], "duration": duration,
+        "mime_type": "audio/ogg", "file_size": file_size,
+    }  # fmt: skip
+    return update
 
 
 def group_text_update(
@@ -660,6 +743,8 @@ __all__ = [
     "TgReply",
     "bot_blocked",
     "group_text_update",
+    "private_photo_update",
     "private_text_update",
+    "private_voice_update",
     "too_many_requests",
 ]

@@ -3,7 +3,9 @@
 Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It creates
 messages (POST) and lists them (GET, newest first, filtered by To, From and DateSent, paged),
 and can play an outage (every request answered 5xx until a moment). It also builds
-Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests.
+Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests,
+and serves inbound media as Twilio does: the Media resource answers 401 without the account's
+Basic auth and 307 to a CDN URL with it; the CDN (another port: another origin) serves the bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_AUTH_TOKEN = "test-token"
 MAX_BODY = 1600
 _MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
+_MEDIA_PATH = (
+    f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}/Media/{{media_sid}}"
+)
+_CHUNK = b"\0" * 65536
 _E164 = re.compile(r"^(?:whatsapp:|messenger:|rcs:)?\+[1-9]\d{5,14}$")
 _GSM7 = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -108,6 +114,27 @@ def outside_window() -> TwilioReply:
     return TwilioReply(status=400, code=63016, message=message)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMedia:
+    """An inbound attachment the fake serves: its bytes, or `streamed` bytes of zeros sent in
+    chunks with no Content-Length (a large file whose size shows only while downloading)."""
+
+    content_type: str
+    data: bytes = b""
+    streamed: int = 0
+    hang: bool = False  # the CDN sends the headers, then nothing until the fake closes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaHit:
+    """One GET the fake's media resource or its CDN received."""
+
+    path: str
+    host: str
+    auth: tuple[str, str] | None
+    authorization: str | None
+
+
 class FakeTwilio:
     """Twilio's Messages resource on 127.0.0.1: validates like Twilio, records, follows a script."""
 
@@ -125,7 +152,12 @@ class FakeTwilio:
         self.max_body = max_body
         self.messages: list[SentMessage] = []
         self.requests: list[TwilioRequest] = []
+        self.media_hits: list[MediaHit] = []  # the media resource's and the CDN's requests
+        self.cdn_bytes_sent: dict[str, int] = {}  # CDN key → bytes written before it ended
         self.port = 0
+        self.cdn_port = 0
+        self._media: dict[str, StoredMedia] = {}
+        self._cdn_runner: web.AppRunner | None = None
         self._script: deque[TwilioReply] = deque()
         self._outage_until = 0.0
         self._outage_reply = server_error(503)
@@ -150,11 +182,20 @@ class FakeTwilio:
         app = web.Application()
         app.router.add_post(_MESSAGES_PATH, self._create_message)
         app.router.add_get(_MESSAGES_PATH, self._list_messages)
+        app.router.add_get(_MEDIA_PATH, self._media_resource)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        cdn = web.Application()
+        cdn.router.add_get("/cdn/{key}", self._cdn)
+        self._cdn_runner = web.AppRunner(
+            cdn, handle_signals=False, access_log=None, shutdown_timeout=1
+        )
+        await self._cdn_runner.setup()
+        await web.TCPSite(self._cdn_runner, "127.0.0.1", 0).start()
+        self.cdn_port = self._cdn_runner.addresses[0][1]
 
     async def close(self) -> None:
         """Wake delayed handlers and stop the server."""
@@ -162,6 +203,9 @@ class FakeTwilio:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._cdn_runner is not None:
+            await self._cdn_runner.cleanup()
+            self._cdn_runner = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -192,7 +236,78 @@ class FakeTwilio:
             await self._changed.wait_for(lambda: len(self.messages) >= count)
         return list(self.messages)
 
+    def add_media(
+        self,
+        content_type: str,
+        data: bytes = b"",
+        *,
+        streamed: int = 0,
+        hang: bool = False,
+        message_sid: str = "",
+    ) -> str:
+        """Store an inbound attachment; return its MediaUrl as a webhook would carry it."""
+        media_sid = _new_sid("ME")
+        message_sid = message_sid or _new_sid("MM")
+        self._media[media_sid] = StoredMedia(
+            content_type=content_type, data=data, streamed=streamed, hang=hang
+        )
+        path = _MEDIA_PATH.format(
+            account_sid=self.account_sid, message_sid=message_sid, media_sid=media_sid
+        )
+        return self.base_url + path
+
     # -- handler -------------------------------------------------------------------------------
+
+    def _hit(self, request: web.Request) -> MediaHit:
+        header = request.headers.get("Authorization")
+        hit = MediaHit(
+            path=request.path, host=request.host, auth=_basic_auth(header), authorization=header
+        )
+        self.media_hits.append(hit)
+        return hit
+
+    async def _media_resource(self, request: web.Request) -> web.Response:
+        """GET a Media instance: 401 without the account's Basic auth, else 307 to the CDN."""
+        hit = self._hit(request)
+        if hit.auth != (self.account_sid, self.auth_token):
+            return _error(
+                401,
+                20003,
+                "Authenticate",
+                detail="Your AccountSid or AuthToken was incorrect.",
+                headers={"WWW-Authenticate": 'Basic realm="Twilio API"'},
+            )
+        media_sid = request.match_info["media_sid"]
+        if request.match_info["account_sid"] != self.account_sid or media_sid not in self._media:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        location = f"http://127.0.0.1:{self.cdn_port}/cdn/{media_sid}"
+        return web.Response(status=307, headers={"Location": location})
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        """The CDN behind the redirect: no auth needed; streams large files in chunks."""
+        self._hit(request)
+        key = request.match_info["key"]
+        stored = self._media.get(key)
+        if stored is None:
+            return web.Response(status=404)
+        if stored.hang:
+            response = web.StreamResponse(headers={"Content-Type": stored.content_type})
+            await response.prepare(request)
+            await self._closing.wait()
+            return response
+        if not stored.streamed:
+            return web.Response(body=stored.data, headers={"Content-Type": stored.content_type})
+        response = web.StreamResponse(headers={"Content-Type": stored.content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while sent < stored.streamed:
+                await response.write(_CHUNK)
+                sent += len(_CHUNK)
+                self.cdn_bytes_sent[key] = sent
+            await response.write_eof()
+        return response
 
     async def _create_message(self, request: web.Request) -> web.Response:
         post = await request.post()
@@ -532,6 +647,7 @@ __all__ = [
     "DEFAULT_AUTH_TOKEN",
     "MAX_BODY",
     "FakeTwilio",
+    "MediaHit",
     "SentMessage",
     "TwilioReply",
     "TwilioRequest",
