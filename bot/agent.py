@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from bot.access import RedisAccess, Role, Verdict
 from bot.commands import Commands, parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
+from bot.llm.breaker import Decision
 from bot.llm.choice import RedisModelChoice, Source
 from bot.llm.failover import FailoverClient
 from bot.llm.lmstudio import ProviderStates
@@ -44,7 +45,7 @@ BUDGET_NOTICE = "You've reached today's limit; it resets at 00:00 UTC."
 OVERFLOW_RETRIES = 2
 # What a model turn reads first: the model choice, the history, the breaker decisions, and
 # (sender, tokens the sender used today) for the daily budget.
-TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, str], tuple[str, int]]
+TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, Decision], tuple[str, int]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,7 +267,7 @@ class Agent:
             (checked,) = await read_together(self.redis, verdicts)
             return checked, None
         conversation = batch[-1].conversation
-        no_breakers: Read[dict[str, str]] = Read.value({})
+        no_breakers: Read[dict[str, Decision]] = Read.value({})
         no_local: Read[dict[str, ProviderStates]] = Read.value({})
         sender = batch[-1].sender
         spent = (
@@ -291,7 +292,7 @@ class Agent:
         model: ModelInfo,
         user: Turn,
         state: ConversationState,
-        breakers: dict[str, str],
+        breakers: dict[str, Decision],
         deadline: float,
         images: tuple[Attachment, ...] = (),
     ) -> Completion:

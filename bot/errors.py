@@ -7,6 +7,7 @@ Vendor errors are translated into these at the adapter that met them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 class BotError(Exception):
@@ -72,6 +73,14 @@ class ModelError(BotError):
     """A model refused the request itself (e.g. HTTP 400); another model would not help."""
 
 
+class Severity(StrEnum):
+    """What a ModelUnavailable means to the breaker (the FAIL script compares these values)."""
+
+    DOWN = "down"  # cannot connect, timed out: open the breaker at once
+    FAILING = "failing"  # 5xx, 429, auth, unknown model: open after a few in a row
+    EMPTY = "empty"  # answered without final text: the server works, count nothing
+
+
 class ModelUnavailable(BotError):
     """A model could not answer now (down, timing out, 5xx, 429, auth, unknown): try the next.
 
@@ -80,7 +89,7 @@ class ModelUnavailable(BotError):
     "empty" (answered without final text: the server works, count nothing).
     """
 
-    def __init__(self, message: str, *, severity: str = "failing") -> None:
+    def __init__(self, message: str, *, severity: Severity = Severity.FAILING) -> None:
         super().__init__(message)
         self.severity = severity
 
@@ -89,7 +98,7 @@ class AnswerNotStarted(ModelUnavailable):
     """A model did not start answering within the time the turn could give it."""
 
     def __init__(self, message: str, *, waited: float) -> None:
-        super().__init__(message, severity="down")
+        super().__init__(message, severity=Severity.DOWN)
         self.waited = waited
 
 

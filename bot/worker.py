@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
@@ -147,13 +148,37 @@ TYPING_EVERY = 4.0
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
 
 
+class BatchState(StrEnum):
+    """Where a batch is: its turn not yet committed, or committed (its reply in the outbox)."""
+
+    PENDING = "pending"
+    REPLIED = "replied"
+
+
+class Verdict(StrEnum):
+    """What TAKE answers instead of a batch."""
+
+    BUSY = "busy"  # another worker holds the lease
+    RELEASED = "released"  # the inbox is empty: the lease is given up
+    LOST = "lost"  # our lease expired or was taken
+
+
+Taken = Verdict | list[str]  # a verdict, or the batch as a flat HGETALL list
+
+
+def decode_take(reply: Any) -> Taken:
+    """TAKE's reply as a Verdict (a one-element list), else the batch's flat field list."""
+    flat = cast("list[str]", reply)
+    return Verdict(flat[0]) if len(flat) == 1 else flat
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Batch:
     """The messages of one turn, and its reply once the turn is committed."""
 
     id: str
     owner: str
-    state: str
+    state: BatchState
     messages: list[InboundMessage]
     reply: OutboundMessage | None
     attempts: int = 1  # takes so far, this one included
@@ -165,7 +190,7 @@ class Batch:
         return cls(
             id=fields["id"],
             owner=fields["owner"],
-            state=fields["state"],
+            state=BatchState(fields["state"]),
             messages=[InboundMessage.from_dict(m) for m in json.loads(fields["messages"])],
             reply=OutboundMessage.from_dict(json.loads(reply)) if reply else None,
             attempts=int(fields.get("attempts") or 1),
@@ -181,7 +206,7 @@ class Claim(NamedTuple):
     """A first TAKE made for a turn's task: its lease token and what TAKE returned."""
 
     token: str
-    taken: list[str]
+    taken: Taken
 
 
 class Worker:
@@ -372,7 +397,7 @@ class Worker:
                 pipe.eval(TAKE, 3, *self._take_keys(conversation), *self._take_args(token, ""))
             replies = await pipe.execute(raise_on_error=False)
         return [
-            None if isinstance(reply, Exception) else Claim(token, cast("list[str]", reply))
+            None if isinstance(reply, Exception) else Claim(token, decode_take(reply))
             for token, reply in zip(tokens, replies, strict=True)
         ]
 
@@ -410,7 +435,7 @@ class Worker:
             taken = await self._take_batch(conversation, token, finished="")
         else:
             token, taken = claim
-        if taken in (["busy"], ["released"]):
+        if taken is Verdict.BUSY or taken is Verdict.RELEASED:
             return True  # another worker has it and will see the inbox before it lets go
         lost = asyncio.Event()
         done = asyncio.Event()
@@ -418,12 +443,12 @@ class Worker:
             self._keep_lease(conversation, token, entry_id, lost=lost, done=done)
         )
         try:
-            while taken != ["lost"] and not lost.is_set():
+            while not isinstance(taken, Verdict) and not lost.is_set():
                 finished = await self._attempt(conversation, token, taken)
                 if finished is None:
                     return False  # left for the next taker: the entry stays pending
                 taken = await self._take_batch(conversation, token, finished=finished)
-                if taken == ["released"]:
+                if taken is Verdict.RELEASED:
                     return True
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return False  # the batch is left for the next taker (reclaimed after a lease)
@@ -464,7 +489,7 @@ class Worker:
         """Finish a crashed turn with a short reply instead of the answer (nothing remembered);
         False when that is not possible (unreadable batch, a stored reply that did not go out,
         a lost lease, a failing channel)."""
-        if fields.get("state") != "pending":
+        if fields.get("state") != BatchState.PENDING:
             return False
         try:
             batch = Batch.from_flat(flat_list(fields))
@@ -505,11 +530,11 @@ class Worker:
             "dead_lettered", conversation=conversation, worker=self.name, id=letter, error=error
         )
 
-    async def _take_batch(self, conversation: str, token: str, *, finished: str) -> list[str]:
+    async def _take_batch(self, conversation: str, token: str, *, finished: str) -> Taken:
         """One TAKE: claim the lease (finished == "") or delete the finished batch, then the
         next batch or a verdict (busy, released, lost)."""
         keys, args = self._take_keys(conversation), self._take_args(token, finished)
-        return cast("list[str]", await self._take(keys=keys, args=args))
+        return decode_take(await self._take(keys=keys, args=args))
 
     def _token(self) -> str:
         """A lease token: this worker, and which claim."""
@@ -529,7 +554,7 @@ class Worker:
                 "turn_resumed", conversation=conversation, worker=self.name, state=batch.state
             )
         entry = None
-        if batch.state == "pending":
+        if batch.state is BatchState.PENDING:
             async with self._typing(batch.messages[-1]) as allowed:
                 result = await self.agent.run_turn(batch.messages, allowed=allowed)
             entry = self.outbox.entry(result.reply) if result.reply else None
@@ -644,7 +669,7 @@ class Worker:
             if flushed is Flush.LOST:
                 return
             taken = await self._take_batch(conversation, token, finished="-")
-            if taken not in (["released"], ["lost"]):
+            if taken is not Verdict.RELEASED and taken is not Verdict.LOST:
                 await self.process(conversation, None, Claim(token, taken))
         except Exception as exc:  # noqa: BLE001 - a background task: log it; due again later
             self.log.error(

@@ -24,7 +24,7 @@ from bot.config import parse_config
 from bot.deadletters import DEAD_LETTERS, RedisDeadLetters
 from bot.delivery import DUE_KEY
 from bot.doctor import check_redis
-from bot.errors import ChannelSendError, StoreUnavailable
+from bot.errors import ChannelSendError, Severity, StoreUnavailable
 from bot.intake import READY_STREAM, inbox_key
 from bot.llm.lmstudio import state_key
 from bot.logreader import Filters, recent_from_redis
@@ -191,7 +191,7 @@ async def test_memory_choice_breaker_and_pairing_scripts_run_on_the_cluster(
     [info, *_] = app.registry.chain()
     await app.choice.set(conv, info.ref, who="test:admin")
     assert (await app.choice.current(conv)) == (info.ref, "conversation")
-    await app.breaker.failure("local/local-model", severity="down", probe=False)
+    await app.breaker.failure("local/local-model", severity=Severity.DOWN, probe=False)
     assert await app.breaker.check("local/local-model") == "open"
 
     stranger = InboundMessage(

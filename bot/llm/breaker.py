@@ -12,18 +12,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from bot.errors import Severity
 from bot.logs import Logger
 from bot.reads import Read
 
-CLOSED, OPEN, PROBE = "closed", "open", "probe"
-CLEAN = "clean"  # closed, with no failure on record: a success has nothing to reset
-DUE = "due"  # open, cooldown over: `check` decides who probes
+
+class Decision(StrEnum):
+    """What the breaker says of a model before a call (CHECK's reply, or a read of its hash)."""
+
+    CLEAN = "clean"  # closed, with no failure on record: a success has nothing to reset
+    CLOSED = "closed"  # call it
+    OPEN = "open"  # skip it
+    PROBE = "probe"  # call it: this caller tests recovery
+    DUE = "due"  # open, cooldown over (read only): `check` decides who probes
+
+
+CLEAN, CLOSED, OPEN = Decision.CLEAN, Decision.CLOSED, Decision.OPEN
+PROBE, DUE = Decision.PROBE, Decision.DUE
 
 # KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
 CHECK = """
@@ -70,7 +82,7 @@ class BreakerState:
     """One model's breaker as `/status` and metrics show it."""
 
     model: str
-    state: str  # closed | open | half-open (cooldown over, waiting for a probe)
+    state: Literal["closed", "open", "half-open"]  # half-open: cooldown over, awaiting a probe
     failures: int
     reopens_in: float  # seconds until a probe is allowed (0 when closed)
 
@@ -79,7 +91,7 @@ def breaker_key(model: str) -> str:
     return f"breaker:{{{model}}}"
 
 
-def _decision(row: dict[str, str], now: int) -> str:
+def _decision(row: dict[str, str], now: int) -> Decision:
     if not row:
         return CLEAN
     if row.get("state") != OPEN:
@@ -119,7 +131,7 @@ class RedisBreaker:
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
-    async def check(self, model: str) -> str:
+    async def check(self, model: str) -> Decision:
         """clean or closed (call it), open (skip it) or probe (call it: this caller tests
         recovery). Clean: no failure on record, so a success need not be reported."""
         try:
@@ -127,9 +139,9 @@ class RedisBreaker:
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return CLOSED
-        return str(result)
+        return Decision(result)
 
-    def read_decisions(self, models: list[str]) -> Read[dict[str, str]]:
+    def read_decisions(self, models: list[str]) -> Read[dict[str, Decision]]:
         """What `check` would say of each model, read only: clean, closed, open, or due (the
         cooldown is over: call `check`, which lets one caller probe)."""
 
@@ -137,15 +149,15 @@ class RedisBreaker:
             for model in models:
                 pipe.hgetall(breaker_key(model))
 
-        def decode(rows: list[Any]) -> dict[str, str]:
+        def decode(rows: list[Any]) -> dict[str, Decision]:
             now = self._now()
             return {model: _decision(row, now) for model, row in zip(models, rows, strict=True)}
 
         return Read(queue=queue, count=len(models), decode=decode)
 
-    async def failure(self, model: str, *, severity: str, probe: bool) -> None:
+    async def failure(self, model: str, *, severity: Severity, probe: bool) -> None:
         """Count a failure; opens (or re-opens, for longer) the breaker when it should."""
-        if severity == "empty":
+        if severity == Severity.EMPTY:
             return
         args: list[str | int] = [
             self._now(), severity, int(probe), self.base_ms, self.max_ms,
@@ -183,10 +195,10 @@ class RedisBreaker:
             if row.get("state") != OPEN:
                 failures = int(row.get("failures", 0))
                 found.append(
-                    BreakerState(model=model, state=CLOSED, failures=failures, reopens_in=0)
+                    BreakerState(model=model, state="closed", failures=failures, reopens_in=0)
                 )
                 continue
             wait = max(0, int(row["open_until"]) - now) / 1000
-            state = OPEN if wait > 0 else "half-open"
+            state: Literal["open", "half-open"] = "open" if wait > 0 else "half-open"
             found.append(BreakerState(model=model, state=state, failures=0, reopens_in=wait))
         return found

@@ -36,7 +36,7 @@ from bot.errors import (
     ModelError,
     ModelUnavailable,
 )
-from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, RedisBreaker
+from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision, RedisBreaker
 from bot.llm.lmstudio import LMStudioModels
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
@@ -83,7 +83,7 @@ class FailoverClient:
         primary: ModelRef | None = None,
         conversation: str = "",
         max_output_tokens: int | None = None,
-        breakers: Mapping[str, str] | None = None,
+        breakers: Mapping[str, Decision] | None = None,
         deadline: float | None = None,
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
@@ -153,7 +153,7 @@ class FailoverClient:
             )  # fmt: skip
         return missing is None
 
-    def read_breakers(self) -> Read[dict[str, str]] | None:
+    def read_breakers(self) -> Read[dict[str, Decision]] | None:
         """The breaker decisions of the configured chain, to read with other turn state."""
         if self.breaker is None:
             return None
@@ -238,7 +238,7 @@ class FailoverClient:
         conversation: str,
         max_output_tokens: int | None,
         *,
-        breaker: str,
+        breaker: Decision,
         following: Sequence[ModelInfo],
         failures: list[str],
         deadline: float | None,

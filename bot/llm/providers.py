@@ -27,7 +27,7 @@ import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
-from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable
+from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable, Severity
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
 from bot.messages import Attachment, Turn
@@ -95,9 +95,11 @@ def _root_cause(exc: BaseException) -> BaseException:
 def translate(exc: openai.OpenAIError, where: str) -> Exception:
     """Map an SDK error to the gateway's tree; the message names the provider, never a key."""
     if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-        return ModelUnavailable(f"{where}: timed out", severity="down")
+        return ModelUnavailable(f"{where}: timed out", severity=Severity.DOWN)
     if isinstance(exc, openai.APIConnectionError):
-        return ModelUnavailable(f"{where}: cannot connect ({_root_cause(exc)})", severity="down")
+        return ModelUnavailable(
+            f"{where}: cannot connect ({_root_cause(exc)})", severity=Severity.DOWN
+        )
     if isinstance(exc, openai.APIStatusError):
         status, detail = exc.status_code, _error_text(exc)
         lowered = detail.lower()
@@ -157,7 +159,7 @@ class OpenAIProvider:
         async with self._translated(where, first_token_seconds) as started:
             text, usage = await parse(request, started)
         if not text:
-            raise ModelUnavailable(f"{where}: answered with no final text", severity="empty")
+            raise ModelUnavailable(f"{where}: answered with no final text", severity=Severity.EMPTY)
         return Completion(text=text, model_ref=where, usage=usage)
 
     async def probe(self, model: str, *, seconds: float) -> None:
@@ -191,7 +193,7 @@ class OpenAIProvider:
                 yield lambda: deadline.reschedule(None)
         except TimeoutError as exc:
             if not deadline.expired():
-                raise ModelUnavailable(f"{where}: timed out", severity="down") from exc
+                raise ModelUnavailable(f"{where}: timed out", severity=Severity.DOWN) from exc
             assert first_token_seconds is not None
             raise AnswerNotStarted(
                 f"{where}: did not start answering within {first_token_seconds:.3g} s",
