@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,11 +50,26 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+class Clock:
+    """A settable wall clock for the breaker: a test moves it past a cooldown, no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @asynccontextmanager
 async def failover(
     primary: FakeOpenAI, backup: FakeOpenAI, redis: aioredis.Redis, events: CapturedEvents,
     *, breaker: bool = True, timeout_s: float = 5, cooldown: float = 0.3,
-    first_token: float | None = None,
+    first_token: float | None = None, clock: Clock | None = None,
 ) -> AsyncIterator[FailoverClient]:  # fmt: skip
     text = gateway_config_text(
         primary.base_url, backup.base_url, fallback_api="openai-responses",
@@ -61,7 +77,11 @@ async def failover(
     )  # fmt: skip
     config = parse_config(text, source="t", env={})
     providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
-    shared = RedisBreaker(redis, log=events.log, cooldown_seconds=cooldown) if breaker else None
+    shared = (
+        RedisBreaker(redis, log=events.log, cooldown_seconds=cooldown, clock=clock or time.time)
+        if breaker
+        else None
+    )
     made = FailoverClient(
         registry=ModelRegistry(config), providers=providers, log=events.log, breaker=shared
     )
@@ -79,9 +99,13 @@ async def ask(client: FailoverClient) -> str:
 
 @pytest.fixture
 async def client(
-    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
+    primary: FakeOpenAI,
+    backup: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    events: CapturedEvents,
+    clock: Clock,
 ) -> AsyncIterator[FailoverClient]:
-    async with failover(primary, backup, redis_client, events) as made:
+    async with failover(primary, backup, redis_client, events, clock=clock) as made:
         yield made
 
 
@@ -122,7 +146,7 @@ async def test_bad_request_raises_without_fallback(
 
 
 async def test_refused_primary_is_skipped_until_it_comes_back(
-    client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents
+    client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents, clock: Clock
 ) -> None:
     """A refused connection opens the breaker at once; later turns skip the primary without a
     call; after the cooldown a background probe (no person waits on it) finds it back and it
@@ -136,7 +160,7 @@ async def test_refused_primary_is_skipped_until_it_comes_back(
     skipped = [e for e in events.events("model_skipped") if e["model"] == PRIMARY]
     assert len(skipped) == 5
     await primary.start_listening()
-    await asyncio.sleep(0.35)  # the test breaker's cooldown is 0.3 s
+    clock.now += 0.35  # past the test breaker's cooldown (0.3 s)
     assert await ask(client) == "from backup"  # and the probe starts
     await eventually(lambda: bool(events.events("breaker_closed")))
     [probe] = events.events("model_probe")
@@ -147,7 +171,7 @@ async def test_refused_primary_is_skipped_until_it_comes_back(
 
 async def test_breaker_decisions_read_with_the_turn_state(
     client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
-    events: CapturedEvents,
+    events: CapturedEvents, clock: Clock,
 ) -> None:  # fmt: skip
     """The decisions a turn reads up front (no script, no write) say what `check` would:
     clean, closed after a failure, open while cooling down, due after it. Given to complete(),
@@ -171,7 +195,7 @@ async def test_breaker_decisions_read_with_the_turn_state(
     answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
     assert answer.text == "from backup"
     assert len(primary.requests) == calls
-    await asyncio.sleep(0.35)  # the test breaker's cooldown is 0.3 s
+    clock.now += 0.35  # past the test breaker's cooldown (0.3 s)
     ahead = await decisions()
     assert ahead[PRIMARY] == "due"
     answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
@@ -201,12 +225,12 @@ async def test_hanging_primary_costs_one_timeout_then_nothing(
 
 async def test_a_failed_probe_doubles_the_cooldown(
     client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
-    events: CapturedEvents,
+    events: CapturedEvents, clock: Clock,
 ) -> None:  # fmt: skip
     """A probe that fails re-opens the breaker for twice as long."""
     await primary.stop_listening()
     await ask(client)
-    await asyncio.sleep(0.35)
+    clock.now += 0.35  # past the cooldown
     await ask(client)  # starts the probe, refused again
     await eventually(lambda: len(events.events("breaker_opened")) == 2)
     cooldowns = [e["cooldown_s"] for e in events.events("breaker_opened")]
@@ -384,16 +408,18 @@ async def test_a_model_cut_short_by_the_turn_is_not_blamed(
 
 
 async def test_a_probe_of_a_silent_model_fails_without_a_person_waiting(
-    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents
-) -> None:
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, events: CapturedEvents,
+    clock: Clock,
+) -> None:  # fmt: skip
     """After the cooldown of a hung model, turns are answered by the fallback at once while
     the background probe waits on the hung model; the probe's failure re-opens the breaker."""
     primary.default = Reply(prefill=math.inf)
     async with failover(
-        primary, backup, redis_client, events, timeout_s=0.6, first_token=0.3, cooldown=0.3
-    ) as client:
+        primary, backup, redis_client, events, timeout_s=0.6, first_token=0.3, cooldown=0.3,
+        clock=clock,
+    ) as client:  # fmt: skip
         assert await ask(client) == "from backup"
-        await asyncio.sleep(0.35)  # the cooldown
+        clock.now += 0.35  # past the cooldown
         loop = asyncio.get_running_loop()
         started = loop.time()
         for _ in range(3):
