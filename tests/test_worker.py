@@ -228,7 +228,7 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(
     app: App, model: FakeOpenAI, redis_client: aioredis.Redis
 ) -> None:
     """If another worker took the lease mid-turn, the first one neither stores nor sends, and
-    leaves the wake-up unacked for the next taker."""
+    leaves the message for the next taker, who answers it once that lease is gone."""
     conversation = "test:stolen"
     await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
     model.default = echo(lambda: 0.5)
@@ -240,6 +240,11 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(
     assert await turn is False
     assert sender.sent == []
     assert await app.memory.load(conversation) == []
+    model.default = echo()
+    await redis_client.delete(lease_key(conversation))  # the thief's lease expired
+    assert await make_worker(app, sender).process(conversation) is True
+    assert [reply.text for reply in sender.sent] == ["echo:hello"]
+    assert [turn.text for turn in await app.memory.load(conversation)] == ["hello", "echo:hello"]
 
 
 @pytest.fixture
