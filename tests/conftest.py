@@ -153,10 +153,14 @@ async def cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis
 class CapturedEvents:
     """A logger whose JSON events tests can read back."""
 
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, secrets: tuple[str, ...] = (), *, include_content: bool = False) -> None:
         self.buffer = io.StringIO()
         self.log: Logger = make_logger(
-            level="debug", stream=self.buffer, as_json=True, secrets=secrets
+            level="debug",
+            stream=self.buffer,
+            as_json=True,
+            secrets=secrets,
+            include_content=include_content,
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
-from tests.helpers import gateway_config, inbound
+from tests.helpers import eventually, gateway_config, inbound
+from tests.test_worker import RecordingSender, make_worker
 
 
 async def converse(app: App, *batch: InboundMessage) -> str:
@@ -59,13 +61,28 @@ async def app(
 
 
 async def test_reply_holds_only_the_final_text(
-    app: App, primary: FakeOpenAI, events: CapturedEvents
-) -> None:
-    """Responses API reasoning items never reach the reply or the logs."""
+    primary: FakeOpenAI, backup: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Responses API reasoning items never reach the reply, the memory or the logs, even logs
+    that hold message text (logging.includeContent), for a turn run by a worker."""
+    loud = CapturedEvents(include_content=True)
     primary.script(Reply(text="The answer is 4.", reasoning="SECRET-CHAIN-OF-THOUGHT"))
-    reply = await converse(app, inbound("what is 2+2?"))
-    assert reply == "The answer is 4."
-    assert "SECRET-CHAIN-OF-THOUGHT" not in events.text
+    config = gateway_config(primary.base_url, backup.base_url)
+    async with app_for(config, redis_url, tmp_path, loud) as app:
+        sender = RecordingSender()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(make_worker(app, sender).run(stop))
+        await app.intake.accept(inbound("what is 2+2?", channel="test", conversation="test:1"))
+        await eventually(lambda: bool(loud.events("reply_sent")))
+        stop.set()
+        await worker
+        remembered = await app.memory.load("test:1")
+    assert [reply.text for reply in sender.sent] == ["The answer is 4."]
+    assert [turn.text for turn in remembered] == ["what is 2+2?", "The answer is 4."]
+    [sent] = loud.events("reply_sent")
+    assert sent["reply"] == "The answer is 4."  # the logs do hold the text
+    assert "SECRET-CHAIN-OF-THOUGHT" not in loud.text
     [request] = primary.requests_to("/responses")
     assert request.json is not None
     assert request.json["instructions"] == "You are a test assistant."
