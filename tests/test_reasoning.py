@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.llm.reasoning import chat_final_text, responses_final_text, strip_reasoning_markup
+from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 
 
 def _message(*texts: str, phase: str | None = None) -> dict[str, Any]:
@@ -145,31 +145,3 @@ class TestStripReasoningMarkup:
     def test_mentions_of_think_untouched(self, text: str) -> None:
         """Text that merely mentions thinking is returned as is."""
         assert strip_reasoning_markup(text) == text
-
-
-class TestChatFinalText:
-    def test_reasoning_fields_ignored(self) -> None:
-        """reasoning_content and reasoning fields never reach the result."""
-        message = {
-            "role": "assistant",
-            "content": "<think>plan</think>Hello",
-            "reasoning_content": "plan",
-            "reasoning": "plan",
-        }
-        assert chat_final_text(message) == "Hello"
-
-    def test_content_parts_joined(self) -> None:
-        """A list of text parts is joined; non-text parts are skipped."""
-        message = {
-            "role": "assistant",
-            "content": [
-                {"type": "text", "text": "Hello "},
-                {"type": "image_url", "image_url": {"url": "x"}},
-                {"type": "text", "text": "there"},
-            ],
-        }
-        assert chat_final_text(message) == "Hello there"
-
-    def test_missing_content_is_empty(self) -> None:
-        """A message with no content (only reasoning) yields ""."""
-        assert chat_final_text({"role": "assistant", "content": None, "reasoning": "r"}) == ""

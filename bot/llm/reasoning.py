@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["chat_final_text", "responses_final_text", "strip_reasoning_markup"]
+__all__ = ["responses_final_text", "strip_reasoning_markup"]
 
 # Tags that local servers and reasoning models use to wrap chain of thought in plain text:
 # <think> (DeepSeek-R1, Qwen3, MiniMax-M2, GLM), <thinking>/<thought> (fine-tunes, Gemma-style
@@ -59,27 +59,6 @@ def responses_final_text(output: list[dict[str, Any]]) -> str:
         messages = [item for item in messages if item.get("phase") == "final_answer"]
     texts = ["".join(_output_texts(item.get("content"))) for item in messages]
     return strip_reasoning_markup("\n\n".join(text for text in texts if text))
-
-
-def chat_final_text(message: dict[str, Any]) -> str:
-    """Return the final text of a chat-completions `choices[0].message` dict.
-
-    `reasoning_content` / `reasoning` fields are ignored; content may be a string or parts.
-    """
-    content = message.get("content")
-    if isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        text = "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict)
-            and part.get("type") in ("text", "output_text")
-            and isinstance(part.get("text"), str)
-        )
-    else:
-        text = ""
-    return strip_reasoning_markup(text)
 
 
 def _output_texts(content: Any) -> list[str]:
