@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from bot.settings import Settings
 from bot.usage import Prices, RedisUsage, Totals
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, server_error
-from tests.helpers import bot_env, provider_block, run_bot
+from tests.helpers import bot_env, eventually, provider_block, run_bot
 
 ADMIN = "whatsapp:+15550000001"
 ANN = "whatsapp:+15550000002"
@@ -315,19 +316,19 @@ async def test_a_probe_counts_on_its_model_only(
     config = parse_config(config_text(local, backup), source="t", env={})
     usage = RedisUsage(redis_client, prices=Prices(config), log=events.log)
     providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+    clock = Clock(time.time())  # the breaker's
     client = FailoverClient(
         registry=ModelRegistry(config), providers=providers, log=events.log, usage=usage,
-        breaker=RedisBreaker(redis_client, log=events.log, cooldown_seconds=0.05),
+        breaker=RedisBreaker(redis_client, log=events.log, clock=clock),
     )  # fmt: skip
     hello = [Turn(role="user", text="hello", ts=0.0)]
     try:
         await local.stop_listening()  # refused: the breaker opens
         await client.complete(instructions="be brief", turns=hello, conversation=ANN)
         await local.start_listening()
-        async with asyncio.timeout(10):  # turns go on until one of them starts the probe
-            while not events.events("model_probe"):
-                await client.complete(instructions="be brief", turns=hello, conversation=BOB)
-                await asyncio.sleep(0.01)
+        clock.now += 31  # past the breaker's cooldown (30 s): the next turn starts the probe
+        await client.complete(instructions="be brief", turns=hello, conversation=BOB)
+        await eventually(lambda: bool(events.events("model_probe")), within=10)
         key = f"usage:model:{{{LOCAL}}}:{usage.day()}"
         async with asyncio.timeout(10):
             while not await redis_client.exists(key):  # noqa: ASYNC110 - polling Redis with a deadline
