@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_CONFIG_TEXT, Config, ModelChoice, load_config, parse_config
-from bot.config_source import key_lines
+from bot.config.source import key_lines
 from bot.errors import ConfigError, ConfigIssue
 
 DATA = Path(__file__).parent / "data" / "config"

@@ -1,0 +1,60 @@
+"""The JSON5 gateway config: `schema` (the pydantic models), `catalog` (the built-in default and
+hosted providers), `loading` (${VAR} substitution, merging, every problem at once), `source`
+(JSON5 text with the line of every key). Import the names from here: `from bot.config import …`."""
+
+from bot.config.catalog import CATALOG_KEYS, DEFAULT_CONFIG_TEXT, key_variable
+from bot.config.loading import load_config, parse_config
+from bot.config.schema import (
+    BUILT_IN_SOURCE,
+    DEFAULT_SYSTEM_PROMPT,
+    AgentDefaults,
+    AgentsConfig,
+    Api,
+    ChannelsConfig,
+    CommandsConfig,
+    CompactionConfig,
+    Config,
+    DmPolicy,
+    LoggingConfig,
+    MediaConfig,
+    ModelChoice,
+    ModelCost,
+    ModelEntry,
+    ModelsConfig,
+    ModelSpec,
+    ProviderConfig,
+    SessionConfig,
+    TelegramConfig,
+    WhatsAppConfig,
+    split_ref,
+)
+
+__all__ = [
+    "BUILT_IN_SOURCE",
+    "CATALOG_KEYS",
+    "DEFAULT_CONFIG_TEXT",
+    "DEFAULT_SYSTEM_PROMPT",
+    "AgentDefaults",
+    "AgentsConfig",
+    "Api",
+    "ChannelsConfig",
+    "CommandsConfig",
+    "CompactionConfig",
+    "Config",
+    "DmPolicy",
+    "LoggingConfig",
+    "MediaConfig",
+    "ModelChoice",
+    "ModelCost",
+    "ModelEntry",
+    "ModelSpec",
+    "ModelsConfig",
+    "ProviderConfig",
+    "SessionConfig",
+    "TelegramConfig",
+    "WhatsAppConfig",
+    "key_variable",
+    "load_config",
+    "parse_config",
+    "split_ref",
+]
