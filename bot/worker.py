@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
@@ -43,13 +43,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.agent import Agent, TurnResult
+from bot.agent import TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
 from bot.errors import ChannelSendError
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
-from bot.memory import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage
 from bot.wakeups import (
     GROUP,
@@ -137,6 +136,23 @@ return 0
 """
 
 
+class TurnRunner(Protocol):
+    """What a worker needs of the agent: one turn for a batch of messages."""
+
+    async def run_turn(
+        self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
+    ) -> TurnResult: ...
+
+
+class TurnMemory(Protocol):
+    """What COMMIT needs of the conversation memory: its keys and how long they live."""
+
+    @property
+    def ttl_seconds(self) -> int: ...
+
+    def keys(self, conversation: str) -> list[str]: ...
+
+
 @runtime_checkable
 class TypingIndicator(Protocol):
     """A channel that can show "typing…" while a turn runs."""
@@ -216,8 +232,8 @@ class Worker:
         self,
         *,
         redis: aioredis.Redis,
-        agent: Agent,
-        memory: RedisMemory,
+        agent: TurnRunner,
+        memory: TurnMemory,
         senders: Mapping[str, ReplySender | ChunkSender],
         log: Logger,
         lease_seconds: float = 30,

@@ -123,3 +123,17 @@ def test_only_the_composition_root_assembles() -> None:
         and any(concrete(i) for i in project(imports))
     }
     assert not bad, f"concrete pieces wired outside the composition root: {sorted(bad)}"
+
+
+# A module that takes its collaborators through Protocols defined beside it: the concrete
+# classes behind them, which it must not import (the composition root picks those).
+PROTOCOL_SEAMS = {
+    "bot.worker": {"bot.agent.Agent", "bot.memory"},  # TurnRunner, TurnMemory
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_SEAMS))
+def test_seams_take_protocols_not_concrete_classes(name: str) -> None:
+    """The worker names the agent and the memory only through its own Protocols."""
+    bad = sorted(i for i in MODULES[name] if within(i, PROTOCOL_SEAMS[name]))
+    assert not bad, f"{name} imports {bad}"
