@@ -12,17 +12,18 @@ import difflib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from bot.access import RedisAccess, Role
+from bot.access import PairingRequest, Role
 from bot.errors import CommandError
-from bot.llm.breaker import RedisBreaker
+from bot.llm.breaker import BreakerState
 from bot.llm.choice import ModelChange, RedisModelChoice
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
 from bot.logs import Logger
-from bot.memory import Compactor, RedisMemory
+from bot.memory import Compactor, ConversationState
 from bot.messages import InboundMessage
-from bot.usage import RedisUsage, Totals
+from bot.usage import GroupBy, Row, Totals
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +54,34 @@ class CommandSpec:
 
 
 Handler = Callable[[CommandContext], Awaitable[str]]
+
+
+class ConversationStore(Protocol):
+    """What /status, /new and /compact need of the conversation memory."""
+
+    async def state(self, conversation: str) -> ConversationState: ...
+
+    async def clear(self, conversation: str) -> None: ...
+
+
+class Pairing(Protocol):
+    """What /approve needs of access control."""
+
+    async def approve(self, code: str, *, who: str) -> PairingRequest | None: ...
+
+
+class BreakerStates(Protocol):
+    """What /status shows of the models' breakers."""
+
+    async def states(self, models: list[str]) -> list[BreakerState]: ...
+
+
+class UsageReports(Protocol):
+    """What /usage reads of the token accounting."""
+
+    async def sender_days(self, sender: str, days: int) -> list[Totals]: ...
+
+    async def report(self, *, by: GroupBy, days: int) -> list[Row]: ...
 
 
 def command(
@@ -86,13 +115,13 @@ class Commands:
         *,
         choice: RedisModelChoice,
         registry: ModelRegistry,
-        memory: RedisMemory,
+        memory: ConversationStore,
         compactor: Compactor,
-        access: RedisAccess,
-        breaker: RedisBreaker | None,
+        access: Pairing,
+        breaker: BreakerStates | None,
         model_switch: str,
         log: Logger,
-        usage: RedisUsage | None = None,
+        usage: UsageReports | None = None,
         daily_token_budget: int = 0,
     ) -> None:
         self.choice = choice

@@ -129,11 +129,18 @@ def test_only_the_composition_root_assembles() -> None:
 # classes behind them, which it must not import (the composition root picks those).
 PROTOCOL_SEAMS = {
     "bot.worker": {"bot.agent.Agent", "bot.memory"},  # TurnRunner, TurnMemory
+    "bot.commands": {  # ConversationStore, Pairing, BreakerStates, UsageReports
+        "bot.memory.RedisMemory",
+        "bot.access.RedisAccess",
+        "bot.llm.breaker.RedisBreaker",
+        "bot.usage.RedisUsage",
+    },
 }
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_SEAMS))
 def test_seams_take_protocols_not_concrete_classes(name: str) -> None:
-    """The worker names the agent and the memory only through its own Protocols."""
+    """The worker and the chat commands name the stores they use only through their own
+    Protocols."""
     bad = sorted(i for i in MODULES[name] if within(i, PROTOCOL_SEAMS[name]))
     assert not bad, f"{name} imports {bad}"
