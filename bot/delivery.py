@@ -68,6 +68,16 @@ class Step(enum.StrEnum):
     DROPPED = "dropped"  # a failure that retrying cannot fix: the rest of the reply is dropped
 
 
+class Tag(enum.StrEnum):
+    """The first element of LOAD's and ADVANCE's replies: what the rest of the reply holds."""
+
+    LOST = "lost"  # the lease is another worker's (or the head changed hands): nothing
+    EMPTY = "empty"  # the outbox is empty (ADVANCE: then whether it was in the due set)
+    HEAD = "head"  # LOAD: the head entry and its progress fields
+    MORE = "more"  # ADVANCE: the head has chunks left
+    NEXT = "next"  # ADVANCE: the next entry, now the head, and whether it is a retry
+
+
 class Flush(enum.StrEnum):
     """How a flush of a conversation's outbox ended."""
 
@@ -264,10 +274,11 @@ class Outbox:
             head = Head(entry=fresh, started=fresh.at)
             continuing = True  # the started mark is ours: no send has begun yet
         else:
-            loaded = await self._load(keys=keys, args=[token, self.ttl_seconds])
-            if loaded == ["lost"]:
+            loaded = cast("list[Any]", await self._load(keys=keys, args=[token, self.ttl_seconds]))
+            tag = Tag(loaded[0])
+            if tag is Tag.LOST:
                 return Flush.LOST
-            head = self._decode_head(loaded)
+            head = None if tag is Tag.EMPTY else self._decode_head(loaded)
             if head is None:  # a worker may have died between emptying it and leaving the set
                 await self.redis.zrem(DUE_KEY, conversation)
             continuing = False
@@ -335,21 +346,19 @@ class Outbox:
         total, now = len(head.entry.chunks), self.now_ms()
         args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
         reply = cast("list[str]", await self._advance(keys=keys, args=args))
-        verdict = reply[0]
-        if verdict == "lost":
+        tag = Tag(reply[0])
+        if tag is Tag.LOST:
             return Flush.LOST
-        if verdict == "more":
+        if tag is Tag.MORE:
             return dataclasses.replace(head, sent=done, started=now)
-        if verdict == "empty":
+        if tag is Tag.EMPTY:
             if reply[-1]:  # it was in the due set, and nothing is left to retry
                 await self.redis.zrem(DUE_KEY, head.entry.reply.conversation)
             return Flush.EMPTY
         return Head(entry=Entry.from_json(reply[1]), started=now, retrying=bool(reply[2]))
 
-    def _decode_head(self, loaded: list[Any]) -> Head | None:
-        """LOAD's reply as a Head (None when the outbox is empty)."""
-        if loaded[0] == "empty":
-            return None
+    def _decode_head(self, loaded: list[Any]) -> Head:
+        """LOAD's {'head', entry, progress} reply as a Head."""
         flat = cast("list[str]", loaded[2])
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         started = fields.get("started")
