@@ -6,6 +6,8 @@ attempt) lives in `conv:{id}:outbox:head`. Every write is fenced by the conversa
 A retryable failure (5xx, 429, network) leaves the reply there with a backoff time in the
 shared due set that every worker polls; later replies wait behind it; a reply older than
 `agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event.
+The scripts and the flush that runs them stay together (a little over 400 lines): each fences
+what the other assumes.
 """
 
 from __future__ import annotations

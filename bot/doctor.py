@@ -2,6 +2,7 @@
 
 Each finding is a `Check` that says what was found and, when something is wrong, the exact
 thing to do; `render` prints them. No output ever carries a secret (the Telegram token included).
+Over 400 lines as a list of short, independent checks, one per component: read it as one.
 """
 
 from __future__ import annotations

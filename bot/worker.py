@@ -14,6 +14,10 @@ nobody can be told (the batch is unreadable, the reply cannot go out), the batch
 next taker and, after MAX_ATTEMPTS takes (counted on the batch in Redis), moved to the dead
 letters. A lost consumer group (Redis came back empty) is recreated, and a periodic sweep wakes
 every conversation whose wake-up was lost.
+
+One module, over 400 lines, on purpose: the Lua scripts (TAKE, COMMIT, RENEW, RELEASE), the
+lease keeper and the turn loop fence one another, and a change to one is only safe read
+beside the others.
 """
 
 from __future__ import annotations

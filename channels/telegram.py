@@ -7,6 +7,8 @@ only when the bot is mentioned or replied to, unless `requireMention: false`). R
 with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
 paced per chat, one attempt per chunk from the outbox (which retries 429 after
 `retry_after`, 5xx and network errors); other Bot API calls retry a few times themselves.
+Webhooks, polling and sending share the Bot API client and its error translation, so they
+stay in one module (a little over 400 lines).
 """
 
 from __future__ import annotations
