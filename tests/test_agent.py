@@ -1,4 +1,5 @@
-"""One turn through the real stack: Redis memory, the openai SDK, fake model servers."""
+"""One turn through the real stack: intake, a worker, Redis memory, the openai SDK, fake model
+servers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bot.config import Config, parse_config
 from bot.errors import AllModelsFailed
 from bot.messages import InboundMessage
 from bot.settings import Settings
+from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
 from tests.helpers import eventually, gateway_config, inbound
@@ -22,10 +24,21 @@ from tests.test_worker import RecordingSender, make_worker
 
 
 async def converse(app: App, *batch: InboundMessage) -> str:
-    """Run one turn, remember it as the worker and the console do, return the reply text."""
-    result = await app.agent.run_turn(list(batch))
-    await app.memory.append(batch[-1].conversation, result.remember)
-    return result.reply.text
+    """Run one turn the way every channel's runs (intake, a worker's leased TAKE, the turn, the
+    fenced COMMIT into memory and the outbox, delivery); return the reply text."""
+    sender = RecordingSender()
+    worker = Worker(
+        redis=app.redis.client,
+        agent=app.agent,
+        memory=app.memory,
+        senders={batch[-1].channel: sender},
+        log=app.log,
+    )
+    for message in batch:
+        assert await app.intake.accept(message)
+    assert await worker.process(batch[-1].conversation)
+    [reply] = sender.sent
+    return reply.text
 
 
 @pytest.fixture
