@@ -21,9 +21,10 @@ from aiohttp import test_utils
 from bot.app import App, open_app
 from bot.config import Config, parse_config
 from bot.logs import EventHub, Logger
-from bot.messages import InboundMessage
+from bot.messages import InboundMessage, OutboundMessage
 from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
+from bot.worker import Worker
 
 
 def provider_block(
@@ -264,3 +265,30 @@ class RedisProcess:
 
     def client(self) -> aioredis.Redis:
         return aioredis.Redis.from_url(self.url, decode_responses=True)
+
+
+class RecordingSender:
+    """A channel stand-in that keeps every reply it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, message: OutboundMessage) -> None:
+        self.sent.append(message)
+
+
+async def run_turn(app: App, *batch: InboundMessage) -> list[OutboundMessage]:
+    """Run one turn the way every channel's runs (intake, a worker's leased TAKE, the turn, the
+    fenced COMMIT into memory and the outbox, delivery); the replies sent."""
+    sender = RecordingSender()
+    worker = Worker(
+        redis=app.redis.client,
+        agent=app.agent,
+        memory=app.memory,
+        senders={batch[-1].channel: sender},
+        log=app.log,
+    )
+    for message in batch:
+        assert await app.intake.accept(message)
+    assert await worker.process(batch[-1].conversation)
+    return sender.sent

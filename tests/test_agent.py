@@ -16,28 +16,15 @@ from bot.config import Config, parse_config
 from bot.errors import AllModelsFailed
 from bot.messages import InboundMessage
 from bot.settings import Settings
-from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
-from tests.helpers import eventually, gateway_config, inbound
-from tests.test_worker import RecordingSender, make_worker
+from tests.helpers import RecordingSender, eventually, gateway_config, inbound, run_turn
+from tests.test_worker import make_worker
 
 
 async def converse(app: App, *batch: InboundMessage) -> str:
-    """Run one turn the way every channel's runs (intake, a worker's leased TAKE, the turn, the
-    fenced COMMIT into memory and the outbox, delivery); return the reply text."""
-    sender = RecordingSender()
-    worker = Worker(
-        redis=app.redis.client,
-        agent=app.agent,
-        memory=app.memory,
-        senders={batch[-1].channel: sender},
-        log=app.log,
-    )
-    for message in batch:
-        assert await app.intake.accept(message)
-    assert await worker.process(batch[-1].conversation)
-    [reply] = sender.sent
+    """Run one turn through intake and a worker (`run_turn`); the reply text."""
+    [reply] = await run_turn(app, *batch)
     return reply.text
 
 

@@ -18,7 +18,7 @@ from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_env, provider_block, run_bot
+from tests.helpers import bot_env, provider_block, run_bot, run_turn
 
 ADMIN = "whatsapp:+15550000001"
 USER = "whatsapp:+15550000002"
@@ -80,10 +80,10 @@ async def app(
 
 
 async def say(app: App, message: InboundMessage) -> str | None:
-    """One turn, remembered as the worker would; the reply text (None: nothing sent)."""
-    result = await app.agent.run_turn([message])
-    await app.memory.append(message.conversation, result.remember)
-    return result.reply.text if result.reply else None
+    """One turn through intake and a worker (`run_turn`); the reply text (None: nothing sent)."""
+    sent = await run_turn(app, message)
+    assert len(sent) <= 1
+    return sent[0].text if sent else None
 
 
 def test_command_parsing() -> None:

@@ -25,7 +25,14 @@ from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.twilio_server import FakeTwilio
-from tests.helpers import bot_env, eventually, gateway_config, gateway_config_text, inbound
+from tests.helpers import (
+    RecordingSender,
+    bot_env,
+    eventually,
+    gateway_config,
+    gateway_config_text,
+    inbound,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,16 +45,6 @@ def echo(delay: Callable[[], float] = lambda: 0.0) -> Callable[[Recorded], Reply
         return Reply(text=f"echo:{last}", delay=delay())
 
     return answer
-
-
-class RecordingSender:
-    """A channel stand-in that keeps every reply it is asked to send."""
-
-    def __init__(self) -> None:
-        self.sent: list[OutboundMessage] = []
-
-    async def send(self, message: OutboundMessage) -> None:
-        self.sent.append(message)
 
 
 @pytest.fixture
