@@ -206,10 +206,10 @@ async def test_new_forgets_and_compact_reports(app: App, local: FakeOpenAI) -> N
 
 async def test_a_burst_with_a_command_answers_both(app: App, backup: FakeOpenAI) -> None:
     """A command and a question in one burst: the command applies first, then the model."""
-    result = await app.agent.run_turn([wa("/model Backup", ADMIN), wa("and now?", ADMIN)])
-    assert result.reply is not None
-    assert result.reply.text.endswith("backup says hi")
-    assert [t.text for t in result.remember] == ["and now?", "backup says hi"]
+    [reply] = await run_turn(app, wa("/model Backup", ADMIN), wa("and now?", ADMIN))
+    assert reply.text.endswith("backup says hi")
+    remembered = (await app.memory.state(ADMIN)).turns
+    assert [t.text for t in remembered] == ["and now?", "backup says hi"]
 
 
 async def test_pairing_end_to_end(
@@ -305,8 +305,7 @@ async def test_a_command_in_a_burst_runs_before_the_model_reads_history(
 ) -> None:
     """ "/new" then a question, answered as one turn: the model sees no earlier history."""
     await say(app, wa("remember the number 42"))
-    result = await app.agent.run_turn([wa("/new"), wa("what was the number?")])
-    assert result.reply is not None
+    assert len(await run_turn(app, wa("/new"), wa("what was the number?"))) == 1
     prompt = local.requests_to("/responses")[-1].json or {}
     assert [item["content"] for item in prompt["input"]] == ["what was the number?"]
 
