@@ -282,12 +282,28 @@ class SpooledIntake:
                     msg_id=message.platform_id,
                     error=f"Redis did not confirm within {self.deadline:g} s",
                 )
+        return await SpillIntake(self.spool, log=self.log).accept(message)
+
+
+class SpillIntake:
+    """Intake straight into the spool, Redis untried: where a web process past its in-flight
+    limit puts a WhatsApp webhook, since a 503 would lose it (bot.web)."""
+
+    def __init__(self, spool: Spool, *, log: Logger, reason: str | None = None) -> None:
+        self.spool = spool
+        self.log = log
+        self.reason = reason
+
+    async def accept(self, message: InboundMessage) -> bool:
+        """Append `message` to the spool (fsync'd); StoreUnavailable if the disk refused."""
         await self.spool.append(message)
+        extra = {"reason": self.reason} if self.reason else {}
         self.log.warning(
             "message_spooled",
             channel=message.channel,
             conversation=message.conversation,
             msg_id=message.platform_id,
+            **extra,
         )
         return True
 
