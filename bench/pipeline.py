@@ -80,13 +80,15 @@ class Shape:
     workers: int = 0
     loadgen_procs: int = 1
     cluster: bool = False
+    max_inflight: int | None = None  # BOT_MAX_INFLIGHT of the web processes
 
     def describe(self) -> str:
         role = "web" if self.workers else "all"
         web = f"`bot serve --role {role}" + (f" --procs {self.procs}`" if self.procs > 1 else "`")
         workers = f" + {self.workers} `--role worker`" if self.workers else ""
         redis = "3-node Redis Cluster" if self.cluster else "one Redis"
-        return f"{web}{workers}, {redis}, {self.loadgen_procs} load generator(s)"
+        limit = f", BOT_MAX_INFLIGHT={self.max_inflight}" if self.max_inflight else ""
+        return f"{web}{workers}, {redis}, {self.loadgen_procs} load generator(s){limit}"
 
 
 @dataclass
@@ -235,6 +237,7 @@ def gateway_command(
     role: str,
     procs: int = 1,
     cluster: bool = False,
+    max_inflight: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """`bot serve --role ROLE [--procs N]` and its environment, pointed at the fakes."""
     env = bench.gateway_env(
@@ -243,6 +246,8 @@ def gateway_command(
     )  # fmt: skip
     if cluster:
         env["REDIS_CLUSTER"] = "true"
+    if max_inflight:
+        env["BOT_MAX_INFLIGHT"] = str(max_inflight)
     args = ["-m", "bot", "serve", "--role", role]
     return [*args, "--procs", str(procs)] if procs > 1 else args, env
 
@@ -426,7 +431,15 @@ async def run_target(
         if target == "gateway":
             role = "web" if shape.workers else "all"
             args, env = gateway_command(
-                workdir, port, redis_url, model, twilio, role, shape.procs, shape.cluster
+                workdir,
+                port,
+                redis_url,
+                model,
+                twilio,
+                role,
+                shape.procs,
+                shape.cluster,
+                shape.max_inflight,
             )
             listeners = shape.procs
             for _ in range(shape.workers):
@@ -688,11 +701,14 @@ def main() -> None:
     )
     parser.add_argument("--cluster", action="store_true", help="run on a 3-node Redis Cluster")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay runs")
+    parser.add_argument(
+        "--max-inflight", type=int, help="BOT_MAX_INFLIGHT of the gateway (overload runs)"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     shapes = tuple(
         Shape(procs=int(n), workers=args.workers, loadgen_procs=args.loadgen_procs,
-              cluster=args.cluster)
+              cluster=args.cluster, max_inflight=args.max_inflight)
         for n in args.procs.split(",") if n.strip()
     )  # fmt: skip
     started = time.monotonic()
