@@ -17,6 +17,13 @@ Run: `.venv/bin/python -m bench.pipeline [--rates 100,300] [--seconds 6] [--mode
 [--repeat N]`; after each rate's runs it counts the runs that met issue #10's targets.
 `--profile` attaches py-spy to the gateway for each load and prints where its time went (the
 functions holding the most samples, inclusive and self); the raw stacks stay in the work dir.
+
+Shapes past one process: `--procs N` runs the gateway's web side as `bot serve --procs N`
+(`--role web` with `--workers M` worker processes beside it, else `--role all`), its
+processes sharing one port; `--loadgen-procs K` splits the load over K load-generator
+processes (rate/K each, interleaved, results merged) so the load is not the bottleneck;
+`--cluster` starts a 3-node Redis Cluster (tests.helpers.redis_cluster) for the run.
+`--no-relay` skips the relay runs (their column then repeats nothing useful).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import bench
 from bot.redisdb import EmbeddedRedis, connect
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import FakeTwilio
+from tests.helpers import redis_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "whatsapp:+14155238886"
@@ -62,6 +70,27 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How the gateway and the load run: `procs` web (or all) processes under one
+    `bot serve --procs`, `workers` worker processes, `loadgen_procs` load generators, and
+    whether Redis is a cluster."""
+
+    procs: int = 1
+    workers: int = 0
+    loadgen_procs: int = 1
+    cluster: bool = False
+    max_inflight: int | None = None  # BOT_MAX_INFLIGHT of the web processes
+
+    def describe(self) -> str:
+        role = "web" if self.workers else "all"
+        web = f"`bot serve --role {role}" + (f" --procs {self.procs}`" if self.procs > 1 else "`")
+        workers = f" + {self.workers} `--role worker`" if self.workers else ""
+        redis = "3-node Redis Cluster" if self.cluster else "one Redis"
+        limit = f", BOT_MAX_INFLIGHT={self.max_inflight}" if self.max_inflight else ""
+        return f"{web}{workers}, {redis}, {self.loadgen_procs} load generator(s){limit}"
+
+
 @dataclass
 class RunResult:
     """What one target did at one rate."""
@@ -76,6 +105,7 @@ class RunResult:
     redis_per_turn: tuple[float, float] | None = None  # round trips, commands
     cpu_ms_per_reply: float | None = None
     profile: Path | None = None  # py-spy's raw (folded) stacks of the target under load
+    readyz: dict[str, int] | None = None  # /readyz answers sampled during the load
 
 
 @dataclass
@@ -173,18 +203,53 @@ async def wait_ready(proc: asyncio.subprocess.Process, port: int, log: Path) -> 
     raise SystemExit(f"process on port {port} not ready after {START_TIMEOUT:.0f} s; see {log}")
 
 
+def listening(log: Path) -> int:
+    """How many processes logged server_started with a URL (the listening ones) in `log`."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                count += event.get("event") == "server_started" and "url" in event
+    return count
+
+
+async def wait_listening(proc: asyncio.subprocess.Process, count: int, log: Path) -> None:
+    """Until `count` processes listen (`bot serve --procs N`: every child, not just one)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while listening(log) < count:
+        if proc.returncode is not None:
+            raise SystemExit(f"process exited with {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{listening(log)} of {count} processes listening; see {log}")
+        await asyncio.sleep(0.1)
+
+
 MAX_CONCURRENT = 64  # agents.defaults.maxConcurrent: 8 (the default) caps a worker near 130 turns/s
 
 
 def gateway_command(
-    workdir: Path, port: int, redis_url: str, model: FakeOpenAI, twilio: FakeTwilio, role: str
+    workdir: Path,
+    port: int,
+    redis_url: str,
+    model: FakeOpenAI,
+    twilio: FakeTwilio,
+    role: str,
+    procs: int = 1,
+    cluster: bool = False,
+    max_inflight: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """`bot serve --role ROLE` and its environment, pointed at the fakes."""
+    """`bot serve --role ROLE [--procs N]` and its environment, pointed at the fakes."""
     env = bench.gateway_env(
         workdir, port=port, redis_url=redis_url, model_url=model.base_url, twilio=twilio,
         sender=SENDER, data_dir=workdir / f"var-{port}", max_concurrent=MAX_CONCURRENT,
     )  # fmt: skip
-    return ["-m", "bot", "serve", "--role", role], env
+    if cluster:
+        env["REDIS_CLUSTER"] = "true"
+    if max_inflight:
+        env["BOT_MAX_INFLIGHT"] = str(max_inflight)
+    args = ["-m", "bot", "serve", "--role", role]
+    return [*args, "--procs", str(procs)] if procs > 1 else args, env
 
 
 def relay_command(
@@ -212,9 +277,19 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def cpu_total(procs: list[asyncio.subprocess.Process]) -> float | None:
-    """The CPU seconds of all `procs`, or None if one cannot be read."""
-    readings = [cpu_seconds(proc.pid) for proc in procs]
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants now (Linux /proc; `bot serve --procs N` has children)."""
+    pids = [pid]
+    for parent in pids:  # grows while it is walked: breadth first
+        with contextlib.suppress(OSError):
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+            pids.extend(int(child) for child in text.split())
+    return pids
+
+
+def cpu_total(pids: list[int]) -> float | None:
+    """The CPU seconds of all `pids`, or None if one cannot be read."""
+    readings = [cpu_seconds(pid) for pid in pids]
     return None if None in readings else sum(r for r in readings if r is not None)
 
 
@@ -235,24 +310,40 @@ async def redis_counts(redis: aioredis.Redis) -> tuple[int, int]:
     return sum(int(node["total_reads_processed"]) for node in all_stats), calls
 
 
-async def run_loadgen(url: str, rate: float, seconds: float, token: str, out: Path, log: Path):
-    """Run bench.loadgen to completion (bounded) and return its per-message results."""
-    args = ["-m", "bench.loadgen", "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
-    args += ["--token", token, "--out", str(out)]
-    proc = await spawn(args, {"PATH": os.environ["PATH"]}, log)
+async def run_loadgen(
+    url: str, rate: float, seconds: float, token: str, out: Path, log: Path, procs: int = 1
+) -> list[dict]:
+    """Run bench.loadgen in `procs` processes (rate/procs each, interleaved, one start time)
+    to completion (bounded) and return their per-message results, merged."""
+    total = round(rate * seconds)
+    start_at = time.time() + 3 + total / 5000  # python start-up and signing, all processes
+    running = []
+    for k in range(procs):
+        part = out.with_name(f"{out.stem}-{k}{out.suffix}")
+        args = ["-m", "bench.loadgen", "--url", url, "--rate", str(rate / procs)]
+        args += ["--seconds", str(seconds), "--token", token, "--out", str(part)]
+        args += ["--first", str(k * total), "--start-at", str(start_at), "--phase", str(k / rate)]
+        running.append((part, await spawn(args, {"PATH": os.environ["PATH"]}, log)))
+    results: list[dict] = []
     try:
         async with asyncio.timeout(seconds + 60):
-            code = await proc.wait()
+            codes = [await proc.wait() for _, proc in running]
     finally:
-        await stop(proc, grace=2)
-    return read_results(out, code, log)
+        for _, proc in running:
+            await stop(proc, grace=2)
+    for (part, _), code in zip(running, codes, strict=True):
+        results += read_results(part, code, log)
+    return results
 
 
 def read_results(out: Path, code: int, log: Path) -> list[dict]:
     """The load generator's per-message results, or exit if it failed."""
     if code != 0 or not out.exists():
         raise SystemExit(f"the load generator failed ({code}); see {log}")
-    results: list[dict] = json.loads(out.read_text())["results"]
+    payload = json.loads(out.read_text())
+    if payload.get("late", 0) > 0.05:
+        print(f"  (a load generator started {payload['late']:.2f} s late: its sends bunched up)")
+    results: list[dict] = payload["results"]
     return results
 
 
@@ -297,6 +388,22 @@ def summarise(results: list[dict], twilio: FakeTwilio, offset: float, wait: floa
     )
 
 
+async def sample_readyz(port: int, seen: dict[str, int], every: float = 0.1) -> None:
+    """GET /readyz every `every` s until cancelled, counting the answers (200, 503 busy...)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    body = await response.json()
+                    key = str(response.status)
+                    if response.status != 200:
+                        key += " " + ",".join(k for k, v in body["checks"].items() if v != "ok")
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                key = "no answer"
+            seen[key] = seen.get(key, 0) + 1
+            await asyncio.sleep(every)
+
+
 async def run_target(
     target: str,
     rate: float,
@@ -307,40 +414,65 @@ async def run_target(
     workdir: Path,
     wait: float,
     profile: bool = False,
-    workers: int = 0,
+    shape: Shape = Shape(),
 ) -> RunResult:
-    """Fresh fakes and a fresh target process (the gateway: `--role all`, or with `workers`
-    one `--role web` and that many `--role worker` processes); one open-loop load; the
-    figures (CPU: all of the target's processes)."""
+    """Fresh fakes and a fresh target process (the gateway in `shape`: `--role all`, or with
+    workers `--role web` and that many `--role worker` processes; `--procs` when more than
+    one); one open-loop load; the figures (CPU: all of the target's processes)."""
     await redis.flushall()
     reply = Reply(text="ok", reasoning=None, delay=model_ms / 1000)
     log = workdir / f"{target}-{rate:g}.log"
+    log.unlink(missing_ok=True)
     async with FakeOpenAI(models=["local-model"], default=reply) as model, FakeTwilio() as twilio:
         offset = time.time() - time.monotonic()
         port = free_port()
         extra: list[asyncio.subprocess.Process] = []
+        listeners = 1
         if target == "gateway":
-            role = "web" if workers else "all"
-            args, env = gateway_command(workdir, port, redis_url, model, twilio, role)
-            for _ in range(workers):
+            role = "web" if shape.workers else "all"
+            args, env = gateway_command(
+                workdir,
+                port,
+                redis_url,
+                model,
+                twilio,
+                role,
+                shape.procs,
+                shape.cluster,
+                shape.max_inflight,
+            )
+            listeners = shape.procs
+            for _ in range(shape.workers):
                 worker_args, worker_env = gateway_command(
-                    workdir, free_port(), redis_url, model, twilio, "worker"
+                    workdir, free_port(), redis_url, model, twilio, "worker", 1, shape.cluster
                 )
                 extra.append(await spawn(worker_args, worker_env, log))
         else:
             args, env = relay_command(workdir, port, model, twilio)
         proc = await spawn(args, env, log)
         profiler = None
+        readyz: dict[str, int] = {}
         try:
             await wait_ready(proc, port, log)
+            if target == "gateway":
+                await wait_listening(proc, listeners, log)
             await asyncio.sleep(0.5)  # let a worker join its consumer group
+            pids = [pid for p in (proc, *extra) for pid in family(p.pid)]
             before = await redis_counts(redis)
-            cpu_before = cpu_total([proc, *extra])
+            cpu_before = cpu_total(pids)
             url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
             out = workdir / f"{target}-{rate:g}.json"
             if profile:
                 profiler = await start_profiler(proc.pid, workdir / f"{target}-{rate:g}.stacks")
-            results = await run_loadgen(url, rate, seconds, twilio.auth_token, out, log)
+            sampler = asyncio.create_task(sample_readyz(port, readyz))
+            try:
+                results = await run_loadgen(
+                    url, rate, seconds, twilio.auth_token, out, log, shape.loadgen_procs
+                )
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             if profiler is not None:
                 profiler.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 with contextlib.suppress(TimeoutError):
@@ -349,12 +481,13 @@ async def run_target(
                 await stop(profiler.proc)
             await collect_replies(twilio, results, wait)
             after = await redis_counts(redis)
-            cpu_after = cpu_total([proc, *extra])
+            cpu_after = cpu_total(pids)
         finally:
             code = await stop(proc)
             for worker in extra:
                 await stop(worker)
         summary = summarise(results, twilio, offset, wait)
+        summary.readyz = readyz
         if cpu_before is not None and cpu_after is not None and summary.e2e_ms:
             summary.cpu_ms_per_reply = (cpu_after - cpu_before) * 1000 / len(summary.e2e_ms)
         if target == "gateway" and summary.e2e_ms:
@@ -455,6 +588,21 @@ def print_targets(rate: float, runs: list[dict[str, bool]]) -> None:
     print(f"  {'all three':<40} met in {sum(all(r.values()) for r in runs)} of {len(runs)}")
 
 
+def print_scaling(rate: float, seconds: float, rows: list[tuple[Shape, RunResult]]) -> None:
+    """One row per shape at one rate, and each one's replies/s against the first's."""
+    p = percentile
+    print(f"\nrate {rate:g}/s for {seconds:g} s ({round(rate * seconds)} webhooks)")
+    head = (f"  {'shape':<80} {'replies/s':>9} {'x first':>7} {'ack p50/p99 ms':>15} "
+            f"{'e2e p50 ms':>10} {'lost':>5}  non-200 / readyz samples")  # fmt: skip
+    print(head)
+    base = rows[0][1].replies_per_s
+    for shape, r in rows:
+        odd = {k: v for k, v in r.statuses.items() if k != "200"} or "-"
+        acks = f"{p(r.acks_ms, 50):.1f}/{p(r.acks_ms, 99):.1f}"
+        print(f"  {shape.describe():<80} {r.replies_per_s:>9.0f} {ratio(r.replies_per_s, base):>7} "
+              f"{acks:>15} {p(r.e2e_ms, 50):>10.0f} {r.losses:>5}  {odd} / {r.readyz}")  # fmt: skip
+
+
 async def run(
     rates: list[float],
     seconds: float,
@@ -463,38 +611,69 @@ async def run(
     workdir: Path,
     profile: bool,
     repeat: int = 1,
-    workers: int = 0,
+    shapes: tuple[Shape, ...] = (Shape(),),
+    relay: bool = True,
 ) -> None:
-    redis_url = os.environ.get("REDIS_URL")
-    embedded = None
-    if not redis_url:
-        embedded = EmbeddedRedis(workdir)
-        await embedded.start()
-        redis_url = embedded.url
-    cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
-    redis = connect(redis_url, cluster=cluster, decode_responses=False, socket_timeout=10)
-    try:
-        shape = f"one --role web and {workers} --role worker" if workers else "one --role all"
-        print(f"gateway: `bot serve`, {shape} process(es); relay: bench.relay, one process")
+    cluster = shapes[0].cluster
+    with contextlib.ExitStack() as stack:
+        redis_url = os.environ.get("REDIS_URL")
+        embedded = None
+        if cluster:
+            redis_url = stack.enter_context(redis_cluster(Path(tempfile.mkdtemp(dir=workdir))))
+        elif not redis_url:
+            embedded = EmbeddedRedis(workdir)
+            await embedded.start()
+            redis_url = embedded.url
+        cluster = cluster or os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+        redis = connect(redis_url, cluster=cluster, decode_responses=False, socket_timeout=10)
+        try:
+            await measure(rates, seconds, model_ms, wait, workdir, profile, repeat, shapes,
+                          relay, redis, redis_url)  # fmt: skip
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                await embedded.stop()
+
+
+async def measure(
+    rates: list[float], seconds: float, model_ms: float, wait: float, workdir: Path,
+    profile: bool, repeat: int, shapes: tuple[Shape, ...], relay: bool, redis: aioredis.Redis,
+    redis_url: str,
+) -> None:  # fmt: skip
+    """Several shapes: one scaling table per rate (and run); one shape: against the relay."""
+    if len(shapes) > 1 or not relay:
+        print("gateway shapes, each run fresh, one after the other at the same rate:")
         for rate in rates:
-            met = []
             for _ in range(repeat):
-                gw = await run_target(
-                    "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile,
-                    workers,
-                )  # fmt: skip
-                rl = await run_target(
-                    "relay", rate, seconds, model_ms, redis, redis_url, workdir, wait
-                )
-                print_table(rate, seconds, model_ms, gw, rl, wait)
-                if gw.profile is not None:
-                    print_profile(gw.profile)
-                met.append(targets(gw, rl))
-            print_targets(rate, met)
-    finally:
-        await redis.aclose()
-        if embedded is not None:
-            await embedded.stop()
+                rows = []
+                for shape in shapes:
+                    result = await run_target(
+                        "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait,
+                        profile, shape,
+                    )  # fmt: skip
+                    rows.append((shape, result))
+                print_scaling(rate, seconds, rows)
+        return
+    [shape] = shapes
+    print(f"gateway: {shape.describe()}; relay: bench.relay, one process")
+    for rate in rates:
+        met = []
+        for _ in range(repeat):
+            gw = await run_target(
+                "gateway", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile,
+                shape,
+            )  # fmt: skip
+            rl = await run_target(
+                "relay", rate, seconds, model_ms, redis, redis_url, workdir, wait,
+                shape=Shape(loadgen_procs=shape.loadgen_procs),
+            )  # fmt: skip
+            print_table(rate, seconds, model_ms, gw, rl, wait)
+            if gw.readyz:
+                print(f"  gateway /readyz sampled during the load: {gw.readyz}")
+            if gw.profile is not None:
+                print_profile(gw.profile)
+            met.append(targets(gw, rl))
+        print_targets(rate, met)
 
 
 def main() -> None:
@@ -510,16 +689,34 @@ def main() -> None:
     )
     parser.add_argument(
         "--workers", type=int, default=0,
-        help="run the gateway as one --role web and N --role worker processes",
+        help="run the gateway as --role web and N --role worker processes",
     )  # fmt: skip
+    parser.add_argument(
+        "--procs", default="1",
+        help="web (or all) processes under one `bot serve --procs N`; a comma list (1,2,4) "
+        "compares the shapes in one scaling table",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loadgen-procs", type=int, default=1, help="load-generator processes (rate/K each)"
+    )
+    parser.add_argument("--cluster", action="store_true", help="run on a 3-node Redis Cluster")
+    parser.add_argument("--no-relay", action="store_true", help="skip the relay runs")
+    parser.add_argument(
+        "--max-inflight", type=int, help="BOT_MAX_INFLIGHT of the gateway (overload runs)"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    shapes = tuple(
+        Shape(procs=int(n), workers=args.workers, loadgen_procs=args.loadgen_procs,
+              cluster=args.cluster, max_inflight=args.max_inflight)
+        for n in args.procs.split(",") if n.strip()
+    )  # fmt: skip
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
     try:
         bench.run(
             run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile, args.repeat,
-                args.workers)
+                shapes, not args.no_relay)
         )  # fmt: skip
     finally:
         if args.keep or args.profile:

@@ -32,7 +32,7 @@ from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, open_redis
 from bot.settings import Settings
-from bot.spool import Spool, SpoolDrainer, SpooledIntake
+from bot.spool import SpillIntake, Spool, SpoolDrainer, SpooledIntake
 from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
@@ -103,6 +103,8 @@ class App:
             public_url=self.settings.bot_public_url,
             metrics_body=self.metrics_body,
             log=self.log,
+            max_inflight=self.settings.bot_max_inflight,
+            spill=SpillIntake(self.spool, log=self.log, reason="busy"),
         )
 
     async def metrics_body(self) -> bytes:

@@ -27,6 +27,9 @@ class Metrics:
                                "while Redis was down", ["channel"], registry=r)  # fmt: skip
         self.spool_drained = Counter("switchboard_spool_drained", "Spooled messages moved into "
                                      "Redis", registry=r)  # fmt: skip
+        self.shed = Counter("switchboard_webhooks_shed", "Webhooks past the process's in-flight "
+                            "limit (503, or WhatsApp into the spool)", ["channel"],
+                            registry=r)  # fmt: skip
         self.rejected = Counter("switchboard_messages_rejected", "Messages refused",
                                 ["channel", "reason"], registry=r)  # fmt: skip
         self.turns = Counter("switchboard_turns", "Model turns", ["outcome"], registry=r)
@@ -63,6 +66,8 @@ class Metrics:
             self.spooled.labels(channel).inc()
         elif name == "spool_drained" and isinstance(count := event.get("count"), int):
             self.spool_drained.inc(count)
+        elif name == "webhook_shed":
+            self.shed.labels(channel).inc()
         elif name == "message_rejected":
             self.rejected.labels(channel, str(event.get("reason") or "")).inc()
         elif name in ("turn_finished", "turn_failed"):

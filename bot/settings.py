@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     bot_data_dir: str = Field(
         default="./var", description="Where the embedded Redis and the log file live."
     )
+    bot_max_inflight: int = Field(
+        default=256,
+        ge=1,
+        description="Webhooks one web process holds in flight; /readyz is busy from 80 % on, "
+        "and past it WhatsApp webhooks go to the local spool, others get 503.",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis to use; unset starts an embedded one under BOT_DATA_DIR."
     )

@@ -77,29 +77,56 @@ class Spool:
         self.own_bytes = 0  # complete lines written to the own file since it was last emptied
         self.adopted: list[SpoolFile] = []
         self.lock = asyncio.Lock()  # appends and the drainer's read/empty steps, in order
+        # Lines waiting for the lock: the next writer writes them all with one fsync.
+        self.waiting: list[tuple[bytes, asyncio.Future[None]]] = []
 
     @property
     def pending(self) -> bool:
         """Messages wait here for Redis: a new message must queue behind them."""
-        return self.own_bytes > 0 or bool(self.adopted)
+        return self.own_bytes > 0 or bool(self.adopted) or bool(self.waiting)
 
     async def append(self, message: InboundMessage) -> None:
-        """Write `message` as one line and fsync it; StoreUnavailable if the disk refused."""
+        """Write `message` as one line and fsync it; StoreUnavailable if the disk refused.
+
+        Group commit: lines that arrive while a write is running wait for the lock, and the
+        first of them to get it writes them all, in arrival order, with one fsync; so a burst
+        costs one fsync per batch, not one per message.
+        """
         line = json.dumps(message.to_dict(), ensure_ascii=False).encode() + b"\n"
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((line, written))
         async with self.lock:
-            try:
-                await asyncio.to_thread(self._append, line)
-            except OSError as exc:
-                self.log.error(
-                    "spool_failed",
-                    channel=message.channel,
-                    conversation=message.conversation,
-                    msg_id=message.platform_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                raise StoreUnavailable(
-                    "neither Redis nor the local spool could keep the message; retry later"
-                ) from exc
+            if not written.done():
+                await self._write_waiting()
+        try:
+            written.result()
+        except OSError as exc:
+            self.log.error(
+                "spool_failed",
+                channel=message.channel,
+                conversation=message.conversation,
+                msg_id=message.platform_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise StoreUnavailable(
+                "neither Redis nor the local spool could keep the message; retry later"
+            ) from exc
+
+    async def _write_waiting(self) -> None:
+        """Write every waiting line in one go (the lock held); settle each one's future."""
+        batch, self.waiting = self.waiting, []
+        outcome: BaseException | None = OSError("the spool write was interrupted")
+        try:
+            await asyncio.to_thread(self._append, b"".join(line for line, _ in batch))
+            outcome = None
+        except OSError as exc:
+            outcome = exc
+        finally:
+            for _, future in batch:
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
 
     def _append(self, line: bytes) -> None:
         if self.own is None:
@@ -282,12 +309,28 @@ class SpooledIntake:
                     msg_id=message.platform_id,
                     error=f"Redis did not confirm within {self.deadline:g} s",
                 )
+        return await SpillIntake(self.spool, log=self.log).accept(message)
+
+
+class SpillIntake:
+    """Intake straight into the spool, Redis untried: where a web process past its in-flight
+    limit puts a WhatsApp webhook, since a 503 would lose it (bot.web)."""
+
+    def __init__(self, spool: Spool, *, log: Logger, reason: str | None = None) -> None:
+        self.spool = spool
+        self.log = log
+        self.reason = reason
+
+    async def accept(self, message: InboundMessage) -> bool:
+        """Append `message` to the spool (fsync'd); StoreUnavailable if the disk refused."""
         await self.spool.append(message)
+        extra = {"reason": self.reason} if self.reason else {}
         self.log.warning(
             "message_spooled",
             channel=message.channel,
             conversation=message.conversation,
             msg_id=message.platform_id,
+            **extra,
         )
         return True
 

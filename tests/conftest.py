@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +18,7 @@ import redis.asyncio as aioredis
 
 from bot.logs import Logger, make_logger
 from bot.redisdb import connect, find_redis_server
+from tests.helpers import cluster_available, redis_cluster
 
 TEST_DB = 15
 
@@ -73,71 +72,13 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now (bound together, then released)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _cluster_ok(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as probe:
-            info = probe.execute_command("CLUSTER", "INFO")
-    except (redis.RedisError, OSError):
-        return False
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "cluster_state:ok" in text
-
-
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real 3-node Redis Cluster (no replicas) for this run; the URL of one node."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if server is None or cli is None:
+    if not cluster_available():
         pytest.skip("Redis Cluster tests need redis-server and redis-cli on PATH")
-    folder = tmp_path_factory.mktemp("cluster")
-    ports = _free_ports(6)
-    nodes, buses = ports[:3], ports[3:]
-    procs: list[subprocess.Popen[bytes]] = []
-    for port, bus in zip(nodes, buses, strict=True):
-        argv = [server, "--port", str(port), "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-config-file", str(folder / f"nodes-{port}.conf"),
-                "--cluster-node-timeout", "2000", "--dir", str(folder), "--save", "",
-                "--appendonly", "no", "--bind", "127.0.0.1",
-                "--logfile", str(folder / f"{port}.log")]  # fmt: skip
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        deadline = time.monotonic() + 10
-        for port in nodes:
-            while True:
-                try:
-                    with redis.Redis(port=port, socket_connect_timeout=1) as probe:
-                        probe.ping()
-                    break
-                except (redis.RedisError, OSError):
-                    assert time.monotonic() < deadline, f"cluster node {port} did not start"
-                    time.sleep(0.02)
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not all(_cluster_ok(port) for port in nodes):
-            assert time.monotonic() < deadline, "the test Redis Cluster did not reach state ok"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{nodes[0]}"
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
 
 
 @pytest.fixture

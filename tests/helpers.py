@@ -1,4 +1,5 @@
-"""Builders shared by tests: gateway configs that point at fake servers, and messages."""
+"""Builders shared by tests: gateway configs that point at fake servers, and messages; a real
+3-node Redis Cluster (also used by bench.pipeline --cluster)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 import redis.asyncio as aioredis
 from aiohttp import test_utils
 
@@ -292,3 +296,75 @@ async def run_turn(app: App, *batch: InboundMessage) -> list[OutboundMessage]:
         assert await app.intake.accept(message)
     assert await worker.process(batch[-1].conversation)
     return sender.sent
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now (bound together, then released)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _cluster_ok(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as probe:
+            info = probe.execute_command("CLUSTER", "INFO")
+    except (redis.RedisError, OSError):
+        return False
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
+
+
+def cluster_available() -> bool:
+    """redis-server and redis-cli are on PATH, so redis_cluster() can start one."""
+    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+
+
+@contextlib.contextmanager
+def redis_cluster(folder: Path) -> Iterator[str]:
+    """A real 3-node Redis Cluster (no replicas, no persistence) with its files in `folder`;
+    the URL of one node. Needs cluster_available()."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH")
+    ports = free_ports(6)
+    nodes, buses = ports[:3], ports[3:]
+    procs: list[subprocess.Popen[bytes]] = []
+    for port, bus in zip(nodes, buses, strict=True):
+        argv = [server, "--port", str(port), "--cluster-enabled", "yes", "--cluster-port", str(bus),
+                "--cluster-config-file", str(folder / f"nodes-{port}.conf"),
+                "--cluster-node-timeout", "2000", "--dir", str(folder), "--save", "",
+                "--appendonly", "no", "--bind", "127.0.0.1",
+                "--logfile", str(folder / f"{port}.log")]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        deadline = time.monotonic() + 10
+        for port in nodes:
+            while True:
+                try:
+                    with redis.Redis(port=port, socket_connect_timeout=1) as probe:
+                        probe.ping()
+                    break
+                except (redis.RedisError, OSError):
+                    assert time.monotonic() < deadline, f"cluster node {port} did not start"
+                    time.sleep(0.02)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not all(_cluster_ok(port) for port in nodes):
+            assert time.monotonic() < deadline, "the Redis Cluster did not reach state ok"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{nodes[0]}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
