@@ -30,7 +30,7 @@ from bot.media import MediaFetcher, MediaReader
 from bot.memory import Compactor, RedisMemory
 from bot.metrics import Metrics
 from bot.poller import Poller
-from bot.redisdb import RedisHandle, open_redis
+from bot.redisdb import RedisHandle, is_cluster, open_redis
 from bot.settings import Settings
 from bot.spool import SpillIntake, Spool, SpoolDrainer, SpooledIntake
 from bot.usage import Prices, RedisUsage
@@ -263,7 +263,7 @@ async def open_app(
                 agent=agent,
                 access=access,
                 choice=choice,
-                intake=RedisIntake(redis.client, log=log),
+                intake=RedisIntake(redis.client, log=log, ordered=not is_cluster(redis.client)),
                 spool=spool,
                 breaker=breaker,
                 local=local,

@@ -8,6 +8,7 @@ wake-up is an entry on the shared `ready` stream, sent in the same round trip.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -43,9 +44,13 @@ def inbox_key(conversation: str) -> str:
 class RedisIntake:
     """Stores incoming messages durably and marks their conversations ready."""
 
-    def __init__(self, redis: aioredis.Redis, *, log: Logger) -> None:
+    def __init__(self, redis: aioredis.Redis, *, log: Logger, ordered: bool = True) -> None:
+        """`ordered`: the client applies a pipeline in order (one server). A Redis Cluster
+        client sends each node's share concurrently: there the message is stored, then its
+        wake-up sent, in two round trips."""
         self.redis = redis
         self.log = log
+        self.ordered = ordered
 
     async def accept(self, message: InboundMessage) -> bool:
         """Store `message` once; True if new, False if its platform id was seen already.
@@ -55,19 +60,27 @@ class RedisIntake:
         wake-up is sent for duplicates too: a retry after a half-finished accept repairs it.
         """
         body = json.dumps(message.to_dict(), ensure_ascii=False)
+        store = (ACCEPT, 2, seen_key(message), inbox_key(message.conversation), DEDUPE_SECONDS,
+                 body)  # fmt: skip
+        wake: Any = {"conversation": message.conversation}  # redis-py types its values narrowly
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                # EVAL, not the registered script: a script in a pipeline costs a SCRIPT EXISTS
-                # round trip first, every time. Redis caches the compiled script by its hash.
-                pipe.eval(ACCEPT, 2, seen_key(message), inbox_key(message.conversation),
-                          DEDUPE_SECONDS, body)  # fmt: skip
-                pipe.xadd(
-                    READY_STREAM,
-                    {"conversation": message.conversation},
-                    maxlen=READY_MAXLEN,
-                    approximate=True,
-                )
-                fresh, _ = await pipe.execute()
+            if self.ordered:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    # EVAL, not the registered script: a script in a pipeline costs a SCRIPT
+                    # EXISTS round trip first, every time. Redis caches it by its hash.
+                    pipe.eval(*store)
+                    pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
+                    fresh, _ = await pipe.execute()
+            else:  # the message must be in the inbox before any worker can see its wake-up
+                # Each step a one-command pipeline: redis-py's cluster client (8.1) corrupts a
+                # connection when hundreds of plain commands open connections to one node at
+                # once (AttributeError in send_packed_command); its pipeline path does not.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.eval(*store)
+                    (fresh,) = await pipe.execute()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             self.log.error(
                 "intake_failed",

@@ -99,6 +99,12 @@ def connect(
     return aioredis.Redis.from_url(url, **options)
 
 
+def is_cluster(client: aioredis.Redis) -> bool:
+    """Is this a Redis Cluster client? (Its pipelines send each node's share concurrently, so
+    commands for different slots are not applied in pipeline order.)"""
+    return isinstance(client, RedisCluster)
+
+
 async def cluster_info(client: aioredis.Redis) -> dict[str, str]:
     """CLUSTER INFO of a client made by `connect(..., cluster=True)` (cluster_state, …)."""
     info = await cast("RedisCluster", client).cluster_info()
