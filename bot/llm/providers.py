@@ -125,6 +125,18 @@ def _usage(reported: dict[str, Any], tokens_in: str, tokens_out: str, details: s
     )
 
 
+def openai_client(config: ProviderConfig) -> AsyncOpenAI:
+    """The SDK client for one provider: its URL, key and timeouts, the SDK's own retries off
+    (failover owns retrying), on the SDK's aiohttp transport."""
+    return AsyncOpenAI(
+        base_url=config.base_url,
+        api_key=config.api_key or "unset",
+        max_retries=0,
+        timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
+        http_client=DefaultAioHttpClient(),
+    )
+
+
 class OpenAIProvider:
     """A provider reached through the openai SDK, over Responses or Chat Completions."""
 
@@ -135,13 +147,7 @@ class OpenAIProvider:
         self.timeout_seconds = config.timeout_seconds
         self._extra = {"ttl": config.ttl_seconds} if config.ttl_seconds else {}
         self._key = config.api_key
-        self.client = AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key or "unset",
-            max_retries=0,
-            timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
-            http_client=DefaultAioHttpClient(),
-        )
+        self.client = openai_client(config)
 
     @property
     def missing_key(self) -> str | None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import mimetypes
 
 import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from bot.config import ProviderConfig
-from bot.llm.providers import translate
+from bot.llm.providers import openai_client, translate
 from bot.llm.types import ModelRef, Transcript
 from bot.messages import Attachment
 
@@ -23,13 +22,7 @@ class OpenAITranscriber:
 
     def __init__(self, ref: ModelRef, config: ProviderConfig) -> None:
         self.ref = ref
-        self.client = AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key or "unset",
-            max_retries=0,
-            timeout=openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds),
-            http_client=DefaultAioHttpClient(),
-        )
+        self.client = openai_client(config)
 
     async def transcribe(self, audio: Attachment) -> Transcript:
         """The text of a voice note (multipart `file` + `model`); raise ModelUnavailable or

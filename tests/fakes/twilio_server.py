@@ -270,13 +270,7 @@ class FakeTwilio:
         """GET a Media instance: 401 without the account's Basic auth, else 307 to the CDN."""
         hit = self._hit(request)
         if hit.auth != (self.account_sid, self.auth_token):
-            return _error(
-                401,
-                20003,
-                "Authenticate",
-                detail="Your AccountSid or AuthToken was incorrect.",
-                headers={"WWW-Authenticate": 'Basic realm="Twilio API"'},
-            )
+            return _unauthorized()
         media_sid = request.match_info["media_sid"]
         if request.match_info["account_sid"] != self.account_sid or media_sid not in self._media:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
@@ -323,13 +317,7 @@ class FakeTwilio:
         self.requests.append(recorded)
 
         if recorded.auth != (self.account_sid, self.auth_token):
-            return _error(
-                401,
-                20003,
-                "Authenticate",
-                detail="Your AccountSid or AuthToken was incorrect.",
-                headers={"WWW-Authenticate": 'Basic realm="Twilio API"'},
-            )
+            return _unauthorized()
         if request.match_info["account_sid"] != self.account_sid:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         if self.in_outage:
@@ -518,6 +506,17 @@ def _date_sent_matches(query: Mapping[str, str], message: SentMessage) -> bool:
         (not exact or sent == exact)
         and (not before or sent <= before)
         and (not after or sent >= after)
+    )
+
+
+def _unauthorized() -> web.Response:
+    """Twilio's 401 (code 20003) for a request without the account's Basic auth."""
+    return _error(
+        401,
+        20003,
+        "Authenticate",
+        detail="Your AccountSid or AuthToken was incorrect.",
+        headers={"WWW-Authenticate": 'Basic realm="Twilio API"'},
     )
 
 
