@@ -287,7 +287,9 @@ def test_redis_cluster_without_a_node_is_refused_at_start(tmp_path: Path) -> Non
     """REDIS_CLUSTER=true without REDIS_URL is an invalid environment (no embedded server is
     started for it, by `bot serve` or by a `--procs` parent)."""
     with pytest.raises(ValidationError, match="REDIS_CLUSTER=true needs REDIS_URL"):
-        Settings(redis_cluster=True, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+        Settings(  # type: ignore[call-arg]
+            redis_url=None, redis_cluster=True, bot_data_dir=str(tmp_path), _env_file=None
+        )  # REDIS_URL stated: the developer's or CI's own must not leak in
 
 
 async def test_doctor_and_open_redis_know_the_cluster(
