@@ -499,6 +499,16 @@ def private_text_update(
     return _update(message, update_id, edited=edited)
 
 
+def _private_update_without_text(
+    chat_id: int, user_id: int, update_id: int | None
+) -> dict[str, Any]:
+    """A private-chat Update whose message has no text yet (a photo or a voice note goes in)."""
+    update = private_text_update(chat_id=chat_id, user_id=user_id, update_id=update_id)
+    del update["message"]["text"]
+    update["message"].pop("entities", None)
+    return update
+
+
 def private_photo_update(
     *,
     sizes: list[tuple[str, int, int, int]],  # (file_id, width, height, file_size), small first
@@ -508,10 +518,8 @@ def private_photo_update(
     update_id: int | None = None,
 ) -> dict[str, Any]:
     """A private-chat Update with a `photo` (its sizes, as Telegram lists them) and a caption."""
-    update = private_text_update(chat_id=chat_id, user_id=user_id, update_id=update_id)
+    update = _private_update_without_text(chat_id, user_id, update_id)
     message = update["message"]
-    del message["text"]
-    message.pop("entities", None)
     message["photo"] = [
         {"file_id": fid, "file_unique_id": "AQAD" + fid[-12:], "file_size": size,
          "width": width, "height": height}
@@ -532,10 +540,8 @@ def private_voice_update(
     update_id: int | None = None,
 ) -> dict[str, Any]:
     """A private-chat Update with a `voice` note (OGG/Opus, as Telegram records them)."""
-    update = private_text_update(chat_id=chat_id, user_id=user_id, update_id=update_id)
+    update = _private_update_without_text(chat_id, user_id, update_id)
     message = update["message"]
-    del message["text"]
-    message.pop("entities", None)
     message["voice"] = {
         "file_id": file_id, "file_unique_id": "AgAD" + file_id[-12:], "duration": duration,
         "mime_type": "audio/ogg", "file_size": file_size,
