@@ -131,6 +131,29 @@ def gateway_config(primary_url: str, fallback_url: str | None = None, **kwargs: 
     )
 
 
+class Clock:
+    """A settable wall clock (`time.time` by default): a test moves it forward by hand, past a
+    cooldown or a day boundary, instead of sleeping."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(
+    text: str, *, redis_url: str, data_dir: Path, log: Logger, env: dict[str, str] | None = None
+) -> AsyncIterator[App]:
+    """The gateway's parts built from a JSON5 config `text`, in process (as `bot chat` does);
+    `env`: the environment for the config's ${VAR}s and hosted keys."""
+    config = parse_config(text, source="bot.json5", env=env or {})
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(data_dir), _env_file=None)  # type: ignore[call-arg]
+    async with open_app(settings, config, log) as app:
+        yield app
+
+
 def inbound(
     text: str, *, conversation: str = "console:tester", n: int = 1, channel: str = "console"
 ) -> InboundMessage:

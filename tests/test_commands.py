@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app import App, open_app
+from bot.app import App
 from bot.commands import parse_command
-from bot.config import parse_config
 from bot.messages import InboundMessage
-from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_env, provider_block, run_bot, run_turn
+from tests.helpers import bot_env, open_gateway, provider_block, run_bot, run_turn
 
 ADMIN = "whatsapp:+15550000001"
 USER = "whatsapp:+15550000002"
@@ -65,8 +63,7 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
 @asynccontextmanager
 async def gateway(text: str, redis_url: str, tmp_path: Path, events: CapturedEvents
                   ) -> AsyncIterator[App]:  # fmt: skip
-    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
-    async with open_app(settings, parse_config(text, source="t", env={}), events.log) as app:
+    async with open_gateway(text, redis_url=redis_url, data_dir=tmp_path, log=events.log) as app:
         yield app
 
 

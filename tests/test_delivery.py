@@ -29,7 +29,7 @@ from tests.fakes.twilio_server import (
     server_error,
     too_many_requests,
 )
-from tests.helpers import eventually, gateway_config_text
+from tests.helpers import Clock, eventually, gateway_config_text
 
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
@@ -38,16 +38,6 @@ PERSON = "whatsapp:+15551234567"
 def echo(request: Recorded) -> Reply:
     """A model that answers with the last user message it was shown."""
     return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
-
-
-class Clock:
-    """Wall-clock time that a test moves forward by hand."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tests.fakes.openai_server import (
     server_error,
     unauthorized,
 )
-from tests.helpers import eventually, gateway_config_text
+from tests.helpers import Clock, eventually, gateway_config_text
 
 HELLO = [Turn(role="user", text="hello", ts=0.0)]
 PRIMARY, BACKUP = "local/local-model", "backup/backup-model"
@@ -48,16 +48,6 @@ async def primary() -> AsyncIterator[FakeOpenAI]:
 async def backup() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
         yield fake
-
-
-class Clock:
-    """A settable wall clock for the breaker: a test moves it past a cooldown, no sleeping."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

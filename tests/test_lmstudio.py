@@ -12,16 +12,15 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app import App, open_app
+from bot.app import App
 from bot.config import parse_config
 from bot.llm.lmstudio import LocalModelState, NoNativeApi, fetch_states
 from bot.llm.types import ModelRef
 from bot.memory.compaction import SUMMARIZER
-from bot.settings import Settings
 from tests.conftest import CapturedEvents
 from tests.fakes.lmstudio_server import FakeLMStudio, RestApi
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
-from tests.helpers import eventually, inbound, seed_config_text
+from tests.helpers import eventually, inbound, open_gateway, seed_config_text
 
 MODEL = "minimax-m2.1-gs32"
 LOCAL = ModelRef("lmstudio", MODEL)
@@ -42,9 +41,10 @@ async def gateway(
     text: str, redis_url: str, tmp_path: Path, events: CapturedEvents
 ) -> AsyncIterator[App]:
     """The gateway's parts, in process, as `bot chat` builds them (a first look at LM Studio)."""
-    config = parse_config(text, source="bot.json5", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
-    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
-    async with open_app(settings, config, events.log) as app:
+    env = {"ANTHROPIC_API_KEY": "sk-ant-test"}
+    async with open_gateway(
+        text, redis_url=redis_url, data_dir=tmp_path, log=events.log, env=env
+    ) as app:
         assert app.local is not None
         await app.local.refresh()
         yield app

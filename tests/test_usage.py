@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.agent import BUDGET_NOTICE
-from bot.app import App, open_app
+from bot.app import App
 from bot.config import parse_config
 from bot.llm.breaker import RedisBreaker
 from bot.llm.failover import FailoverClient
@@ -22,11 +21,10 @@ from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.messages import InboundMessage, Turn
 from bot.metrics import Metrics
-from bot.settings import Settings
 from bot.usage import Prices, RedisUsage, Totals
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, server_error
-from tests.helpers import bot_env, eventually, provider_block, run_bot
+from tests.helpers import Clock, bot_env, eventually, open_gateway, provider_block, run_bot
 
 ADMIN = "whatsapp:+15550000001"
 ANN = "whatsapp:+15550000002"
@@ -72,16 +70,6 @@ def wa(text: str, sender: str = ANN) -> InboundMessage:
                           platform_id=f"SM{n}", ts=float(n))  # fmt: skip
 
 
-class Clock:
-    """A settable wall clock for the UTC day boundary."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def local() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI(models=["local-model"], default=Reply(text="local says hi")) as f:
@@ -98,8 +86,7 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
 async def gateway(
     text: str, redis_url: str, tmp_path: Path, events: CapturedEvents, clock: Clock | None = None
 ) -> AsyncIterator[App]:
-    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
-    async with open_app(settings, parse_config(text, source="t", env={}), events.log) as app:
+    async with open_gateway(text, redis_url=redis_url, data_dir=tmp_path, log=events.log) as app:
         if clock is not None:
             app.usage.clock = clock  # the accounting's wall clock decides the UTC day
         yield app
@@ -316,7 +303,7 @@ async def test_a_probe_counts_on_its_model_only(
     config = parse_config(config_text(local, backup), source="t", env={})
     usage = RedisUsage(redis_client, prices=Prices(config), log=events.log)
     providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
-    clock = Clock(time.time())  # the breaker's
+    clock = Clock()  # the breaker's
     client = FailoverClient(
         registry=ModelRegistry(config), providers=providers, log=events.log, usage=usage,
         breaker=RedisBreaker(redis_client, log=events.log, clock=clock),
