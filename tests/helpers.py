@@ -29,6 +29,9 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
 from bot.worker import Worker
+from tests.fakes.twilio_server import FakeTwilio
+
+TWILIO_FROM = "whatsapp:+14155238886"  # the sandbox number the tests' gateways send from
 
 
 def provider_block(
@@ -227,6 +230,27 @@ class Result:
     code: int
     out: str
     err: str
+
+
+def whatsapp_env(
+    tmp_path: Path,
+    twilio: FakeTwilio,
+    *,
+    redis_url: str,
+    config: Path,
+    port: int | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a `bot serve` that replies on WhatsApp through the fake `twilio`
+    (and, given `port`, takes webhooks there, signed for that URL)."""
+    values = {
+        "REDIS_URL": redis_url, "BOT_CONFIG": str(config),
+        "TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
+        "TWILIO_WHATSAPP_FROM": TWILIO_FROM, "TWILIO_API_BASE_URL": twilio.base_url,
+    }  # fmt: skip
+    if port is not None:
+        values |= {"BOT_PORT": str(port), "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    return bot_env(tmp_path, **values, **extra)
 
 
 def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:

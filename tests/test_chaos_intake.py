@@ -31,7 +31,7 @@ from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import RedisProcess, bot_env, eventually, gateway_config_text
+from tests.helpers import RedisProcess, eventually, gateway_config_text, whatsapp_env
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -83,12 +83,7 @@ async def served(
     config = tmp_path / "bot.json5"
     text = gateway_config_text(model.base_url).rstrip().rstrip("}")
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-    env = bot_env(
-        tmp_path, REDIS_URL=redis_server.url, BOT_CONFIG=str(config), BOT_PORT=str(port),
-        BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
-        TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM=SENDER,
-        TWILIO_API_BASE_URL=twilio.base_url,
-    )  # fmt: skip
+    env = whatsapp_env(tmp_path, twilio, redis_url=redis_server.url, config=config, port=port)
     out = tmp_path / "bot.out"
     with out.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(

@@ -20,7 +20,7 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env, seed_config_text
+from tests.helpers import seed_config_text, whatsapp_env
 
 PERSON = "whatsapp:+15551234567"
 
@@ -46,12 +46,14 @@ async def gateway(
                 channels='whatsapp: { dmPolicy: "open" }',
             )
         )  # fmt: skip
-        env = bot_env(
-            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
-            BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
-            TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
-            TWILIO_API_BASE_URL=twilio.base_url, ANTHROPIC_API_KEY="sk-ant-test",
-        )  # fmt: skip
+        env = whatsapp_env(
+            tmp_path,
+            twilio,
+            redis_url=redis_url,
+            config=config,
+            port=port,
+            ANTHROPIC_API_KEY="sk-ant-test",
+        )
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "serve", env=env, cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

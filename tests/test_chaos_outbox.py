@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env, gateway_config_text
+from tests.helpers import gateway_config_text, whatsapp_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PERSON = "whatsapp:+15551234567"
@@ -46,12 +46,7 @@ async def test_a_reply_due_during_a_12_s_twilio_outage_arrives_once_after_it(
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
     log = tmp_path / "serve.log"
     async with FakeTwilio() as twilio:
-        env = bot_env(
-            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
-            BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
-            TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
-            TWILIO_API_BASE_URL=twilio.base_url,
-        )  # fmt: skip
+        env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config, port=port)
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", env=env, cwd=ROOT,

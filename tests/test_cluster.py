@@ -39,13 +39,13 @@ from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
-    bot_env,
     eventually,
     gateway_config,
     gateway_config_text,
     inbound,
     run_bot,
     seed_config_text,
+    whatsapp_env,
 )
 
 
@@ -341,12 +341,14 @@ async def test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster(
         config = tmp_path / "bot.json5"
         text = gateway_config_text(model.base_url).rstrip().rstrip("}")
         config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-        env = bot_env(
-            tmp_path, REDIS_URL=redis_cluster_url, REDIS_CLUSTER="true", BOT_CONFIG=str(config),
-            BOT_PORT=str(port), BOT_PUBLIC_URL=f"http://127.0.0.1:{port}",
-            TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
-            TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
-        )  # fmt: skip
+        env = whatsapp_env(
+            tmp_path,
+            twilio,
+            redis_url=redis_cluster_url,
+            config=config,
+            port=port,
+            REDIS_CLUSTER="true",
+        )
         procs = [
             await start(role, tmp_path / f"{role}{n}.out", env, tmp_path)
             for n, role in enumerate(("web", "worker", "worker"))

@@ -21,7 +21,14 @@ from bot.logs import EVENT_STREAM, EventHub, FileSink, RedisStreamSink, make_log
 from bot.web import make_web_app
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env, eventually, gateway_config_text, run_bot, running_gateway
+from tests.helpers import (
+    bot_env,
+    eventually,
+    gateway_config_text,
+    run_bot,
+    running_gateway,
+    whatsapp_env,
+)
 
 PERSON = "whatsapp:+15551234567"
 SECRETS = {
@@ -230,12 +237,7 @@ async def test_bot_logs_follows_one_conversation_across_two_processes(
     config = tmp_path / "bot.json5"
     text = gateway_config_text(model.base_url).rstrip().rstrip("}")
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-    env = bot_env(
-        tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
-        BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
-        TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
-        TWILIO_API_BASE_URL=twilio.base_url,
-    )  # fmt: skip
+    env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config, port=port)
     spawn = {"env": env, "cwd": tmp_path, "stdout": asyncio.subprocess.DEVNULL,
              "stderr": asyncio.subprocess.DEVNULL}  # fmt: skip
     procs = [

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from tests.fakes.openai_server import FakeOpenAI, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import bot_env, eventually, gateway_config_text
+from tests.helpers import eventually, gateway_config_text, whatsapp_env
 
 
 class Parent:
@@ -42,12 +42,7 @@ async def parent(
         config = tmp_path / "bot.json5"
         text = gateway_config_text(model.base_url).rstrip().rstrip("}")
         config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
-        env = bot_env(
-            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config), BOT_PORT=str(port),
-            BOT_PUBLIC_URL=f"http://127.0.0.1:{port}", TWILIO_ACCOUNT_SID=twilio.account_sid,
-            TWILIO_AUTH_TOKEN=twilio.auth_token, TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
-            TWILIO_API_BASE_URL=twilio.base_url,
-        )  # fmt: skip
+        env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config, port=port)
         out = tmp_path / "serve.out"
         with out.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(

@@ -27,11 +27,11 @@ from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.twilio_server import FakeTwilio
 from tests.helpers import (
     RecordingSender,
-    bot_env,
     eventually,
     gateway_config,
     gateway_config_text,
     inbound,
+    whatsapp_env,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,11 +328,7 @@ async def test_three_worker_processes_survive_a_sigkill(
     settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
     convs = [f"whatsapp:+1555{n:07d}" for n in range(50)]
     async with FakeTwilio(latency=0.03) as twilio:  # a kill lands mid-send, as it would
-        env = bot_env(
-            tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config),
-            TWILIO_ACCOUNT_SID=twilio.account_sid, TWILIO_AUTH_TOKEN=twilio.auth_token,
-            TWILIO_WHATSAPP_FROM="whatsapp:+14155238886", TWILIO_API_BASE_URL=twilio.base_url,
-        )  # fmt: skip
+        env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config)
         logs = [tmp_path / f"worker{n}.log" for n in range(3)]
         procs = [await start_serve_worker(env, log) for log in logs]
         try:
