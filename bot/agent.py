@@ -15,24 +15,25 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from bot.access import RedisAccess, Role, Verdict
-from bot.commands import Commands, parse_command
+from bot.access import Role, Verdict
+from bot.commands import parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.breaker import Decision
-from bot.llm.choice import RedisModelChoice, Source
+from bot.llm.choice import Source
 from bot.llm.failover import FailoverClient
 from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
-from bot.media import TOO_SLOW, MediaReader, TurnMedia
+from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, read_together
-from bot.usage import RedisUsage
+from bot.usage import Call
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -46,6 +47,46 @@ OVERFLOW_RETRIES = 2
 # What a model turn reads first: the model choice, the history, the breaker decisions, and
 # (sender, tokens the sender used today) for the daily budget.
 TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, Decision], tuple[str, int]]
+
+
+class AccessControl(Protocol):
+    """Who may talk to the bot (bot.access.RedisAccess): a verdict read with the turn's
+    first round trip, and pairing for a stranger who sent a code."""
+
+    def read_check(self, message: InboundMessage) -> Read[Verdict]: ...
+
+    async def pair(self, message: InboundMessage) -> Verdict: ...
+
+
+class CommandHandler(Protocol):
+    """The chat commands (bot.commands.Commands): a command's answer."""
+
+    async def handle(self, message: InboundMessage, role: Role) -> str: ...
+
+
+class ModelChoice(Protocol):
+    """The conversation's model, as /model set it (bot.llm.choice.RedisModelChoice)."""
+
+    def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]: ...
+
+
+class TurnUsage(Protocol):
+    """Token accounting (bot.usage.RedisUsage): the calls a turn made, written at its end,
+    and the sender's tokens today for the daily budget."""
+
+    def take(self, conversation: str) -> list[Call]: ...
+
+    async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None: ...
+
+    def read_spent(self, sender: str) -> Read[int]: ...
+
+    async def first_notice(self, sender: str) -> bool: ...
+
+
+class AttachmentReader(Protocol):
+    """Pictures and voice notes, fetched and turned into text and images (bot.media)."""
+
+    async def read(self, batch: Sequence[InboundMessage], *, vision: bool) -> TurnMedia: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,17 +106,17 @@ class Agent:
         redis: aioredis.Redis,
         llm: FailoverClient,
         compactor: Compactor,
-        access: RedisAccess,
-        commands: Commands,
-        choice: RedisModelChoice,
+        access: AccessControl,
+        commands: CommandHandler,
+        choice: ModelChoice,
         system_prompt: str,
         turn_timeout: float,
         max_inbound_chars: int,
         log: Logger,
         clock: Callable[[], float] = time.time,
-        usage: RedisUsage | None = None,
+        usage: TurnUsage | None = None,
         daily_token_budget: int = 0,
-        media: MediaReader | None = None,
+        media: AttachmentReader | None = None,
     ) -> None:
         self.redis = redis
         self.llm = llm

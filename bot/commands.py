@@ -17,7 +17,7 @@ from typing import Protocol
 from bot.access import PairingRequest, Role
 from bot.errors import CommandError
 from bot.llm.breaker import BreakerState
-from bot.llm.choice import ModelChange, RedisModelChoice
+from bot.llm.choice import ModelChange, Source
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import ModelRef
 from bot.logs import Logger
@@ -62,6 +62,20 @@ class ConversationStore(Protocol):
     async def state(self, conversation: str) -> ConversationState: ...
 
     async def clear(self, conversation: str) -> None: ...
+
+
+class ModelChoices(Protocol):
+    """What /model and /status need of the stored model choices (bot.llm.choice)."""
+
+    async def current(self, conversation: str) -> tuple[ModelRef, Source]: ...
+
+    async def default(self) -> ModelRef: ...
+
+    async def set(self, scope: str, ref: ModelRef | None, *, who: str) -> ModelChange: ...
+
+    async def history(self, count: int = 10) -> list[ModelChange]: ...
+
+    async def last_change(self, scope: str, *, within: int = 100) -> ModelChange | None: ...
 
 
 class Pairing(Protocol):
@@ -113,7 +127,7 @@ class Commands:
     def __init__(
         self,
         *,
-        choice: RedisModelChoice,
+        choice: ModelChoices,
         registry: ModelRegistry,
         memory: ConversationStore,
         compactor: Compactor,

@@ -129,10 +129,25 @@ def test_only_the_composition_root_assembles() -> None:
 # classes behind them, which it must not import (the composition root picks those).
 PROTOCOL_SEAMS = {
     "bot.worker": {"bot.agent.Agent", "bot.memory"},  # TurnRunner, TurnMemory
-    "bot.commands": {  # ConversationStore, Pairing, BreakerStates, UsageReports
+    "bot.commands": {  # ConversationStore, Pairing, BreakerStates, UsageReports, ModelChoices
         "bot.memory.RedisMemory",
         "bot.access.RedisAccess",
         "bot.llm.breaker.RedisBreaker",
+        "bot.llm.choice.RedisModelChoice",
+        "bot.usage.RedisUsage",
+    },
+    "bot.agent": {  # AccessControl, CommandHandler, ModelChoice, TurnUsage, AttachmentReader
+        "bot.access.RedisAccess",
+        "bot.commands.Commands",
+        "bot.llm.choice.RedisModelChoice",
+        "bot.usage.RedisUsage",
+        "bot.media.MediaReader",
+        "bot.memory.RedisMemory",
+    },
+    "bot.memory.compaction": {"bot.memory.store.RedisMemory"},  # History
+    "bot.llm.failover": {  # Breakers, LocalModels, CallLedger
+        "bot.llm.breaker.RedisBreaker",
+        "bot.llm.lmstudio.LMStudioModels",
         "bot.usage.RedisUsage",
     },
 }
@@ -140,7 +155,7 @@ PROTOCOL_SEAMS = {
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_SEAMS))
 def test_seams_take_protocols_not_concrete_classes(name: str) -> None:
-    """The worker and the chat commands name the stores they use only through their own
-    Protocols."""
+    """The worker, the agent, the chat commands, compaction and failover name the stores they
+    use only through their own Protocols."""
     bad = sorted(i for i in MODULES[name] if within(i, PROTOCOL_SEAMS[name]))
     assert not bad, f"{name} imports {bad}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from bot.errors import (
     AllModelsFailed,
@@ -35,17 +35,55 @@ from bot.errors import (
     ContextOverflow,
     ModelError,
     ModelUnavailable,
+    Severity,
 )
-from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision, RedisBreaker
-from bot.llm.lmstudio import LMStudioModels
+from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision
+from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo, ModelRegistry
-from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider
+from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider, Usage
 from bot.logs import Logger
 from bot.messages import Attachment, Turn
 from bot.reads import Read
-from bot.usage import PROBE_USAGE, CallKind, RedisUsage, estimate
+from bot.usage import PROBE_USAGE, Call, CallKind, estimate
 
 LOAD_SECONDS = 600.0  # how long a background load may take (large models load for minutes)
+
+
+class Breakers(Protocol):
+    """What failover needs of the models' circuit breakers (bot.llm.breaker.RedisBreaker)."""
+
+    probe_ms: int  # how long a recovering model's probe may take
+
+    async def check(self, model: str) -> Decision: ...
+
+    def read_decisions(self, models: list[str]) -> Read[dict[str, Decision]]: ...
+
+    async def failure(self, model: str, *, severity: Severity, probe: bool) -> None: ...
+
+    async def success(self, model: str, *, probe: bool) -> None: ...
+
+
+class LocalModels(Protocol):
+    """What failover (and a turn's first read) need of what LM Studio has loaded
+    (bot.llm.lmstudio.LMStudioModels)."""
+
+    def read(self) -> Read[dict[str, ProviderStates]]: ...
+
+    async def refresh(self, *, force: bool = False) -> None: ...
+
+    def stale(self) -> None: ...
+
+    async def claim_load(self, ref: str, seconds: float) -> bool: ...
+
+    async def release_load(self, ref: str) -> None: ...
+
+
+class CallLedger(Protocol):
+    """What failover tells the usage accounting of each answered call (bot.usage.RedisUsage)."""
+
+    def note(self, conversation: str, model: str, usage: Usage, kind: CallKind) -> Call: ...
+
+    async def record_background(self, call: Call) -> None: ...
 
 
 class FailoverClient:
@@ -57,9 +95,9 @@ class FailoverClient:
         registry: ModelRegistry,
         providers: Mapping[str, Provider],
         log: Logger,
-        breaker: RedisBreaker | None = None,
-        local: LMStudioModels | None = None,
-        usage: RedisUsage | None = None,
+        breaker: Breakers | None = None,
+        local: LocalModels | None = None,
+        usage: CallLedger | None = None,
     ) -> None:
         self.registry = registry
         self.usage = usage

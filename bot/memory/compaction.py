@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.config import CompactionConfig
 from bot.errors import AllModelsFailed, ModelError
@@ -22,8 +23,9 @@ from bot.llm.failover import FailoverClient
 from bot.llm.registry import ModelInfo
 from bot.llm.types import ModelRef
 from bot.logs import Logger
-from bot.memory.store import ConversationState, RedisMemory, Summary
+from bot.memory.store import ConversationState, Summary
 from bot.messages import Turn
+from bot.reads import Read
 
 TURN_OVERHEAD_TOKENS = 8  # role and framing around each message
 SUMMARY_HEADER = "Summary of the earlier conversation (older turns, condensed):"
@@ -92,13 +94,26 @@ def instructions_for(system_prompt: str, summary: Summary | None) -> str:
     return f"{system_prompt}\n\n{SUMMARY_HEADER}\n{summary.text}"
 
 
+class History(Protocol):
+    """What compaction (and the turn's first read) need of the conversation memory
+    (bot.memory.store.RedisMemory)."""
+
+    def read_state(self, conversation: str) -> Read[ConversationState]: ...
+
+    async def state(self, conversation: str) -> ConversationState: ...
+
+    async def replace_prefix(
+        self, conversation: str, *, seen: ConversationState, drop: int, summary: Summary | None
+    ) -> bool: ...
+
+
 class Compactor:
     """Builds each turn's prompt within budget, compacting the conversation when needed."""
 
     def __init__(
         self,
         *,
-        memory: RedisMemory,
+        memory: History,
         llm: FailoverClient,
         config: CompactionConfig,
         log: Logger,
