@@ -250,6 +250,7 @@ async def open_app(
                     transcriber=transcriber,
                     max_bytes=media_config.max_bytes,
                     log=log,
+                    usage=usage,
                 ),
             )
             yield App(

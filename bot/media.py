@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.errors import MediaRejected, ModelError, ModelUnavailable
-from bot.llm.types import Transcript
+from bot.llm.types import ModelRef, Transcript, Usage
 from bot.logs import Logger
 from bot.messages import Attachment, InboundMessage
+from bot.usage import CallKind, estimate
 
 # What vision models take inline (OpenAI, LM Studio and llama.cpp builds agree on these).
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
@@ -49,9 +50,18 @@ class MediaFetcher(Protocol):
 class Transcriber(Protocol):
     """A speech-to-text model (bot.llm.transcription)."""
 
+    ref: ModelRef
+
     async def transcribe(self, audio: Attachment) -> Transcript:
         """The text of the audio; raise ModelUnavailable or ModelError when it cannot."""
         ...
+
+
+class UsageNotes(Protocol):
+    """Where a transcription's tokens go: the turn's calls, written with them at its end
+    (bot.usage.RedisUsage)."""
+
+    def note(self, conversation: str, model: str, usage: Usage, kind: CallKind) -> object: ...
 
 
 def media_type(content_type: str) -> str:
@@ -79,11 +89,13 @@ class MediaReader:
         transcriber: Transcriber | None,
         max_bytes: int,
         log: Logger,
+        usage: UsageNotes | None = None,
     ) -> None:
         self.fetchers = fetchers
         self.transcriber = transcriber
         self.max_bytes = max_bytes
         self.log = log
+        self.usage = usage
 
     async def read(self, batch: Sequence[InboundMessage], *, vision: bool) -> TurnMedia:
         """Each message's text with its attachments turned into notes and transcripts, and
@@ -160,6 +172,9 @@ class MediaReader:
             ms=round((time.perf_counter() - started) * 1000, 1), seconds=transcript.seconds,
             text=transcript.text,  # dropped from the logs unless logging.includeContent
         )  # fmt: skip
+        if self.usage is not None:  # an estimate where the server counted seconds, not tokens
+            used = estimate(transcript.usage, prompt_chars=0, answer_chars=len(transcript.text))
+            self.usage.note(message.conversation, str(self.transcriber.ref), used, "transcription")
         return transcript.text
 
     def _refusal(self, exc: MediaRejected) -> str:

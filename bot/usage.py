@@ -1,6 +1,7 @@
 """Tokens and cost per model call, per turn, per sender, per model; daily token budgets.
 
-Every model call (a turn's answer, a compaction summary, a probe) becomes a `Call`: the tokens
+Every model call (a turn's answer, a voice note's transcription, a compaction summary, a probe)
+becomes a `Call`: the tokens
 the server reported (an estimate where it reported none, marked estimated) priced with the
 model's seed `cost` (USD per million tokens). A turn's calls are kept in this process until
 the turn ends, then written in one pipeline: per sender per UTC day, per model per UTC day and
@@ -26,7 +27,7 @@ from bot.llm.types import Usage
 from bot.logs import Logger
 from bot.reads import Read
 
-CallKind = Literal["turn", "compaction", "probe"]
+CallKind = Literal["turn", "compaction", "probe", "transcription"]
 GroupBy = Literal["sender", "model", "day"]
 NANO = 1_000_000_000  # nano-dollars in a dollar
 CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compactor's default)

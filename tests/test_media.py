@@ -61,9 +61,11 @@ def media_config(
     vision_first: bool = False,
     transcription: bool = True,
     timeout: float = 20,
+    transcription_cost: dict[str, float] | None = None,
 ) -> str:
     """Text-only `local/local-model` and image-capable `vision/vision-model` (second unless
-    `vision_first`); voice notes to `local/whisper-1` when `transcription`."""
+    `vision_first`); voice notes to `local/whisper-1` when `transcription` (listed with
+    `transcription_cost` when given)."""
     chain = ["local/local-model", "vision/vision-model"]
     chain = chain[::-1] if vision_first else chain
     media: dict[str, Any] = {"maxBytes": MAX_BYTES}
@@ -81,6 +83,11 @@ def media_config(
             "vision": provider(vision_url, vision_api, "vision-model", images=True),
         }},
     }  # fmt: skip
+    if transcription_cost is not None:
+        whisper = {"id": "whisper-1", "contextWindow": 32000, "maxTokens": 1024}
+        config["models"]["providers"]["local"]["models"].append(
+            whisper | {"cost": transcription_cost}
+        )
     return json.dumps(config)[:-1] + ",\n}"  # running_gateway adds `channels` before the "}"
 
 
@@ -253,6 +260,38 @@ async def test_whatsapp_voice_note_is_transcribed_and_answered(
     assert transcribed["seconds"] == text.transcript_seconds
     assert transcribed["ms"] >= 0
     assert_private(events, url, text.transcript, twilio.auth_token)
+
+
+async def test_a_voice_note_is_a_priced_call_of_its_turn(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """The transcription's tokens, as gpt-4o-transcribe reports them, are a call of the turn
+    (kind transcription) priced with the model's `cost`; whisper-1's duration-only answer is
+    counted as an estimate, marked so."""
+    text, vision = models
+    text.transcript_tokens = (150, 12)
+    config = media_config(
+        text.base_url, vision.base_url, transcription_cost={"input": 2.5, "output": 10}
+    )
+    url = twilio.add_media("audio/ogg", VOICE)
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config) as gw:
+        fields = whatsapp_inbound(body="", media=[(url, "audio/ogg")])
+        await post_whatsapp(gw, fields, twilio.auth_token)
+        await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+        text.transcript_tokens = None  # now as whisper-1 answers: a duration, no tokens
+        fields = whatsapp_inbound(body="", media=[(url, "audio/ogg")])
+        await post_whatsapp(gw, fields, twilio.auth_token)
+        await asyncio.wait_for(twilio.wait_for_messages(2), 20)
+        by_model = {r.key: r.totals for r in await gw.app.usage.report(by="model", days=1)}
+    heard = by_model["local/whisper-1"]
+    estimated_out = len(text.transcript) // 3
+    assert (heard.calls, heard.estimated) == (2, 1)
+    assert (heard.tokens_in, heard.tokens_out) == (150 + 1, 12 + estimated_out)
+    assert heard.cost_nusd == round(((150 + 1) * 2.5 + (12 + estimated_out) * 10) * 1000)
+    kinds = [e["kind"] for e in events.events("model_usage")]
+    assert kinds.count("transcription") == 2
+    assert by_model["local/local-model"].calls == 2  # the answers, counted apart
 
 
 async def test_a_file_over_max_bytes_is_refused_while_downloading(

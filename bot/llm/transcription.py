@@ -13,7 +13,7 @@ import openai
 
 from bot.config import ProviderConfig
 from bot.llm.providers import openai_client, translate
-from bot.llm.types import ModelRef, Transcript
+from bot.llm.types import ModelRef, Transcript, Usage
 from bot.messages import Attachment
 
 
@@ -40,7 +40,18 @@ class OpenAITranscriber:
         return Transcript(
             text=result.text.strip(),
             seconds=float(seconds) if isinstance(seconds, int | float) else None,
+            usage=_tokens(usage),
         )
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _tokens(usage: object) -> Usage:
+    """The tokens a server reported ({type: "tokens", input_tokens, output_tokens}, as
+    gpt-4o-transcribe does); estimated when it reported a duration (whisper-1) or nothing."""
+    tokens_in = getattr(usage, "input_tokens", None)
+    tokens_out = getattr(usage, "output_tokens", None)
+    if isinstance(tokens_in, int) and isinstance(tokens_out, int):
+        return Usage(tokens_in=tokens_in, tokens_out=tokens_out)
+    return Usage(estimated=True)

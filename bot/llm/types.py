@@ -61,10 +61,12 @@ class CompletionRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transcript:
-    """What a voice note said, and how long it was where the server says (else None)."""
+    """What a voice note said, how long it was where the server says (else None), and the
+    tokens it reported (gpt-4o-transcribe does; whisper-1 reports a duration: `estimated`)."""
 
     text: str
     seconds: float | None = None
+    usage: Usage = Usage(estimated=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -178,6 +178,9 @@ class FakeOpenAI:
         self.overflows = 0
         self.transcript = "hello from a voice note"  # what /v1/audio/transcriptions answers
         self.transcript_seconds = 3.5
+        # (input, output): answer {type: "tokens", …} as gpt-4o-transcribe does, instead of
+        # whisper-1's {type: "duration", seconds}
+        self.transcript_tokens: tuple[int, int] | None = None
         self.transcription_error: Reply | None = None  # answer transcriptions with this error
         self.transcriptions: list[Transcription] = []
         self.port = 0
@@ -320,7 +323,14 @@ class FakeOpenAI:
         )
         if self.transcription_error is not None:
             return _error_response(self.transcription_error)
-        usage = {"type": "duration", "seconds": self.transcript_seconds}
+        usage: dict[str, Any] = {"type": "duration", "seconds": self.transcript_seconds}
+        if self.transcript_tokens is not None:
+            audio, out = self.transcript_tokens
+            usage = {
+                "type": "tokens", "input_tokens": audio, "output_tokens": out,
+                "total_tokens": audio + out,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio},
+            }  # fmt: skip
         return web.json_response({"text": self.transcript, "usage": usage})
 
     async def _answer(
