@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.lmstudio
 	$(BIN)/python -m bench.scaleout
+	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.pipeline
 
 clean:
