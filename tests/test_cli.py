@@ -373,3 +373,23 @@ async def test_a_workers_sweep_never_wakes_a_console_conversation(
         assert await ready_conversations(redis_client) == []
         assert await app.worker().sweeper.sweep(force=True) == 1
     assert await ready_conversations(redis_client) == [number]
+
+
+async def test_the_repl_answers_each_line_before_the_next_prompt(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat` without -m: each line is answered before the next prompt; /quit leaves."""
+    fake.script(Reply(text="One."), Reply(text="Two."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    pipe = asyncio.subprocess.PIPE
+    args = ["-m", "bot", "chat", "--user", "ada"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, cwd=tmp_path, stdin=pipe, stdout=pipe, stderr=pipe
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"first\nsecond\n/quit\nnever\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == "you> One.\nyou> Two.\nyou> "
+    assert "Chatting as console:ada" in err.decode()
+    turns = await RedisMemory(redis_client).load("console:ada")
+    assert [t.text for t in turns] == ["first", "One.", "second", "Two."]
