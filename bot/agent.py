@@ -139,20 +139,8 @@ class Agent:
         """Answer a burst of messages as one turn; when no model can, a short apology.
 
         `allowed` is called once a message passed the access check (the worker starts the
-        "typing…" indicator there, so strangers never see it)."""
-        return await self._turn(batch, raise_failures=False, allowed=allowed)
-
-    async def answer(self, batch: Sequence[InboundMessage]) -> TurnResult:
-        """Like run_turn, but raise AllModelsFailed / ModelError instead of apologising."""
-        return await self._turn(batch, raise_failures=True)
-
-    async def _turn(
-        self,
-        batch: Sequence[InboundMessage],
-        *,
-        raise_failures: bool,
-        allowed: Callable[[], None] | None = None,
-    ) -> TurnResult:
+        "typing…" indicator there, so strangers never see it). The apology's reply carries
+        why (`OutboundMessage.failure`), for the console to show instead."""
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
@@ -174,6 +162,7 @@ class Agent:
                 for_model.append(message)
                 roles.append(verdict.role)
         remember: tuple[Turn, ...] = ()
+        failure: str | None = None
         try:
             if for_model:
                 try:
@@ -182,9 +171,7 @@ class Agent:
                     )
                 except (AllModelsFailed, ModelError) as exc:
                     self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
-                    if raise_failures:
-                        raise
-                    answer = _apology_for(exc)
+                    answer, failure = _apology_for(exc), str(exc)
                 replies += [answer] if answer is not None else []
         finally:  # what the turn's calls (and a /compact's) used, in one round trip
             if self.usage is not None:
@@ -200,6 +187,7 @@ class Agent:
             conversation=last.conversation,
             text="\n\n".join(replies),
             reply_to=last.platform_id,
+            failure=failure,
         )
         return TurnResult(reply=reply, remember=remember)
 

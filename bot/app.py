@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from bot.access import RedisAccess
 from bot.agent import Agent
 from bot.commands import Commands
 from bot.config import CATALOG_KEYS, Config
+from bot.delivery import ReplySender
 from bot.intake import READY_STREAM, RedisIntake
 from bot.llm.breaker import RedisBreaker
 from bot.llm.choice import RedisModelChoice
@@ -37,6 +38,7 @@ from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
 from channels.base import Channel
+from channels.console import ConsoleChannel
 from channels.telegram import TelegramChannel, TelegramMediaFetcher
 from channels.whatsapp import TwilioMediaFetcher, WhatsAppChannel
 
@@ -78,20 +80,23 @@ class App:
         )
         return [c for c in (self.whatsapp, telegram) if c is not None]
 
-    def worker(self) -> Worker:
-        """A turn runner for this process, configured from agents.defaults."""
+    def worker(self, extra: Mapping[str, ReplySender] | None = None) -> Worker:
+        """A turn runner for this process, configured from agents.defaults. `extra`: more
+        channels to reply on (`bot chat` adds the console). Its sweep never wakes a console
+        conversation: only the `bot chat` at that terminal can print the reply."""
         defaults = self.config.agents.defaults
         return Worker(
             redis=self.redis.client,
             agent=self.agent,
             memory=self.memory,
-            senders=self.senders,
+            senders={**self.senders, **(extra or {})},
             log=self.log,
             lease_seconds=defaults.lease_seconds,
             max_concurrent=defaults.max_concurrent,
             drain_seconds=defaults.timeout_seconds,
             retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
             delivery_retry_seconds=defaults.delivery_retry_seconds,
+            sweep_skip=(f"{ConsoleChannel.name}:",),
         )
 
     def web_app(self) -> web.Application:

@@ -52,25 +52,28 @@ class RedisIntake:
         self.log = log
         self.ordered = ordered
 
-    async def accept(self, message: InboundMessage) -> bool:
+    async def accept(self, message: InboundMessage, *, wake: bool = True) -> bool:
         """Store `message` once; True if new, False if its platform id was seen already.
 
         Raises StoreUnavailable when Redis did not confirm (the web role then keeps the
         message in its local spool, bot.spool; the poller leaves the offset). The
         wake-up is sent for duplicates too: a retry after a half-finished accept repairs it.
+        `wake=False`: no wake-up, the caller runs the conversation itself (`bot chat`: only
+        the process at the terminal can print the reply).
         """
         body = json.dumps(message.to_dict(), ensure_ascii=False)
         store = (ACCEPT, 2, seen_key(message), inbox_key(message.conversation), DEDUPE_SECONDS,
                  body)  # fmt: skip
-        wake: Any = {"conversation": message.conversation}  # redis-py types its values narrowly
+        entry: Any = {"conversation": message.conversation}  # redis-py types values narrowly
         try:
             if self.ordered:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     # EVAL, not the registered script: a script in a pipeline costs a SCRIPT
                     # EXISTS round trip first, every time. Redis caches it by its hash.
                     pipe.eval(*store)
-                    pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
-                    fresh, _ = await pipe.execute()
+                    if wake:
+                        pipe.xadd(READY_STREAM, entry, maxlen=READY_MAXLEN, approximate=True)
+                    fresh = (await pipe.execute())[0]
             else:  # the message must be in the inbox before any worker can see its wake-up
                 # Each step a one-command pipeline: redis-py's cluster client (8.1) corrupts a
                 # connection when hundreds of plain commands open connections to one node at
@@ -78,9 +81,10 @@ class RedisIntake:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.eval(*store)
                     (fresh,) = await pipe.execute()
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
-                    await pipe.execute()
+                if wake:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.xadd(READY_STREAM, entry, maxlen=READY_MAXLEN, approximate=True)
+                        await pipe.execute()
         except (RedisError, OSError) as exc:
             self.log.error(
                 "intake_failed",

@@ -65,20 +65,25 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundMessage:
-    """One reply to send to a conversation on a channel."""
+    """One reply to send to a conversation on a channel. `failure`: why no model answered,
+    when the text is an apology standing in for the model's answer (the console shows it)."""
 
     channel: str
     conversation: str
     text: str
     reply_to: str | None = None
+    failure: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "channel": self.channel,
             "conversation": self.conversation,
             "text": self.text,
             "reply_to": self.reply_to,
         }
+        if self.failure is not None:
+            data["failure"] = self.failure
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OutboundMessage:
@@ -87,6 +92,7 @@ class OutboundMessage:
             conversation=data["conversation"],
             text=data["text"],
             reply_to=data.get("reply_to"),
+            failure=data.get("failure"),
         )
 
 

@@ -67,11 +67,22 @@ async def ensure_group(redis: aioredis.Redis) -> None:
 class Sweeper:
     """Finds conversations with work and no wake-up in flight, and wakes them."""
 
-    def __init__(self, redis: aioredis.Redis, *, name: str, every: float, log: Logger) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        name: str,
+        every: float,
+        log: Logger,
+        skip: tuple[str, ...] = (),
+    ) -> None:
+        """`skip`: prefixes of conversations never woken, whose own process runs them (the
+        composition root passes the console's: only `bot chat` can print its replies)."""
         self.redis = redis
         self.name = name
         self.every = every
         self.log = log
+        self.skip = skip
 
     async def sweep(self, *, force: bool = False) -> int:
         """Wake every conversation that has waiting messages or a left batch and no lease
@@ -100,6 +111,7 @@ class Sweeper:
         is free and whose key still holds work."""
         prefix, suffix = f"{conversation_key('', part).split('}')[0]}", f"}}:{part}"
         conversations = [k[len(prefix) : -len(suffix)] for k in keys if k.endswith(suffix)]
+        conversations = [c for c in conversations if not c.startswith(self.skip)]
         if not conversations:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:

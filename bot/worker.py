@@ -249,9 +249,11 @@ class Worker:
         max_attempts: int = MAX_ATTEMPTS,
         delivery_retry_seconds: float = 3600,
         clock: Callable[[], float] = time.time,
+        sweep_skip: tuple[str, ...] = (),
     ) -> None:
         """`retry_seconds`: the longest wait between tries while Redis is unreachable;
-        `sweep_seconds`: how often lost wake-ups are looked for (default two leases)."""
+        `sweep_seconds`: how often lost wake-ups are looked for (default two leases);
+        `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper)."""
         self.redis = redis
         self.agent = agent
         self.memory = memory
@@ -265,7 +267,9 @@ class Worker:
         self.max_attempts = max_attempts
         self.deadletters = RedisDeadLetters(redis)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.sweeper = Sweeper(redis, name=self.name, every=self.sweep_seconds, log=log)
+        self.sweeper = Sweeper(
+            redis, name=self.name, every=self.sweep_seconds, log=log, skip=sweep_skip
+        )
         self.tasks: set[asyncio.Task[None]] = set()
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = redis.register_script(TAKE)

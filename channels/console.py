@@ -13,19 +13,24 @@ from channels.base import Ack, RawRequest
 
 
 class ConsoleChannel:
-    """Messages typed by the local user, conversation `console:<user>`."""
+    """Messages typed by the local user, conversation `console:<user>`. A reply that stands
+    in for a failed model turn is shown as why (`bot: …` on stderr), and counted."""
 
     name = "console"
     ack = Ack(content_type="text/plain", body=b"")
 
-    def __init__(self, *, user: str | None = None, out: TextIO | None = None) -> None:
+    def __init__(
+        self, *, user: str | None = None, out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
         self.user = user or getpass.getuser()
         self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.failures = 0  # replies printed as a failure
         self._ids = itertools.count(1)
 
     @property
     def conversation(self) -> str:
-        return f"console:{self.user}"
+        return f"{self.name}:{self.user}"
 
     def message(self, text: str) -> InboundMessage:
         """Wrap a typed line as an InboundMessage."""
@@ -45,4 +50,8 @@ class ConsoleChannel:
         return [self.message(text)] if text else []
 
     async def send(self, message: OutboundMessage) -> None:
+        if message.failure is not None:
+            self.failures += 1
+            print(f"bot: {message.failure}", file=self.err, flush=True)
+            return
         print(message.text, file=self.out, flush=True)

@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from bot.agent import APOLOGY, REFUSED
 from bot.app import App, open_app
 from bot.config import Config, parse_config
-from bot.errors import AllModelsFailed
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
@@ -180,17 +179,18 @@ async def test_empty_final_text_is_a_failed_attempt(
 async def test_all_models_failing_gets_an_apology(
     app: App, primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents
 ) -> None:
-    """When every model fails the person gets one short apology and an error event."""
+    """When every model fails the person gets one short apology and an error event; the
+    reply carries why (through the outbox, for the console to show instead)."""
     primary.script(server_error())
     backup.script(server_error())
-    reply = await converse(app, inbound("hello"))
-    assert reply == APOLOGY
+    [reply] = await run_turn(app, inbound("hello"))
+    assert reply.text == APOLOGY
+    assert "HTTP 500" in (reply.failure or "")
     [failed] = events.events("turn_failed")
     assert failed["level"] == "error"
-    primary.script(server_error())
-    backup.script(server_error())
-    with pytest.raises(AllModelsFailed, match="HTTP 500"):
-        await app.agent.answer([inbound("again", n=2)])
+    primary.script(Reply(text="fine now"))
+    [answered] = await run_turn(app, inbound("again", n=2))
+    assert (answered.text, answered.failure) == ("fine now", None)
 
 
 async def test_provider_without_key_is_skipped_without_a_call(
@@ -203,7 +203,9 @@ async def test_provider_without_key_is_skipped_without_a_call(
         env={},
     )
     async with app_for(config, redis_url, tmp_path, events) as app:
-        with pytest.raises(AllModelsFailed, match="ANTHROPIC_API_KEY is not set"):
-            await app.agent.answer([inbound("hello")])
+        result = await app.agent.run_turn([inbound("hello")])
+    assert result.reply is not None
+    assert result.reply.text == APOLOGY
+    assert "ANTHROPIC_API_KEY is not set" in (result.reply.failure or "")
     [skipped] = events.events("model_skipped")
     assert skipped["model"] == "anthropic/claude-sonnet-4-5"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import re
 import signal
 import sys
@@ -14,8 +15,20 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bot.delivery import outbox_key
+from bot.intake import READY_STREAM, inbox_key
+from bot.memory import RedisMemory, conversation_key
+from bot.wakeups import batch_key, lease_key
+from channels.console import ConsoleChannel
+from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
-from tests.helpers import bot_env, gateway_config_text, run_bot
+from tests.helpers import (
+    bot_env,
+    eventually,
+    gateway_config_text,
+    open_gateway,
+    run_bot,
+)
 
 SEEDS = ["seed-local-stack.json5", "seed-hybrid.json5", "seed-other-proxy.json5"]
 SECRETS = {
@@ -284,3 +297,99 @@ async def test_console_user_is_the_owner(
     env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
     result = await run_bot("chat", "-m", "/whoami", "--user", "ada", env=env, cwd=tmp_path)
     assert (result.code, result.out) == (0, "You are console:ada (admin).\n")
+
+
+async def ready_conversations(redis: aioredis.Redis) -> list[str]:
+    """The conversations of every wake-up on the ready stream."""
+    return [fields["conversation"] for _, fields in await redis.xrange(READY_STREAM)]
+
+
+async def test_chat_turn_is_leased_and_committed_like_a_workers(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat -m` goes through intake (its dedupe marker, no wake-up on the ready stream)
+    and a worker's turn (leased, COMMIT into memory, delivered from the outbox): nothing of
+    the turn is left in Redis but the exchange in memory."""
+    fake.script(Reply(text="Hi Ada."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    result = await run_bot("chat", "-m", "hello", "--user", "ada", "-v", env=env, cwd=tmp_path)
+    assert (result.code, result.out) == (0, "Hi Ada.\n"), result.err
+    conversation = "console:ada"
+    for key in (inbox_key, batch_key, lease_key, outbox_key):
+        assert not await redis_client.exists(key(conversation)), key.__name__
+    assert len(await redis_client.keys(conversation_key(conversation, "seen:console:*"))) == 1
+    turns = await RedisMemory(redis_client).load(conversation)
+    assert [(t.role, t.text) for t in turns] == [("user", "hello"), ("assistant", "Hi Ada.")]
+    assert conversation not in await ready_conversations(redis_client)
+    assert "message_received" in result.err
+    assert "reply_sent" in result.err
+
+
+async def test_a_turn_left_by_a_killed_chat_is_answered_by_the_next(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A `bot chat` killed mid-turn leaves its batch (and its lease, until it ends); the next
+    `bot chat` of the same user resumes it, prints its reply, then answers its own message."""
+    fake.script(Reply(hang=True), Reply(text="About the first."), Reply(text="About the second."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url, lease_seconds=1))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    args = ["-m", "bot", "chat", "-m", "first question", "--user", "ada"]
+    pipe = asyncio.subprocess.PIPE
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, cwd=tmp_path, stdout=pipe, stderr=pipe
+    )
+    try:
+        await eventually(lambda: len(fake.requests_to("/responses")) == 1)
+    finally:
+        killed.kill()
+        await killed.communicate()
+    assert await redis_client.exists(batch_key("console:ada"))
+    result = await run_bot("chat", "-m", "second question", "--user", "ada", env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out == "About the first.\nAbout the second.\n"
+    assert "turn_resumed" in result.err
+    first, second = fake.requests_to("/responses")[1:]
+    assert "first question" in first.prompt
+    assert "second question" not in first.prompt
+    assert "About the first." in second.prompt  # the resumed turn was committed to memory
+    assert not await redis_client.exists(batch_key("console:ada"), inbox_key("console:ada"))
+
+
+async def test_a_workers_sweep_never_wakes_a_console_conversation(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Waiting messages with no wake-up: the serve worker's sweep wakes a WhatsApp
+    conversation's, never a console one's (only its `bot chat` can print the reply)."""
+    text = gateway_config_text(f"http://127.0.0.1:{closed_port()}/v1")
+    async with open_gateway(text, redis_url=redis_url, data_dir=tmp_path, log=events.log) as app:
+        console = ConsoleChannel(user="ada")
+        number = "whatsapp:+15550001"
+        whatsapp = dataclasses.replace(
+            console.message("hi"), channel="whatsapp", conversation=number, sender=number
+        )
+        for message in (console.message("hi"), whatsapp):
+            assert await app.intake.accept(message, wake=False)
+        assert await ready_conversations(redis_client) == []
+        assert await app.worker().sweeper.sweep(force=True) == 1
+    assert await ready_conversations(redis_client) == [number]
+
+
+async def test_the_repl_answers_each_line_before_the_next_prompt(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat` without -m: each line is answered before the next prompt; /quit leaves."""
+    fake.script(Reply(text="One."), Reply(text="Two."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    pipe = asyncio.subprocess.PIPE
+    args = ["-m", "bot", "chat", "--user", "ada"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, cwd=tmp_path, stdin=pipe, stdout=pipe, stderr=pipe
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"first\nsecond\n/quit\nnever\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == "you> One.\nyou> Two.\nyou> "
+    assert "Chatting as console:ada" in err.decode()
+    turns = await RedisMemory(redis_client).load("console:ada")
+    assert [t.text for t in turns] == ["first", "One.", "second", "Two."]
