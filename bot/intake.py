@@ -93,9 +93,7 @@ class RedisIntake:
                 msg_id=message.platform_id,
                 error=f"{type(exc).__name__}: {exc}",
             )
-            raise StoreUnavailable(
-                "Redis did not confirm the message; the platform will retry"
-            ) from exc
+            raise StoreUnavailable("Redis did not confirm the message") from exc
         self.log.info(
             "message_received" if fresh else "message_duplicate",
             channel=message.channel,

@@ -500,7 +500,7 @@ class Worker:
                 "turn_crashed", conversation=conversation, worker=self.name, attempt=attempts,
                 error=error, exc_info=exc,
             )  # fmt: skip
-        if await self._apologise(conversation, token, fields):
+        if await self._apologise(conversation, token, fields, error):
             return batch_id
         if attempts >= self.max_attempts:
             await self._dead_letter(conversation, fields, error)
@@ -509,10 +509,13 @@ class Worker:
         self.log.warning("turn_left", conversation=conversation, attempt=attempts)
         return None
 
-    async def _apologise(self, conversation: str, token: str, fields: dict[str, str]) -> bool:
-        """Finish a crashed turn with a short reply instead of the answer (nothing remembered);
-        False when that is not possible (unreadable batch, a stored reply that did not go out,
-        a lost lease, a failing channel)."""
+    async def _apologise(
+        self, conversation: str, token: str, fields: dict[str, str], error: str
+    ) -> bool:
+        """Finish a crashed turn with a short reply instead of the answer, remembering nothing
+        (`error` travels as the reply's failure, which only the console shows); False when that
+        is not possible (unreadable batch, a stored reply that did not go out, a lost lease, a
+        failing channel)."""
         if fields.get("state") != BatchState.PENDING:
             return False
         try:
@@ -523,6 +526,7 @@ class Worker:
                 conversation=last.conversation,
                 text=CRASHED,
                 reply_to=last.platform_id,
+                failure=f"the turn crashed: {error}",
             )
             entry = self.outbox.entry(reply)
             committed = await self._commit_turn(

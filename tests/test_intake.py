@@ -51,10 +51,10 @@ async def test_dedupe_marker_expires_after_a_day(
 
 
 async def test_unreachable_redis_is_a_distinct_error(events: CapturedEvents) -> None:
-    """With Redis down, accept raises StoreUnavailable (the channel answers 503)."""
+    """With Redis down, accept raises StoreUnavailable (the web role spools the message)."""
     dead = aioredis.Redis(port=closed_port(), socket_connect_timeout=0.5)
     try:
-        with pytest.raises(StoreUnavailable, match="retry"):
+        with pytest.raises(StoreUnavailable, match="Redis did not confirm"):
             await RedisIntake(dead, log=events.log).accept(inbound("hello"))
     finally:
         await dead.aclose()

@@ -414,6 +414,7 @@ async def test_a_turn_that_crashes_gets_a_short_reply_and_the_next_message_is_an
     await app.intake.accept(inbound("first", conversation=conversation, n=1, channel="test"))
     await eventually(lambda: len(sender.sent) == 1)
     assert sender.sent[0].text == CRASHED
+    assert (sender.sent[0].failure or "").startswith("the turn crashed: ")  # for the console
     assert await redis_client.lrange(turns_key, 0, -1) == ["this is not JSON"]
     crashed = events.events("turn_crashed")
     assert crashed
