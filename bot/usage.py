@@ -2,9 +2,10 @@
 
 Every model call (a turn's answer, a voice note's transcription, a compaction summary, a probe)
 becomes a `Call`: the tokens the server reported (an estimate where it reported none, marked
-estimated) priced with the model's seed `cost` (USD per million tokens). A turn's calls are kept in this process until
-the turn ends, then written in one pipeline: per sender per UTC day, per model per UTC day and
-per conversation, each key single-slot (hash tags) so the design runs on Redis Cluster.
+estimated) priced with the model's seed `cost` (USD per million tokens). A turn's calls are
+kept in this process until the turn ends, then written in one pipeline: per sender per UTC day,
+per model per UTC day and per conversation, each key single-slot (hash tags) so the design runs
+on Redis Cluster.
 Costs are counted in whole nano-dollars (HINCRBY), so sums are exact.
 """
 
