@@ -21,6 +21,7 @@ from bot.config import ChannelsConfig, CommandsConfig
 from bot.logs import Logger
 from bot.messages import InboundMessage
 from bot.reads import Read
+from bot.scripts import Script
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1: nothing to misread
 CODE_LENGTH = 8
@@ -30,7 +31,8 @@ Role = Literal["admin", "user", "stranger"]
 
 # KEYS: bucket. ARGV: now ms, capacity, refill per ms, ttl s.
 # → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told
-RATE = """
+RATE = Script(
+    """
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or capacity)
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
@@ -49,6 +51,7 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return result
 """
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +127,7 @@ class RedisAccess:
         def queue(pipe: Pipeline) -> None:
             if ask_approval:
                 pipe.sismember(approved_key(message.channel), message.sender)
-            pipe.eval(RATE, 1, bucket, *rate_args, 120)  # EVAL: no SCRIPT EXISTS in a pipeline
+            RATE.queue(pipe, [bucket], [*rate_args, 120])
 
         def decode(replies: list[Any]) -> Verdict:
             approved = bool(replies[0]) if ask_approval else False
