@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from bot.errors import StoreUnavailable
 from bot.messages import Turn
-from bot.reads import Read, read_together
+from bot.reads import Read, fetch
 from bot.scripts import Script
 
 # KEYS: turns, summary, base. ARGV: expected summary version, base seen, turns to drop (from
@@ -129,10 +129,7 @@ class RedisMemory:
 
     async def state(self, conversation: str) -> ConversationState:
         """The summary and the turns after it, read together."""
-        reads = await read_together(
-            self.redis, self.read_state(conversation), what="loading history"
-        )
-        return reads[0]
+        return await fetch(self.redis, self.read_state(conversation), what="loading history")
 
     async def load(self, conversation: str) -> list[Turn]:
         """Every stored turn since the last compaction, oldest first."""
