@@ -152,15 +152,21 @@ class RedisAccess:
             return Verdict(allowed=False, role="stranger", pairing=True)
         reason = f"dmPolicy {policy}" if policy != "pairing" or rate_ok else "rate limited"
         self.log.info(
-            "message_rejected", channel=message.channel, conversation=message.conversation,
-            msg_id=message.platform_id, reason=reason,
-        )  # fmt: skip
+            "message_rejected",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            reason=reason,
+        )
         return Verdict(allowed=False, role="stranger")
 
     async def pair(self, message: InboundMessage) -> Verdict:
         """A pairing code for a stranger (one reply), or silence if one is pending already."""
-        fields = {"channel": message.channel, "conversation": message.conversation,
-                  "msg_id": message.platform_id}  # fmt: skip
+        fields = {
+            "channel": message.channel,
+            "conversation": message.conversation,
+            "msg_id": message.platform_id,
+        }
         code = await self._pairing_code(message)
         if code is None:
             self.log.info("message_rejected", **fields, reason="pairing pending or full")
@@ -185,9 +191,12 @@ class RedisAccess:
             return None
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         request = PairingRequest(
-            code=code, channel=message.channel, sender=message.sender,
-            name=message.sender_name, expires=now + CODE_SECONDS,
-        )  # fmt: skip
+            code=code,
+            channel=message.channel,
+            sender=message.sender,
+            name=message.sender_name,
+            expires=now + CODE_SECONDS,
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(code_key(code), json.dumps(asdict(request)), ex=CODE_SECONDS)
             pipe.zadd(pending, {code: request.expires})
@@ -205,8 +214,9 @@ class RedisAccess:
             pipe.delete(code_key(request.code))
             pipe.zrem(pending_key(request.channel), request.code)
             await pipe.execute()
-        self.log.info("pairing_approved", channel=request.channel, conversation=request.sender,
-                      by=who)  # fmt: skip
+        self.log.info(
+            "pairing_approved", channel=request.channel, conversation=request.sender, by=who
+        )
         return request
 
     async def pending(self) -> list[PairingRequest]:
@@ -224,9 +234,12 @@ class RedisAccess:
         if result == 1:
             return Verdict(allowed=True, role=role)
         self.log.warning(
-            "rate_limited", channel=message.channel, conversation=message.conversation,
-            msg_id=message.platform_id, notified=result == 0,
-        )  # fmt: skip
+            "rate_limited",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            notified=result == 0,
+        )
         reply = (
             f"You're sending messages faster than I can answer ({self.rate_per_minute} a minute). "
             "I'll skip messages for a moment; please slow down."

@@ -96,9 +96,14 @@ class RedisDeadLetters:
     ) -> str:
         """Keep a failed batch; its id for `bot dead-letters retry|drop`."""
         letter = DeadLetter(
-            id="", conversation=conversation, batch=batch, attempts=attempts, error=error,
-            messages=messages, ts=time.time(),
-        )  # fmt: skip
+            id="",
+            conversation=conversation,
+            batch=batch,
+            attempts=attempts,
+            error=error,
+            messages=messages,
+            ts=time.time(),
+        )
         fields: dict[Any, Any] = letter.to_dict()
         entry = await self.redis.xadd(
             DEAD_LETTERS, fields, maxlen=DEAD_LETTERS_MAXLEN, approximate=True

@@ -348,9 +348,12 @@ class Outbox:
             return Step.DROPPED
         if head.sent + 1 == len(entry.chunks):
             self.log.info(
-                "reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text,
+                "reply_sent",
+                **fields,
+                msg_id=reply.reply_to,
+                reply=reply.text,
                 chunks=len(entry.chunks),
-            )  # fmt: skip
+            )
         return Step.SENT
 
     async def _step(self, keys: list[str], token: str, head: Head, done: int) -> Head | Flush:

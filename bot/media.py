@@ -98,9 +98,12 @@ class MediaReader:
                     note, image = await self._one(message, index, vision=vision)
                 except MediaRejected as exc:
                     self.log.warning(
-                        "media_rejected", channel=message.channel,
-                        conversation=message.conversation, reason=exc.reason, error=str(exc),
-                    )  # fmt: skip
+                        "media_rejected",
+                        channel=message.channel,
+                        conversation=message.conversation,
+                        reason=exc.reason,
+                        error=str(exc),
+                    )
                     return TurnMedia(refusal=self._refusal(exc))
                 parts.append(note)
                 images += [image] if image else []
@@ -122,9 +125,13 @@ class MediaReader:
         if kind in ("", "application/octet-stream"):
             kind = declared  # a file server that says no more than bytes
         self.log.info(
-            "media_fetched", channel=message.channel, conversation=message.conversation,
-            type=kind, bytes=len(got.data), ms=round((time.perf_counter() - started) * 1000, 1),
-        )  # fmt: skip
+            "media_fetched",
+            channel=message.channel,
+            conversation=message.conversation,
+            type=kind,
+            bytes=len(got.data),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         self._check(kind or "application/octet-stream", vision=vision)
         if kind in IMAGE_TYPES:
             return PICTURE, Attachment(content_type=kind, data=got.data)
@@ -156,10 +163,13 @@ class MediaReader:
         if not transcript.text:
             raise MediaRejected("the transcript is empty", reason="transcription")
         self.log.info(
-            "transcribed", channel=message.channel, conversation=message.conversation,
-            ms=round((time.perf_counter() - started) * 1000, 1), seconds=transcript.seconds,
+            "transcribed",
+            channel=message.channel,
+            conversation=message.conversation,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            seconds=transcript.seconds,
             text=transcript.text,  # dropped from the logs unless logging.includeContent
-        )  # fmt: skip
+        )
         return transcript.text
 
     def _refusal(self, exc: MediaRejected) -> str:

@@ -242,10 +242,16 @@ class RedisUsage:
         (the metrics count cost and tokens from it)."""
         call = self.prices.call(model, usage, kind)
         self.log.info(
-            "model_usage", conversation=conversation, model=model, kind=kind,
-            tokens_in=call.tokens_in, tokens_out=call.tokens_out, cached_in=call.cached_in,
-            cost=round(call.cost_nusd / NANO, 9), estimated=call.estimated,
-        )  # fmt: skip
+            "model_usage",
+            conversation=conversation,
+            model=model,
+            kind=kind,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cached_in=call.cached_in,
+            cost=round(call.cost_nusd / NANO, 9),
+            estimated=call.estimated,
+        )
         if conversation:
             self._pending.setdefault(conversation, []).append(call)
         return call

@@ -69,9 +69,15 @@ CRASHED = "Something went wrong with that message; please try again."
 FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
 # Redis errors worth waiting out: the server is down, restarting, loading, failing over or full.
 TRANSIENT = (
-    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, ClusterDownError,
-    TryAgainError, OutOfMemoryError, OSError,
-)  # fmt: skip
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+    ClusterDownError,
+    TryAgainError,
+    OutOfMemoryError,
+    OSError,
+)
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
@@ -282,9 +288,12 @@ class Worker:
         self._renew = RENEW.on(redis)
         self._release = RELEASE.on(redis)
         self.outbox = Outbox(
-            redis=redis, senders=senders, log=log, retry_seconds=delivery_retry_seconds,
+            redis=redis,
+            senders=senders,
+            log=log,
+            retry_seconds=delivery_retry_seconds,
             clock=clock,
-        )  # fmt: skip
+        )
         self._next_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -501,9 +510,13 @@ class Worker:
         except Exception as exc:  # a whole turn: it ends in a reply or a dead letter
             error = f"{type(exc).__name__}: {exc}"
             self.log.error(
-                "turn_crashed", conversation=conversation, worker=self.name, attempt=attempts,
-                error=error, exc_info=exc,
-            )  # fmt: skip
+                "turn_crashed",
+                conversation=conversation,
+                worker=self.name,
+                attempt=attempts,
+                error=error,
+                exc_info=exc,
+            )
         if await self._apologise(conversation, token, fields):
             return batch_id
         if attempts >= self.max_attempts:
@@ -538,9 +551,11 @@ class Worker:
             await self._flush(conversation, token, entry if committed <= 2 else None)
         except Exception as exc:  # part of a crashed turn: it is left, then dead-lettered
             self.log.error(
-                "apology_failed", conversation=conversation,
-                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
-            )  # fmt: skip
+                "apology_failed",
+                conversation=conversation,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
             return False
         return True
 
@@ -730,9 +745,13 @@ class Worker:
                 )
                 if entry_id is not None:
                     await self.redis.xclaim(
-                        READY_STREAM, GROUP, self.name, min_idle_time=0,
-                        message_ids=[entry_id], justid=True,
-                    )  # fmt: skip
+                        READY_STREAM,
+                        GROUP,
+                        self.name,
+                        min_idle_time=0,
+                        message_ids=[entry_id],
+                        justid=True,
+                    )
             except (RedisError, OSError) as exc:
                 self.log.warning("lease_renew_failed", conversation=conversation, error=str(exc))
                 continue

@@ -131,9 +131,10 @@ async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], lo
         await stopping
     # A task that returned because `stop` was just set has not died; one that raised has.
     died = [
-        task for task in tasks
+        task
+        for task in tasks
         if task in done and (task.cancelled() or task.exception() or not stop.is_set())
-    ]  # fmt: skip
+    ]
     for task in died:
         exc = None if task.cancelled() else task.exception()
         log.error(

@@ -165,9 +165,15 @@ class RedisBreaker:
         if severity == Severity.EMPTY:
             return
         args: list[str | int] = [
-            self._now(), severity, int(probe), self.base_ms, self.max_ms,
-            self.window_ms, self.threshold, self.ttl_seconds,
-        ]  # fmt: skip
+            self._now(),
+            severity,
+            int(probe),
+            self.base_ms,
+            self.max_ms,
+            self.window_ms,
+            self.threshold,
+            self.ttl_seconds,
+        ]
         try:
             state, cooldown_ms = await self._fail(keys=[breaker_key(model)], args=args)
         except (RedisError, OSError) as exc:
