@@ -21,6 +21,7 @@ from bot.config import ChannelsConfig, CommandsConfig
 from bot.logs import Logger
 from bot.messages import InboundMessage
 from bot.reads import Read
+from bot.scripts import Script
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1: nothing to misread
 CODE_LENGTH = 8
@@ -30,7 +31,8 @@ Role = Literal["admin", "user", "stranger"]
 
 # KEYS: bucket. ARGV: now ms, capacity, refill per ms, ttl s.
 # → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told
-RATE = """
+RATE = Script(
+    """
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or capacity)
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
@@ -49,6 +51,7 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return result
 """
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +127,7 @@ class RedisAccess:
         def queue(pipe: Pipeline) -> None:
             if ask_approval:
                 pipe.sismember(approved_key(message.channel), message.sender)
-            pipe.eval(RATE, 1, bucket, *rate_args, 120)  # EVAL: no SCRIPT EXISTS in a pipeline
+            RATE.queue(pipe, [bucket], [*rate_args, 120])
 
         def decode(replies: list[Any]) -> Verdict:
             approved = bool(replies[0]) if ask_approval else False
@@ -149,15 +152,21 @@ class RedisAccess:
             return Verdict(allowed=False, role="stranger", pairing=True)
         reason = f"dmPolicy {policy}" if policy != "pairing" or rate_ok else "rate limited"
         self.log.info(
-            "message_rejected", channel=message.channel, conversation=message.conversation,
-            msg_id=message.platform_id, reason=reason,
-        )  # fmt: skip
+            "message_rejected",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            reason=reason,
+        )
         return Verdict(allowed=False, role="stranger")
 
     async def pair(self, message: InboundMessage) -> Verdict:
         """A pairing code for a stranger (one reply), or silence if one is pending already."""
-        fields = {"channel": message.channel, "conversation": message.conversation,
-                  "msg_id": message.platform_id}  # fmt: skip
+        fields = {
+            "channel": message.channel,
+            "conversation": message.conversation,
+            "msg_id": message.platform_id,
+        }
         code = await self._pairing_code(message)
         if code is None:
             self.log.info("message_rejected", **fields, reason="pairing pending or full")
@@ -182,9 +191,12 @@ class RedisAccess:
             return None
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         request = PairingRequest(
-            code=code, channel=message.channel, sender=message.sender,
-            name=message.sender_name, expires=now + CODE_SECONDS,
-        )  # fmt: skip
+            code=code,
+            channel=message.channel,
+            sender=message.sender,
+            name=message.sender_name,
+            expires=now + CODE_SECONDS,
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(code_key(code), json.dumps(asdict(request)), ex=CODE_SECONDS)
             pipe.zadd(pending, {code: request.expires})
@@ -202,8 +214,9 @@ class RedisAccess:
             pipe.delete(code_key(request.code))
             pipe.zrem(pending_key(request.channel), request.code)
             await pipe.execute()
-        self.log.info("pairing_approved", channel=request.channel, conversation=request.sender,
-                      by=who)  # fmt: skip
+        self.log.info(
+            "pairing_approved", channel=request.channel, conversation=request.sender, by=who
+        )
         return request
 
     async def pending(self) -> list[PairingRequest]:
@@ -221,9 +234,12 @@ class RedisAccess:
         if result == 1:
             return Verdict(allowed=True, role=role)
         self.log.warning(
-            "rate_limited", channel=message.channel, conversation=message.conversation,
-            msg_id=message.platform_id, notified=result == 0,
-        )  # fmt: skip
+            "rate_limited",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            notified=result == 0,
+        )
         reply = (
             f"You're sending messages faster than I can answer ({self.rate_per_minute} a minute). "
             "I'll skip messages for a moment; please slow down."

@@ -25,14 +25,13 @@ from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.breaker import Decision
 from bot.llm.choice import Source
 from bot.llm.failover import FailoverClient
-from bot.llm.lmstudio import ProviderStates
 from bot.llm.registry import ModelInfo
 from bot.llm.types import Completion, ModelRef
 from bot.logs import Logger
 from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
-from bot.reads import Read, read_together
+from bot.reads import Read, RoundTrip, fetch
 from bot.usage import Call
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
@@ -262,17 +261,24 @@ class Agent:
         except TimeoutError:
             last = batch[-1]
             self.log.warning(
-                "media_rejected", channel=last.channel, conversation=last.conversation,
-                reason="timeout", error="the attachments took longer than the turn's timeout",
-            )  # fmt: skip
+                "media_rejected",
+                channel=last.channel,
+                conversation=last.conversation,
+                reason="timeout",
+                error="the attachments took longer than the turn's timeout",
+            )
             return TurnMedia(refusal=TOO_SLOW)
 
     async def _over_budget(self, last: InboundMessage, spent: int) -> str | None:
         """The sender is past today's budget: the notice, the first time today; then None."""
         assert self.usage is not None
         first = await self.usage.first_notice(last.sender)
-        fields = {"channel": last.channel, "conversation": last.conversation,
-                  "tokens": spent, "budget": self.daily_token_budget}  # fmt: skip
+        fields = {
+            "channel": last.channel,
+            "conversation": last.conversation,
+            "tokens": spent,
+            "budget": self.daily_token_budget,
+        }
         if first:
             self.log.warning("budget_exceeded", **fields)
             return BUDGET_NOTICE
@@ -293,27 +299,23 @@ class Agent:
         history and breakers, in one round trip."""
         verdicts = Read.each([self.access.read_check(m) for m in batch] if check else [])
         if not with_turn_state:
-            (checked,) = await read_together(self.redis, verdicts)
-            return checked, None
-        conversation = batch[-1].conversation
+            return await fetch(self.redis, verdicts, what="reading the conversation"), None
+        conversation, sender = batch[-1].conversation, batch[-1].sender
+        trip = RoundTrip(self.redis, what="reading the conversation")
+        checked = trip.add(verdicts)
+        choice = trip.add(self.choice.read_current(conversation))
+        state = trip.add(self.compactor.memory.read_state(conversation))
         no_breakers: Read[dict[str, Decision]] = Read.value({})
-        no_local: Read[dict[str, ProviderStates]] = Read.value({})
-        sender = batch[-1].sender
-        spent = (
-            self.usage.read_spent(sender)
-            if self.usage is not None and self.daily_token_budget
-            else Read.value(0)
-        )
-        checked, choice, state, breakers, _, used = await read_together(
-            self.redis,
-            verdicts,
-            self.choice.read_current(conversation),
-            self.compactor.memory.read_state(conversation),
-            self.llm.read_breakers() or no_breakers,
-            self.llm.local.read() if self.llm.local else no_local,  # what LM Studio has loaded
-            spent,  # the sender's tokens today, for the daily budget
-        )
-        return checked, (choice, state, breakers, (sender, used))
+        breakers = trip.add(self.llm.read_breakers() or no_breakers)
+        if self.llm.local is not None:
+            trip.add(self.llm.local.read())  # what LM Studio has loaded: llm.local keeps it
+        spent = Read.value(0)
+        if self.usage is not None and self.daily_token_budget:
+            spent = self.usage.read_spent(sender)
+        used = trip.add(spent)  # the sender's tokens today, for the daily budget
+        await trip.run()
+        turn = (choice.value, state.value, breakers.value, (sender, used.value))
+        return checked.value, turn
 
     async def _complete(
         self,
@@ -350,9 +352,12 @@ class Agent:
                 )
             except ContextOverflow as exc:
                 self.log.warning(
-                    "context_overflow", conversation=conversation, model=str(model.ref),
-                    pressure=pressure, error=str(exc),
-                )  # fmt: skip
+                    "context_overflow",
+                    conversation=conversation,
+                    model=str(model.ref),
+                    pressure=pressure,
+                    error=str(exc),
+                )
                 self.compactor.estimator.overflowed(str(model.ref))
                 if pressure == OVERFLOW_RETRIES:
                     raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,9 +196,13 @@ async def open_app(
         breaker = RedisBreaker(redis.client, log=log)
         usage = RedisUsage(redis.client, prices=Prices(config), log=log)
         llm = FailoverClient(
-            registry=registry, providers=providers, log=log, breaker=breaker, local=local,
+            registry=registry,
+            providers=providers,
+            log=log,
+            breaker=breaker,
+            local=local,
             usage=usage,
-        )  # fmt: skip
+        )
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
         media_config = config.agents.defaults.media
         heard = media_config.transcription_model
@@ -293,3 +298,12 @@ async def open_app(
                 await transcriber.close()
             for provider in providers.values():
                 await provider.close()
+
+
+def freeze_startup_heap() -> None:
+    """Take everything built so far (modules, config, the App and its clients) out of the
+    garbage collector's sight for the rest of the process. It lives as long as the process
+    anyway; left in, every full collection rescans it (one took up to 80 ms under load in
+    bench.pipeline, stalling every request in flight). Call once, when serving begins."""
+    gc.collect()
+    gc.freeze()

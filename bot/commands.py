@@ -160,8 +160,7 @@ class Commands:
         parsed = parse_command(message.text)
         assert parsed is not None, "handle() is only called for commands"
         name, args = parsed
-        fields = {"channel": message.channel, "conversation": message.conversation,
-                  "command": name}  # fmt: skip
+        fields = {"channel": message.channel, "conversation": message.conversation, "command": name}
         found = self.handlers.get(name)
         if found is None:
             self.log.info("command", **fields, outcome="unknown")
@@ -265,8 +264,11 @@ class Commands:
                 lines.append(f"{ref}{f' ({alias})' if alias else ''} — {provider.api}")
         return "\n".join(lines)
 
-    @command("model", usage="[alias|provider/model|N|default …|reset]",
-             summary="show or change this conversation's model")  # fmt: skip
+    @command(
+        "model",
+        usage="[alias|provider/model|N|default …|reset]",
+        summary="show or change this conversation's model",
+    )
     async def model(self, ctx: CommandContext) -> str:
         words = ctx.args.split()
         if not words:
@@ -303,8 +305,7 @@ class Commands:
             if not rows:
                 return f"No usage in the last {USAGE_DAYS} days."
             lines = [f"Top senders, last {USAGE_DAYS} days:"]
-            lines += [f"{n}. {row.key}: {_usage_line(row.totals)}" for n, row in
-                      enumerate(rows, 1)]  # fmt: skip
+            lines += [f"{n}. {row.key}: {_usage_line(row.totals)}" for n, row in enumerate(rows, 1)]
             return "\n".join(lines)
         if ctx.args:
             raise CommandError("Usage: /usage (your own), or /usage all (admins).")
@@ -378,16 +379,24 @@ class Commands:
 
     def _refuse(self, ctx: CommandContext, reply: str) -> str:
         self.log.warning(
-            "command_refused", channel=ctx.message.channel, conversation=ctx.conversation,
-            command=f"{ctx.name} {ctx.args}".strip(), error="admin only",
-        )  # fmt: skip
+            "command_refused",
+            channel=ctx.message.channel,
+            conversation=ctx.conversation,
+            command=f"{ctx.name} {ctx.args}".strip(),
+            error="admin only",
+        )
         return reply
 
     def _audit(self, ctx: CommandContext, before: str, after: str, scope: str) -> None:
         self.log.info(
-            "model_changed", channel=ctx.message.channel, conversation=ctx.conversation,
-            by=ctx.message.sender, scope=scope, before=before, after=after,
-        )  # fmt: skip
+            "model_changed",
+            channel=ctx.message.channel,
+            conversation=ctx.conversation,
+            by=ctx.message.sender,
+            scope=scope,
+            before=before,
+            after=after,
+        )
 
 
 USAGE_DAYS = 30
@@ -403,8 +412,11 @@ def _usage_line(totals: Totals) -> str:
     )
 
 
-_SOURCES = {"conversation": "conversation's choice", "default": "global default",
-            "config": "config"}  # fmt: skip
+_SOURCES = {
+    "conversation": "conversation's choice",
+    "default": "global default",
+    "config": "config",
+}
 
 
 def _local_state(model: ModelInfo) -> str:

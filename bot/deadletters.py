@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from bot.errors import BotError
 from bot.intake import READY_MAXLEN, READY_STREAM, inbox_key
+from bot.scripts import Script
 
 DEAD_LETTERS = "switchboard:deadletters"
 DEAD_LETTERS_MAXLEN = 10_000
@@ -24,10 +25,12 @@ MAX_ATTEMPTS = 3
 Entries = list[tuple[str, dict[str, str]]]  # XRANGE with decode_responses
 
 # KEYS: inbox. ARGV: message JSON… Put the messages back in front of newer ones, in order.
-REQUEUE = """
+REQUEUE = Script(
+    """
 for i = #ARGV, 1, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
 return #ARGV
 """
+)
 
 
 class DeadLetterError(BotError):
@@ -86,16 +89,21 @@ class RedisDeadLetters:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._requeue = redis.register_script(REQUEUE)
+        self._requeue = REQUEUE.on(redis)
 
     async def add(
         self, *, conversation: str, batch: str, attempts: int, error: str, messages: str
     ) -> str:
         """Keep a failed batch; its id for `bot dead-letters retry|drop`."""
         letter = DeadLetter(
-            id="", conversation=conversation, batch=batch, attempts=attempts, error=error,
-            messages=messages, ts=time.time(),
-        )  # fmt: skip
+            id="",
+            conversation=conversation,
+            batch=batch,
+            attempts=attempts,
+            error=error,
+            messages=messages,
+            ts=time.time(),
+        )
         fields: dict[Any, Any] = letter.to_dict()
         entry = await self.redis.xadd(
             DEAD_LETTERS, fields, maxlen=DEAD_LETTERS_MAXLEN, approximate=True

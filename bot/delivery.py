@@ -28,6 +28,7 @@ from bot.errors import ChannelSendError
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import OutboundMessage
+from bot.scripts import Script
 
 DUE_KEY = "switchboard:outbox:due"
 BACKOFF_FIRST = 1.0
@@ -136,7 +137,8 @@ def head_key(conversation: str) -> str:
 
 # KEYS: lease, outbox, head. ARGV: token, ttl s. The head and its progress (a head whose
 # progress is missing gets `started` 0: a send may have begun since it was queued).
-LOAD = """
+LOAD = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
 local entry = redis.call('LINDEX', KEYS[2], 0)
 if not entry then
@@ -151,12 +153,14 @@ if redis.call('HGET', KEYS[3], 'id') ~= id then
 end
 return {'head', entry, redis.call('HGETALL', KEYS[3])}
 """
+)
 
 # KEYS: lease, outbox, head. ARGV: token, head id, chunks now accepted (or skipped), chunks
 # in all, now ms, '1' when the next chunk is sent at once, ttl s. Records progress; once the
 # head is done, pops it and makes the next reply the head. Replies {'lost'}, {'more'},
 # {'next', entry, retrying} or {'empty', retrying}.
-ADVANCE = """
+ADVANCE = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
 if redis.call('HGET', KEYS[3], 'id') ~= ARGV[2] then return {'lost'} end
 if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
@@ -176,19 +180,23 @@ if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5]) end
 redis.call('EXPIRE', KEYS[3], ARGV[7])
 return {'next', entry, retrying}
 """
+)
 
 # KEYS: lease, head. ARGV: token, head id, attempts, next attempt ms.
-SCHEDULE = """
+SCHEDULE = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[2], 'attempts', ARGV[3], 'next', ARGV[4], 'retrying', 1)
 return 1
 """
+)
 
 # KEYS: lease, outbox, head, batch. ARGV: token, entry JSON, entry id, ttl s. Moves a reply
 # stored in its batch by an earlier version to the outbox; the head gets `started` 0 (it may
 # have been sent).
-ENQUEUE = """
+ENQUEUE = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HDEL', KEYS[4], 'reply') == 0 then return 1 end
 if redis.call('RPUSH', KEYS[2], ARGV[2]) == 1 then
@@ -199,14 +207,17 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
+)
 
 # KEYS: due. ARGV: now ms, count, claimed until ms. Due conversations, each pushed back to
 # `claimed until` so that one worker takes it (and another does if that one dies).
-CLAIM_DUE = """
+CLAIM_DUE = Script(
+    """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
 return due
 """
+)
 
 
 class Outbox:
@@ -227,10 +238,10 @@ class Outbox:
         self.retry_ms = int(retry_seconds * 1000)
         self.ttl_seconds = int(retry_seconds) + 86400  # a safety net; expiry normally drops it
         self.clock = clock
-        self._load = redis.register_script(LOAD)
-        self._advance = redis.register_script(ADVANCE)
-        self._enqueue = redis.register_script(ENQUEUE)
-        self._claim_due = redis.register_script(CLAIM_DUE)
+        self._load = LOAD.on(redis)
+        self._advance = ADVANCE.on(redis)
+        self._enqueue = ENQUEUE.on(redis)
+        self._claim_due = CLAIM_DUE.on(redis)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -337,9 +348,12 @@ class Outbox:
             return Step.DROPPED
         if head.sent + 1 == len(entry.chunks):
             self.log.info(
-                "reply_sent", **fields, msg_id=reply.reply_to, reply=reply.text,
+                "reply_sent",
+                **fields,
+                msg_id=reply.reply_to,
+                reply=reply.text,
                 chunks=len(entry.chunks),
-            )  # fmt: skip
+            )
         return Step.SENT
 
     async def _step(self, keys: list[str], token: str, head: Head, done: int) -> Head | Flush:
@@ -404,8 +418,7 @@ class Outbox:
         next_at = max(now, min(now + int(delay * 1000), head.entry.at + self.retry_ms))
         conversation = head.entry.reply.conversation
         async with self.redis.pipeline(transaction=False) as pipe:
-            # EVAL, not the registered script: in a pipeline that costs a SCRIPT EXISTS.
-            pipe.eval(SCHEDULE, 2, keys[0], keys[2], token, head.entry.id, attempts, next_at)
+            SCHEDULE.queue(pipe, [keys[0], keys[2]], [token, head.entry.id, attempts, next_at])
             pipe.zadd(DUE_KEY, {conversation: next_at})
             scheduled, _ = await pipe.execute()
         self.log.warning(

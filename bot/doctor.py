@@ -114,9 +114,11 @@ async def check_redis(settings: Settings) -> Check:
         where, fix = f"Redis Cluster via {where}", f"{fix}, or unset REDIS_CLUSTER"
     try:
         client = connect(
-            settings.redis_url, cluster=settings.redis_cluster,
-            socket_connect_timeout=REDIS_SECONDS, socket_timeout=REDIS_SECONDS,
-        )  # fmt: skip
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            socket_connect_timeout=REDIS_SECONDS,
+            socket_timeout=REDIS_SECONDS,
+        )
     except (ValueError, RedisClusterException):
         return _fail("redis", "REDIS_URL is not a Redis URL", fix)
     try:

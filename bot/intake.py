@@ -17,19 +17,22 @@ from bot.errors import StoreUnavailable
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import InboundMessage
+from bot.scripts import Script
 
 READY_STREAM = "switchboard:ready"
 READY_MAXLEN = 100_000
 DEDUPE_SECONDS = 24 * 3600
 
 # KEYS: seen marker, inbox. ARGV: dedupe ttl, message JSON. Returns 1 if new, 0 if a duplicate.
-ACCEPT = """
+ACCEPT = Script(
+    """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   return 1
 end
 return 0
 """
+)
 
 
 def seen_key(message: InboundMessage) -> str:
@@ -62,15 +65,13 @@ class RedisIntake:
         the process at the terminal can print the reply).
         """
         body = json.dumps(message.to_dict(), ensure_ascii=False)
-        store = (ACCEPT, 2, seen_key(message), inbox_key(message.conversation), DEDUPE_SECONDS,
-                 body)  # fmt: skip
+        keys = [seen_key(message), inbox_key(message.conversation)]
+        args: list[str | int] = [DEDUPE_SECONDS, body]
         entry: Any = {"conversation": message.conversation}  # redis-py types values narrowly
         try:
             if self.ordered:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    # EVAL, not the registered script: a script in a pipeline costs a SCRIPT
-                    # EXISTS round trip first, every time. Redis caches it by its hash.
-                    pipe.eval(*store)
+                    ACCEPT.queue(pipe, keys, args)
                     if wake:
                         pipe.xadd(READY_STREAM, entry, maxlen=READY_MAXLEN, approximate=True)
                     fresh = (await pipe.execute())[0]
@@ -79,7 +80,7 @@ class RedisIntake:
                 # connection when hundreds of plain commands open connections to one node at
                 # once (AttributeError in send_packed_command); its pipeline path does not.
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.eval(*store)
+                    ACCEPT.queue(pipe, keys, args)
                     (fresh,) = await pipe.execute()
                 if wake:
                     async with self.redis.pipeline(transaction=False) as pipe:

@@ -61,8 +61,9 @@ class Printer:
     def __init__(self, out: TextIO, *, as_json: bool, color: bool) -> None:
         self.out = out
         self.as_json = as_json
-        self.console = Console(file=out, highlight=False, soft_wrap=True, no_color=not color,
-                               force_terminal=color)  # fmt: skip
+        self.console = Console(
+            file=out, highlight=False, soft_wrap=True, no_color=not color, force_terminal=color
+        )
 
     def show(self, event: dict[str, Any]) -> None:
         if self.as_json:
@@ -203,8 +204,11 @@ async def show_logs(
             try:
                 events, last_id = await recent_from_redis(client, filters, count)
             except (RedisError, OSError) as exc:
-                print(f"Redis is unreachable ({type(exc).__name__}): showing {file} "
-                      "(this machine only)", file=notice)  # fmt: skip
+                print(
+                    f"Redis is unreachable ({type(exc).__name__}): showing {file} "
+                    "(this machine only)",
+                    file=notice,
+                )
             else:
                 for event in events:
                     printer.show(event)

@@ -26,6 +26,8 @@ import structlog
 from redis.exceptions import RedisError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from bot.scripts import Script
+
 Logger = FilteringBoundLogger
 
 FIRST_KEYS = ("ts", "level", "event", "channel", "conversation", "msg_id")
@@ -160,12 +162,14 @@ class FileSink:
 
 # KEYS: the stream. ARGV: max length, then one event line per entry. One command for a batch:
 # a pipeline of XADDs costs the client several times more per event.
-APPEND = """
+APPEND = Script(
+    """
 for i = 2, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
 end
 return #ARGV - 1
 """
+)
 FLUSH_CHUNK = 1000
 
 
@@ -181,7 +185,7 @@ class RedisStreamSink:
         self.pending: deque[str] = deque(maxlen=buffer)  # oldest dropped if Redis lags
         self.task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
-        self._append = redis.register_script(APPEND)
+        self._append = APPEND.on(redis)
 
     def __call__(self, _: MutableMapping[str, Any], line: str) -> None:
         self.pending.append(line)

@@ -110,9 +110,12 @@ class MediaReader:
                     note, image = await self._one(message, index, vision=vision)
                 except MediaRejected as exc:
                     self.log.warning(
-                        "media_rejected", channel=message.channel,
-                        conversation=message.conversation, reason=exc.reason, error=str(exc),
-                    )  # fmt: skip
+                        "media_rejected",
+                        channel=message.channel,
+                        conversation=message.conversation,
+                        reason=exc.reason,
+                        error=str(exc),
+                    )
                     return TurnMedia(refusal=self._refusal(exc))
                 parts.append(note)
                 images += [image] if image else []
@@ -134,9 +137,13 @@ class MediaReader:
         if kind in ("", "application/octet-stream"):
             kind = declared  # a file server that says no more than bytes
         self.log.info(
-            "media_fetched", channel=message.channel, conversation=message.conversation,
-            type=kind, bytes=len(got.data), ms=round((time.perf_counter() - started) * 1000, 1),
-        )  # fmt: skip
+            "media_fetched",
+            channel=message.channel,
+            conversation=message.conversation,
+            type=kind,
+            bytes=len(got.data),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         self._check(kind or "application/octet-stream", vision=vision)
         if kind in IMAGE_TYPES:
             return PICTURE, Attachment(content_type=kind, data=got.data)
@@ -168,10 +175,13 @@ class MediaReader:
         if not transcript.text:
             raise MediaRejected("the transcript is empty", reason="transcription")
         self.log.info(
-            "transcribed", channel=message.channel, conversation=message.conversation,
-            ms=round((time.perf_counter() - started) * 1000, 1), seconds=transcript.seconds,
+            "transcribed",
+            channel=message.channel,
+            conversation=message.conversation,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            seconds=transcript.seconds,
             text=transcript.text,  # dropped from the logs unless logging.includeContent
-        )  # fmt: skip
+        )
         if self.usage is not None:  # an estimate where the server counted seconds, not tokens
             used = estimate(transcript.usage, prompt_chars=0, answer_chars=len(transcript.text))
             self.usage.note(message.conversation, str(self.transcriber.ref), used, "transcription")

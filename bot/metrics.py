@@ -21,40 +21,64 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.received = Counter("switchboard_messages_received", "Messages stored by intake",
-                                ["channel"], registry=r)  # fmt: skip
-        self.spooled = Counter("switchboard_messages_spooled", "Messages kept in the local spool "
-                               "while Redis was down", ["channel"], registry=r)  # fmt: skip
-        self.spool_drained = Counter("switchboard_spool_drained", "Spooled messages moved into "
-                                     "Redis", registry=r)  # fmt: skip
-        self.shed = Counter("switchboard_webhooks_shed", "Webhooks past the process's in-flight "
-                            "limit (503, or WhatsApp into the spool)", ["channel"],
-                            registry=r)  # fmt: skip
-        self.rejected = Counter("switchboard_messages_rejected", "Messages refused",
-                                ["channel", "reason"], registry=r)  # fmt: skip
+        self.received = Counter(
+            "switchboard_messages_received", "Messages stored by intake", ["channel"], registry=r
+        )
+        self.spooled = Counter(
+            "switchboard_messages_spooled",
+            "Messages kept in the local spool while Redis was down",
+            ["channel"],
+            registry=r,
+        )
+        self.spool_drained = Counter(
+            "switchboard_spool_drained", "Spooled messages moved into Redis", registry=r
+        )
+        self.shed = Counter(
+            "switchboard_webhooks_shed",
+            "Webhooks past the process's in-flight limit (503, or WhatsApp into the spool)",
+            ["channel"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "switchboard_messages_rejected", "Messages refused", ["channel", "reason"], registry=r
+        )
         self.turns = Counter("switchboard_turns", "Model turns", ["outcome"], registry=r)
-        self.turn_seconds = Histogram("switchboard_turn_seconds", "Model turn latency",
-                                      buckets=TURN_BUCKETS, registry=r)  # fmt: skip
-        self.attempts = Counter("switchboard_model_attempts", "Calls to models",
-                                ["provider", "model", "outcome"], registry=r)  # fmt: skip
-        self.fallbacks = Counter("switchboard_model_fallbacks", "Turns handed to the next model",
-                                 ["model"], registry=r)  # fmt: skip
-        self.compactions = Counter("switchboard_compactions", "Compactions",
-                                   ["result"], registry=r)  # fmt: skip
-        self.tokens = Counter("switchboard_tokens", "Tokens of every model call (reported, "
-                              "else estimated), cached input apart", ["model", "direction"],
-                              registry=r)  # fmt: skip
-        self.cost = Counter("switchboard_cost_usd", "Cost of model calls from the configured "
-                            "prices (USD)", ["model"], registry=r)  # fmt: skip
-        self.replies = Counter("switchboard_replies_sent", "Replies delivered", ["channel"],
-                               registry=r)  # fmt: skip
-        self.send_failures = Counter("switchboard_send_failures", "Replies not delivered",
-                                     ["channel"], registry=r)  # fmt: skip
+        self.turn_seconds = Histogram(
+            "switchboard_turn_seconds", "Model turn latency", buckets=TURN_BUCKETS, registry=r
+        )
+        self.attempts = Counter(
+            "switchboard_model_attempts",
+            "Calls to models",
+            ["provider", "model", "outcome"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "switchboard_model_fallbacks", "Turns handed to the next model", ["model"], registry=r
+        )
+        self.compactions = Counter("switchboard_compactions", "Compactions", ["result"], registry=r)
+        self.tokens = Counter(
+            "switchboard_tokens",
+            "Tokens of every model call (reported, else estimated), cached input apart",
+            ["model", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "switchboard_cost_usd",
+            "Cost of model calls from the configured prices (USD)",
+            ["model"],
+            registry=r,
+        )
+        self.replies = Counter(
+            "switchboard_replies_sent", "Replies delivered", ["channel"], registry=r
+        )
+        self.send_failures = Counter(
+            "switchboard_send_failures", "Replies not delivered", ["channel"], registry=r
+        )
         self.commands = Counter("switchboard_commands", "Chat commands", ["outcome"], registry=r)
-        self.inbox = Gauge("switchboard_inbox_depth", "Wake-ups waiting for a worker",
-                           registry=r)  # fmt: skip
-        self.breakers = Gauge("switchboard_breaker_state", "0 closed, 1 half-open, 2 open",
-                              ["model"], registry=r)  # fmt: skip
+        self.inbox = Gauge("switchboard_inbox_depth", "Wake-ups waiting for a worker", registry=r)
+        self.breakers = Gauge(
+            "switchboard_breaker_state", "0 closed, 1 half-open, 2 open", ["model"], registry=r
+        )
 
     def observe(self, event: MutableMapping[str, Any], _: str) -> None:
         """Count one event (an EventHub sink)."""
@@ -76,8 +100,9 @@ class Metrics:
                 self.turn_seconds.observe(event["ms"] / 1000)
         elif name == "model_attempt":
             model = str(event.get("model") or "")
-            self.attempts.labels(str(event.get("provider") or ""), model,
-                                 str(event.get("outcome") or "")).inc()  # fmt: skip
+            self.attempts.labels(
+                str(event.get("provider") or ""), model, str(event.get("outcome") or "")
+            ).inc()
         elif name == "model_usage":  # bot.usage's accounting of one call (probes included)
             model = str(event.get("model") or "")
             for direction in ("in", "out"):

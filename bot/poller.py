@@ -21,26 +21,34 @@ from bot.errors import BotError
 from bot.intake import RedisIntake
 from bot.logs import Logger
 from bot.messages import InboundMessage
+from bot.scripts import Script
 
 # KEYS: lease. ARGV: token, ttl ms. Take the lease if free, renew it if ours.
-HOLD = """
+HOLD = Script(
+    """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+)
 
 # KEYS: lease, offset. ARGV: token, new offset. Only the lease holder moves the offset.
-ADVANCE = """
+ADVANCE = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """
+)
 
-RELEASE = """
+# KEYS: lease. ARGV: token. Give up the lease if it is still ours.
+RELEASE = Script(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 
 class UpdateSource(Protocol):
@@ -85,9 +93,9 @@ class Poller:
         self.token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_key = f"poller:{{{source.name}}}:lease"
         self.offset_key = f"poller:{{{source.name}}}:offset"
-        self._hold = redis.register_script(HOLD)
-        self._advance = redis.register_script(ADVANCE)
-        self._release = redis.register_script(RELEASE)
+        self._hold = HOLD.on(redis)
+        self._advance = ADVANCE.on(redis)
+        self._release = RELEASE.on(redis)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set; stand by while another process holds the lease."""

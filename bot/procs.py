@@ -81,9 +81,13 @@ class ProcessGroup:
             lived = loop.time() - started
             delay = FIRST_RESTART if lived >= STEADY else delay
             self.log.error(
-                "child_exited", child=index, pid=proc.pid, code=proc.returncode,
-                lived_s=round(lived, 1), restart_in_s=delay,
-            )  # fmt: skip
+                "child_exited",
+                child=index,
+                pid=proc.pid,
+                code=proc.returncode,
+                lived_s=round(lived, 1),
+                restart_in_s=delay,
+            )
             await _sleep_or_stop(delay, stop)
             if stop.is_set():
                 return 0

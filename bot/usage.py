@@ -26,6 +26,7 @@ from bot.config import CATALOG_KEYS, Config, ModelCost
 from bot.llm.types import Usage
 from bot.logs import Logger
 from bot.reads import Read
+from bot.scripts import Script
 
 CallKind = Literal["turn", "compaction", "probe", "transcription"]
 GroupBy = Literal["sender", "model", "day"]
@@ -42,13 +43,15 @@ NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was s
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
-# One key's increments as one command: HINCRBY per field, then the key's expiry. EVAL (not
-# EVALSHA) so a Redis that restarted empty needs no SCRIPT LOAD; one key, so one slot.
-_ADD = """
+# KEYS: the totals hash. ARGV: ttl s (0: keep none), then field, increment… One key's
+# increments as one command: HINCRBY per field, then the key's expiry; one key, so one slot.
+_ADD = Script(
+    """
 for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,10 +243,16 @@ class RedisUsage:
         (the metrics count cost and tokens from it)."""
         call = self.prices.call(model, usage, kind)
         self.log.info(
-            "model_usage", conversation=conversation, model=model, kind=kind,
-            tokens_in=call.tokens_in, tokens_out=call.tokens_out, cached_in=call.cached_in,
-            cost=round(call.cost_nusd / NANO, 9), estimated=call.estimated,
-        )  # fmt: skip
+            "model_usage",
+            conversation=conversation,
+            model=model,
+            kind=kind,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cached_in=call.cached_in,
+            cost=round(call.cost_nusd / NANO, 9),
+            estimated=call.estimated,
+        )
         if conversation:
             self._pending.setdefault(conversation, []).append(call)
         return call
@@ -283,7 +292,7 @@ class RedisUsage:
     def _queue(self, pipe: Pipeline, key: str, totals: Totals) -> None:
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
         if pairs:
-            pipe.eval(_ADD, 1, key, self.ttl_seconds, *pairs)
+            _ADD.queue(pipe, [key], [self.ttl_seconds, *pairs])
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:

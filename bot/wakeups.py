@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 from bot.intake import READY_MAXLEN, READY_STREAM, inbox_key
 from bot.logs import Logger
 from bot.memory import conversation_key
+from bot.scripts import Script
 
 GROUP = "workers"
 SWEEP_LOCK = "switchboard:sweep"
@@ -18,7 +19,8 @@ SWEEP_CHUNK = 500
 
 # KEYS: ready stream. ARGV: group, consumer, entry id… Ack and delete the entries this consumer
 # still owns; one another worker reclaimed meanwhile is theirs to ack.
-ACK_OWNED = """
+ACK_OWNED = Script(
+    """
 local acked = 0
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -30,6 +32,7 @@ for i = 3, #ARGV do
 end
 return acked
 """
+)
 
 
 def lease_key(conversation: str) -> str:
@@ -43,10 +46,9 @@ def batch_key(conversation: str) -> str:
 
 
 def queue_acks(pipe: Pipeline, consumer: str, entries: list[str]) -> None:
-    """Ack and delete finished wake-ups this consumer still owns (nothing if there are none).
-    EVAL, not a registered script: in a pipeline that costs a SCRIPT EXISTS."""
+    """Ack and delete finished wake-ups this consumer still owns (nothing if there are none)."""
     if entries:
-        pipe.eval(ACK_OWNED, 1, READY_STREAM, GROUP, consumer, *entries)
+        ACK_OWNED.queue(pipe, [READY_STREAM], [GROUP, consumer, *entries])
 
 
 def group_lost(exc: ResponseError) -> bool:

@@ -54,6 +54,7 @@ from bot.errors import ChannelSendError
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
+from bot.scripts import Script
 from bot.wakeups import (
     GROUP,
     Sweeper,
@@ -68,9 +69,15 @@ CRASHED = "Something went wrong with that message; please try again."
 FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
 # Redis errors worth waiting out: the server is down, restarting, loading, failing over or full.
 TRANSIENT = (
-    RedisConnectionError, RedisTimeoutError, ReadOnlyError, MasterDownError, ClusterDownError,
-    TryAgainError, OutOfMemoryError, OSError,
-)  # fmt: skip
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+    ClusterDownError,
+    TryAgainError,
+    OutOfMemoryError,
+    OSError,
+)
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
@@ -78,7 +85,8 @@ TRANSIENT = (
 # into a new one) as a flat HGETALL list, or {'released'} when the inbox is empty (the lease is
 # given up), {'busy'} (another worker holds the lease), {'lost'} (ours expired or was taken).
 # Every take of a stored batch counts an attempt on it (a new batch starts at 1).
-TAKE = """
+TAKE = Script(
+    """
 local holder = redis.call('GET', KEYS[1])
 if ARGV[4] == '' then
   if holder then return {'busy'} end
@@ -101,13 +109,15 @@ redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending',
   'messages', '[' .. table.concat(messages, ',') .. ']')
 return redis.call('HGETALL', KEYS[2])
 """
+)
 
 # KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
 # entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
 # turn to memory and queues the reply in the outbox, or nothing if fenced off. Returns 0
 # (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started now),
 # 3 or more (it waits behind earlier replies).
-COMMIT = """
+COMMIT = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
@@ -126,18 +136,23 @@ if queued == 1 then
 end
 return queued + 1
 """
+)
 
 # KEYS: lease. ARGV: token, ttl ms.
-RENEW = """
+RENEW = Script(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+)
 
 # KEYS: lease. ARGV: token. Give up a lease if it is still ours.
-RELEASE = """
+RELEASE = Script(
+    """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 
 class TurnRunner(Protocol):
@@ -272,14 +287,17 @@ class Worker:
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
-        self._take = redis.register_script(TAKE)
-        self._commit = redis.register_script(COMMIT)
-        self._renew = redis.register_script(RENEW)
-        self._release = redis.register_script(RELEASE)
+        self._take = TAKE.on(redis)
+        self._commit = COMMIT.on(redis)
+        self._renew = RENEW.on(redis)
+        self._release = RELEASE.on(redis)
         self.outbox = Outbox(
-            redis=redis, senders=senders, log=log, retry_seconds=delivery_retry_seconds,
+            redis=redis,
+            senders=senders,
+            log=log,
+            retry_seconds=delivery_retry_seconds,
             clock=clock,
-        )  # fmt: skip
+        )
         self._next_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -417,8 +435,7 @@ class Worker:
         tokens = [self._token() for _ in conversations]
         async with self.redis.pipeline(transaction=False) as pipe:
             for conversation, token in zip(conversations, tokens, strict=True):
-                # EVAL, not the registered script: in a pipeline that costs a SCRIPT EXISTS.
-                pipe.eval(TAKE, 3, *self._take_keys(conversation), *self._take_args(token, ""))
+                TAKE.queue(pipe, self._take_keys(conversation), self._take_args(token, ""))
             replies = await pipe.execute(raise_on_error=False)
         return [
             None if isinstance(reply, Exception) else Claim(token, decode_take(reply))
@@ -497,9 +514,13 @@ class Worker:
         except Exception as exc:  # a whole turn: it ends in a reply or a dead letter
             error = f"{type(exc).__name__}: {exc}"
             self.log.error(
-                "turn_crashed", conversation=conversation, worker=self.name, attempt=attempts,
-                error=error, exc_info=exc,
-            )  # fmt: skip
+                "turn_crashed",
+                conversation=conversation,
+                worker=self.name,
+                attempt=attempts,
+                error=error,
+                exc_info=exc,
+            )
         if await self._apologise(conversation, token, fields, error):
             return batch_id
         if attempts >= self.max_attempts:
@@ -538,9 +559,11 @@ class Worker:
             await self._flush(conversation, token, entry if committed <= 2 else None)
         except Exception as exc:  # part of a crashed turn: it is left, then dead-lettered
             self.log.error(
-                "apology_failed", conversation=conversation,
-                error=f"{type(exc).__name__}: {exc}", exc_info=exc,
-            )  # fmt: skip
+                "apology_failed",
+                conversation=conversation,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
             return False
         return True
 
@@ -730,9 +753,13 @@ class Worker:
                 )
                 if entry_id is not None:
                     await self.redis.xclaim(
-                        READY_STREAM, GROUP, self.name, min_idle_time=0,
-                        message_ids=[entry_id], justid=True,
-                    )  # fmt: skip
+                        READY_STREAM,
+                        GROUP,
+                        self.name,
+                        min_idle_time=0,
+                        message_ids=[entry_id],
+                        justid=True,
+                    )
             except (RedisError, OSError) as exc:
                 self.log.warning("lease_renew_failed", conversation=conversation, error=str(exc))
                 continue

@@ -21,7 +21,7 @@ from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
 from bot.messages import Turn
-from bot.reads import read_together
+from bot.reads import fetch
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import (
     FakeOpenAI,
@@ -170,7 +170,7 @@ async def test_breaker_decisions_read_with_the_turn_state(
     assert read is not None
 
     async def decisions() -> dict[str, str]:
-        return (await read_together(redis_client, read))[0]
+        return await fetch(redis_client, read, what="reading the breakers")
 
     assert (await decisions())[PRIMARY] == "clean"
     primary.script(server_error())

@@ -111,7 +111,8 @@ async def usage_report(
     for key, totals in [*((r.key, r.totals) for r in rows), ("total", total)]:
         cells = (totals.turns, totals.tokens_in, totals.tokens_out, totals.cached_in)
         print(
-            f"{key:<{width}}  " + "  ".join(f"{c:>10,}" for c in cells)
+            f"{key:<{width}}  "
+            + "  ".join(f"{c:>10,}" for c in cells)
             + f"  {totals.cost:>10.4f}  {totals.local_share:>10.0%}"
-        )  # fmt: skip
+        )
     return EXIT_OK

@@ -26,9 +26,10 @@ def config_check(settings: Settings, file: str | None) -> int:
         print(
             f"  {n}. {info.ref}  alias={info.alias or '-'}  api={info.api}  "
             f"baseUrl={info.base_url}  contextWindow={info.context_window}  "
-            f"maxTokens={info.max_tokens}" + ("  input=text,image" if info.images else "")
+            f"maxTokens={info.max_tokens}"
+            + ("  input=text,image" if info.images else "")
             + ("" if info.listed else "  (not listed: defaults)")
-        )  # fmt: skip
+        )
     media = config.agents.defaults.media
     print(
         f"media: maxBytes={media.max_bytes}  pictures="

@@ -38,8 +38,13 @@ async def tail_logs(settings: Settings, config: Config, args: argparse.Namespace
     printer = Printer(sys.stdout, as_json=args.json, color=sys.stdout.isatty())
     try:
         return await show_logs(
-            redis=redis, file=log_path(settings, config), filters=filters, count=args.n,
-            follow=args.follow, printer=printer, notice=sys.stderr,
-        )  # fmt: skip
+            redis=redis,
+            file=log_path(settings, config),
+            filters=filters,
+            count=args.n,
+            follow=args.follow,
+            printer=printer,
+            notice=sys.stderr,
+        )
     except asyncio.CancelledError:
         return EXIT_OK

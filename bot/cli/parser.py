@@ -82,10 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs.add_argument("-n", type=int, default=50, help="how many recent events (default 50)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep showing new events")
-    logs.add_argument("--level", choices=["debug", "info", "warning", "error"],
-                      help="only events at or above this level")  # fmt: skip
-    logs.add_argument("--event", action="append", default=[],
-                      help="only this event (repeat or comma-separate for several)")  # fmt: skip
+    logs.add_argument(
+        "--level",
+        choices=["debug", "info", "warning", "error"],
+        help="only events at or above this level",
+    )
+    logs.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        help="only this event (repeat or comma-separate for several)",
+    )
     logs.add_argument("--channel", help="only this channel (whatsapp, telegram, console)")
     logs.add_argument("--conversation", help="only this conversation, e.g. whatsapp:+15551234567")
     logs.add_argument("--since", help="only events newer than this: 30s, 10m, 2h, 1d")
@@ -120,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "usage", help="tokens and cost by sender, model or day (from the gateway's Redis)"
     )
     usage.add_argument(
-        "--by", choices=["sender", "model", "day"], default="sender",
+        "--by",
+        choices=["sender", "model", "day"],
+        default="sender",
         help="one row per sender (default), model or UTC day",
-    )  # fmt: skip
+    )
     usage.add_argument(
         "--since", default="7d", help="the last N days (UTC, today included): 1d, 7d (default)"
     )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from bot.app import open_app
+from bot.app import freeze_startup_heap, open_app
 from bot.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from bot.config import Config
 from bot.errors import BotError, ChannelSendError
@@ -101,11 +100,7 @@ async def serve(
                     channels=sorted(app.senders),
                     **(listening if runner else {}),
                 )
-                # What startup built (modules, config, clients) lives as long as the process:
-                # frozen, the collector stops rescanning it (a full collection took up to
-                # 80 ms under load in bench.pipeline, stalling every request in flight).
-                gc.collect()
-                gc.freeze()
+                freeze_startup_heap()
                 died = await supervise(stop, [*tasks, *app.background], log)
                 log.info("server_stopping", role=role)
             finally:
@@ -136,9 +131,10 @@ async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], lo
         await stopping
     # A task that returned because `stop` was just set has not died; one that raised has.
     died = [
-        task for task in tasks
+        task
+        for task in tasks
         if task in done and (task.cancelled() or task.exception() or not stop.is_set())
-    ]  # fmt: skip
+    ]
     for task in died:
         exc = None if task.cancelled() else task.exception()
         log.error(

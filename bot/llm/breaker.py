@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from bot.errors import Severity
 from bot.logs import Logger
 from bot.reads import Read
+from bot.scripts import Script
 
 
 class Decision(StrEnum):
@@ -38,7 +39,8 @@ CLEAN, CLOSED, OPEN = Decision.CLEAN, Decision.CLOSED, Decision.OPEN
 PROBE, DUE = Decision.PROBE, Decision.DUE
 
 # KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
-CHECK = """
+CHECK = Script(
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'clean' end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'open' then return 'closed' end
@@ -48,10 +50,12 @@ if now < tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') then return
 redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
 return 'probe'
 """
+)
 
 # KEYS: state hash. ARGV: now ms, severity, was probe (0/1), base ms, max ms, window ms,
 # threshold, key ttl s. → the new state and the cooldown in ms
-FAIL = """
+FAIL = Script(
+    """
 local now, severity, probe = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'
 local base, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -75,6 +79,7 @@ redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', failures, 'first_fail
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 return {'closed', 0}
 """
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,8 +130,8 @@ class RedisBreaker:
         self.probe_ms = int(probe_seconds * 1000)
         self.ttl_seconds = int(max_cooldown_seconds + window_seconds) * 4
         self.clock = clock
-        self._check = redis.register_script(CHECK)
-        self._fail = redis.register_script(FAIL)
+        self._check = CHECK.on(redis)
+        self._fail = FAIL.on(redis)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -160,9 +165,15 @@ class RedisBreaker:
         if severity == Severity.EMPTY:
             return
         args: list[str | int] = [
-            self._now(), severity, int(probe), self.base_ms, self.max_ms,
-            self.window_ms, self.threshold, self.ttl_seconds,
-        ]  # fmt: skip
+            self._now(),
+            severity,
+            int(probe),
+            self.base_ms,
+            self.max_ms,
+            self.window_ms,
+            self.threshold,
+            self.ttl_seconds,
+        ]
         try:
             state, cooldown_ms = await self._fail(keys=[breaker_key(model)], args=args)
         except (RedisError, OSError) as exc:

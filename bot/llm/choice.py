@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from bot.errors import StoreUnavailable
 from bot.llm.registry import ModelRegistry
 from bot.llm.types import ModelRef
-from bot.reads import Read, read_together
+from bot.reads import Read, fetch
 
 DEFAULT_KEY = "settings:model:default"
 AUDIT_STREAM = "audit:model"
@@ -74,10 +74,9 @@ class RedisModelChoice:
 
     async def current(self, conversation: str) -> tuple[ModelRef, Source]:
         """The model a conversation's next turn starts at, and where that choice comes from."""
-        reads = await read_together(
+        return await fetch(
             self.redis, self.read_current(conversation), what="reading the model choice"
         )
-        return reads[0]
 
     async def set(self, scope: str, ref: ModelRef | None, *, who: str) -> ModelChange:
         """Set (or with None, clear) the choice of a conversation or of "default"; audited."""

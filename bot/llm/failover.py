@@ -145,9 +145,11 @@ class FailoverClient:
                 self._background(self._load(model))
                 skipped.append(model)
                 self.log.info(
-                    "model_skipped", conversation=conversation, model=str(model.ref),
+                    "model_skipped",
+                    conversation=conversation,
+                    model=str(model.ref),
                     error="not loaded; loading it in the background",
-                )  # fmt: skip
+                )
                 continue
             decision = (breakers or {}).get(str(model.ref), DUE)
             if decision == DUE:  # not read beforehand, or a probe to claim
@@ -157,25 +159,41 @@ class FailoverClient:
             if decision in (OPEN, PROBE):
                 skipped.append(model)
                 self.log.info(
-                    "model_skipped", conversation=conversation, model=str(model.ref),
+                    "model_skipped",
+                    conversation=conversation,
+                    model=str(model.ref),
                     error="breaker open" if decision == OPEN else "breaker open, probing",
-                )  # fmt: skip
+                )
                 continue
             completion = await self._attempt(
-                model, instructions, turns, conversation, max_output_tokens, breaker=decision,
-                following=[*chain[index + 1 :], *skipped], failures=failures, deadline=deadline,
+                model,
+                instructions,
+                turns,
+                conversation,
+                max_output_tokens,
+                breaker=decision,
+                following=[*chain[index + 1 :], *skipped],
+                failures=failures,
+                deadline=deadline,
                 purpose=purpose,
                 images=images,
-            )  # fmt: skip
+            )
             if completion is not None:
                 return completion
         for index, model in enumerate(skipped):  # every open model, tried anyway
             completion = await self._attempt(
-                model, instructions, turns, conversation, max_output_tokens, breaker=OPEN,
-                following=skipped[index + 1 :], failures=failures, deadline=deadline,
+                model,
+                instructions,
+                turns,
+                conversation,
+                max_output_tokens,
+                breaker=OPEN,
+                following=skipped[index + 1 :],
+                failures=failures,
+                deadline=deadline,
                 purpose=purpose,
                 images=images,
-            )  # fmt: skip
+            )
             if completion is not None:
                 return completion
         raise AllModelsFailed("no model answered: " + "; ".join(failures))
@@ -186,9 +204,11 @@ class FailoverClient:
         if missing is not None:
             failures.append(f"{model.ref}: {missing} is not set")
             self.log.info(
-                "model_skipped", conversation=conversation, model=str(model.ref),
+                "model_skipped",
+                conversation=conversation,
+                model=str(model.ref),
                 error=f"{missing} is not set",
-            )  # fmt: skip
+            )
         return missing is None
 
     def read_breakers(self) -> Read[dict[str, Decision]] | None:
@@ -221,9 +241,12 @@ class FailoverClient:
         await self.local.refresh(force=True)
         await self.local.release_load(ref)
         (self.log.warning if error else self.log.info)(
-            "model_loaded", model=ref, outcome="failed" if error else "ok",
-            ms=round((time.perf_counter() - started) * 1000, 1), error=error,
-        )  # fmt: skip
+            "model_loaded",
+            model=ref,
+            outcome="failed" if error else "ok",
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            error=error,
+        )
 
     async def _probe(self, model: ModelInfo) -> None:
         """One probe: a model that starts answering closes its breaker; one that fails (or
@@ -246,9 +269,13 @@ class FailoverClient:
             await self._account_probe(ref)
             outcome, error = "ok", ""
         self.log.info(
-            "model_probe", model=ref, provider=model.ref.provider, outcome=outcome,
-            ms=round((time.perf_counter() - started) * 1000, 1), error=error,
-        )  # fmt: skip
+            "model_probe",
+            model=ref,
+            provider=model.ref.provider,
+            outcome=outcome,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            error=error,
+        )
 
     async def _account_probe(self, ref: str) -> None:
         """A probe that reached the model: its tiny request, estimated (the stream is cut at

@@ -258,9 +258,12 @@ class LMStudioModels:
         for model, state in fetched.items():
             if (previous or {}).get(model) != state:
                 self.log.info(
-                    "model_state", model=f"{pid}/{model}", state=state.describe(),
-                    context=state.context, max_context=state.max_context,
-                )  # fmt: skip
+                    "model_state",
+                    model=f"{pid}/{model}",
+                    state=state.describe(),
+                    context=state.context,
+                    max_context=state.max_context,
+                )
 
 
 def _decode(raw: str | bytes | None) -> ProviderStates:

@@ -43,9 +43,11 @@ UNLOADED_MARKERS = ("model not found", "not loaded", "no models loaded", "model_
 # Responses events a server sends before the model produces anything (queued, prompt processing).
 WAITING_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
 PROBE_REQUEST = CompletionRequest(
-    model="", instructions="Answer with one word.", turns=(Turn(role="user", text="ping", ts=0),),
+    model="",
+    instructions="Answer with one word.",
+    turns=(Turn(role="user", text="ping", ts=0),),
     max_output_tokens=16,  # the Responses API's minimum
-)  # fmt: skip
+)
 
 
 def _error_text(exc: openai.APIStatusError) -> str:

@@ -220,9 +220,14 @@ class Compactor:
         after_state = ConversationState(summary=summary, turns=recent, base=state.base + cut)
         after = self.prompt_tokens(after_state, extra, ref)
         self.log.info(
-            "compaction", conversation=conversation, model=ref, tokens_before=before,
-            tokens_after=after, turns=cut, summary_version=summary.version,
-        )  # fmt: skip
+            "compaction",
+            conversation=conversation,
+            model=ref,
+            tokens_before=before,
+            tokens_after=after,
+            turns=cut,
+            summary_version=summary.version,
+        )
         return CompactionResult(tokens_before=before, tokens_after=after, summarised=cut, dropped=0)
 
     def _cut(self, turns: Sequence[Turn], keep_tokens: int, model: str) -> int:
@@ -244,9 +249,14 @@ class Compactor:
         return cut
 
     async def _summarise(
-        self, conversation: str, previous: Summary | None, older: Sequence[Turn], model: ModelInfo,
-        room: int, focus: str | None,
-    ) -> str:  # fmt: skip
+        self,
+        conversation: str,
+        previous: Summary | None,
+        older: Sequence[Turn],
+        model: ModelInfo,
+        room: int,
+        focus: str | None,
+    ) -> str:
         lines = [f"{'Person' if t.role == 'user' else 'Assistant'}: {t.text}" for t in older]
         ref = str(model.ref)
         budget = self.budget(model, SUMMARIZER) - room
@@ -270,9 +280,15 @@ class Compactor:
         return completion.text[:limit_chars]
 
     async def _drop(
-        self, conversation: str, state: ConversationState, cut: int, before: int,
-        extra: Sequence[Turn], ref: str, error: str | None,
-    ) -> CompactionResult:  # fmt: skip
+        self,
+        conversation: str,
+        state: ConversationState,
+        cut: int,
+        before: int,
+        extra: Sequence[Turn],
+        ref: str,
+        error: str | None,
+    ) -> CompactionResult:
         """Drop the oldest turns so the conversation goes on (summarising failed, or
         compaction is disabled: `error` None)."""
         await self.memory.replace_prefix(conversation, seen=state, drop=cut, summary=None)
@@ -280,8 +296,13 @@ class Compactor:
             summary=state.summary, turns=state.turns[cut:], base=state.base + cut
         )
         after = self.prompt_tokens(after_state, extra, ref)
-        fields = {"conversation": conversation, "model": ref, "turns": cut,
-                  "tokens_before": before, "tokens_after": after}  # fmt: skip
+        fields = {
+            "conversation": conversation,
+            "model": ref,
+            "turns": cut,
+            "tokens_before": before,
+            "tokens_after": after,
+        }
         if error is None:
             self.log.info("history_trimmed", **fields)
         else:

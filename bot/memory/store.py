@@ -20,11 +20,13 @@ from redis.exceptions import RedisError
 
 from bot.errors import StoreUnavailable
 from bot.messages import Turn
-from bot.reads import Read, read_together
+from bot.reads import Read, fetch
+from bot.scripts import Script
 
 # KEYS: turns, summary, base. ARGV: expected summary version, base seen, turns to drop (from
 # the base seen), new summary JSON ('' to keep none), ttl s. → 1 written, 0 version changed
-REPLACE_PREFIX = """
+REPLACE_PREFIX = Script(
+    """
 local current = redis.call('GET', KEYS[2])
 local version = 0
 if current then version = cjson.decode(current)['version'] end
@@ -39,13 +41,16 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return 1
 """
+)
 
 
 # KEYS: turns, summary, base. → {turns, summary or nil, base or nil}, read atomically.
-STATE = """
+STATE = Script(
+    """
 return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('GET', KEYS[2]),
   redis.call('GET', KEYS[3])}
 """
+)
 
 
 def conversation_key(conversation: str, part: str) -> str:
@@ -94,7 +99,7 @@ class RedisMemory:
     def __init__(self, redis: aioredis.Redis, *, idle_days: float = 30) -> None:
         self.redis = redis
         self.ttl_seconds = int(idle_days * 86400)
-        self._replace = redis.register_script(REPLACE_PREFIX)
+        self._replace = REPLACE_PREFIX.on(redis)
 
     @staticmethod
     def key(conversation: str) -> str:
@@ -110,7 +115,7 @@ class RedisMemory:
         """The summary and the turns after it, read together (one script: atomic)."""
 
         def queue(pipe: Pipeline) -> None:
-            pipe.eval(STATE, 3, *self.keys(conversation))
+            STATE.queue(pipe, self.keys(conversation))
 
         def decode(replies: list[Any]) -> ConversationState:
             raw_turns, raw_summary, raw_base = replies[0]
@@ -124,10 +129,7 @@ class RedisMemory:
 
     async def state(self, conversation: str) -> ConversationState:
         """The summary and the turns after it, read together."""
-        reads = await read_together(
-            self.redis, self.read_state(conversation), what="loading history"
-        )
-        return reads[0]
+        return await fetch(self.redis, self.read_state(conversation), what="loading history")
 
     async def load(self, conversation: str) -> list[Turn]:
         """Every stored turn since the last compaction, oldest first."""

@@ -1,0 +1,80 @@
+"""The Script helper: a bound script that reloads itself, and a pipelined one that costs no extra
+round trip."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from bot.scripts import Script
+
+# KEYS: a counter. ARGV: step. → the counter after the step.
+BUMP = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+
+
+async def script_commands(redis: aioredis.Redis) -> dict[str, int]:
+    """Calls so far of EVAL, EVALSHA and SCRIPT (its subcommands together: Redis 6 counts
+    them as one), from INFO commandstats."""
+    stats = await redis.info("commandstats")
+    calls: dict[str, int] = {}
+    for name, row in stats.items():
+        command = name.removeprefix("cmdstat_").split("|")[0]
+        if command in ("eval", "evalsha", "script"):
+            calls[command] = calls.get(command, 0) + int(row["calls"])
+    return calls
+
+
+def grew(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that moved, and by how much."""
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+async def test_a_bound_script_runs_and_survives_a_script_flush(
+    redis_client: aioredis.Redis,
+) -> None:
+    """`on(redis)` runs the script by its hash, and after SCRIPT FLUSH (a Redis restarted empty)
+    loads it again on NOSCRIPT instead of failing."""
+    bump = BUMP.on(redis_client)
+    assert await bump(keys=["n"], args=[2]) == 2
+    await redis_client.script_flush()
+    before = await script_commands(redis_client)
+    assert await bump(keys=["n"], args=[3]) == 5
+    assert grew(before, await script_commands(redis_client)) == {
+        "evalsha": 2,  # refused (NOSCRIPT), then run
+        "script": 1,  # LOAD
+    }
+
+
+async def test_a_queued_script_is_one_eval_in_the_pipeline(redis_client: aioredis.Redis) -> None:
+    """`queue` puts the script in a pipeline as EVAL, its reply in its place, with no SCRIPT
+    EXISTS first (which a registered script in a pipeline sends, as shown alongside)."""
+    before = await script_commands(redis_client)
+    async with redis_client.pipeline(transaction=False) as pipe:
+        pipe.set("n", 10)
+        BUMP.queue(pipe, ["n"], [5])
+        pipe.get("n")
+        replies = await pipe.execute()
+    assert replies == [True, 15, "15"]
+    assert grew(before, await script_commands(redis_client)) == {"eval": 1}
+
+    before = await script_commands(redis_client)
+    async with redis_client.pipeline(transaction=False) as pipe:
+        await BUMP.on(redis_client)(keys=["n"], args=[1], client=pipe)
+        assert await pipe.execute() == [16]
+    assert grew(before, await script_commands(redis_client)) == {
+        "script": 1,  # EXISTS, a round trip before the pipeline's
+        "evalsha": 1,
+    }
+
+
+async def test_a_bound_script_reloads_on_every_node_of_a_cluster(
+    cluster_client: aioredis.Redis,
+) -> None:
+    """On Redis Cluster, the bound script finds its key's node, and after every primary's
+    script cache was flushed it loads itself again and runs."""
+    bump = BUMP.on(cluster_client)
+    keys = [f"n{i}" for i in range(12)]  # spread over the three primaries
+    for key in keys:
+        assert await bump(keys=[key], args=[1]) == 1
+    await cluster_client.script_flush()
+    for key in keys:
+        assert await bump(keys=[key], args=[2]) == 3
