@@ -283,6 +283,55 @@ async def test_an_unreachable_cluster_is_a_redis_error_that_callers_wait_out(
     assert check.detail.startswith(f"cannot reach Redis at Redis Cluster via {url}")
 
 
+async def test_a_slot_no_node_serves_is_a_redis_error_that_callers_wait_out(
+    cluster_client: aioredis.Redis, redis_cluster_url: str
+) -> None:
+    """Mid-failover a key's slot may be served by no node (here: CLUSTER DELSLOTS on every
+    primary). A command and a pipeline of a client that knew the old layout then fail with a
+    RedisError (intake spools around it, the worker waits it out), not with redis-py's
+    RedisClusterException, which is not one; once the slot is served again, both work."""
+    cluster = cast("RedisCluster", cluster_client)
+    key = "conv:{test:uncovered}:inbox"
+    slot = cluster.keyslot(key)
+    owner = cluster.get_node_from_key(key)
+    client = connect(redis_cluster_url, cluster=True, socket_connect_timeout=1)
+    try:
+        await client.rpush(key, "before")  # the client learns the layout
+        for node in cluster.get_primaries():
+            await cluster.execute_command("CLUSTER", "DELSLOTS", slot, target_nodes=node)
+        try:
+            with pytest.raises(RedisError, match=r"not covered|not served|unreachable"):
+                await client.rpush(key, "x")
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(key, "x")
+            with pytest.raises(RedisError, match=r"not covered|not served|unreachable"):
+                await pipe.execute()
+        finally:
+            await cluster.execute_command("CLUSTER", "ADDSLOTS", slot, target_nodes=owner)
+        async with asyncio.timeout(30):  # the cluster serves the slot again, then so do we
+            while not await _served(cluster) or not await _pushed(client, key):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def _served(cluster: RedisCluster) -> bool:
+    """Every primary says cluster_state:ok."""
+    for node in cluster.get_primaries():
+        info = await cluster.execute_command("CLUSTER", "INFO", target_nodes=node)
+        if "cluster_state:ok" not in str(info):
+            return False
+    return True
+
+
+async def _pushed(client: aioredis.Redis, key: str) -> bool:
+    """RPUSH `key`; False while the cluster does not serve its slot yet."""
+    try:
+        return bool(await client.rpush(key, "x"))
+    except RedisError:
+        return False
+
+
 def test_redis_cluster_without_a_node_is_refused_at_start(tmp_path: Path) -> None:
     """REDIS_CLUSTER=true without REDIS_URL is an invalid environment (no embedded server is
     started for it, by `bot serve` or by a `--procs` parent)."""
