@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from bot.intake import READY_MAXLEN, READY_STREAM, inbox_key
+from bot.intake import READY_MAXLEN, READY_STREAM
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.scripts import Script
@@ -16,6 +16,8 @@ from bot.scripts import Script
 GROUP = "workers"
 SWEEP_LOCK = "switchboard:sweep"
 SWEEP_CHUNK = 500
+# The keys that hold a conversation's work: its inbox and its batch (one glob for both).
+WORK_KEYS = conversation_key("*", "[ib][na][bt][oc][xh]")
 
 # KEYS: ready stream. ARGV: group, consumer, entry id… Ack and delete the entries this consumer
 # still owns; one another worker reclaimed meanwhile is theirs to ack.
@@ -96,36 +98,40 @@ class Sweeper:
         ):
             return 0
         woken = 0
-        for part in ("inbox", "batch"):
-            found: list[str] = []
-            async for key in self.redis.scan_iter(match=conversation_key("*", part), count=1000):
-                found.append(str(key))
-                if len(found) >= SWEEP_CHUNK:
-                    woken += await self._wake_idle(found, part)
-                    found = []
-            woken += await self._wake_idle(found, part)
+        found: list[tuple[str, str]] = []
+        # One pass over the keyspace for both kinds of work (SCAN walks every key whatever it
+        # matches, so a pass per kind would cost twice): bench.sweep measures it.
+        async for key in self.redis.scan_iter(match=WORK_KEYS, count=1000):
+            work = _work(str(key))
+            if work is not None and not work[0].startswith(self.skip):
+                found.append(work)
+            if len(found) >= SWEEP_CHUNK:
+                woken += await self._wake_idle(found)
+                found = []
+        woken += await self._wake_idle(found)
         if woken:
             self.log.warning("wakeups_repaired", worker=self.name, conversations=woken)
         return woken
 
-    async def _wake_idle(self, keys: list[str], part: str) -> int:
-        """Add a wake-up for each conversation of `keys` (its inbox or batch keys) whose lease
-        is free and whose key still holds work."""
-        prefix, suffix = f"{conversation_key('', part).split('}')[0]}", f"}}:{part}"
-        conversations = [k[len(prefix) : -len(suffix)] for k in keys if k.endswith(suffix)]
-        conversations = [c for c in conversations if not c.startswith(self.skip)]
-        if not conversations:
+    async def _wake_idle(self, found: list[tuple[str, str]]) -> int:
+        """Add a wake-up for each (conversation, inbox or batch key) whose lease is free and
+        whose key still holds work (once per conversation)."""
+        if not found:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for conversation in conversations:
+            for conversation, key in found:
                 pipe.exists(lease_key(conversation))
-                pipe.exists(inbox_key(conversation) if part == "inbox" else batch_key(conversation))
-            found = await pipe.execute()
-        idle = [
-            c
-            for c, held, work in zip(conversations, found[::2], found[1::2], strict=True)
-            if work and not held
-        ]
+                pipe.exists(key)
+            replies = await pipe.execute()
+        idle = list(
+            dict.fromkeys(
+                conversation
+                for (conversation, _), held, work in zip(
+                    found, replies[::2], replies[1::2], strict=True
+                )
+                if work and not held
+            )
+        )
         if idle:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conversation in idle:
@@ -137,3 +143,12 @@ class Sweeper:
                     )
                 await pipe.execute()
         return len(idle)
+
+
+def _work(key: str) -> tuple[str, str] | None:
+    """(conversation, key) for a conversation's inbox or batch key, else None."""
+    for part in ("inbox", "batch"):
+        head, tail = conversation_key("", part).split("}")
+        if key.startswith(head) and key.endswith(f"}}{tail}"):
+            return key[len(head) : -len(tail) - 1], key
+    return None

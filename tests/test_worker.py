@@ -21,6 +21,7 @@ from bot.config import parse_config
 from bot.intake import READY_STREAM, inbox_key
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
+from bot.wakeups import Sweeper
 from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
@@ -506,6 +507,23 @@ async def test_a_lost_wakeup_is_repaired_by_the_sweep(
     stop.set()
     await asyncio.gather(*tasks)
     assert [r.text for r in sender.sent] == ["echo:anyone?"]
+
+
+async def test_the_sweep_wakes_each_idle_conversation_with_work_once(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """One sweep wakes, once each, the conversations with waiting messages, a left batch, or
+    both, unless a worker holds their lease; other conversation keys are not work."""
+    for conversation in ("test:inbox", "test:both", "test:held"):
+        await redis_client.rpush(inbox_key(conversation), "{}")
+    for conversation in ("test:batch", "test:both"):
+        await redis_client.hset(batch_key(conversation), mapping={"id": "b1", "state": "pending"})
+    await redis_client.set(lease_key("test:held"), "someone:token")
+    await redis_client.rpush(app.memory.keys("test:idle")[0], "{}")  # history only
+    sweeper = Sweeper(redis_client, name="test", every=60, log=app.log)
+    assert await sweeper.sweep(force=True) == 3
+    woken = [f["conversation"] for _, f in await redis_client.xrange(READY_STREAM)]
+    assert sorted(woken) == ["test:batch", "test:both", "test:inbox"]
 
 
 async def test_a_lost_group_is_recreated_and_waiting_conversations_are_woken(
