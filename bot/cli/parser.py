@@ -1,5 +1,9 @@
 """`bot …` argument parsing, and `main`: which subcommand module runs (each body lives in
-the module named for it: serve, chat, admin, telegram, logs, doctor, config)."""
+the module named for it: serve, chat, admin, telegram, logs, doctor, config).
+
+`main` imports a subcommand's module only when it runs: the gateway's parts (the openai SDK
+above all) take about two seconds to import, which `bot --help` and `bot config check` never
+need."""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from bot import __version__
-from bot.cli.admin import admin, dead_letters, usage_report
-from bot.cli.chat import chat
 from bot.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -20,11 +22,6 @@ from bot.cli.common import (
     log_path,
     run_async,
 )
-from bot.cli.config import config_check
-from bot.cli.doctor import run_doctor
-from bot.cli.logs import tail_logs
-from bot.cli.serve import serve, serve_procs
-from bot.cli.telegram import telegram_admin
 from bot.errors import ConfigError
 from bot.logs import EventHub, FileSink, make_logger
 from bot.settings import Settings
@@ -154,24 +151,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bot: invalid environment setting:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "config":
+        from bot.cli.config import config_check
+
         return config_check(settings, args.file)
     try:
         config = load_settings_config(settings)
         if args.command == "telegram":
+            from bot.cli.telegram import telegram_admin
+
             return run_async(telegram_admin(settings, config, args.telegram_command))
         if args.command == "doctor":
+            from bot.cli.doctor import run_doctor
+
             return run_async(run_doctor(settings, config))
         if args.command == "logs":
+            from bot.cli.logs import tail_logs
+
             try:
                 return run_async(tail_logs(settings, config, args))
             except KeyboardInterrupt:
                 return EXIT_OK
         if args.command == "dead-letters":
+            from bot.cli.admin import dead_letters
+
             return run_async(dead_letters(settings, args))
         if args.command == "usage":
+            from bot.cli.admin import usage_report
+
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(usage_report(settings, config, log, args))
         if args.command in ("pairing", "model"):
+            from bot.cli.admin import admin
+
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(admin(settings, config, log, args))
     except ConfigError as exc:
@@ -192,9 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce_config(log, config)
     try:
         if serving:
+            from bot.cli.serve import serve, serve_procs
+
             if args.procs > 1:
                 return run_async(serve_procs(settings, config, log, args.role, args.procs))
             return run_async(serve(settings, config, log, args.role, hub, args.reuse_port))
+        from bot.cli.chat import chat
+
         return run_async(chat(settings, config, log, args.message, args.user, hub))
     finally:
         file_sink.close()
