@@ -21,6 +21,8 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 from aiohttp import test_utils
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from bot.app import App, open_app
 from bot.config import Config, parse_config
@@ -29,6 +31,7 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
 from bot.worker import Worker
+from tests.fakes.openai_server import closed_port
 from tests.fakes.twilio_server import FakeTwilio
 
 TWILIO_FROM = "whatsapp:+14155238886"  # the sandbox number the tests' gateways send from
@@ -415,3 +418,9 @@ def redis_cluster(folder: Path) -> Iterator[str]:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
+
+
+def dead_redis() -> aioredis.Redis:
+    """A client of a port nobody listens on that fails at once (redis-py's default retries
+    with backoff would take seconds): Redis that is down."""
+    return aioredis.Redis(port=closed_port(), retry=Retry(NoBackoff(), 0))

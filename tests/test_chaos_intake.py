@@ -19,8 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from bot.config import parse_config
 from bot.intake import RedisIntake, inbox_key
@@ -31,7 +29,7 @@ from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import RedisProcess, eventually, gateway_config_text, whatsapp_env
+from tests.helpers import RedisProcess, dead_redis, eventually, gateway_config_text, whatsapp_env
 
 ADA = "whatsapp:+15550001111"
 BOB = "whatsapp:+15550002222"
@@ -197,7 +195,7 @@ async def test_polling_moves_the_offset_only_after_the_update_is_stored(
 ) -> None:
     """Telegram polling while intake's Redis is down: the update is fetched again and the
     offset stays; once intake stores it, the offset moves past it."""
-    dead = aioredis.Redis(port=closed_port(), retry=Retry(NoBackoff(), 0))
+    dead = dead_redis()
     async with FakeTelegram() as telegram, aiohttp.ClientSession() as http:
         settings = Settings(
             telegram_bot_token=telegram.token,

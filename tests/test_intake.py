@@ -10,8 +10,7 @@ import redis.asyncio as aioredis
 from bot.errors import StoreUnavailable
 from bot.intake import READY_STREAM, RedisIntake, inbox_key
 from tests.conftest import CapturedEvents
-from tests.fakes.openai_server import closed_port
-from tests.helpers import inbound
+from tests.helpers import dead_redis, inbound
 
 CONV = "whatsapp:+15550001111"
 
@@ -52,7 +51,7 @@ async def test_dedupe_marker_expires_after_a_day(
 
 async def test_unreachable_redis_is_a_distinct_error(events: CapturedEvents) -> None:
     """With Redis down, accept raises StoreUnavailable (the web role spools the message)."""
-    dead = aioredis.Redis(port=closed_port(), socket_connect_timeout=0.5)
+    dead = dead_redis()
     try:
         with pytest.raises(StoreUnavailable, match="Redis did not confirm"):
             await RedisIntake(dead, log=events.log).accept(inbound("hello"))

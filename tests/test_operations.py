@@ -23,6 +23,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
     bot_env,
+    dead_redis,
     eventually,
     gateway_config_text,
     run_bot,
@@ -147,7 +148,7 @@ async def test_no_secret_in_any_sink_and_metrics_count_the_flow(
 
 async def test_readyz_reports_redis_down() -> None:
     """/readyz answers 503 with a JSON body of checks when Redis does not answer."""
-    dead = aioredis.Redis(port=closed_port(), socket_connect_timeout=0.3)
+    dead = dead_redis()
     app = make_web_app(redis=dead, intake=None, log=make_logger(stream=io.StringIO()))  # type: ignore[arg-type]
     async with test_utils.TestClient(test_utils.TestServer(app)) as client:
         response = await client.get("/readyz")

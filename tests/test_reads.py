@@ -10,7 +10,7 @@ from redis.asyncio.client import Pipeline
 
 from bot.errors import StoreUnavailable
 from bot.reads import Read, RoundTrip
-from tests.fakes.openai_server import closed_port
+from tests.helpers import dead_redis
 
 
 def read_int(key: str) -> Read[int]:
@@ -51,7 +51,7 @@ async def test_each_read_gets_its_own_replies(redis_client: aioredis.Redis) -> N
 
 async def test_redis_down_names_what_was_being_read() -> None:
     """With Redis unreachable the trip raises StoreUnavailable naming what it was reading."""
-    redis = aioredis.Redis(port=closed_port(), socket_connect_timeout=1)
+    redis = dead_redis()
     trip = RoundTrip(redis, what="reading the test")
     trip.add(read_int("n"))
     with pytest.raises(StoreUnavailable, match="while reading the test"):
