@@ -1,5 +1,6 @@
 """`bot …` argument parsing, and `main`: which subcommand module runs (each body lives in
-the module named for it: serve, chat, admin, telegram, logs, doctor, config).
+the module named for it: serve, chat, admin, deadletters, usage, telegram, logs, doctor,
+config).
 
 `main` imports a subcommand's module only when it runs: the gateway's parts (the openai SDK
 above all) take about two seconds to import, which `bot --help` and `bot config check` never
@@ -172,11 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 return EXIT_OK
         if args.command == "dead-letters":
-            from bot.cli.admin import dead_letters
+            from bot.cli.deadletters import dead_letters
 
             return run_async(dead_letters(settings, args))
         if args.command == "usage":
-            from bot.cli.admin import usage_report
+            from bot.cli.usage import usage_report
 
             log = make_logger(level="warning", stream=sys.stderr, secrets=settings.secrets())
             return run_async(usage_report(settings, config, log, args))
