@@ -65,8 +65,9 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundMessage:
-    """One reply to send to a conversation on a channel. `failure`: why no model answered,
-    when the text is an apology standing in for the model's answer (the console shows it)."""
+    """One reply to send to a conversation on a channel. `failure`: why the turn failed (no
+    model answered, or it crashed) when the text is an apology standing in for the answer;
+    only the console shows it."""
 
     channel: str
     conversation: str
