@@ -137,6 +137,19 @@ class RedisAccess:
 
         return Read(queue=queue, count=2 if ask_approval else 1, decode=decode)
 
+    async def admits(self, message: InboundMessage) -> bool:
+        """Is the sender let in by the channel's policy (the rate limit aside, nothing spent)?
+        What a crashed turn asks before its apology goes out: a stranger is never told."""
+        if self.role_of(message.sender) == "admin":
+            return True
+        config = getattr(self.channels, message.channel, None)
+        policy = config.dm_policy if config is not None else "open"
+        if policy == "open" or (config is not None and message.sender in config.allow_from):
+            return True
+        if policy != "pairing":
+            return False
+        return bool(await self.redis.sismember(approved_key(message.channel), message.sender))
+
     def _refused(self, message: InboundMessage, policy: str, *, rate_ok: bool) -> Verdict:
         """A sender the policy does not let in: silence, or (pairing, in a DM, within the
         rate limit) a verdict asking for a pairing code."""

@@ -50,11 +50,14 @@ TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, Decision
 
 class AccessControl(Protocol):
     """Who may talk to the bot (bot.access.RedisAccess): a verdict read with the turn's
-    first round trip, and pairing for a stranger who sent a code."""
+    first round trip, pairing for a stranger who sent a code, and whether a sender is let in
+    at all (asked before a crashed turn's apology)."""
 
     def read_check(self, message: InboundMessage) -> Read[Verdict]: ...
 
     async def pair(self, message: InboundMessage) -> Verdict: ...
+
+    async def admits(self, message: InboundMessage) -> bool: ...
 
 
 class CommandHandler(Protocol):
@@ -131,6 +134,11 @@ class Agent:
         self.usage = usage
         self.daily_token_budget = daily_token_budget
         self.media = media
+
+    async def may_tell(self, message: InboundMessage) -> bool:
+        """May the sender get a reply at all (the channel's policy lets them in)? A turn that
+        crashed before its access check asks this before the apology goes out."""
+        return await self.access.admits(message)
 
     async def run_turn(
         self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None

@@ -156,11 +156,16 @@ return 0
 
 
 class TurnRunner(Protocol):
-    """What a worker needs of the agent: one turn for a batch of messages."""
+    """What a worker needs of the agent: one turn for a batch of messages, and whether a
+    crashed turn's sender may be told."""
 
     async def run_turn(
         self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
     ) -> TurnResult: ...
+
+    async def may_tell(self, message: InboundMessage) -> bool:
+        """May this message's sender get a reply at all (not a stranger)?"""
+        ...
 
 
 class TurnMemory(Protocol):
@@ -534,14 +539,22 @@ class Worker:
         self, conversation: str, token: str, fields: dict[str, str], error: str
     ) -> bool:
         """Finish a crashed turn with a short reply instead of the answer, remembering nothing
-        (`error` travels as the reply's failure, which only the console shows); False when that
-        is not possible (unreadable batch, a stored reply that did not go out, a lost lease, a
-        failing channel)."""
+        (`error` travels as the reply's failure, which only the console shows), or with no
+        reply when the sender is not let in (a stranger is never told); False when that is not
+        possible (unreadable batch, a stored reply that did not go out, a lost lease, a failing
+        channel, Redis not answering who the sender is)."""
         if fields.get("state") != BatchState.PENDING:
             return False
         try:
             batch = Batch.from_flat(flat_list(fields))
             last = batch.messages[-1]
+            if not await self.agent.may_tell(last):  # a stranger is never told anything
+                self.log.warning(
+                    "apology_withheld",
+                    conversation=conversation,
+                    reason="the sender is not let in by the channel's dmPolicy",
+                )
+                return True
             reply = OutboundMessage(
                 channel=last.channel,
                 conversation=last.conversation,

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bot.app import App, open_app
 from bot.config import parse_config
+from bot.deadletters import RedisDeadLetters
 from bot.intake import READY_STREAM, inbox_key
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
@@ -491,6 +492,54 @@ async def test_typing_starts_only_after_the_access_check(
     assert [r.conversation for r in sender.sent] == [friend]
     assert stranger not in sender.typing_to
     assert friend in sender.typing_to
+
+
+async def test_a_crashed_turn_apologises_to_a_friend_and_tells_a_stranger_nothing(
+    model: FakeOpenAI,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+) -> None:
+    """Under dmPolicy allowlist, two turns crash before their access check (unreadable
+    memory): the listed sender gets the short apology; the stranger gets nothing at all
+    (apology_withheld), and the stranger's batch is finished, not retried."""
+    friend, stranger = "whatsapp:+15550000001", "whatsapp:+15550000002"
+    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+    text += f'channels: {{ whatsapp: {{ dmPolicy: "allowlist", allowFrom: ["{friend}"] }} }} }}'
+    config = parse_config(text, source="test.json5", env={})
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    sender = RecordingSender()
+    async with open_app(settings, config, events.log) as app:
+        for who in (stranger, friend):
+            await redis_client.rpush(app.memory.keys(who)[0], "this is not JSON")
+        worker = Worker(
+            redis=app.redis.client,
+            agent=app.agent,
+            memory=app.memory,
+            senders={"whatsapp": sender},
+            log=app.log,
+        )
+        stop, tasks = await running(worker)
+        for n, who in enumerate([stranger, friend]):
+            message = InboundMessage(
+                channel="whatsapp",
+                conversation=who,
+                sender=who,
+                text="hi",
+                platform_id=f"SM{n}",
+                ts=float(n),
+            )
+            await app.intake.accept(message)
+        await eventually(lambda: len(sender.sent) == 1 and bool(events.events("apology_withheld")))
+        await eventually(lambda: len(events.events("turn_crashed")) == 2)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert await redis_client.exists(batch_key(stranger), batch_key(friend)) == 0
+    assert [(r.conversation, r.text) for r in sender.sent] == [(friend, CRASHED)]
+    [withheld] = events.events("apology_withheld")
+    assert withheld["conversation"].endswith("0002")  # the stranger (masked in the logs)
+    assert await RedisDeadLetters(redis_client).list() == []
 
 
 async def test_a_lost_wakeup_is_repaired_by_the_sweep(
