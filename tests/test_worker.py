@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ from bot.app import App, open_app
 from bot.config import parse_config
 from bot.deadletters import RedisDeadLetters
 from bot.intake import READY_STREAM, inbox_key
+from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
@@ -464,34 +466,60 @@ class TypingSender(RecordingSender):
         self.typing_to.append(conversation)
 
 
+FRIEND, STRANGER = "whatsapp:+15550000001", "whatsapp:+15550000002"
+
+
+@contextlib.asynccontextmanager
+async def allowlist_worker(
+    model: FakeOpenAI, redis_url: str, tmp_path: Path, sender: RecordingSender, log: Logger
+) -> AsyncIterator[App]:
+    """The gateway under WhatsApp dmPolicy allowlist (only FRIEND listed) with a worker running
+    while the block runs, replying through `sender`."""
+    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+    text += f'channels: {{ whatsapp: {{ dmPolicy: "allowlist", allowFrom: ["{FRIEND}"] }} }} }}'
+    config = parse_config(text, source="test.json5", env={})
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    async with open_app(settings, config, log) as app:
+        worker = Worker(
+            redis=app.redis.client,
+            agent=app.agent,
+            memory=app.memory,
+            senders={"whatsapp": sender},
+            log=app.log,
+        )
+        stop, tasks = await running(worker)
+        try:
+            yield app
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def say_hi(app: App, *senders: str) -> None:
+    """A WhatsApp "hi" from each sender, in order."""
+    for n, who in enumerate(senders):
+        message = InboundMessage(
+            channel="whatsapp",
+            conversation=who,
+            sender=who,
+            text="hi",
+            platform_id=f"SM{n}",
+            ts=float(n),
+        )
+        await app.intake.accept(message)
+
+
 async def test_typing_starts_only_after_the_access_check(
     model: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """A stranger refused by dmPolicy allowlist never sees "typing…"; an allowed sender does."""
-    friend, stranger = "whatsapp:+15550000001", "whatsapp:+15550000002"
-    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
-    text += f'channels: {{ whatsapp: {{ dmPolicy: "allowlist", allowFrom: ["{friend}"] }} }} }}'
-    config = parse_config(text, source="test.json5", env={})
-    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
     sender = TypingSender()
-    async with open_app(settings, config, CapturedEvents().log) as app:
-        worker = Worker(
-            redis=app.redis.client, agent=app.agent, memory=app.memory,
-            senders={"whatsapp": sender}, log=app.log,
-        )  # fmt: skip
-        stop, tasks = await running(worker)
-        for n, who in enumerate([stranger, friend]):
-            message = InboundMessage(
-                channel="whatsapp", conversation=who, sender=who, text="hi",
-                platform_id=f"SM{n}", ts=float(n),
-            )  # fmt: skip
-            await app.intake.accept(message)
+    async with allowlist_worker(model, redis_url, tmp_path, sender, CapturedEvents().log) as app:
+        await say_hi(app, STRANGER, FRIEND)
         await eventually(lambda: len(sender.sent) == 1)
-        stop.set()
-        await asyncio.gather(*tasks)
-    assert [r.conversation for r in sender.sent] == [friend]
-    assert stranger not in sender.typing_to
-    assert friend in sender.typing_to
+    assert [r.conversation for r in sender.sent] == [FRIEND]
+    assert STRANGER not in sender.typing_to
+    assert FRIEND in sender.typing_to
 
 
 async def test_a_crashed_turn_apologises_to_a_friend_and_tells_a_stranger_nothing(
@@ -504,39 +532,15 @@ async def test_a_crashed_turn_apologises_to_a_friend_and_tells_a_stranger_nothin
     """Under dmPolicy allowlist, two turns crash before their access check (unreadable
     memory): the listed sender gets the short apology; the stranger gets nothing at all
     (apology_withheld), and the stranger's batch is finished, not retried."""
-    friend, stranger = "whatsapp:+15550000001", "whatsapp:+15550000002"
-    text = gateway_config_text(model.base_url).rstrip().rstrip("}")
-    text += f'channels: {{ whatsapp: {{ dmPolicy: "allowlist", allowFrom: ["{friend}"] }} }} }}'
-    config = parse_config(text, source="test.json5", env={})
-    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
     sender = RecordingSender()
-    async with open_app(settings, config, events.log) as app:
-        for who in (stranger, friend):
+    async with allowlist_worker(model, redis_url, tmp_path, sender, events.log) as app:
+        for who in (STRANGER, FRIEND):
             await redis_client.rpush(app.memory.keys(who)[0], "this is not JSON")
-        worker = Worker(
-            redis=app.redis.client,
-            agent=app.agent,
-            memory=app.memory,
-            senders={"whatsapp": sender},
-            log=app.log,
-        )
-        stop, tasks = await running(worker)
-        for n, who in enumerate([stranger, friend]):
-            message = InboundMessage(
-                channel="whatsapp",
-                conversation=who,
-                sender=who,
-                text="hi",
-                platform_id=f"SM{n}",
-                ts=float(n),
-            )
-            await app.intake.accept(message)
+        await say_hi(app, STRANGER, FRIEND)
         await eventually(lambda: len(sender.sent) == 1 and bool(events.events("apology_withheld")))
         await eventually(lambda: len(events.events("turn_crashed")) == 2)
-        stop.set()
-        await asyncio.gather(*tasks)
-        assert await redis_client.exists(batch_key(stranger), batch_key(friend)) == 0
-    assert [(r.conversation, r.text) for r in sender.sent] == [(friend, CRASHED)]
+    assert await redis_client.exists(batch_key(STRANGER), batch_key(FRIEND)) == 0
+    assert [(r.conversation, r.text) for r in sender.sent] == [(FRIEND, CRASHED)]
     [withheld] = events.events("apology_withheld")
     assert withheld["conversation"].endswith("0002")  # the stranger (masked in the logs)
     assert await RedisDeadLetters(redis_client).list() == []
