@@ -52,8 +52,10 @@ class Rig:
     events: CapturedEvents
     clock: Clock
     sequence: int = 0
+    hold_ms: int = 5000  # how long the last worker made claims the due set (Worker._claim_due)
 
     def worker(self, *, retry_seconds: float = 3600, lease_seconds: float = 30) -> Worker:
+        self.hold_ms = min(int(lease_seconds * 1000), 5000)
         return Worker(
             redis=self.app.redis.client,
             agent=self.app.agent,
@@ -84,11 +86,15 @@ class Rig:
         return [m.body or "" for m in self.twilio.messages]
 
     async def drive(self, condition: Callable[[], bool], within: float = 15) -> None:
-        """Until `condition` holds: move the clock to the next due attempt, let workers run."""
+        """Until `condition` holds: move the clock to the next due attempt, let workers run.
+
+        A score of now + the claim hold is a worker's claim, not a due attempt (it is about to
+        try, and will schedule the next one): the clock waits for it instead of jumping."""
         async with asyncio.timeout(within):
             while not condition():
                 due = await self.redis.zrange(DUE_KEY, 0, 0, withscores=True)
-                if due:
+                claimed = int(self.clock.now * 1000) + self.hold_ms
+                if due and int(due[0][1]) != claimed:
                     self.clock.now = max(self.clock.now, due[0][1] / 1000)
                 await asyncio.sleep(0.01)
 
@@ -107,6 +113,11 @@ class Rig:
 
     async def outbox_holds(self, count: int) -> bool:
         return len(await self.outbox()) >= count
+
+    async def settled(self) -> bool:
+        """The person's outbox is empty and nothing is due (the worker records a send after
+        the platform took it, so a test waits for this before reading Redis)."""
+        return not await self.outbox() and not await self.redis.zcard(DUE_KEY)
 
 
 async def lease_gone(redis: aioredis.Redis) -> bool:
@@ -155,6 +166,7 @@ async def test_5xx_then_ok_is_delivered_once_after_backoff(rig: Rig, running: Wo
     rig.twilio.script(server_error(503), server_error(503), server_error(503))
     await rig.say("hello")
     await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    await rig.until(rig.settled)
     assert rig.bodies() == ["echo:hello"]
     assert [e["ms"] for e in rig.events.events("send_retry")] == [1000, 2000, 4000]
     assert not rig.events.events("send_failed")
@@ -206,14 +218,17 @@ async def test_a_reply_that_cannot_be_delivered_expires_with_an_error_event(rig:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     rig.twilio.outage(3600)
+    queued_ms = int(rig.clock.now * 1000)  # the clock moves only to due attempts from here
     await rig.say("a long sentence that becomes two chunks")
     await rig.drive(lambda: bool(rig.events.events("reply_expired")))
+    await rig.until(rig.settled)
     stop.set()
     await task
     [expired] = rig.events.events("reply_expired")
     assert expired["level"] == "error"
     assert expired["undelivered"] == expired["chunks"] == 3
-    assert rig.clock.now - time.time() < 31  # at the deadline, not a backoff step past it
+    # given up at the deadline (30 s), not at the backoff step past it (1+2+4+8+16 = 31 s)
+    assert round(rig.clock.now * 1000) - queued_ms == 30_000
     assert await rig.outbox() == []
     assert await rig.redis.zcard(DUE_KEY) == 0
     assert rig.twilio.messages == []
