@@ -117,9 +117,7 @@ class RedisAccess:
         role = self.role_of(message.sender)
         if role == "admin":
             return Read.value(Verdict(allowed=True, role=role))  # the owner: no policy, no limit
-        config = getattr(self.channels, message.channel, None)
-        policy = config.dm_policy if config is not None else "open"
-        listed = config is not None and message.sender in config.allow_from
+        policy, listed = self._policy(message)
         ask_approval = policy == "pairing" and not listed
         bucket = f"rate:{{{message.sender}}}"
         rate_args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000]
@@ -142,13 +140,20 @@ class RedisAccess:
         What a crashed turn asks before its apology goes out: a stranger is never told."""
         if self.role_of(message.sender) == "admin":
             return True
-        config = getattr(self.channels, message.channel, None)
-        policy = config.dm_policy if config is not None else "open"
-        if policy == "open" or (config is not None and message.sender in config.allow_from):
+        policy, listed = self._policy(message)
+        if policy == "open" or listed:
             return True
         if policy != "pairing":
             return False
         return bool(await self.redis.sismember(approved_key(message.channel), message.sender))
+
+    def _policy(self, message: InboundMessage) -> tuple[str, bool]:
+        """The message's channel's dmPolicy (open where the channel has no config), and whether
+        its sender is in that channel's allowFrom."""
+        config = getattr(self.channels, message.channel, None)
+        if config is None:
+            return "open", False
+        return config.dm_policy, message.sender in config.allow_from
 
     def _refused(self, message: InboundMessage, policy: str, *, rate_ok: bool) -> Verdict:
         """A sender the policy does not let in: silence, or (pairing, in a DM, within the
