@@ -360,7 +360,8 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _cluster_ok(port: int) -> bool:
+def cluster_ok(port: int) -> bool:
+    """Does the cluster node on `port` say cluster_state:ok?"""
     try:
         with redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1) as probe:
             info = probe.execute_command("CLUSTER", "INFO")
@@ -409,7 +410,7 @@ def redis_cluster(folder: Path) -> Iterator[str]:
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
         )  # fmt: skip
         deadline = time.monotonic() + 20
-        while not all(_cluster_ok(port) for port in nodes):
+        while not all(cluster_ok(port) for port in nodes):
             assert time.monotonic() < deadline, "the Redis Cluster did not reach state ok"
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{nodes[0]}"

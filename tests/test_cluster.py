@@ -39,6 +39,7 @@ from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
+    cluster_ok,
     eventually,
     gateway_config,
     gateway_config_text,
@@ -317,11 +318,8 @@ async def test_a_slot_no_node_serves_is_a_redis_error_that_callers_wait_out(
 
 async def _served(cluster: RedisCluster) -> bool:
     """Every primary says cluster_state:ok."""
-    for node in cluster.get_primaries():
-        info = await cluster.execute_command("CLUSTER", "INFO", target_nodes=node)
-        if "cluster_state:ok" not in str(info):
-            return False
-    return True
+    ports = [node.port for node in cluster.get_primaries()]
+    return await asyncio.to_thread(lambda: all(cluster_ok(port) for port in ports))
 
 
 async def _pushed(client: aioredis.Redis, key: str) -> bool:
