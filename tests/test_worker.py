@@ -22,7 +22,7 @@ from bot.config import parse_config
 from bot.deadletters import RedisDeadLetters
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
-from bot.messages import InboundMessage, OutboundMessage
+from bot.messages import OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
 from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
@@ -498,15 +498,7 @@ async def allowlist_worker(
 async def say_hi(app: App, *senders: str) -> None:
     """A WhatsApp "hi" from each sender, in order."""
     for n, who in enumerate(senders):
-        message = InboundMessage(
-            channel="whatsapp",
-            conversation=who,
-            sender=who,
-            text="hi",
-            platform_id=f"SM{n}",
-            ts=float(n),
-        )
-        await app.intake.accept(message)
+        await app.intake.accept(inbound("hi", conversation=who, n=n, channel="whatsapp"))
 
 
 async def test_typing_starts_only_after_the_access_check(
