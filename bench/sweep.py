@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bench.readystream import node_cpu
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import make_logger
 from bot.memory import conversation_key
@@ -50,9 +51,8 @@ async def fill(redis: aioredis.Redis, keys: int) -> int:
     return conversations
 
 
-async def cpu(redis: aioredis.Redis) -> float:
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+async def server_cpu(redis: aioredis.Redis) -> float:
+    return (await node_cpu(redis, cluster=False))["server"]
 
 
 async def scans(redis: aioredis.Redis) -> int:
@@ -70,11 +70,11 @@ async def measure(url: str, keys: int) -> tuple[int, int, float, float, int, int
         sweeper = Sweeper(
             redis, name="bench", every=60, log=make_logger(level="error", stream=io.StringIO())
         )
-        cpu_before, scans_before = await cpu(redis), await scans(redis)
+        cpu_before, scans_before = await server_cpu(redis), await scans(redis)
         started = time.perf_counter()
         woken = await sweeper.sweep(force=True)
         wall = time.perf_counter() - started
-        cpu_used = await cpu(redis) - cpu_before
+        cpu_used = await server_cpu(redis) - cpu_before
         calls = await scans(redis) - scans_before
         queued = await redis.xlen(READY_STREAM)
         if woken != LOST or queued != LOST:
