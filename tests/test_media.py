@@ -434,7 +434,8 @@ def test_telegram_parses_photos_voice_and_documents_with_their_types(
     events: CapturedEvents,
 ) -> None:
     """A photo is its largest size's file id (image/jpeg) with the caption as text; a voice
-    note and a document carry their mime types and sizes; a sticker is still ignored."""
+    note and a document carry their mime types and sizes; a static sticker is a WebP picture
+    with its emoji as its note."""
     channel = telegram_channel(events)
     sizes = [("small", 90, 60, 5), ("large", 1280, 853, 900), ("mid", 320, 213, 60)]
     [photo] = parse(channel, private_photo_update(sizes=sizes, caption="Look", update_id=1))
@@ -449,8 +450,10 @@ def test_telegram_parses_photos_voice_and_documents_with_their_types(
     assert (doc.media, doc.meta["type0"]) == (("d1",), "application/pdf")
     sticker = private_text_update(update_id=4)
     del sticker["message"]["text"]
-    sticker["message"]["sticker"] = {"file_id": "s1", "width": 512, "height": 512}
-    assert parse(channel, sticker) == []
+    sticker["message"]["sticker"] = {"file_id": "s1", "width": 512, "height": 512, "emoji": "😀"}
+    [static] = parse(channel, sticker)
+    assert (static.text, static.media, static.meta["type0"]) == ("", ("s1",), "image/webp")
+    assert static.meta["note0"] == "[sticker 😀]"
 
 
 def test_telegram_group_photos_need_a_mention_in_the_caption(events: CapturedEvents) -> None:
