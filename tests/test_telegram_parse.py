@@ -134,7 +134,8 @@ def channel(events: CapturedEvents) -> TelegramChannel:
 def parse(tg: TelegramChannel, update: dict[str, Any]) -> list[InboundMessage]:
     body = json.dumps(update).encode()
     headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-    return tg.parse(RawRequest(url="https://bot.example.com/webhooks/telegram", headers=headers, body=body))  # fmt: skip
+    url = "https://bot.example.com/webhooks/telegram"
+    return tg.parse(RawRequest(url=url, headers=headers, body=body))
 
 
 def test_a_reply_to_the_bot_is_marked_and_a_long_quote_is_cut(events: CapturedEvents) -> None:
