@@ -1,5 +1,6 @@
 """One turn, start to end: access → commands → attachments → memory → model (with failover)
-→ the reply. Attachments are fetched by their channel only after the access check.
+→ the reply. Attachments are fetched by their channel only after the access check; each
+message reaches the model with its context (forwarded, replying to what: bot.userturn).
 
 The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
 whose reply holds a command's answer and/or only the model's final text (or a short apology),
@@ -33,6 +34,7 @@ from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, RoundTrip, fetch
 from bot.usage import Call
+from bot.userturn import user_text
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -232,6 +234,7 @@ class Agent:
                 return got.refusal, ()
             texts, images = got.texts, got.images
             chain = [m for m in chain if m.images] if images else chain
+        texts = [user_text(m, t, state.turns) for m, t in zip(batch, texts, strict=True)]
         text = "\n".join(self._clip(t) for t in texts if t.strip())
         if not text:
             self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
@@ -239,7 +242,7 @@ class Agent:
         attachments = sum(len(m.media) for m in batch)
         if attachments and self.media is None:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
-        user = Turn(role="user", text=text, ts=self.clock())
+        user = Turn(role="user", text=text, ts=self.clock(), refs=tuple(m.ref for m in batch))
         completion = await self._complete(
             conversation, chain[0], user, state, breakers, deadline, images
         )

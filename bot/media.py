@@ -1,5 +1,5 @@
 """A turn's attachments: fetched by the channel that holds the credentials, capped in size,
-pictures kept for a vision model, voice notes turned into text.
+pictures kept for a vision model, voice notes and contact cards (vCard) turned into text.
 
 The core sees bytes and a content type, never a platform URL: a message's `media` entries are
 opaque to it and go back to their channel's fetcher. Memory keeps short notes ("[picture]",
@@ -9,6 +9,7 @@ only as `text`, which logging drops unless `logging.includeContent`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from bot.usage import CallKind, estimate
 
 # What vision models take inline (OpenAI, LM Studio and llama.cpp builds agree on these).
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+CONTACT_TYPES = frozenset({"text/vcard", "text/x-vcard", "text/directory"})  # a contact card
 PICTURE = "[picture]"
 VOICE_NOTE = "[voice note]"
 NO_VISION = "None of the models here can see pictures; please describe it in words."
@@ -30,6 +32,50 @@ NOT_HEARD = "Sorry, I couldn't make out that voice note. Please try again, or ty
 UNSUPPORTED = "I can only read text, pictures and voice notes, not that kind of file."
 FETCH_FAILED = "Sorry, I couldn't download that attachment. Please send it again."
 TOO_SLOW = "Sorry, that attachment took too long to download. Please send it again."
+
+
+MAX_CARDS = 5  # contacts shown from one vCard file
+MAX_NUMBERS = 3  # phone numbers shown per contact
+_FOLD = re.compile(r"\r?\n[ \t]")  # a vCard line continued on the next
+_SPACE = re.compile(r"\s+")
+
+
+def _vcard_value(value: str, limit: int = 80) -> str:
+    """A vCard property value, unescaped, on one line, cut to `limit` characters."""
+    for escaped, plain in (("\\n", " "), ("\\N", " "), ("\\,", ","), ("\\;", ";")):
+        value = value.replace(escaped, plain)
+    flat = _SPACE.sub(" ", value.replace("\\\\", "\\")).strip()
+    flat = flat.replace("[", "(").replace("]", ")")
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def contact_cards(data: bytes) -> str:
+    """A vCard file (WhatsApp's shared contacts) as one line per contact: "[contact: Name,
+    +1 555 0100]", with the numbers the person chose to share, a few contacts at most."""
+    cards: list[tuple[str, list[str]]] = []
+    name, numbers, inside = "", list[str](), False
+    for line in _FOLD.sub("", data.decode("utf-8", errors="replace")).splitlines():
+        field, _, value = line.partition(":")
+        key = field.split(";")[0].rpartition(".")[2].strip().upper()  # item1.TEL → TEL
+        if key == "BEGIN":
+            name, numbers, inside = "", [], True
+        elif key == "END" and inside:
+            cards.append((name, numbers))
+            inside = False
+        elif inside and key == "FN":
+            name = _vcard_value(value)
+        elif inside and key == "N" and not name:
+            family, given, *more = [*value.split(";"), "", ""]
+            name = _vcard_value(" ".join(p for p in (given, more[0], family) if p))
+        elif inside and key == "TEL" and len(numbers) < MAX_NUMBERS:
+            numbers.append(_vcard_value(value.removeprefix("tel:"), 32))
+    lines = [
+        f"[contact: {', '.join([name or 'no name', *[n for n in numbers if n]])}]"
+        for name, numbers in cards[:MAX_CARDS]
+    ]
+    if len(cards) > MAX_CARDS:
+        lines.append(f"[and {len(cards) - MAX_CARDS} more contacts]")
+    return "\n".join(lines) or "[contact card]"
 
 
 def too_large(max_bytes: int) -> str:
@@ -106,6 +152,9 @@ class MediaReader:
         for message in batch:
             parts = [message.text] if message.text.strip() else []
             for index in range(len(message.media)):
+                # The channel's own note (a sticker's "[sticker 😀]"): the picture's note, and
+                # all a model reads of it where it cannot be had or seen, which is no refusal.
+                fallback = message.meta.get(f"note{index}")
                 try:
                     note, image = await self._one(message, index, vision=vision)
                 except MediaRejected as exc:
@@ -116,7 +165,11 @@ class MediaReader:
                         reason=exc.reason,
                         error=str(exc),
                     )
-                    return TurnMedia(refusal=self._refusal(exc))
+                    if fallback is None:
+                        return TurnMedia(refusal=self._refusal(exc))
+                    note, image = fallback, None
+                if image is not None and fallback is not None:
+                    note = fallback
                 parts.append(note)
                 images += [image] if image else []
             texts.append("\n".join(parts))
@@ -147,6 +200,8 @@ class MediaReader:
         self._check(kind or "application/octet-stream", vision=vision)
         if kind in IMAGE_TYPES:
             return PICTURE, Attachment(content_type=kind, data=got.data)
+        if kind in CONTACT_TYPES:
+            return contact_cards(got.data), None
         audio = Attachment(content_type=kind, data=got.data)
         return f"{VOICE_NOTE} {await self._transcribe(message, audio)}", None
 
@@ -157,6 +212,8 @@ class MediaReader:
         if kind in IMAGE_TYPES:
             if not vision:
                 raise MediaRejected("no model of the chain takes images", reason="no_vision")
+        elif kind in CONTACT_TYPES:
+            return  # read here, as text
         elif kind.startswith("audio/") or kind == "video/ogg":  # WhatsApp voice: audio/ogg
             if self.transcriber is None:
                 raise MediaRejected(

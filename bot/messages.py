@@ -9,6 +9,31 @@ Role = Literal["user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """What a message answers: the platform's id of the earlier message (Telegram's
+    message_id, WhatsApp's MessageSid; "" when not given), who wrote it (`to_bot`: the bot
+    did; `author`: a display name, "" when unknown) and its text as the platform quoted it
+    ("" when it did not: the agent then looks the id up in memory)."""
+
+    ref: str = ""
+    to_bot: bool = False
+    author: str = ""
+    quote: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "to_bot": self.to_bot, "author": self.author, "quote": self.quote}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reply:
+        return cls(
+            ref=str(data.get("ref") or ""),
+            to_bot=bool(data.get("to_bot")),
+            author=str(data.get("author") or ""),
+            quote=str(data.get("quote") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InboundMessage:
     """One message a person sent on a channel, in neutral form."""
 
@@ -21,9 +46,16 @@ class InboundMessage:
     sender_name: str | None = None
     media: tuple[str, ...] = ()
     meta: dict[str, str] = field(default_factory=dict)
+    reply: Reply | None = None  # the earlier message this one replies to
+    forwarded_from: str | None = None  # forwarded: from whom ("" when the platform hides it)
+
+    @property
+    def ref(self) -> str:
+        """The id a later reply names this message by (Telegram: its message_id)."""
+        return self.meta.get("message_id") or self.platform_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "channel": self.channel,
             "conversation": self.conversation,
             "sender": self.sender,
@@ -34,9 +66,15 @@ class InboundMessage:
             "media": list(self.media),
             "meta": dict(self.meta),
         }
+        if self.reply is not None:
+            data["reply"] = self.reply.to_dict()
+        if self.forwarded_from is not None:
+            data["forwarded_from"] = self.forwarded_from
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InboundMessage:
+        reply = data.get("reply")
         return cls(
             channel=data["channel"],
             conversation=data["conversation"],
@@ -47,6 +85,8 @@ class InboundMessage:
             sender_name=data.get("sender_name"),
             media=tuple(data.get("media") or ()),
             meta=dict(data.get("meta") or {}),
+            reply=Reply.from_dict(reply) if isinstance(reply, dict) else None,
+            forwarded_from=data.get("forwarded_from"),
         )
 
 
@@ -99,18 +139,24 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Turn:
-    """One entry of a conversation's history as the model sees it."""
+    """One entry of a conversation's history as the model sees it. `refs`: the platform ids
+    of the messages it holds (InboundMessage.ref), so a later reply to one can be resolved."""
 
     role: Role
     text: str
     ts: float
+    refs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "text": self.text, "ts": self.ts}
+        data: dict[str, Any] = {"role": self.role, "text": self.text, "ts": self.ts}
+        if self.refs:
+            data["refs"] = list(self.refs)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:
         role = data["role"]
         if role not in ("user", "assistant"):
             raise ValueError(f"unknown turn role {role!r}")
-        return cls(role=role, text=data["text"], ts=float(data["ts"]))
+        refs = tuple(str(r) for r in data.get("refs") or ())
+        return cls(role=role, text=data["text"], ts=float(data["ts"]), refs=refs)

@@ -1,9 +1,9 @@
 """Telegram through the Bot API (plain aiohttp): webhooks with a secret, long polling, replies.
 
-Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. Text (or a
-photo, voice note, audio or document with its caption) of
-`message` and `edited_message` becomes InboundMessages (one conversation per chat; in groups
-only when the bot is mentioned or replied to, unless `requireMention: false`). Replies go out
+Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. Whatever a
+person sent in a `message` or `edited_message` (read by channels.telegram_parse) becomes an
+InboundMessage (one conversation per chat; in groups only when the bot is mentioned or
+replied to, unless `requireMention: false`). Replies go out
 with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
 paced per chat, one attempt per chunk from the outbox (which retries 429 after
 `retry_after`, 5xx and network errors); other Bot API calls retry a few times themselves.
@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeGuard
+from typing import Any
 
 import aiohttp
 
@@ -34,7 +34,9 @@ from bot.errors import (
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
+from channels import telegram_parse
 from channels.base import Ack, EventLog, RawRequest, download, split_text
+from channels.telegram_parse import _dict, _is_int, _size, _utf8
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
@@ -42,28 +44,6 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
 MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
 MAX_PACED_CHATS = 10_000  # chats the pacer remembers at once, however short its window
-# Attachments other than photos, with the content type to assume when Telegram gives none.
-KINDS = {"voice": "audio/ogg", "audio": "audio/mpeg", "document": "application/octet-stream"}
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """A JSON integer (not a bool, which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _dict(value: object) -> dict[str, Any]:
-    """An object of an update, or {} where the update holds something else there."""
-    return value if isinstance(value, dict) else {}
-
-
-def _utf8(text: str) -> str:
-    """`text` if it can be stored as UTF-8; a lone surrogate (a "\\ud800" escape) is a
-    BadPayload, not a crash further on."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BadPayload("the update holds text that is not valid Unicode") from exc
-    return text
 
 
 def utf16_len(text: str) -> int:
@@ -113,41 +93,6 @@ class ChatPacer:
             if last + self.seconds > now and len(self._last) <= self.max_chats:
                 return
             del self._last[chat_id]
-
-
-def attachments(message: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, str]]:
-    """A message's attachment (`photo`: its largest size; `voice`, `audio`, `document`) as
-    file ids, with meta `type{n}` (content type) and `size{n}` (bytes, when Telegram says)."""
-    photo = message.get("photo")
-    found: dict[str, Any] = {}
-    content_type = ""
-    if isinstance(photo, list) and (sizes := [_dict(p) for p in photo if _dict(p)]):
-        found = max(sizes, key=lambda p: (_area(p), _size(p)))
-        content_type = "image/jpeg"  # Telegram re-encodes every photo size as JPEG
-    else:
-        for kind, default in KINDS.items():
-            if isinstance(message.get(kind), dict):
-                found = message[kind]
-                mime = found.get("mime_type")
-                content_type = _utf8(mime) if isinstance(mime, str) and mime else default
-                break
-    file_id = found.get("file_id")
-    if not isinstance(file_id, str) or not file_id:
-        return (), {}
-    meta = {"type0": content_type}
-    if _size(found):
-        meta["size0"] = str(_size(found))
-    return (_utf8(file_id),), meta
-
-
-def _area(photo: dict[str, Any]) -> int:
-    width, height = photo.get("width"), photo.get("height")
-    return width * height if _is_int(width) and _is_int(height) else 0
-
-
-def _size(item: dict[str, Any]) -> int:
-    size = item.get("file_size")
-    return size if _is_int(size) and size > 0 else 0
 
 
 class TelegramError(ChannelSendError):
@@ -281,16 +226,15 @@ class TelegramChannel:
             return []
 
     def _messages(self, update: dict[str, Any]) -> list[InboundMessage]:
-        """The messages of one update that the bot should answer (often none): text, or a
-        photo, voice note, audio or document with its caption; BadPayload when such a message
-        lacks integer chat and sender ids or holds text that is no UTF-8."""
+        """The messages of one update that the bot should answer (often none): whatever a
+        person sent, read by channels.telegram_parse; BadPayload when such a message lacks
+        integer chat and sender ids or holds text that is no UTF-8."""
         message = update.get("message") or update.get("edited_message")
         if not isinstance(message, dict):
             return []  # an update kind we do not handle
-        media, types = attachments(message)
-        raw = message.get("text") if "text" in message else message.get("caption")
-        if not isinstance(raw, str) and not (raw is None and media):
-            return []  # a message kind we do not handle (stickers, polls…), or a bad text
+        found = telegram_parse.content(message)
+        if found is None:
+            return []  # nothing a person sent (a service message), or a bad text
         chat, sender = message.get("chat"), message.get("from")
         if sender is None:
             return []  # no person to answer (Telegram omits `from` only for channel posts)
@@ -298,13 +242,13 @@ class TelegramChannel:
             raise BadPayload("a Telegram message needs chat.id, an integer")
         if not (isinstance(sender, dict) and _is_int(sender.get("id"))):
             raise BadPayload("a Telegram message needs from.id, an integer")
-        text = _utf8(raw or "")
+        text = found.text()
         chat_type = _utf8(chat["type"]) if isinstance(chat.get("type"), str) else ""
         if chat_type in ("group", "supergroup") and self.config.require_mention:
-            addressed = self._addressed_text(message, text)
+            addressed = self._addressed_text(message, found.typed)
             if addressed is None:
                 return []
-            text = addressed
+            text = found.text(addressed)
         date, message_id = message.get("date"), message.get("message_id")
         name = sender.get("first_name")
         return [
@@ -316,12 +260,14 @@ class TelegramChannel:
                 platform_id=str(update["update_id"]),
                 ts=float(date) if _is_int(date) and 0 < date < MAX_DATE else time.time(),
                 sender_name=_utf8(name) if isinstance(name, str) else None,
-                media=media,
+                media=found.media,
                 meta={
                     "chat_type": chat_type,
                     "message_id": str(message_id) if _is_int(message_id) else "",
-                    **types,
+                    **found.meta,
                 },
+                reply=telegram_parse.reply(message, bot_id=(self.me or {}).get("id")),
+                forwarded_from=telegram_parse.forwarded_from(message),
             )
         ]
 

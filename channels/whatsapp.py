@@ -36,6 +36,7 @@ from bot.errors import (
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
+from channels import whatsapp_parse
 from channels.base import Ack, EventLog, RawRequest, download, same_origin, split_text
 
 # Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>
@@ -210,12 +211,16 @@ class WhatsAppChannel:
                 channel=self.name,
                 conversation=sender,
                 sender=sender,
-                text=form.get("Body", ""),
+                text=whatsapp_parse.text(form),
                 platform_id=sid,
                 ts=time.time(),
                 sender_name=form.get("ProfileName") or None,
                 media=media,
-                meta={k: v for k, v in types.items() if v} | {"to": form.get("To", "")},
+                meta={k: v for k, v in types.items() if v}
+                | whatsapp_parse.sticker_notes(types)
+                | {"to": form.get("To", "")},
+                reply=whatsapp_parse.reply(form),
+                forwarded_from=whatsapp_parse.forwarded(form),
             )
         ]
 

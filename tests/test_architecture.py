@@ -19,7 +19,17 @@ CORE = (
     "bot.wakeups",
     "bot.deadletters",
 )
-CHANNEL_ALLOWED = ("bot.messages", "bot.errors", "bot.settings", "bot.config", "channels.base")
+CHANNEL_ALLOWED = (
+    "bot.messages",
+    "bot.errors",
+    "bot.settings",
+    "bot.config",
+    "channels.base",
+    # A channel's own parsing, and the bracketed lines the channels share: neutral pieces too.
+    "channels.rendering",
+    "channels.telegram_parse",
+    "channels.whatsapp_parse",
+)
 SDK_HOMES = {
     "openai": {"bot.llm.providers", "bot.llm.transcription"},  # transcription sits beside
     "twilio": {"channels.whatsapp"},
@@ -98,9 +108,11 @@ def test_each_sdk_has_one_home(sdk: str) -> None:
 
 
 def test_channels_import_only_neutral_pieces() -> None:
-    """Channel adapters depend only on messages, errors, settings/config and channels.base."""
+    """Channel adapters depend only on messages, errors, settings/config, channels.base and the
+    channels' parsing and rendering modules."""
     bad = {
-        name: sorted(i for i in project(imports) if not within(i, CHANNEL_ALLOWED))
+        # `from channels import rendering` names the package too (its __init__ is empty).
+        name: sorted(i for i in project(imports) - {"channels"} if not within(i, CHANNEL_ALLOWED))
         for name, imports in MODULES.items()
         if name.startswith("channels.") and name != "channels.base"
     }

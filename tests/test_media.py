@@ -1,6 +1,6 @@
-"""Pictures and voice notes end to end: fetched by their channel from fake Twilio and Telegram,
-pictures sent to the chain's first image-capable model, voice notes transcribed, nothing
-private in the logs, sizes capped while downloading."""
+"""Pictures, stickers, voice notes and contact cards end to end: fetched by their channel from
+fake Twilio and Telegram, pictures sent to the chain's first image-capable model, voice notes
+transcribed, contact cards read, nothing private in the logs, sizes capped while downloading."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import TelegramConfig
-from bot.media import NO_EARS, NOT_HEARD, TOO_SLOW, UNSUPPORTED, too_large
+from bot.media import NO_EARS, NOT_HEARD, TOO_SLOW, UNSUPPORTED, contact_cards, too_large
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from channels.base import RawRequest
@@ -434,7 +434,8 @@ def test_telegram_parses_photos_voice_and_documents_with_their_types(
     events: CapturedEvents,
 ) -> None:
     """A photo is its largest size's file id (image/jpeg) with the caption as text; a voice
-    note and a document carry their mime types and sizes; a sticker is still ignored."""
+    note and a document carry their mime types and sizes; a static sticker is a WebP picture
+    with its emoji as its note."""
     channel = telegram_channel(events)
     sizes = [("small", 90, 60, 5), ("large", 1280, 853, 900), ("mid", 320, 213, 60)]
     [photo] = parse(channel, private_photo_update(sizes=sizes, caption="Look", update_id=1))
@@ -449,8 +450,10 @@ def test_telegram_parses_photos_voice_and_documents_with_their_types(
     assert (doc.media, doc.meta["type0"]) == (("d1",), "application/pdf")
     sticker = private_text_update(update_id=4)
     del sticker["message"]["text"]
-    sticker["message"]["sticker"] = {"file_id": "s1", "width": 512, "height": 512}
-    assert parse(channel, sticker) == []
+    sticker["message"]["sticker"] = {"file_id": "s1", "width": 512, "height": 512, "emoji": "😀"}
+    [static] = parse(channel, sticker)
+    assert (static.text, static.media, static.meta["type0"]) == ("", ("s1",), "image/webp")
+    assert static.meta["note0"] == "[sticker 😀]"
 
 
 def test_telegram_group_photos_need_a_mention_in_the_caption(events: CapturedEvents) -> None:
@@ -508,3 +511,94 @@ async def test_attachments_are_fetched_only_after_the_access_check(
     assert len(twilio.media_hits) == 2  # the friend's: the resource, then the CDN
     assert len(events.events("media_fetched")) == 1
     assert text.requests == []
+
+
+async def test_a_whatsapp_sticker_is_a_picture_for_a_vision_model(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """A WhatsApp sticker (WebP) is fetched and shown to the vision model as a picture, noted
+    "[sticker]" in the turn and in memory."""
+    text, vision = models
+    config = media_config(text.base_url, vision.base_url)
+    sticker = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"a sticker" * 20
+    url = twilio.add_media("image/webp", sticker)
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config) as gw:
+        fields = whatsapp_inbound(body="", media=[(url, "image/webp")]) | {"MessageType": "sticker"}
+        await post_whatsapp(gw, fields, twilio.auth_token)
+        await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+    [seen] = vision.requests_to("/responses")
+    assert seen.images == [data_url("image/webp", sticker)]
+    assert seen.json is not None
+    assert "[sticker]" in json.dumps(seen.json["input"][-1], ensure_ascii=False)
+
+
+async def test_a_telegram_sticker_without_a_vision_model_is_its_emoji(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    telegram: FakeTelegram, models: tuple[FakeOpenAI, FakeOpenAI],
+) -> None:  # fmt: skip
+    """With no model that takes images, a static sticker is not downloaded and not refused:
+    the model reads "[sticker 😀]"."""
+    text, _ = models
+    config = json.dumps({
+        "agents": {"defaults": {"model": "local/local-model", "media": {"maxBytes": MAX_BYTES}}},
+        "models": {"mode": "replace", "providers": {
+            "local": provider(text.base_url, "openai-responses", "local-model", images=False),
+        }},
+    })[:-1] + ",\n}"  # fmt: skip
+    file_id = telegram.add_file(b"RIFFWEBP", folder="stickers", ext="webp")
+    update = private_text_update(update_id=1)
+    del update["message"]["text"]
+    update["message"]["sticker"] = {
+        "file_id": file_id, "file_unique_id": "AgADs", "type": "regular", "width": 512,
+        "height": 512, "is_animated": False, "is_video": False, "emoji": "😀", "file_size": 8,
+    }  # fmt: skip
+    async with telegram_gateway(tmp_path, redis_url, events, telegram, config) as gw:
+        await post_telegram(gw, update)
+        await eventually(lambda: len(telegram.sent) == 1)
+    [seen] = text.requests_to("/responses")
+    assert seen.json is not None
+    assert seen.json["input"][-1]["content"] == "[sticker 😀]"
+    assert seen.images == []
+    assert telegram.calls_to("getFile") == []
+
+
+async def test_a_whatsapp_contact_card_is_read_as_name_and_numbers(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, models: tuple[FakeOpenAI, FakeOpenAI], data_dir: Path,
+) -> None:  # fmt: skip
+    """A shared contact (text/vcard) is fetched like other media, with the account's
+    credentials, and the model reads its name and numbers, never the file or its URL."""
+    text, vision = models
+    config = media_config(text.base_url, vision.base_url)
+    card = (data_dir / "whatsapp" / "contact.vcf").read_bytes()
+    url = twilio.add_media("text/vcard", card)
+    async with whatsapp_gateway(tmp_path, redis_url, events, twilio, config) as gw:
+        fields = whatsapp_inbound(body="", media=[(url, "text/vcard")])
+        await post_whatsapp(gw, fields, twilio.auth_token)
+        await asyncio.wait_for(twilio.wait_for_messages(1), 20)
+    [seen] = text.requests_to("/responses")
+    assert seen.json is not None
+    assert seen.json["input"][-1]["content"] == (
+        "[contact: Ada Lovelace, +44 20 7946 0000, +1 555 0100]"
+    )
+    assert twilio.media_hits[0].auth == (twilio.account_sid, twilio.auth_token)
+    assert url not in seen.prompt
+    assert "VCARD" not in seen.prompt
+    assert vision.requests == []
+
+
+def test_vcards_with_several_contacts_escapes_and_no_name_stay_short() -> None:
+    """A vCard file of many contacts shows a few, each one line, escapes undone; a card with
+    no name or a file with no card still says what it was."""
+    one = (
+        "BEGIN:VCARD\r\nVERSION:2.1\r\nN:Doe;Jane;;;\r\nTEL;CELL:+1 555 \r\n 0199\r\nEND:VCARD\r\n"
+    )
+    nameless = "BEGIN:VCARD\nVERSION:3.0\nTEL:+49 30 1234\nEND:VCARD\n"
+    escaped = "BEGIN:VCARD\nFN:Smith\\, Bob [work]\nEND:VCARD\n"
+    assert contact_cards(one.encode()) == "[contact: Jane Doe, +1 555 0199]"
+    assert contact_cards(nameless.encode()) == "[contact: no name, +49 30 1234]"
+    assert contact_cards(escaped.encode()) == "[contact: Smith, Bob (work)]"
+    many = contact_cards((one * 7).encode()).splitlines()
+    assert many == ["[contact: Jane Doe, +1 555 0199]"] * 5 + ["[and 2 more contacts]"]
+    assert contact_cards(b"not a card") == "[contact card]"

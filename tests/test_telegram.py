@@ -186,7 +186,8 @@ async def test_updates_we_do_not_handle_get_200_and_are_ignored(
 async def test_groups_answer_only_mentions_and_replies(
     gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI
 ) -> None:
-    """In a group, only messages that mention the bot or reply to it reach a model."""
+    """In a group, only messages that mention the bot or reply to it reach a model (a reply
+    with the answer it replies to)."""
     chat = -100555
     assert await post(gateway, group(chat_id=chat, text="chatting among us")) == 200
     await post(gateway, group(chat_id=chat, text="what time is it?",
@@ -195,7 +196,8 @@ async def test_groups_answer_only_mentions_and_replies(
     await post(gateway, group(chat_id=chat, text="and now?", reply_to_bot=True))
     await eventually(lambda: len(telegram.sent) == 2)
     prompts = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
-    assert prompts == ["what time is it?", "and now?"]
+    replied = "[reply to your earlier message: «An earlier answer.»]\nand now?"
+    assert prompts == ["what time is it?", replied]
     assert {s["chat_id"] for s in telegram.sent} == {chat}
 
 
