@@ -4,9 +4,9 @@ The only module that imports the twilio SDK. Webhooks are verified with twilio's
 RequestValidator over the public URL; replies go through its async client, in chunks
 within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
 errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
-list whether a chunk was already taken.
-Attachments (MediaUrl{n}) are fetched with the account's Basic auth, which never follows
-Twilio's redirect to its CDN on another host.
+list whether a chunk was already taken. REST calls use an API key when TWILIO_API_KEY_SID/SECRET
+are set, else the auth token (which always verifies webhooks). Attachments (MediaUrl{n}) are
+fetched with that same Basic auth, which never follows Twilio's redirect to its CDN.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ HINTS = {
     63024: "WhatsApp rejected the recipient: the number cannot receive messages",
     21606: "TWILIO_WHATSAPP_FROM is not a WhatsApp sender of this account",
     63007: "TWILIO_WHATSAPP_FROM is not a WhatsApp-enabled sender of this account",
-    20003: "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are wrong",
+    20003: "the Twilio credentials are wrong (TWILIO_API_KEY_SID/TWILIO_API_KEY_SECRET if set, "
+    "else TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN), or the key is not of this account",
     20429: "Twilio is rate limiting this account",
 }
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -171,9 +172,11 @@ class WhatsAppChannel:
         self.account_sid = settings.twilio_account_sid
         self.http: TwilioHttpClient | None = None
         self.client: Client | None = None
-        if self.account_sid and token:
+        rest = settings.twilio_rest_auth()
+        if self.account_sid and rest:
             self.http = TwilioHttpClient(timeout=15)
-            self.client = Client(self.account_sid, token.get_secret_value(), http_client=self.http)
+            user, password = rest  # an API key's SID and secret, or the account SID and token
+            self.client = Client(user, password, self.account_sid, http_client=self.http)
             self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
 
     def startup_warnings(self) -> list[str]:
@@ -191,7 +194,10 @@ class WhatsAppChannel:
         elif self.validator is None:
             warnings.append("TWILIO_AUTH_TOKEN is not set: WhatsApp webhooks answer 503")
         if self.client is None:
-            warnings.append("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: replies cannot be sent")
+            warnings.append(
+                "TWILIO_ACCOUNT_SID with TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID/"
+                "TWILIO_API_KEY_SECRET) not set: replies cannot be sent"
+            )
         elif not (self.sender or self.config.messaging_service_sid):
             warnings.append("TWILIO_WHATSAPP_FROM is not set: replies cannot be sent")
         return warnings
@@ -314,7 +320,9 @@ class WhatsAppChannel:
         """The Twilio client, once credentials and a sender are set."""
         if self.client is None:
             raise ChannelSendError(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to send", retryable=False
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and "
+                "TWILIO_API_KEY_SECRET) must be set to send",
+                retryable=False,
             )
         if not (self.sender or self.config.messaging_service_sid):
             raise ChannelSendError("TWILIO_WHATSAPP_FROM is not set", retryable=False)
@@ -377,17 +385,15 @@ class WhatsAppChannel:
 
 
 class TwilioMediaFetcher:
-    """WhatsApp attachments: Twilio's media resource with the account SID and auth token as
-    Basic auth, then its redirect to the CDN with no credentials (another host)."""
+    """WhatsApp attachments: Twilio's media resource with the REST credential (the API key,
+    else the account SID and auth token) as Basic auth, then its redirect to the CDN with no
+    credentials (another host)."""
 
     def __init__(self, *, settings: Settings, http: aiohttp.ClientSession) -> None:
         self.http = http
         self.api = URL(settings.twilio_api_base_url)
-        token = settings.twilio_auth_token
-        sid = settings.twilio_account_sid
-        self.authorization = (
-            aiohttp.encode_basic_auth(sid, token.get_secret_value()) if sid and token else None
-        )
+        rest = settings.twilio_rest_auth()
+        self.authorization = aiohttp.encode_basic_auth(*rest) if rest else None
 
     async def fetch_media(
         self, message: InboundMessage, index: int, *, max_bytes: int
@@ -397,7 +403,8 @@ class TwilioMediaFetcher:
             raise MediaRejected("the message has no such attachment", reason="fetch_failed")
         if self.authorization is None:
             raise MediaRejected(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to fetch media",
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and "
+                "TWILIO_API_KEY_SECRET) must be set to fetch media",
                 reason="fetch_failed",
             )
         return await download(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -21,6 +22,7 @@ from bot.delivery import DUE_KEY, head_key, outbox_key
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from bot.worker import Worker, lease_key
+from channels.whatsapp import TwilioMediaFetcher
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.telegram_server import (
@@ -38,6 +40,7 @@ from tests.fakes.twilio_server import (
     TwilioReply,
     forbidden,
     method_not_allowed,
+    new_api_key,
     outside_window,
     server_error,
     too_many_requests,
@@ -458,3 +461,69 @@ async def test_a_telegram_chat_that_refuses_the_bot_is_dropped_at_once(
     ]
     calls = rig.telegram.calls_to("sendMessage")
     assert [str(c.params["chat_id"]) for c in calls].count("42") == 2  # refused once, then sent
+
+
+# -- Twilio REST credentials: API keys -------------------------------------------------------
+
+
+async def test_with_an_api_key_every_rest_call_authenticates_as_the_key(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """TWILIO_API_KEY_SID/SECRET set: the send and the list lookup go out with the key's
+    SID as the Basic auth user, under the account's URLs."""
+    key = new_api_key()
+    async with open_rig(redis_url, redis_client, tmp_path, events, api_key=key) as rig:
+        rig.twilio.script(server_error(503))  # so that the retry reconciles with the list
+        async with working(rig):
+            await rig.say("hello")
+            await rig.drive(lambda: len(rig.twilio.messages) == 1)
+            await rig.until(rig.settled)
+        assert rig.bodies() == ["echo:hello"]
+        assert twilio_calls(rig, "POST") == [key.sid, key.sid]
+        assert twilio_calls(rig, "GET") == [key.sid]
+        assert {r.path.split("/")[3] for r in rig.twilio.requests} == {rig.twilio.account_sid}
+        assert not rig.events.events("reconcile_failed")
+
+
+async def test_a_restricted_key_without_messages_read_still_delivers(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """A key that may create but not list messages: a resend after a 503 is delivered, with
+    one `reconcile_failed` naming the permission it lacks."""
+    key = new_api_key(list_messages=False)
+    async with open_rig(redis_url, redis_client, tmp_path, events, api_key=key) as rig:
+        rig.twilio.script(server_error(503))
+        async with working(rig):
+            await rig.say("hello")
+            await rig.drive(lambda: len(rig.twilio.messages) == 1)
+            await rig.until(rig.settled)
+        assert rig.bodies() == ["echo:hello"]
+        [failed] = rig.events.events("reconcile_failed")
+        assert failed["status"] == 403
+        assert '"Messages: read"' in failed["error"]
+        assert key.secret not in events.text
+
+
+async def test_media_is_fetched_with_the_api_key_and_never_sent_to_the_cdn(
+    tmp_path: Path,
+) -> None:
+    """With an API key, an attachment's Media resource is fetched with the key's Basic auth
+    (the account's own token unused); the CDN it redirects to gets no credentials."""
+    key = new_api_key()
+    async with FakeTwilio(api_keys=(key,)) as twilio, aiohttp.ClientSession() as http:
+        settings = Settings(
+            _env_file=None, twilio_account_sid=twilio.account_sid,
+            twilio_auth_token=twilio.auth_token, twilio_api_base_url=twilio.base_url,
+            twilio_api_key_sid=key.sid, twilio_api_key_secret=key.secret,
+        )  # type: ignore[call-arg]  # fmt: skip
+        url = twilio.add_media("image/png", b"\x89PNG picture")
+        message = InboundMessage(
+            channel="whatsapp", conversation=PERSON, sender=PERSON, text="", platform_id="MM1",
+            ts=time.time(), media=(url,), meta={"type0": "image/png"},
+        )  # fmt: skip
+        fetcher = TwilioMediaFetcher(settings=settings, http=http)
+        attachment = await fetcher.fetch_media(message, 0, max_bytes=1024)
+    assert attachment.data == b"\x89PNG picture"
+    resource, cdn = twilio.media_hits
+    assert resource.auth == (key.sid, key.secret)
+    assert cdn.authorization is None
