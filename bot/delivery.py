@@ -8,7 +8,7 @@ shared due set that every worker polls; later replies wait behind it; a reply ol
 `agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event; one to a
 person the platform calls unreachable is dropped at once (`recipient_unreachable`). A lookup that
 only avoids a duplicate never loses a reply: refused, the chunk is sent anyway (at least once).
-The scripts and the flush that runs them stay together (a little over 400 lines): each fences
+The scripts and the flush that runs them stay together (under 500 lines): each fences
 what the other assumes.
 """
 
