@@ -5,8 +5,10 @@ head's progress (chunks accepted, whether a send of the next one may have begun,
 attempt) lives in `conv:{id}:outbox:head`. Every write is fenced by the conversation's lease.
 A retryable failure (5xx, 429, network) leaves the reply there with a backoff time in the
 shared due set that every worker polls; later replies wait behind it; a reply older than
-`agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event.
-The scripts and the flush that runs them stay together (a little over 400 lines): each fences
+`agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event; one to a
+person the platform calls unreachable is dropped at once (`recipient_unreachable`). A lookup that
+only avoids a duplicate never loses a reply: refused, the chunk is sent anyway (at least once).
+The scripts and the flush that runs them stay together (under 500 lines): each fences
 what the other assumes.
 """
 
@@ -24,7 +26,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 
-from bot.errors import ChannelSendError
+from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import OutboundMessage
@@ -117,7 +119,8 @@ class Entry:
 class Head:
     """The reply being delivered and its progress. `started` (epoch ms): a send of chunk
     `sent` may have begun then (None: not tried yet). `retrying`: the conversation is in
-    the due set."""
+    the due set. `unlisted`: the platform refused a lookup for it (`reconcile_failed`), so
+    its resends go without one."""
 
     entry: Entry
     sent: int = 0
@@ -125,6 +128,7 @@ class Head:
     attempts: int = 0
     next_at: int = 0
     retrying: bool = False
+    unlisted: bool = False
 
 
 def outbox_key(conversation: str) -> str:
@@ -192,6 +196,16 @@ return 1
 """
 )
 
+# KEYS: lease, head. ARGV: token, head id. Marks the head `unlisted` (its lookup was refused).
+UNLIST = Script(
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], 'unlisted', 1)
+return 1
+"""
+)
+
 # KEYS: lease, outbox, head, batch. ARGV: token, entry JSON, entry id, ttl s. Moves a reply
 # stored in its batch by an earlier version to the outbox; the head gets `started` 0 (it may
 # have been sent).
@@ -242,6 +256,7 @@ class Outbox:
         self._advance = ADVANCE.on(redis)
         self._enqueue = ENQUEUE.on(redis)
         self._claim_due = CLAIM_DUE.on(redis)
+        self._unlist = UNLIST.on(redis)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -330,17 +345,27 @@ class Outbox:
             return Step.DROPPED
         chunk = entry.chunks[head.sent]
         try:
-            if (
-                not continuing
-                and head.started is not None
-                and isinstance(sender, AcceptanceCheck)
-                and await sender.accepted(reply, chunk, self._since(head) / 1000)
-            ):
+            taken: bool | Flush = False
+            if not continuing and head.started is not None and not head.unlisted:
+                taken = await self._reconcile(keys, token, head, sender, chunk, part)
+            if taken is Flush.LOST:
+                return Flush.LOST
+            if taken:
                 self.log.info("send_reconciled", **fields, part=part, msg_id=reply.reply_to)
             elif isinstance(sender, ChunkSender):
                 await sender.send_chunk(reply, chunk)
             else:
                 await sender.send(dataclasses.replace(reply, text=chunk))
+        except RecipientUnreachable as exc:
+            self.log.warning(
+                "recipient_unreachable",
+                **fields,
+                msg_id=reply.reply_to,
+                code=exc.code,
+                error=str(exc),
+                part=part,
+            )
+            return Step.DROPPED
         except ChannelSendError as exc:
             if exc.retryable:
                 return await self._retry(keys, token, head, exc, part)
@@ -355,6 +380,39 @@ class Outbox:
                 chunks=len(entry.chunks),
             )
         return Step.SENT
+
+    async def _reconcile(
+        self,
+        keys: list[str],
+        token: str,
+        head: Head,
+        sender: ReplySender | ChunkSender,
+        chunk: str,
+        part: str,
+    ) -> bool | Flush:
+        """Whether the platform already took the chunk whose send may have begun (True: skip
+        it). A retryable lookup failure is raised, to be retried like a send; any other is
+        logged once per reply (`reconcile_failed`) and the chunk is sent anyway, as are the
+        reply's later resends, without a lookup. Flush.LOST if the lease went meanwhile."""
+        if not isinstance(sender, AcceptanceCheck):
+            return False
+        reply = head.entry.reply
+        try:
+            return await sender.accepted(reply, chunk, self._since(head) / 1000)
+        except ChannelSendError as exc:
+            if exc.retryable:
+                raise
+            self.log.warning(
+                "reconcile_failed",
+                channel=reply.channel,
+                conversation=reply.conversation,
+                msg_id=reply.reply_to,
+                part=part,
+                status=exc.status,
+                error=f"{exc}; the chunk is sent without the check (a duplicate is possible)",
+            )
+        marked = await self._unlist(keys=[keys[0], keys[2]], args=[token, head.entry.id])
+        return False if marked else Flush.LOST
 
     async def _step(self, keys: list[str], token: str, head: Head, done: int) -> Head | Flush:
         """Record that the head's first `done` chunks are dealt with (one round trip), marking
@@ -385,6 +443,7 @@ class Outbox:
             attempts=int(fields.get("attempts", 0)),
             next_at=int(fields.get("next", 0)),
             retrying=bool(fields.get("retrying")),
+            unlisted=bool(fields.get("unlisted")),
         )
 
     def _expired(self, head: Head) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,9 +64,10 @@ async def diagnose(settings: Settings, config: Config, *, http_timeout: float = 
     registry = ModelRegistry(config)
     timeout = aiohttp.ClientTimeout(total=http_timeout)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        redis_check, model_checks, telegram_checks = await asyncio.gather(
+        redis_check, model_checks, twilio_checks, telegram_checks = await asyncio.gather(
             check_redis(settings),
             check_models(registry, config, http, http_timeout),
+            check_twilio(settings, config, http, http_timeout),
             check_telegram(settings, config, http, http_timeout),
         )
     checks = [
@@ -73,6 +75,7 @@ async def diagnose(settings: Settings, config: Config, *, http_timeout: float = 
         redis_check,
         *model_checks,
         *check_whatsapp(settings, config),
+        *twilio_checks,
         *telegram_checks,
         check_public_url(settings, config),
     ]
@@ -395,6 +398,71 @@ def check_whatsapp(settings: Settings, config: Config) -> list[Check]:
         checks.append(_open_dm("whatsapp", "the number"))
     sender = settings.twilio_whatsapp_from or f"messaging service {channel.messaging_service_sid}"
     return checks or [_ok("whatsapp", f"configured; sends as {sender}")]
+
+
+def _twilio_credential(settings: Settings) -> str:
+    """Which credential Twilio REST calls use, the key SID masked (SK…1234)."""
+    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:
+        return f"API key SK…{settings.twilio_api_key_sid[-4:]}"
+    return "the auth token"
+
+
+async def check_twilio(
+    settings: Settings, config: Config, http: aiohttp.ClientSession, seconds: float
+) -> list[Check]:
+    """Which credential REST calls use, and whether it may read the Messages list (one GET
+    of one message): without that, a resend after an outage cannot rule out a duplicate."""
+    rest, sid = settings.twilio_rest_auth(), settings.twilio_account_sid
+    if not (_whatsapp_configured(settings, config) and rest and sid):
+        return []
+    base = settings.twilio_api_base_url.rstrip("/")
+    url = f"{base}/2010-04-01/Accounts/{sid}/Messages.json?PageSize=1"
+    used = f"REST calls use {_twilio_credential(settings)}"
+    key_vars = (
+        "TWILIO_API_KEY_SID/TWILIO_API_KEY_SECRET (a key of TWILIO_ACCOUNT_SID's account)"
+        if settings.twilio_api_key_sid
+        else "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN"
+    )
+    try:
+        headers = {"Authorization": aiohttp.encode_basic_auth(*rest)}
+        async with http.get(url, headers=headers) as response:
+            status, text = response.status, await response.text()
+    except TimeoutError:
+        detail = f"{used}; Twilio at {base} did not answer within {seconds:g} s"
+        return [_fail("twilio", detail, "check your network and TWILIO_API_BASE_URL")]
+    except aiohttp.ClientError as exc:
+        detail = f"{used}; cannot reach Twilio at {base} ({_reason(exc, quote=False)})"
+        return [_fail("twilio", detail, "check your network and TWILIO_API_BASE_URL")]
+    if status == 200:
+        return [_ok("twilio", f"{used}; the Messages list is readable (exact-once resends)")]
+    code = _twilio_code(text)
+    answered = f"the Messages list answered HTTP {status}" + (f" (code {code})" if code else "")
+    if status == 401:
+        return [_fail("twilio", f"{used}; Twilio refused it: {answered}", f"check {key_vars}")]
+    if status in (429, 500, 502, 503, 504):
+        return [_warn("twilio", f"{used}; {answered}: could not check", "try again later")]
+    effect = "replies still go out, but a resend after a Twilio outage may be a duplicate"
+    if status == 403:
+        fix = (
+            'give the restricted key "Messages: read" (Twilio Console → Account → API keys '
+            "& tokens), or use a standard key"
+        )
+    else:
+        fix = (
+            f"let GET {base}/2010-04-01/Accounts/…/Messages.json through "
+            "(a proxy that passes only POST?)"
+        )
+    return [_warn("twilio", f"{used}; {answered}: {effect}", fix)]
+
+
+def _twilio_code(text: str) -> int | None:
+    """The `code` of a Twilio error body, if it is one (a proxy may answer HTML)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _open_dm(channel: str, what: str) -> Check:

@@ -61,12 +61,29 @@ class StoreUnavailable(BotError):
 
 class ChannelSendError(BotError):
     """A reply could not be delivered to a platform. `retry_after`: seconds the platform
-    asked to wait (a 429's Retry-After), if it said."""
+    asked to wait (a 429's Retry-After), if it said; `status`: its HTTP status, if it answered."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
+
+
+class RecipientUnreachable(ChannelSendError):
+    """The platform says this person cannot be reached (blocked the bot, no such number,
+    unsubscribed): never retried. `code`: the platform's code (Twilio 21211, Telegram 403)."""
+
+    def __init__(self, message: str, *, code: int, status: int | None = None) -> None:
+        super().__init__(message, retryable=False, status=status)
+        self.code = code
 
 
 class ModelError(BotError):

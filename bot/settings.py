@@ -18,6 +18,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         extra="ignore",
         frozen=True,
+        hide_input_in_errors=True,  # an error must not print the other settings' secrets
     )
 
     bot_config: str = Field(default="./bot.json5", description="Path of the JSON5 gateway config.")
@@ -42,7 +43,13 @@ class Settings(BaseSettings):
         default=False, description="true: REDIS_URL is one node of a Redis Cluster."
     )
     twilio_account_sid: str | None = None
-    twilio_auth_token: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="Verifies webhook signatures; REST calls too, without a key."
+    )
+    twilio_api_key_sid: str | None = Field(
+        default=None, description="SK…: REST calls use this API key (with its secret)."
+    )
+    twilio_api_key_secret: SecretStr | None = None
     twilio_whatsapp_from: str | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
     telegram_bot_token: SecretStr | None = None
@@ -58,10 +65,36 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_CLUSTER=true needs REDIS_URL naming one node of the cluster")
         return self
 
+    @model_validator(mode="after")
+    def _api_key_is_a_pair(self) -> Settings:
+        if (self.twilio_api_key_sid is None) != (self.twilio_api_key_secret is None):
+            given, missing = (
+                ("TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET")
+                if self.twilio_api_key_sid
+                else ("TWILIO_API_KEY_SECRET", "TWILIO_API_KEY_SID")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: set both TWILIO_API_KEY_SID and "
+                "TWILIO_API_KEY_SECRET (a Twilio API key), or neither (REST calls then use "
+                "TWILIO_AUTH_TOKEN)"
+            )
+        return self
+
+    def twilio_rest_auth(self) -> tuple[str, str] | None:
+        """The HTTP Basic credentials of Twilio REST calls (messages, the list, media): the
+        API key's SID and secret when set, else the account SID and auth token; None when
+        neither is complete. URLs stay under the account SID either way."""
+        if self.twilio_api_key_sid and self.twilio_api_key_secret:
+            return self.twilio_api_key_sid, self.twilio_api_key_secret.get_secret_value()
+        if self.twilio_account_sid and self.twilio_auth_token:
+            return self.twilio_account_sid, self.twilio_auth_token.get_secret_value()
+        return None
+
     def secrets(self) -> list[str]:
         """Every secret value that is set, so log sinks can redact them."""
         values = [
             self.twilio_auth_token,
+            self.twilio_api_key_secret,
             self.telegram_bot_token,
             self.telegram_webhook_secret,
             self.anthropic_api_key,

@@ -6,7 +6,8 @@ InboundMessage (one conversation per chat; in groups only when the bot is mentio
 replied to, unless `requireMention: false`). Replies go out
 with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
 paced per chat, one attempt per chunk from the outbox (which retries 429 after
-`retry_after`, 5xx and network errors); other Bot API calls retry a few times themselves.
+`retry_after`, 5xx and network errors, and never a chat that refuses the bot: blocked,
+deactivated, not found); other Bot API calls retry a few times themselves.
 Webhooks, polling and sending share the Bot API client and its error translation, so they
 stay in one module (a little over 400 lines).
 """
@@ -30,6 +31,7 @@ from bot.errors import (
     ChannelNotConfigured,
     ChannelSendError,
     MediaRejected,
+    RecipientUnreachable,
     WebhookSecretError,
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
@@ -41,6 +43,10 @@ from channels.telegram_parse import _dict, _is_int, _size, _utf8
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# A 400 that means the chat is out of the bot's reach (every 403 of a send means that too:
+# "Forbidden: bot was blocked by the user", "Forbidden: user is deactivated", kicked…).
+UNREACHABLE_400 = ("Bad Request: chat not found", "Bad Request: user not found")
+SEND_METHODS = frozenset({"sendMessage", "sendChatAction"})
 MAX_RETRY_AFTER = 60.0
 MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
 MAX_PACED_CHATS = 10_000  # chats the pacer remembers at once, however short its window
@@ -162,6 +168,7 @@ class TelegramChannel:
         attempts = attempts or self.attempts
         for attempt in range(1, attempts + 1):
             delay = self.backoff_seconds * 2 ** (attempt - 1)
+            error: ChannelSendError
             try:
                 async with self.http.post(
                     url, json=body, timeout=aiohttp.ClientTimeout(total=http_seconds)
@@ -178,8 +185,12 @@ class TelegramChannel:
                 answer = answer if isinstance(answer, dict) else {}
                 description = str(answer.get("description") or f"HTTP {status}")
                 error = TelegramError(
-                    f"{method}: {description}", retryable=status in RETRY_STATUSES
+                    f"{method}: {description}", retryable=status in RETRY_STATUSES, status=status
                 )
+                if method in SEND_METHODS and (
+                    status == 403 or (status == 400 and description.startswith(UNREACHABLE_400))
+                ):
+                    error = RecipientUnreachable(f"{method}: {description}", code=status)
                 retry_after = (answer.get("parameters") or {}).get("retry_after")
                 if status == 429 and isinstance(retry_after, int | float):
                     delay = min(float(retry_after), MAX_RETRY_AFTER)

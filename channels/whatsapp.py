@@ -3,15 +3,18 @@
 The only module that imports the twilio SDK. Webhooks are verified with twilio's
 RequestValidator over the public URL; replies go through its async client, in chunks
 within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
-errors), and a resumed send asks Twilio's Messages list whether a chunk was already taken.
-Attachments (MediaUrl{n}) are fetched with the account's Basic auth, which never follows
-Twilio's redirect to its CDN on another host.
+errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
+list whether a chunk was already taken. REST calls use an API key when TWILIO_API_KEY_SID/SECRET
+are set, else the auth token (which always verifies webhooks). Attachments (MediaUrl{n}) are
+fetched with that same Basic auth, which never follows Twilio's redirect to its CDN.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +35,7 @@ from bot.errors import (
     ChannelNotConfigured,
     ChannelSendError,
     MediaRejected,
+    RecipientUnreachable,
     WebhookAuthError,
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
@@ -44,12 +48,28 @@ HINTS = {
     63016: "outside WhatsApp's 24-hour window: the person must write first (or use a template)",
     21617: "the body is over 1600 characters: lower channels.whatsapp.textChunkLimit",
     21211: "the 'To' number is not a valid phone number",
+    21614: "the 'To' number is not a mobile (WhatsApp) number",
+    21610: "the person unsubscribed (sent STOP): they must send START to get messages again",
+    63003: "WhatsApp could not find the 'To' address: the number has no WhatsApp account",
+    63024: "WhatsApp rejected the recipient: the number cannot receive messages",
     21606: "TWILIO_WHATSAPP_FROM is not a WhatsApp sender of this account",
     63007: "TWILIO_WHATSAPP_FROM is not a WhatsApp-enabled sender of this account",
-    20003: "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are wrong",
+    20003: "the Twilio credentials are wrong (TWILIO_API_KEY_SID/TWILIO_API_KEY_SECRET if set, "
+    "else TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN), or the key is not of this account",
     20429: "Twilio is rate limiting this account",
 }
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# Codes that say the person cannot be reached at this address: retrying would never help.
+UNREACHABLE_CODES = frozenset({21211, 21614, 63003, 21610, 63024})
+LIST_HINTS = {
+    401: HINTS[20003],
+    403: 'this credential may send but not list messages: a restricted API key needs "Messages: '
+    'read" for exact-once resends',
+}
+LIST_HINT = (
+    "TWILIO_API_BASE_URL does not serve GET on the Messages list (a proxy that passes only "
+    "POST?): let GET …/Messages.json through for exact-once resends"
+)
 MAX_MEDIA = 10  # Twilio sends at most 10 media per message; NumMedia is capped to this
 MAX_FIELDS = 1000  # an inbound form has a few dozen fields; more is not Twilio
 _WHATSAPP_FROM = re.compile(r"whatsapp:\+[1-9][0-9]{1,14}")
@@ -109,6 +129,23 @@ def hint(code: int | None) -> str:
     return HINTS.get(code or 0, "see https://www.twilio.com/docs/errors")
 
 
+def list_refused(exc: TwilioException) -> ChannelSendError:
+    """A failed Messages list request as a ChannelSendError with its status and a hint
+    (retryable for 429 and 5xx). The SDK's list error carries the response, not the code."""
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(exc, "status", None) or getattr(response, "status_code", None)
+    code: object = getattr(exc, "code", None)
+    if code is None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            code = json.loads(getattr(response, "text", "") or "").get("code")
+    code_text = f" error {code}" if isinstance(code, int) else ""
+    return ChannelSendError(
+        f"Twilio {status}{code_text} listing messages: {LIST_HINTS.get(status or 0, LIST_HINT)}",
+        retryable=status in RETRY_STATUSES,
+        status=status if isinstance(status, int) else None,
+    )
+
+
 class WhatsAppChannel:
     """WhatsApp messages to and from one Twilio sender."""
 
@@ -136,9 +173,11 @@ class WhatsAppChannel:
         self.account_sid = settings.twilio_account_sid
         self.http: TwilioHttpClient | None = None
         self.client: Client | None = None
-        if self.account_sid and token:
+        rest = settings.twilio_rest_auth()
+        if self.account_sid and rest:
             self.http = TwilioHttpClient(timeout=15)
-            self.client = Client(self.account_sid, token.get_secret_value(), http_client=self.http)
+            user, password = rest  # an API key's SID and secret, or the account SID and token
+            self.client = Client(user, password, self.account_sid, http_client=self.http)
             self.client.api.base_url = settings.twilio_api_base_url.rstrip("/")
 
     def startup_warnings(self) -> list[str]:
@@ -156,7 +195,10 @@ class WhatsAppChannel:
         elif self.validator is None:
             warnings.append("TWILIO_AUTH_TOKEN is not set: WhatsApp webhooks answer 503")
         if self.client is None:
-            warnings.append("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: replies cannot be sent")
+            warnings.append(
+                "TWILIO_ACCOUNT_SID with TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID/"
+                "TWILIO_API_KEY_SECRET) not set: replies cannot be sent"
+            )
         elif not (self.sender or self.config.messaging_service_sid):
             warnings.append("TWILIO_WHATSAPP_FROM is not set: replies cannot be sent")
         return warnings
@@ -266,13 +308,8 @@ class WhatsAppChannel:
             page = await client.messages.page_async(
                 to=message.conversation, page_size=RECONCILE_PAGE, **origin
             )
-        except TwilioException as exc:  # a list's error carries the response, not a code
-            response = exc.args[1] if len(exc.args) > 1 else None
-            status = getattr(exc, "status", None) or getattr(response, "status_code", None)
-            raise ChannelSendError(
-                f"Twilio {status} error listing messages: {hint(getattr(exc, 'code', None))}",
-                retryable=status in RETRY_STATUSES,
-            ) from exc
+        except TwilioException as exc:
+            raise list_refused(exc) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ChannelSendError(
                 f"cannot reach Twilio: {type(exc).__name__}", retryable=True
@@ -288,7 +325,9 @@ class WhatsAppChannel:
         """The Twilio client, once credentials and a sender are set."""
         if self.client is None:
             raise ChannelSendError(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to send", retryable=False
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and "
+                "TWILIO_API_KEY_SECRET) must be set to send",
+                retryable=False,
             )
         if not (self.sender or self.config.messaging_service_sid):
             raise ChannelSendError("TWILIO_WHATSAPP_FROM is not set", retryable=False)
@@ -312,9 +351,14 @@ class WhatsAppChannel:
             except TwilioRestException as exc:
                 retryable = exc.status in RETRY_STATUSES
                 error = f"Twilio {exc.status} error {exc.code}: {hint(exc.code)}"
+                if exc.code in UNREACHABLE_CODES:
+                    raise RecipientUnreachable(error, code=exc.code, status=exc.status) from exc
                 if not retryable or attempt == attempts:
                     raise ChannelSendError(
-                        error, retryable=retryable, retry_after=self._retry_after()
+                        error,
+                        retryable=retryable,
+                        retry_after=self._retry_after(),
+                        status=exc.status,
                     ) from exc
                 delay = self._retry_after() or self.backoff_seconds * 2 ** (attempt - 1)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -346,17 +390,15 @@ class WhatsAppChannel:
 
 
 class TwilioMediaFetcher:
-    """WhatsApp attachments: Twilio's media resource with the account SID and auth token as
-    Basic auth, then its redirect to the CDN with no credentials (another host)."""
+    """WhatsApp attachments: Twilio's media resource with the REST credential (the API key,
+    else the account SID and auth token) as Basic auth, then its redirect to the CDN with no
+    credentials (another host)."""
 
     def __init__(self, *, settings: Settings, http: aiohttp.ClientSession) -> None:
         self.http = http
         self.api = URL(settings.twilio_api_base_url)
-        token = settings.twilio_auth_token
-        sid = settings.twilio_account_sid
-        self.authorization = (
-            aiohttp.encode_basic_auth(sid, token.get_secret_value()) if sid and token else None
-        )
+        rest = settings.twilio_rest_auth()
+        self.authorization = aiohttp.encode_basic_auth(*rest) if rest else None
 
     async def fetch_media(
         self, message: InboundMessage, index: int, *, max_bytes: int
@@ -366,7 +408,8 @@ class TwilioMediaFetcher:
             raise MediaRejected("the message has no such attachment", reason="fetch_failed")
         if self.authorization is None:
             raise MediaRejected(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to fetch media",
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and "
+                "TWILIO_API_KEY_SECRET) must be set to fetch media",
                 reason="fetch_failed",
             )
         return await download(

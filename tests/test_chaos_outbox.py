@@ -1,6 +1,7 @@
 """Chaos for the outbox with a real `bot serve` process, real Redis and fakes at the HTTP
-boundary: a Twilio outage longer than any in-process retry. (The SIGKILL chaos test, with an
-instant model, is in test_worker.py.)"""
+boundary: a Twilio outage longer than any in-process retry, also with a Messages list that
+refuses every lookup (a restricted API key, a proxy that serves only POST). (The SIGKILL chaos
+test, with an instant model, is in test_worker.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
-from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
+from tests.fakes.twilio_server import (
+    FakeTwilio,
+    method_not_allowed,
+    new_api_key,
+    signed_form,
+    whatsapp_inbound,
+)
 from tests.helpers import gateway_config_text, whatsapp_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,18 +42,30 @@ async def model() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+@pytest.mark.parametrize(
+    "lookup", ["readable", "restricted-key", "proxy-405"], ids=lambda lookup: f"list-{lookup}"
+)
 async def test_a_reply_due_during_a_12_s_twilio_outage_arrives_once_after_it(
-    model: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
+    model: FakeOpenAI, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path, lookup: str
 ) -> None:
-    """Twilio answers 503 to everything for 12 s from the moment a message arrives: with the
-    default retry settings the person gets the reply exactly once, after Twilio recovers."""
+    """Twilio answers 503 to every send for 12 s from the moment a message arrives: with the
+    default retry settings the person gets the reply after Twilio recovers, exactly once when
+    the Messages list answers; when it refuses every lookup (a restricted API key without
+    "Messages: read", whose REST calls all go out as the key while the auth token verifies
+    the webhook; or a 405 from a proxy) it still arrives, with one `reconcile_failed`."""
     port = closed_port()
     config = tmp_path / "bot.json5"
     text = gateway_config_text(model.base_url).rstrip().rstrip("}")
     config.write_text(text + 'channels: { whatsapp: { dmPolicy: "open" } } }')
     log = tmp_path / "serve.log"
-    async with FakeTwilio() as twilio:
-        env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config, port=port)
+    key = new_api_key(list_messages=False)
+    extra = {}
+    if lookup == "restricted-key":
+        extra = {"TWILIO_API_KEY_SID": key.sid, "TWILIO_API_KEY_SECRET": key.secret}
+    async with FakeTwilio(api_keys=(key,)) as twilio:
+        if lookup == "proxy-405":
+            twilio.refuse_list(method_not_allowed())
+        env = whatsapp_env(tmp_path, twilio, redis_url=redis_url, config=config, port=port, **extra)
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", env=env, cwd=ROOT,
@@ -84,3 +103,8 @@ async def test_a_reply_due_during_a_12_s_twilio_outage_arrives_once_after_it(
     assert "send_failed" not in names
     assert names.count("send_retry") >= 3
     assert names.count("reply_sent") == 1
+    lookups = [r for r in twilio.requests if r.method == "GET"]
+    assert lookups  # the resends did ask the list
+    assert names.count("reconcile_failed") == (0 if lookup == "readable" else 1)
+    user = key.sid if lookup == "restricted-key" else twilio.account_sid
+    assert {r.user for r in twilio.requests} == {user}

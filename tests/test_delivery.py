@@ -1,14 +1,18 @@
 """The outbox on real Redis against fake Twilio and Telegram: retries with backoff, order,
-chunks never repeated after a crash, non-retryable failures, expiry, takeover by any worker."""
+chunks never repeated after a crash, non-retryable failures, expiry, takeover by any worker,
+lookups Twilio refuses, unreachable recipients and Twilio API keys."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -18,21 +22,35 @@ from bot.delivery import DUE_KEY, head_key, outbox_key
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from bot.worker import Worker, lease_key
+from channels.whatsapp import TwilioMediaFetcher
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
-from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.telegram_server import (
+    FakeTelegram,
+    TgReply,
+    bot_blocked,
+    chat_not_found,
+    user_deactivated,
+)
 from tests.fakes.telegram_server import too_many_requests as telegram_429
 from tests.fakes.twilio_server import (
+    RECIPIENT_ERRORS,
+    ApiKey,
     FakeTwilio,
     TwilioReply,
+    forbidden,
+    method_not_allowed,
+    new_api_key,
     outside_window,
     server_error,
     too_many_requests,
+    unreachable,
 )
 from tests.helpers import Clock, eventually, gateway_config_text
 
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
+OTHER = "whatsapp:+15557654321"
 
 
 def echo(request: Recorded) -> Reply:
@@ -125,13 +143,23 @@ async def lease_gone(redis: aioredis.Redis) -> bool:
     return not await redis.exists(lease_key(PERSON))
 
 
-@pytest.fixture
-async def rig(
-    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+@contextlib.asynccontextmanager
+async def open_rig(
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+    events: CapturedEvents,
+    *,
+    api_key: ApiKey | None = None,
 ) -> AsyncIterator[Rig]:
+    """A rig whose Twilio REST calls use `api_key` when given (the fake accepts it), else
+    the account SID and auth token."""
+    keys: dict[str, Any] = {}
+    if api_key is not None:
+        keys = {"twilio_api_key_sid": api_key.sid, "twilio_api_key_secret": api_key.secret}
     async with (
         FakeOpenAI(models=["local-model"], default=echo) as model,
-        FakeTwilio() as twilio,
+        FakeTwilio(api_keys=(api_key,) if api_key else ()) as twilio,
         FakeTelegram() as telegram,
     ):
         text = gateway_config_text(model.base_url).rstrip().rstrip("}")
@@ -145,9 +173,18 @@ async def rig(
             twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
             twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
             telegram_bot_token=telegram.token, telegram_api_base_url=telegram.base_url,
+            **keys,
         )  # type: ignore[call-arg]  # fmt: skip
         async with open_app(settings, config, events.log) as app:
             yield Rig(app, twilio, telegram, model, redis_client, events, Clock())
+
+
+@pytest.fixture
+async def rig(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> AsyncIterator[Rig]:
+    async with open_rig(redis_url, redis_client, tmp_path, events) as rig:
+        yield rig
 
 
 @pytest.fixture
@@ -294,3 +331,199 @@ async def test_another_worker_delivers_after_the_first_one_stopped(rig: Rig) -> 
     await task
     assert rig.bodies() == ["echo:hello"]
     assert len(rig.model.requests_to("/responses")) == 1
+
+
+@contextlib.asynccontextmanager
+async def working(rig: Rig) -> AsyncIterator[Worker]:
+    """One worker taking turns and due deliveries inside the block."""
+    worker = rig.worker()
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+
+
+def twilio_calls(rig: Rig, method: str) -> list[str]:
+    """The auth user of each Messages request of `method` (POST: create, GET: list)."""
+    return [r.user or "" for r in rig.twilio.requests if r.method == method]
+
+
+# -- a lookup Twilio refuses -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("refusal", "hint"),
+    [(forbidden(), '"Messages: read"'), (method_not_allowed(), "only POST")],
+    ids=["403-restricted-key", "405-proxy"],
+)
+async def test_a_refused_lookup_sends_the_chunk_anyway_and_says_so_once(
+    rig: Rig, running: Worker, refusal: TwilioReply, hint: str
+) -> None:
+    """Twilio's list answers 403 (or 405) and the first two sends 503: the reply is still
+    delivered once, with one `reconcile_failed` (status, hint) and no lookup after it."""
+    rig.twilio.refuse_list(refusal)
+    rig.twilio.script(server_error(503), server_error(503))
+    await rig.say("hello")
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    await rig.until(rig.settled)
+    assert rig.bodies() == ["echo:hello"]
+    [failed] = rig.events.events("reconcile_failed")
+    assert failed["status"] == refusal.status
+    assert hint in failed["error"]
+    assert failed["level"] == "warning"
+    assert not rig.events.events("send_failed")
+    assert len(twilio_calls(rig, "POST")) == 3
+    assert len(twilio_calls(rig, "GET")) == 1  # the reply's later resends skip the lookup
+    assert [e["attempt"] for e in rig.events.events("send_retry")] == [1, 2]
+
+
+async def test_a_lookup_that_fails_retryably_is_retried_not_skipped(
+    rig: Rig, running: Worker
+) -> None:
+    """A 503 from the list is retried like a send: nothing is sent blind while it lasts,
+    and once the list answers the reply goes out once."""
+    rig.twilio.refuse_list(server_error(503))
+    rig.twilio.script(server_error(503))
+    await rig.say("hello")
+    await rig.drive(lambda: len(rig.events.events("send_retry")) >= 3)
+    assert len(twilio_calls(rig, "POST")) == 1  # only the first send: the lookups wait
+    rig.twilio.refuse_list(None)
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    await rig.until(rig.settled)
+    assert rig.bodies() == ["echo:hello"]
+    assert not rig.events.events("reconcile_failed")
+    assert not rig.events.events("send_failed")
+
+
+# -- recipients that cannot be reached -------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", sorted(RECIPIENT_ERRORS))
+async def test_an_unreachable_whatsapp_recipient_is_dropped_at_once(
+    rig: Rig, running: Worker, code: int
+) -> None:
+    """Twilio's invalid-recipient error: one attempt, `recipient_unreachable` with the code
+    and the masked number; replies to others and the person's later ones still go out."""
+    rig.twilio.refuse_recipient(PERSON, unreachable(code))
+    await rig.say("first")
+    await rig.say("hi", conversation=OTHER)
+    await rig.drive(lambda: bool(rig.events.events("recipient_unreachable")))
+    await rig.drive(lambda: len(rig.twilio.messages) == 1)
+    [dropped] = rig.events.events("recipient_unreachable")
+    assert dropped["code"] == code
+    assert dropped["conversation"] == "whatsapp:+1555•••4567"
+    assert str(code) in dropped["error"]
+    assert not rig.events.events("send_retry")
+    assert not rig.events.events("send_failed")
+    rig.twilio.refuse_recipient(PERSON, None)  # e.g. they sent START again
+    await rig.say("second")
+    await rig.drive(lambda: len(rig.twilio.messages) == 2)
+    await rig.until(rig.settled)
+    assert [(m.to, m.body) for m in rig.twilio.messages] == [
+        (OTHER, "echo:hi"),
+        (PERSON, "echo:second"),
+    ]
+    posts = [r.form["To"] for r in rig.twilio.requests if r.method == "POST"]
+    assert posts.count(PERSON) == 2  # one refused attempt, one delivery
+
+
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [(bot_blocked(), 403), (user_deactivated(), 403), (chat_not_found(), 400)],
+    ids=["blocked", "deactivated", "chat-not-found"],
+)
+async def test_a_telegram_chat_that_refuses_the_bot_is_dropped_at_once(
+    rig: Rig, running: Worker, refusal: TgReply, code: int
+) -> None:
+    """A blocked bot, a deleted account or an unknown chat: one sendMessage, a
+    `recipient_unreachable` event, and other chats (and that chat's later replies) go on."""
+    rig.telegram.refuse_chat(42, refusal)
+    await rig.say("first", conversation="telegram:42")
+    await rig.say("hi", conversation="telegram:43")
+    await rig.drive(lambda: bool(rig.events.events("recipient_unreachable")))
+    await rig.drive(lambda: len(rig.telegram.sent) == 1)
+    [dropped] = rig.events.events("recipient_unreachable")
+    assert dropped["code"] == code
+    assert dropped["conversation"] == "telegram:42"
+    assert refusal.description is not None
+    assert refusal.description in dropped["error"]
+    assert not rig.events.events("send_retry")
+    assert not rig.events.events("send_failed")
+    rig.telegram.refuse_chat(42, None)  # unblocked
+    await rig.say("second", conversation="telegram:42")
+    await rig.drive(lambda: len(rig.telegram.sent) == 2)
+    assert [(m["chat_id"], m["text"]) for m in rig.telegram.sent] == [
+        (43, "echo:hi"),
+        (42, "echo:second"),
+    ]
+    calls = rig.telegram.calls_to("sendMessage")
+    assert [str(c.params["chat_id"]) for c in calls].count("42") == 2  # refused once, then sent
+
+
+# -- Twilio REST credentials: API keys -------------------------------------------------------
+
+
+async def test_with_an_api_key_every_rest_call_authenticates_as_the_key(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """TWILIO_API_KEY_SID/SECRET set: the send and the list lookup go out with the key's
+    SID as the Basic auth user, under the account's URLs."""
+    key = new_api_key()
+    async with open_rig(redis_url, redis_client, tmp_path, events, api_key=key) as rig:
+        rig.twilio.script(server_error(503))  # so that the retry reconciles with the list
+        async with working(rig):
+            await rig.say("hello")
+            await rig.drive(lambda: len(rig.twilio.messages) == 1)
+            await rig.until(rig.settled)
+        assert rig.bodies() == ["echo:hello"]
+        assert twilio_calls(rig, "POST") == [key.sid, key.sid]
+        assert twilio_calls(rig, "GET") == [key.sid]
+        assert {r.path.split("/")[3] for r in rig.twilio.requests} == {rig.twilio.account_sid}
+        assert not rig.events.events("reconcile_failed")
+
+
+async def test_a_restricted_key_without_messages_read_still_delivers(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """A key that may create but not list messages: a resend after a 503 is delivered, with
+    one `reconcile_failed` naming the permission it lacks."""
+    key = new_api_key(list_messages=False)
+    async with open_rig(redis_url, redis_client, tmp_path, events, api_key=key) as rig:
+        rig.twilio.script(server_error(503))
+        async with working(rig):
+            await rig.say("hello")
+            await rig.drive(lambda: len(rig.twilio.messages) == 1)
+            await rig.until(rig.settled)
+        assert rig.bodies() == ["echo:hello"]
+        [failed] = rig.events.events("reconcile_failed")
+        assert failed["status"] == 403
+        assert '"Messages: read"' in failed["error"]
+        assert key.secret not in events.text
+
+
+async def test_media_is_fetched_with_the_api_key_and_never_sent_to_the_cdn(
+    tmp_path: Path,
+) -> None:
+    """With an API key, an attachment's Media resource is fetched with the key's Basic auth
+    (the account's own token unused); the CDN it redirects to gets no credentials."""
+    key = new_api_key()
+    async with FakeTwilio(api_keys=(key,)) as twilio, aiohttp.ClientSession() as http:
+        settings = Settings(
+            _env_file=None, twilio_account_sid=twilio.account_sid,
+            twilio_auth_token=twilio.auth_token, twilio_api_base_url=twilio.base_url,
+            twilio_api_key_sid=key.sid, twilio_api_key_secret=key.secret,
+        )  # type: ignore[call-arg]  # fmt: skip
+        url = twilio.add_media("image/png", b"\x89PNG picture")
+        message = InboundMessage(
+            channel="whatsapp", conversation=PERSON, sender=PERSON, text="", platform_id="MM1",
+            ts=time.time(), media=(url,), meta={"type0": "image/png"},
+        )  # fmt: skip
+        fetcher = TwilioMediaFetcher(settings=settings, http=http)
+        attachment = await fetcher.fetch_media(message, 0, max_bytes=1024)
+    assert attachment.data == b"\x89PNG picture"
+    resource, cdn = twilio.media_hits
+    assert resource.auth == (key.sid, key.secret)
+    assert cdn.authorization is None

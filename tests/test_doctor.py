@@ -20,6 +20,7 @@ from bot.settings import Settings
 from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.openai_server import FakeOpenAI, closed_port
 from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.twilio_server import FakeTwilio, TwilioReply, method_not_allowed, new_api_key
 from tests.helpers import gateway_config_text, provider_block
 
 PUBLIC = "https://bot.example.com"
@@ -32,6 +33,8 @@ def settings(tmp_path: Path, redis_url: str | None, **values: Any) -> Settings:
         "twilio_account_sid": None,
         "twilio_auth_token": None,
         "twilio_whatsapp_from": None,
+        "twilio_api_key_sid": None,
+        "twilio_api_key_secret": None,
         "telegram_bot_token": None,
         "telegram_webhook_secret": None,
         "anthropic_api_key": None,
@@ -328,18 +331,32 @@ async def test_whatsapp_half_configured_names_the_missing_variables(
     assert "BOT_PUBLIC_URL" in public.fix
 
 
-async def test_whatsapp_risky_settings_warn(
-    tmp_path: Path, redis_url: str, lmstudio: FakeOpenAI
-) -> None:
-    """verifySignature false and an open dmPolicy each warn on a configured WhatsApp."""
-    env = settings(
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    """A fake Twilio REST API."""
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+def twilio_settings(tmp_path: Path, redis_url: str, twilio: FakeTwilio, **values: Any) -> Settings:
+    """A configured WhatsApp whose REST calls go to the fake `twilio`."""
+    return settings(
         tmp_path,
         redis_url,
-        twilio_account_sid="AC123",
-        twilio_auth_token="twilio-secret",
+        twilio_account_sid=twilio.account_sid,
+        twilio_auth_token=twilio.auth_token,
         twilio_whatsapp_from="whatsapp:+14155238886",
+        twilio_api_base_url=twilio.base_url,
         bot_public_url=PUBLIC,
+        **values,
     )
+
+
+async def test_whatsapp_risky_settings_warn(
+    tmp_path: Path, redis_url: str, lmstudio: FakeOpenAI, twilio: FakeTwilio
+) -> None:
+    """verifySignature false and an open dmPolicy each warn on a configured WhatsApp."""
+    env = twilio_settings(tmp_path, redis_url, twilio)
     channels = 'whatsapp: { verifySignature: false, dmPolicy: "open" }'
     checks = await diagnose(env, config(lmstudio.base_url, channels=channels))
     whatsapp = named(checks, "whatsapp")
@@ -347,6 +364,81 @@ async def test_whatsapp_risky_settings_warn(
     assert "verifySignature" in whatsapp[0].detail
     assert "dmPolicy is open" in whatsapp[1].detail
     assert named(checks, "public url")[0].status == "ok"
+
+
+async def test_twilio_with_the_auth_token_and_a_readable_list_is_ok(
+    tmp_path: Path, redis_url: str, lmstudio: FakeOpenAI, twilio: FakeTwilio
+) -> None:
+    """Without a key doctor says REST calls use the auth token, and reads one message of the
+    list (PageSize=1) to show exact-once resends work."""
+    checks = await diagnose(twilio_settings(tmp_path, redis_url, twilio), config(lmstudio.base_url))
+    (rest,) = named(checks, "twilio")
+    assert rest.status == "ok"
+    assert rest.detail == (
+        "REST calls use the auth token; the Messages list is readable (exact-once resends)"
+    )
+    [lookup] = twilio.requests
+    assert (lookup.method, lookup.form, lookup.user) == (
+        "GET",
+        {"PageSize": "1"},
+        twilio.account_sid,
+    )
+
+
+async def test_twilio_restricted_key_without_messages_read_warns_with_the_permission(
+    tmp_path: Path, redis_url: str, lmstudio: FakeOpenAI
+) -> None:
+    """A restricted API key whose list answers 403: doctor names the key masked (SK…), the
+    status and Twilio's code, and the permission to grant; no secret and no full key SID."""
+    key = new_api_key(list_messages=False)
+    async with FakeTwilio(api_keys=(key,)) as twilio:
+        env = twilio_settings(
+            tmp_path,
+            redis_url,
+            twilio,
+            twilio_api_key_sid=key.sid,
+            twilio_api_key_secret=key.secret,
+        )
+        checks = await diagnose(env, config(lmstudio.base_url))
+    (rest,) = named(checks, "twilio")
+    assert rest.status == "warn"
+    assert rest.detail.startswith(f"REST calls use API key SK…{key.sid[-4:]}; ")
+    assert "HTTP 403 (code 20003)" in rest.detail
+    assert rest.fix is not None
+    assert '"Messages: read"' in rest.fix
+    assert [r.user for r in twilio.requests] == [key.sid]
+    text = report(checks)
+    assert key.secret not in text
+    assert key.sid not in text
+    assert named(checks, "whatsapp")[0].status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "words"),
+    [
+        (method_not_allowed(), "warn", "let GET"),
+        (TwilioReply(status=401, code=20003, message="Authenticate"), "fail", "check TWILIO_"),
+    ],
+    ids=["proxy-405", "refused-401"],
+)
+async def test_twilio_list_refusals_say_what_to_fix(
+    tmp_path: Path,
+    redis_url: str,
+    lmstudio: FakeOpenAI,
+    twilio: FakeTwilio,
+    refusal: TwilioReply,
+    status: str,
+    words: str,
+) -> None:
+    """A 405 (a proxy passing only POST) warns with the GET to let through; a 401 fails and
+    names the credential variables."""
+    twilio.refuse_list(refusal)
+    checks = await diagnose(twilio_settings(tmp_path, redis_url, twilio), config(lmstudio.base_url))
+    (rest,) = named(checks, "twilio")
+    assert rest.status == status
+    assert f"HTTP {refusal.status}" in rest.detail
+    assert rest.fix is not None
+    assert words in rest.fix
 
 
 async def test_telegram_webhook_set_is_ok(

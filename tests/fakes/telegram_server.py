@@ -1,8 +1,9 @@
 """An in-process fake of the Telegram Bot API built on aiohttp.web, in the real shapes.
 
 It answers `{base}/bot{token}/{method}` (getMe, getUpdates with long polling, the webhook methods,
-sendMessage, sendChatAction, getFile) with the real envelope and error texts, plus scripted errors,
-and serves files at `{base}/file/bot{token}/{file_path}` as the Bot API does.
+sendMessage, sendChatAction, getFile) with the real envelope and error texts, plus scripted errors
+and chats that refuse the bot (`refuse_chat`: blocked, deactivated, not found), and serves files
+at `{base}/file/bot{token}/{file_path}` as the Bot API does.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def bot_blocked() -> TgReply:
     return TgReply(status=403, description="Forbidden: bot was blocked by the user")
 
 
+def user_deactivated() -> TgReply:
+    """The 403 Telegram answers when the user's account was deleted."""
+    return TgReply(status=403, description="Forbidden: user is deactivated")
+
+
+def chat_not_found() -> TgReply:
+    """The 400 Telegram answers for a chat the bot cannot see (never started, or gone)."""
+    return TgReply(status=400, description="Bad Request: chat not found")
+
+
 class _ApiError(Exception):
     """A refusal the real API sends as {"ok": false, "error_code", "description"}."""
 
@@ -141,6 +152,7 @@ class FakeTelegram:
         self._allowed: frozenset[str] | None = None
         self._poll: _Poll | None = None
         self._scripts: defaultdict[str, deque[TgReply]] = defaultdict(deque)
+        self._refused_chats: dict[str, TgReply] = {}  # chat id as text → its refusal
         self._chats: dict[int, dict[str, Any]] = {}
         self._last_message_id: defaultdict[int, int] = defaultdict(int)
         self._messages: dict[tuple[int, int], dict[str, Any]] = {}
@@ -243,6 +255,14 @@ class FakeTelegram:
         """Queue behaviours for the next calls of `method`, in order; then it answers normally."""
         self._scripts[method.lower()].extend(replies)
 
+    def refuse_chat(self, chat_id: int, reply: TgReply | None) -> None:
+        """Answer every sendMessage and sendChatAction to `chat_id` with `reply` (e.g.
+        `bot_blocked()`, as for a person who blocked the bot); None serves the chat again."""
+        if reply is None:
+            self._refused_chats.pop(str(chat_id), None)
+        else:
+            self._refused_chats[str(chat_id)] = reply
+
     def add_file(self, data: bytes, *, folder: str = "photos", ext: str = "jpg") -> str:
         """Store a file the bot may fetch (getFile, then the file URL); return its file_id."""
         file_id = f"AgAC{uuid.uuid4().hex}"
@@ -266,6 +286,10 @@ class FakeTelegram:
             return _error(404, "Not Found")
         if parse_error is not None:
             return _error(400, parse_error)
+        if canonical in ("sendMessage", "sendChatAction"):
+            refusal = self._refused_chats.get(str(params.get("chat_id")))
+            if refusal is not None:
+                return _scripted_error(refusal)
         script = self._scripts[canonical.lower()]
         reply = script.popleft() if script else TgReply()
         if reply.delay:
@@ -748,9 +772,11 @@ __all__ = [
     "FakeTelegram",
     "TgReply",
     "bot_blocked",
+    "chat_not_found",
     "group_text_update",
     "private_photo_update",
     "private_text_update",
     "private_voice_update",
     "too_many_requests",
+    "user_deactivated",
 ]

@@ -2,7 +2,11 @@
 
 Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It creates
 messages (POST) and lists them (GET, newest first, filtered by To, From and DateSent, paged),
-and can play an outage (every request answered 5xx until a moment). It also builds
+and can play an outage (every request answered 5xx until a moment). REST requests authenticate
+with the account SID and auth token, or with an API key (`ApiKey`: user = its SK… SID, URLs
+still under the account); every request records its Basic auth. A restricted key without
+"Messages: read", or a proxy that serves only POST, is played by `refuse_list`; a person who
+cannot be reached (21211, 21614, 63003, 21610, 63024) by `refuse_recipient`. It also builds
 Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests,
 and serves inbound media as Twilio does: the Media resource answers 401 without the account's
 Basic auth and 307 to a CDN URL with it; the CDN (another port: another origin) serves the bytes.
@@ -60,6 +64,22 @@ class TwilioReply:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """A Twilio API key the fake accepts as HTTP Basic auth (user: its SID, password: its
+    secret). `list_messages=False`: a restricted key without "Messages: read", whose list
+    requests Twilio refuses with 403 (code 20003)."""
+
+    sid: str
+    secret: str
+    list_messages: bool = True
+
+
+def new_api_key(*, list_messages: bool = True) -> ApiKey:
+    """A fresh key in Twilio's shape: an `SK` SID of 34 characters and a 32-character secret."""
+    return ApiKey(sid=_new_sid("SK"), secret=uuid.uuid4().hex, list_messages=list_messages)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SentMessage:
     """One message the fake accepted (answered 201)."""
 
@@ -86,6 +106,11 @@ class TwilioRequest:
     headers: CIMultiDictProxy[str]
     auth: tuple[str, str] | None  # the decoded HTTP Basic credentials, if any
 
+    @property
+    def user(self) -> str | None:
+        """Who the request authenticated as: the account SID or an API key's SK… SID."""
+        return self.auth[0] if self.auth else None
+
 
 def too_many_requests(retry_after: float | None = 1) -> TwilioReply:
     """Twilio's 429 (code 20429), with a `Retry-After` header in seconds unless None."""
@@ -98,6 +123,32 @@ def server_error(status: int = 500) -> TwilioReply:
     if status == 503:
         return TwilioReply(status=503, code=20503, message="Service Unavailable")
     return TwilioReply(status=status, code=20500, message="Internal Server Error")
+
+
+def forbidden() -> TwilioReply:
+    """Twilio's 403 (code 20003) for a credential that may not do this, e.g. a restricted API
+    key without "Messages: read" listing messages."""
+    return TwilioReply(status=403, code=20003, message="Authenticate")
+
+
+def method_not_allowed() -> TwilioReply:
+    """A 405 (code 20004), as from a proxy in front of Twilio that serves only POST."""
+    return TwilioReply(status=405, code=20004, message="Method not allowed")
+
+
+# Twilio's synchronous refusals of a recipient that cannot be reached, by code.
+RECIPIENT_ERRORS = {
+    21211: "Invalid 'To' Phone Number",
+    21614: "'To' number is not a valid mobile number",
+    63003: "Channel could not find To address",
+    21610: "Attempt to send to unsubscribed recipient",
+    63024: "Invalid message recipient",
+}
+
+
+def unreachable(code: int = 21211) -> TwilioReply:
+    """A 400 with one of Twilio's invalid-recipient codes (`RECIPIENT_ERRORS`)."""
+    return TwilioReply(status=400, code=code, message=RECIPIENT_ERRORS[code])
 
 
 def outside_window() -> TwilioReply:
@@ -134,6 +185,11 @@ class MediaHit:
     auth: tuple[str, str] | None
     authorization: str | None
 
+    @property
+    def user(self) -> str | None:
+        """Who the request authenticated as (None on the CDN, which takes no credentials)."""
+        return self.auth[0] if self.auth else None
+
 
 class FakeTwilio:
     """Twilio's Messages resource on 127.0.0.1: validates like Twilio, records, follows a script."""
@@ -145,8 +201,10 @@ class FakeTwilio:
         auth_token: str = DEFAULT_AUTH_TOKEN,
         max_body: int = MAX_BODY,
         latency: float = 0.0,
+        api_keys: tuple[ApiKey, ...] = (),
     ) -> None:
         self.account_sid = account_sid
+        self.api_keys = {key.sid: key for key in api_keys}
         self.latency = latency  # seconds each create takes before it is accepted
         self.auth_token = auth_token
         self.max_body = max_body
@@ -161,6 +219,8 @@ class FakeTwilio:
         self._script: deque[TwilioReply] = deque()
         self._outage_until = 0.0
         self._outage_reply = server_error(503)
+        self._list_refusal: TwilioReply | None = None
+        self._refused_recipients: dict[str, TwilioReply] = {}
         self._closing = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -226,6 +286,19 @@ class FakeTwilio:
         self._outage_until = time.monotonic() + seconds
         self._outage_reply = reply or server_error(503)
 
+    def refuse_list(self, reply: TwilioReply | None) -> None:
+        """Answer every authenticated Messages list request with `reply` (e.g. `forbidden()`,
+        `method_not_allowed()`), outage or not; None lists again."""
+        self._list_refusal = reply
+
+    def refuse_recipient(self, to: str, reply: TwilioReply | None) -> None:
+        """Answer every message to `to` with `reply` (e.g. `unreachable(21610)`); None takes
+        messages to `to` again."""
+        if reply is None:
+            self._refused_recipients.pop(to, None)
+        else:
+            self._refused_recipients[to] = reply
+
     @property
     def in_outage(self) -> bool:
         return time.monotonic() < self._outage_until
@@ -269,7 +342,7 @@ class FakeTwilio:
     async def _media_resource(self, request: web.Request) -> web.Response:
         """GET a Media instance: 401 without the account's Basic auth, else 307 to the CDN."""
         hit = self._hit(request)
-        if hit.auth != (self.account_sid, self.auth_token):
+        if not self._authenticated(hit.auth):
             return _unauthorized()
         media_sid = request.match_info["media_sid"]
         if request.match_info["account_sid"] != self.account_sid or media_sid not in self._media:
@@ -316,12 +389,14 @@ class FakeTwilio:
         )
         self.requests.append(recorded)
 
-        if recorded.auth != (self.account_sid, self.auth_token):
+        if not self._authenticated(recorded.auth):
             return _unauthorized()
         if request.match_info["account_sid"] != self.account_sid:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         if self.in_outage:
             return _reply_error(self._outage_reply)
+        if refusal := self._refused_recipients.get(form.get("To", "")):
+            return _reply_error(refusal)
 
         if self._script:
             reply = self._script.popleft()
@@ -351,10 +426,16 @@ class FakeTwilio:
                 auth=_basic_auth(request.headers.get("Authorization")),
             )
         )
-        if self.requests[-1].auth != (self.account_sid, self.auth_token):
+        auth = self.requests[-1].auth
+        if not self._authenticated(auth):
             return _error(401, 20003, "Authenticate")
         if request.match_info["account_sid"] != self.account_sid:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
+        key = self.api_keys.get(auth[0]) if auth else None
+        if key is not None and not key.list_messages:
+            return _reply_error(forbidden())
+        if self._list_refusal is not None:
+            return _reply_error(self._list_refusal)
         if self.in_outage:
             return _reply_error(self._outage_reply)
         found = [
@@ -389,6 +470,13 @@ class FakeTwilio:
             "uri": uri(page),
         }
         return web.json_response(body)
+
+    def _authenticated(self, auth: tuple[str, str] | None) -> bool:
+        """The account's SID and auth token, or one of the fake's API keys."""
+        if auth == (self.account_sid, self.auth_token):
+            return True
+        key = self.api_keys.get(auth[0]) if auth else None
+        return key is not None and auth is not None and auth[1] == key.secret
 
     def _validate(self, recorded: TwilioRequest) -> web.Response | None:
         form = recorded.form
@@ -645,15 +733,21 @@ __all__ = [
     "DEFAULT_ACCOUNT_SID",
     "DEFAULT_AUTH_TOKEN",
     "MAX_BODY",
+    "RECIPIENT_ERRORS",
+    "ApiKey",
     "FakeTwilio",
     "MediaHit",
     "SentMessage",
     "TwilioReply",
     "TwilioRequest",
+    "forbidden",
+    "method_not_allowed",
+    "new_api_key",
     "outside_window",
     "server_error",
     "signed_form",
     "too_many_requests",
+    "unreachable",
     "whatsapp_inbound",
     "whatsapp_status",
 ]
