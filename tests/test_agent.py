@@ -109,10 +109,13 @@ async def test_earlier_turns_are_sent_back_to_the_model(app: App, primary: FakeO
     second = primary.requests_to("/responses")[1].json
     assert second is not None
     assert second["input"] == [
-        {"role": "user", "content": "my name is Ada"},
-        {"role": "assistant", "content": "Nice to meet you, Ada."},
-        {"role": "user", "content": "what is my name?"},
-    ]
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "my name is Ada"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Nice to meet you, Ada."}]},
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "what is my name?"}]},
+    ]  # fmt: skip
 
 
 async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
@@ -120,7 +123,7 @@ async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
     await converse(app, inbound("first", n=1), inbound("second", n=2))
     [request] = primary.requests_to("/responses")
     assert request.json is not None
-    assert request.json["input"] == [{"role": "user", "content": "first\nsecond"}]
+    assert request.turn_texts == ["first\nsecond"]
 
 
 @pytest.mark.parametrize(

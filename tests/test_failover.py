@@ -135,6 +135,23 @@ async def test_bad_request_raises_without_fallback(
     assert backup.requests_to("/responses") == []
 
 
+async def test_a_strict_server_takes_every_turn_of_a_conversation(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """History with the assistant's turns goes in the explicit item form, which a server
+    holding llama.cpp's rules answers: the second turn is the primary's too."""
+    history = [
+        *HELLO,
+        Turn(role="assistant", text="hi there", ts=1.0),
+        Turn(role="user", text="and again", ts=2.0),
+    ]
+    answer = await client.complete(instructions="be brief", turns=history)
+    assert answer.text == "from primary"
+    assert backup.requests_to("/responses") == []
+    [request] = primary.requests_to("/responses")
+    assert request.turn_texts == ["hello", "hi there", "and again"]
+
+
 async def test_refused_primary_is_skipped_until_it_comes_back(
     client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents, clock: Clock
 ) -> None:

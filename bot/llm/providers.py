@@ -65,17 +65,29 @@ def data_url(image: Attachment) -> str:
     return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
+def _responses_item(turn: Turn) -> dict[str, Any]:
+    """A turn as a Responses input item in the explicit form every server takes: `"type":
+    "message"` and typed content parts (output_text for the assistant's turns, input_text for
+    the rest). llama.cpp refuses the short `{"role", "content"}` form for assistant turns."""
+    part = "output_text" if turn.role == "assistant" else "input_text"
+    return {
+        "type": "message",
+        "role": turn.role,
+        "content": [{"type": part, "text": turn.text}],
+    }
+
+
 def _with_images(
     turn: dict[str, Any], images: Sequence[Attachment], *, responses: bool
 ) -> dict[str, Any]:
-    """A turn whose content is its text followed by the pictures, in the API's part shapes."""
+    """A turn followed by the pictures, in the API's part shapes (Responses: the explicit item
+    gets `input_image` parts; chat: its text becomes a `text` part before `image_url` parts)."""
     if responses:
-        parts: list[dict[str, Any]] = [{"type": "input_text", "text": turn["content"]}]
-        parts += [{"type": "input_image", "image_url": data_url(i)} for i in images]
-    else:
-        parts = [{"type": "text", "text": turn["content"]}]
-        parts += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
-    return {"role": turn["role"], "content": parts}
+        parts = [{"type": "input_image", "image_url": data_url(i)} for i in images]
+        return {**turn, "content": [*turn["content"], *parts]}
+    chat: list[dict[str, Any]] = [{"type": "text", "text": turn["content"]}]
+    chat += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
+    return {"role": turn["role"], "content": chat}
 
 
 def _refused(exc: BaseException) -> bool:
@@ -217,10 +229,14 @@ class OpenAIProvider:
         return bool(event.get("choices")) or isinstance(event.get("usage"), dict)
 
     def _request(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
-        """The path and JSON body of a streamed call in this provider's API. Pictures go with
-        the last turn as image parts (Responses `input_image`, chat `image_url`), as data URLs."""
+        """The path and JSON body of a streamed call in this provider's API (Responses input in
+        the explicit item form). Pictures go with the last turn as image parts (Responses
+        `input_image`, chat `image_url`), as data URLs."""
         responses = self.api == "openai-responses"
-        turns: list[dict[str, Any]] = [{"role": t.role, "content": t.text} for t in request.turns]
+        turns: list[dict[str, Any]] = [
+            _responses_item(t) if responses else {"role": t.role, "content": t.text}
+            for t in request.turns
+        ]
         if request.images and turns:
             turns[-1] = _with_images(turns[-1], request.images, responses=responses)
         if responses:
