@@ -135,6 +135,21 @@ async def test_bad_request_raises_without_fallback(
     assert backup.requests_to("/responses") == []
 
 
+@pytest.mark.parametrize("status", [500])
+async def test_an_error_names_its_status_once(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI, status: int
+) -> None:
+    """A server whose error code repeats the status (llama.cpp's `"code": 400`) still reads
+    "HTTP 400 <message>", never "HTTP 400 400"."""
+    error = {"code": status, "message": "went wrong", "type": "invalid_request_error"}
+    primary.script(Reply(status=status, error=error))
+    backup.script(Reply(status=status, error=error))
+    with pytest.raises(AllModelsFailed) as failed:
+        await ask(client)
+    assert f"HTTP {status} went wrong" in str(failed.value)
+    assert f"{status} {status}" not in str(failed.value)
+
+
 async def test_a_strict_server_takes_every_turn_of_a_conversation(
     client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
 ) -> None:

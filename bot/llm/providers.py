@@ -51,11 +51,15 @@ PROBE_REQUEST = CompletionRequest(
 
 
 def _error_text(exc: openai.APIStatusError) -> str:
+    """The server's error code and message. A code that only repeats the HTTP status (llama.cpp
+    sends `"code": 400`) is left out, so the status appears once in the error."""
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
-            return f"{inner.get('code') or ''} {inner.get('message') or ''}".strip()
+            code = str(inner.get("code") or "")
+            code = "" if code == str(exc.status_code) else code
+            return f"{code} {inner.get('message') or ''}".strip()
         return str(inner)
     return str(body or exc.message)
 
