@@ -10,7 +10,8 @@ history (about 7 ms a call at 30 turns, against under 1 ms this way).
 Two clocks watch a call: until the model starts answering (its first token), a deadline the
 caller gives (failover keeps a silent model from eating the turn); after that, only the
 provider's `timeoutSeconds` of silence between events, so a slow but live answer is never cut.
-Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
+Vendor errors become ModelUnavailable (ModelRefused for a 400 that is not an overflow) or
+ContextOverflow here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
-from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable, Severity
+from bot.errors import AnswerNotStarted, ContextOverflow, ModelRefused, ModelUnavailable, Severity
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
 from bot.messages import Attachment, Turn
@@ -127,7 +128,8 @@ def translate(exc: openai.OpenAIError, where: str) -> Exception:
             return ModelUnavailable(f"{where}: HTTP {status} {detail}".rstrip())
         if any(m in lowered for m in UNLOADED_MARKERS):
             return ModelUnavailable(f"{where}: model not loaded ({detail})")
-        return ModelError(f"{where}: HTTP {status} {detail}".rstrip())
+        # Any other 4xx: this server refused this request; another server may take it.
+        return ModelRefused(f"{where}: refused the request: HTTP {status} {detail}".rstrip())
     return ModelUnavailable(f"{where}: {type(exc).__name__}")
 
 
