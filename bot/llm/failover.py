@@ -355,35 +355,33 @@ class FailoverClient:
             if self.local is not None:  # perhaps loaded with a smaller context than planned
                 await self.local.refresh(force=True)
             raise
-        except ModelRefused as exc:
-            self._refused(exc, model, conversation, following, failures, started)
-            return None
         except ModelUnavailable as exc:
             if self.local is not None and "not loaded" in str(exc):
                 self.local.stale()
-            failures.add(str(exc))
+            refused = isinstance(exc, ModelRefused)  # its server is up: the breaker stays closed
+            failures.add(str(exc), refused=refused)
             # A model cut short by the turn's deadline had less than its due: not its fault.
             fair = not isinstance(exc, AnswerNotStarted) or (
                 exc.waited >= provider.first_token_seconds
             )
-            if self.breaker and fair:
+            if self.breaker and fair and not refused:
                 await self.breaker.failure(ref, severity=exc.severity, probe=False)
             self.log.warning(
                 "model_attempt",
                 conversation=conversation,
                 model=ref,
                 provider=model.ref.provider,
-                outcome="unavailable",
+                outcome="refused" if refused else "unavailable",
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 error=str(exc),
             )
-            if following:
+            if following:  # a refusal is told once, in the event above
                 self.log.warning(
                     "model_fallback",
                     conversation=conversation,
                     model=ref,
                     to=str(following[0].ref),
-                    error=str(exc),
+                    **({"outcome": "refused"} if refused else {"error": str(exc)}),
                 )
             return None
         if self.breaker and breaker != CLEAN:
@@ -405,33 +403,3 @@ class FailoverClient:
             tokens_out=completion.usage.tokens_out,
         )
         return completion
-
-    def _refused(
-        self,
-        exc: ModelRefused,
-        model: ModelInfo,
-        conversation: str,
-        following: Sequence[ModelInfo],
-        failures: _Failures,
-        started: float,
-    ) -> None:
-        """A model whose server refused the request: its server is up, so the breaker is left
-        alone, and the turn goes on down the chain. One event says who refused what."""
-        failures.add(str(exc), refused=True)
-        self.log.warning(
-            "model_attempt",
-            conversation=conversation,
-            model=str(model.ref),
-            provider=model.ref.provider,
-            outcome="refused",
-            ms=round((time.perf_counter() - started) * 1000, 1),
-            error=str(exc),
-        )
-        if following:  # counted as a fallback; the refusal itself is in the event above
-            self.log.warning(
-                "model_fallback",
-                conversation=conversation,
-                model=str(model.ref),
-                to=str(following[0].ref),
-                outcome="refused",
-            )
