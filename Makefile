@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-real lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
+
+# Builds llama.cpp's llama-server and fetches a small model into var/real/ (minutes, once),
+# then runs the tests that talk to it.
+test-real: $(STAMP)
+	tests/real/prepare.sh
+	$(BIN)/pytest -m real
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 def echo(request: Recorded) -> Reply:
-    last = (request.json or {})["input"][-1]["content"]
+    last = request.turn_texts[-1]
     return Reply(text=f"echo:{last}", delay=random.uniform(0.02, 0.08))
 
 

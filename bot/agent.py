@@ -381,8 +381,9 @@ class Agent:
 
 
 def _apology_for(exc: Exception) -> str:
+    """What the person is told: too long, refused by every model tried, or no model reached."""
     if isinstance(exc, ContextOverflow):
         return TOO_LONG
-    if isinstance(exc, ModelError):
+    if isinstance(exc, ModelError) or (isinstance(exc, AllModelsFailed) and exc.refused):
         return REFUSED
     return APOLOGY

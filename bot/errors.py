@@ -87,7 +87,8 @@ class RecipientUnreachable(ChannelSendError):
 
 
 class ModelError(BotError):
-    """A model refused the request itself (e.g. HTTP 400); another model would not help."""
+    """A request no model of the chain can take as it is (ContextOverflow: compact it first).
+    A server that refuses one request (a plain 400) is ModelRefused: another server may take it."""
 
 
 class Severity(StrEnum):
@@ -96,14 +97,17 @@ class Severity(StrEnum):
     DOWN = "down"  # cannot connect, timed out: open the breaker at once
     FAILING = "failing"  # 5xx, 429, auth, unknown model: open after a few in a row
     EMPTY = "empty"  # answered without final text: the server works, count nothing
+    REFUSED = "refused"  # refused this request (a 400): the server is up, count nothing
 
 
 class ModelUnavailable(BotError):
-    """A model could not answer now (down, timing out, 5xx, 429, auth, unknown): try the next.
+    """A model could not answer now (down, timing out, 5xx, 429, auth, unknown, refused): try
+    the next.
 
     `severity` tells the breaker what it means: "down" (cannot connect, timed out: open the
-    breaker at once), "failing" (5xx, 429, auth, unknown model: open after a few in a row) or
-    "empty" (answered without final text: the server works, count nothing).
+    breaker at once), "failing" (5xx, 429, auth, unknown model: open after a few in a row),
+    "empty" (answered without final text) or "refused" (a 400 for this request): for these
+    two the server works, so they count nothing.
     """
 
     def __init__(self, message: str, *, severity: Severity = Severity.FAILING) -> None:
@@ -119,12 +123,29 @@ class AnswerNotStarted(ModelUnavailable):
         self.waited = waited
 
 
+class ModelRefused(ModelUnavailable):
+    """A model's server refused this request (an HTTP 400 that is not a context overflow).
+
+    The server is up, so its breaker stays closed; but another server may take what this one
+    refused (llama.cpp and OpenAI differ on which Responses item forms they accept), so the
+    turn goes on to the next model of the chain.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, severity=Severity.REFUSED)
+
+
 class ContextOverflow(ModelError):
     """The prompt did not fit the model's context window: compact and retry the same model."""
 
 
 class AllModelsFailed(BotError):
-    """Every model in the chain failed for this turn."""
+    """Every model in the chain failed for this turn. `refused`: each model that was tried
+    refused the request itself (none was merely down), so rephrasing may help."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class CommandError(BotError):

@@ -16,7 +16,14 @@ from bot.config import Config, parse_config
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.conftest import CapturedEvents
-from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, error_reply, server_error
+from tests.fakes.openai_server import (
+    FakeOpenAI,
+    Reply,
+    closed_port,
+    error_reply,
+    llamacpp_refusal,
+    server_error,
+)
 from tests.helpers import RecordingSender, eventually, gateway_config, inbound, run_turn
 from tests.test_worker import make_worker
 
@@ -109,10 +116,13 @@ async def test_earlier_turns_are_sent_back_to_the_model(app: App, primary: FakeO
     second = primary.requests_to("/responses")[1].json
     assert second is not None
     assert second["input"] == [
-        {"role": "user", "content": "my name is Ada"},
-        {"role": "assistant", "content": "Nice to meet you, Ada."},
-        {"role": "user", "content": "what is my name?"},
-    ]
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "my name is Ada"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Nice to meet you, Ada."}]},
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "what is my name?"}]},
+    ]  # fmt: skip
 
 
 async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
@@ -120,7 +130,7 @@ async def test_a_burst_becomes_one_turn(app: App, primary: FakeOpenAI) -> None:
     await converse(app, inbound("first", n=1), inbound("second", n=2))
     [request] = primary.requests_to("/responses")
     assert request.json is not None
-    assert request.json["input"] == [{"role": "user", "content": "first\nsecond"}]
+    assert request.turn_texts == ["first\nsecond"]
 
 
 @pytest.mark.parametrize(
@@ -154,16 +164,36 @@ async def test_refused_connection_falls_back(
     assert "cannot connect" in events.events("model_fallback")[0]["error"]
 
 
-async def test_bad_request_does_not_fall_back(
+async def test_a_request_the_primary_refused_is_answered_by_the_fallback(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """A 400 from the primary (llama.cpp's "Cannot determine type") hands the turn on: the
+    person gets the fallback's answer, not an apology."""
+    primary.script(llamacpp_refusal())
+    backup.script(Reply(text="answered elsewhere"))
+    assert await converse(app, inbound("hello")) == "answered elsewhere"
+
+
+async def test_a_request_every_model_refused_gets_the_rephrase_reply(
     app: App, primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents
 ) -> None:
-    """A 400 is the request's fault: no fallback, a clear reply, nothing stored."""
+    """Only when every model refused the request itself: a clear reply, nothing stored."""
     primary.script(error_reply(400, "invalid input"))
+    backup.script(error_reply(400, "invalid input"))
     reply = await converse(app, inbound("hello"))
     assert reply == REFUSED
-    assert backup.requests_to("/chat/completions") == []
+    assert len(backup.requests_to("/chat/completions")) == 1
     assert await app.memory.load("console:tester") == []
     assert events.events("turn_failed")
+
+
+async def test_a_refusal_and_an_outage_get_the_try_later_reply(
+    app: App, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """A refusal from one model and an outage of the other is no reason to rephrase."""
+    primary.script(error_reply(400, "invalid input"))
+    backup.script(server_error())
+    assert await converse(app, inbound("hello")) == APOLOGY
 
 
 async def test_empty_final_text_is_a_failed_attempt(

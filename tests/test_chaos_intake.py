@@ -131,7 +131,7 @@ def answered(model: FakeOpenAI) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = {"a": [], "b": []}
     for request in model.requests_to("/responses"):
         if request.json is not None:
-            texts = request.json["input"][-1]["content"].split("\n")
+            texts = request.turn_texts[-1].split("\n")
             seen[texts[0][0]].extend(texts)
     return seen
 
@@ -168,7 +168,7 @@ def turns(model: FakeOpenAI, tag: str = "") -> int:
     return sum(
         1
         for r in model.requests_to("/responses")
-        if r.json is not None and r.json["input"][-1]["content"].startswith(tag)
+        if r.json is not None and r.turn_texts[-1].startswith(tag)
     )
 
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
+from tests.fakes.openai_server import FakeOpenAI, closed_port, echo
 from tests.fakes.twilio_server import (
     FakeTwilio,
     method_not_allowed,
@@ -29,11 +29,6 @@ from tests.helpers import gateway_config_text, whatsapp_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PERSON = "whatsapp:+15551234567"
-
-
-def echo(request: Recorded) -> Reply:
-    """A model that answers at once with the last user message it was shown."""
-    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
 
 
 @pytest.fixture

@@ -21,18 +21,13 @@ import pytest
 
 from bot.intake import READY_STREAM, inbox_key
 from bot.messages import InboundMessage
-from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
+from tests.fakes.openai_server import FakeOpenAI, closed_port, echo
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
 from tests.helpers import RedisProcess, bot_env, gateway_config_text
 
 SECRET = "chaos-secret"
 ADMIN_CHAT = 1001
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def echo(request: Recorded) -> Reply:
-    """A model that answers with the last user message it was shown."""
-    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
 
 
 async def until(check: Callable[[], Any], what: str, within: float = 20) -> None:

@@ -36,7 +36,7 @@ from bot.wakeups import Sweeper, ensure_group
 from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.lmstudio_server import FakeLMStudio
-from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply, closed_port
+from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, echo
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
     cluster_ok,
@@ -48,11 +48,6 @@ from tests.helpers import (
     seed_config_text,
     whatsapp_env,
 )
-
-
-def echo(request: Recorded) -> Reply:
-    """A model that answers with the last user message it was shown."""
-    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
 
 
 class RecordingSender:

@@ -100,16 +100,16 @@ async def test_300_long_turns_never_overflow_and_carry_the_summary(
     assert extensions == len(prompts) - 1 - len(compactions)
     summary_request = next(r for r in model.requests_to("/responses") if is_summary(r))
     assert summary_request.json is not None
-    assert "Message 0." in summary_request.json["input"][0]["content"]
+    assert "Message 0." in summary_request.turn_texts[0]
 
 
 async def test_a_summary_folds_the_previous_one_in(app: App, model: FakeOpenAI) -> None:
     """The second summary request carries the first summary."""
     for n in range(40):
         await turn(app, long_message(n), n)
-    summaries = [r.json for r in model.requests_to("/responses") if is_summary(r) and r.json]
+    summaries = [r for r in model.requests_to("/responses") if is_summary(r) and r.json]
     assert len(summaries) >= 2
-    assert "Previous summary:\nSUMMARY-1:" in summaries[1]["input"][0]["content"]
+    assert "Previous summary:\nSUMMARY-1:" in summaries[1].turn_texts[0]
 
 
 async def test_overflow_compacts_harder_and_retries(
@@ -142,7 +142,7 @@ async def test_inbound_text_over_the_limit_is_cut_with_a_note(app: App, model: F
     """A message over maxInboundChars (8,000) reaches the model cut, with a note saying so."""
     await turn(app, "x" * 9000, 1)
     [request] = chat_requests(model)
-    sent = request["input"][-1]["content"]
+    sent = request["input"][-1]["content"][0]["text"]
     assert sent.startswith("x" * 8000)
     assert "[The message was cut: 1000 characters omitted.]" in sent
 

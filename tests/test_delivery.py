@@ -24,7 +24,7 @@ from bot.settings import Settings
 from bot.worker import Worker, lease_key
 from channels.whatsapp import TwilioMediaFetcher
 from tests.conftest import CapturedEvents
-from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
+from tests.fakes.openai_server import FakeOpenAI, Reply, echo
 from tests.fakes.telegram_server import (
     FakeTelegram,
     TgReply,
@@ -51,11 +51,6 @@ from tests.helpers import Clock, eventually, gateway_config_text
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
 OTHER = "whatsapp:+15557654321"
-
-
-def echo(request: Recorded) -> Reply:
-    """A model that answers with the last user message it was shown."""
-    return Reply(text=f"echo:{(request.json or {})['input'][-1]['content']}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import parse_config
-from bot.errors import AllModelsFailed, ContextOverflow, ModelError
+from bot.errors import AllModelsFailed, ContextOverflow
 from bot.llm.breaker import RedisBreaker, breaker_key
 from bot.llm.failover import FailoverClient
 from bot.llm.providers import OpenAIProvider
@@ -24,10 +24,12 @@ from bot.messages import Turn
 from bot.reads import fetch
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import (
+    LLAMACPP_ITEM_MESSAGE,
     FakeOpenAI,
     Reply,
     context_overflow,
     error_reply,
+    llamacpp_refusal,
     model_not_loaded,
     server_error,
     unauthorized,
@@ -125,14 +127,85 @@ async def test_context_overflow_is_its_own_error(
     assert backup.requests_to("/responses") == []
 
 
-async def test_bad_request_raises_without_fallback(
+async def test_a_refused_request_goes_to_the_next_model_and_leaves_the_breaker_closed(
+    client: FailoverClient, primary: FakeOpenAI, redis_client: aioredis.Redis,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """llama.cpp's 400 hands each turn to the next model; the refusing server is up, so its
+    breaker never opens (its next turn calls it again), and one event per refusal names the
+    model and what it said, with the status once."""
+    primary.script(*[llamacpp_refusal()] * 4)
+    for _ in range(4):  # past the breaker's threshold of three failures in a row
+        assert await ask(client) == "from backup"
+    assert len(primary.requests_to("/responses")) == 4
+    assert not events.events("breaker_opened")
+    assert await redis_client.exists(breaker_key(PRIMARY)) == 0
+    told = [e for e in events.events() if LLAMACPP_ITEM_MESSAGE in str(e.get("error", ""))]
+    assert len(told) == 4
+    assert {(e["event"], e["model"], e["outcome"]) for e in told} == {
+        ("model_attempt", PRIMARY, "refused")
+    }
+    assert told[0]["error"] == (f"{PRIMARY}: refused the request: HTTP 400 {LLAMACPP_ITEM_MESSAGE}")
+    [fallback, *_] = events.events("model_fallback")
+    assert (fallback["model"], fallback["to"]) == (PRIMARY, BACKUP)
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_an_error_names_its_status_once(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI, status: int
+) -> None:
+    """A server whose error code repeats the status (llama.cpp's `"code": 400`) still reads
+    "HTTP 400 <message>", never "HTTP 400 400"."""
+    error = {"code": status, "message": "went wrong", "type": "invalid_request_error"}
+    primary.script(Reply(status=status, error=error))
+    backup.script(Reply(status=status, error=error))
+    with pytest.raises(AllModelsFailed) as failed:
+        await ask(client)
+    assert f"HTTP {status} went wrong" in str(failed.value)
+    assert f"{status} {status}" not in str(failed.value)
+
+
+async def test_a_strict_server_takes_every_turn_of_a_conversation(
     client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
 ) -> None:
-    """A plain 400 is the request's fault: ModelError, and the fallback is not called."""
-    primary.script(error_reply(400, "invalid 'input'"))
-    with pytest.raises(ModelError):
-        await ask(client)
+    """History with the assistant's turns goes in the explicit item form, which a server
+    holding llama.cpp's rules answers: the second turn is the primary's too."""
+    history = [
+        *HELLO,
+        Turn(role="assistant", text="hi there", ts=1.0),
+        Turn(role="user", text="and again", ts=2.0),
+    ]
+    answer = await client.complete(instructions="be brief", turns=history)
+    assert answer.text == "from primary"
     assert backup.requests_to("/responses") == []
+    [request] = primary.requests_to("/responses")
+    assert request.turn_texts == ["hello", "hi there", "and again"]
+
+
+async def test_every_model_refusing_says_so(
+    client: FailoverClient, primary: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    """When every model refused the request itself, AllModelsFailed says it was refused (so
+    the person is asked to rephrase, not to wait)."""
+    primary.script(error_reply(400, "invalid 'input'"))
+    backup.script(error_reply(400, "invalid 'input'"))
+    with pytest.raises(AllModelsFailed) as failed:
+        await ask(client)
+    assert failed.value.refused
+
+
+async def test_a_probe_the_server_refuses_still_closes_the_breaker(
+    client: FailoverClient, primary: FakeOpenAI, events: CapturedEvents, clock: Clock
+) -> None:
+    """A recovering server that answers the probe with a 400 is up: its breaker closes."""
+    await primary.stop_listening()
+    assert await ask(client) == "from backup"
+    await primary.start_listening()
+    primary.script(llamacpp_refusal())
+    clock.now += 0.35  # past the test breaker's cooldown (0.3 s)
+    assert await ask(client) == "from backup"  # and the probe starts
+    await eventually(lambda: bool(events.events("breaker_closed")))
+    assert await ask(client) == "from primary"
 
 
 async def test_refused_primary_is_skipped_until_it_comes_back(

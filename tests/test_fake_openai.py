@@ -11,6 +11,7 @@ from openai import AsyncOpenAI
 
 from tests.fakes.openai_server import (
     DEFAULT_MODEL,
+    LLAMACPP_ITEM_MESSAGE,
     FakeOpenAI,
     Recorded,
     Reply,
@@ -216,6 +217,58 @@ class TestErrors:
         assert caught.value.code == code
         assert phrase in caught.value.message
 
+    async def test_an_assistant_item_without_type_gets_llamacpps_400(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """An assistant turn in the short form is refused as llama.cpp refuses it: 400,
+        "Cannot determine type of 'item'", its code the status as a number; the scripted
+        answer is kept for the next request."""
+        fake.script(Reply("scripted"))
+        short = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"},
+        ]
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(model=DEFAULT_MODEL, input=short)
+        assert caught.value.body == {
+            "code": 400, "message": LLAMACPP_ITEM_MESSAGE, "type": "invalid_request_error",
+        }  # fmt: skip
+        response = await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert response.output_text == "scripted"
+
+    @pytest.mark.parametrize(
+        "item",
+        [
+            {"role": "user", "content": "short user turns are fine"},
+            {"type": "message", "role": "assistant", "content": "typed assistant, string"},
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "typed assistant, parts"}]},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "a picture"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AA=="},
+            ]},
+        ],
+        ids=["user-short", "assistant-string", "assistant-parts", "user-image"],
+    )  # fmt: skip
+    async def test_items_llamacpp_takes_are_answered(
+        self, client: AsyncOpenAI, item: dict[str, Any]
+    ) -> None:
+        """The forms llama.cpp reads are answered."""
+        response = await client.responses.create(model=DEFAULT_MODEL, input=[item])
+        assert response.output_text == TEXT
+
+    async def test_a_user_part_of_the_wrong_type_is_refused(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A user turn with an assistant's part type gets llama.cpp's 400 for it."""
+        wrong = [
+            {"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]}
+        ]
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(model=DEFAULT_MODEL, input=wrong)
+        assert "'input_text', 'input_image', or 'input_file'" in caught.value.message
+
     async def test_fail_helper(self, client: AsyncOpenAI, fake: FakeOpenAI) -> None:
         """fail() queues the given number of errors, then normal answers resume."""
         fake.fail(503, message="overloaded", times=2)
@@ -323,7 +376,7 @@ class TestScriptAndRecords:
             instructions="Be brief.",
             input=[
                 {"role": "user", "content": "My name is Ada."},
-                {"role": "assistant", "content": "Hi Ada."},
+                {"type": "message", "role": "assistant", "content": "Hi Ada."},
                 {"role": "user", "content": [{"type": "input_text", "text": "Who am I?"}]},
             ],
         )
@@ -343,6 +396,7 @@ class TestScriptAndRecords:
         ]
         assert recorded.json is not None
         assert recorded.json["input"][0]["content"] == "My name is Ada."
+        assert recorded.turn_texts == ["My name is Ada.", "Hi Ada.", "Who am I?"]
 
     async def test_models_list(self) -> None:
         """GET /v1/models lists the configured model ids in OpenAI's list shape."""

@@ -558,7 +558,7 @@ async def test_a_telegram_sticker_without_a_vision_model_is_its_emoji(
         await eventually(lambda: len(telegram.sent) == 1)
     [seen] = text.requests_to("/responses")
     assert seen.json is not None
-    assert seen.json["input"][-1]["content"] == "[sticker 😀]"
+    assert seen.turn_texts[-1] == "[sticker 😀]"
     assert seen.images == []
     assert telegram.calls_to("getFile") == []
 
@@ -579,9 +579,7 @@ async def test_a_whatsapp_contact_card_is_read_as_name_and_numbers(
         await asyncio.wait_for(twilio.wait_for_messages(1), 20)
     [seen] = text.requests_to("/responses")
     assert seen.json is not None
-    assert seen.json["input"][-1]["content"] == (
-        "[contact: Ada Lovelace, +44 20 7946 0000, +1 555 0100]"
-    )
+    assert seen.turn_texts[-1] == ("[contact: Ada Lovelace, +44 20 7946 0000, +1 555 0100]")
     assert twilio.media_hits[0].auth == (twilio.account_sid, twilio.auth_token)
     assert url not in seen.prompt
     assert "VCARD" not in seen.prompt

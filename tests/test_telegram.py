@@ -195,7 +195,7 @@ async def test_groups_answer_only_mentions_and_replies(
     await eventually(lambda: len(telegram.sent) == 1)
     await post(gateway, group(chat_id=chat, text="and now?", reply_to_bot=True))
     await eventually(lambda: len(telegram.sent) == 2)
-    prompts = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    prompts = [r.turn_texts[-1] for r in model.requests_to("/responses") if r.json]
     replied = "[reply to your earlier message: «An earlier answer.»]\nand now?"
     assert prompts == ["what time is it?", replied]
     assert {s["chat_id"] for s in telegram.sent} == {chat}
@@ -239,7 +239,7 @@ async def test_polling_works_without_a_webhook_and_the_offset_survives_a_restart
         telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
     ):
         await eventually(lambda: len(telegram.sent) == 2)
-    contents = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    contents = [r.turn_texts[-1] for r in model.requests_to("/responses") if r.json]
     assert contents == ["first", "second"]
     assert next(c.params.get("offset") for c in telegram.calls_to("getUpdates")) is None
 
@@ -374,7 +374,7 @@ async def test_a_malformed_polled_update_is_skipped_and_the_next_answered(
     ):
         await eventually(lambda: len(telegram.sent) == 1)
         assert await redis_client.get("poller:{telegram}:offset") == "302"
-    contents = [r.json["input"][-1]["content"] for r in model.requests_to("/responses") if r.json]
+    contents = [r.turn_texts[-1] for r in model.requests_to("/responses") if r.json]
     assert contents == ["good"]
     [rejected] = events.events("message_rejected")
     assert "from.id" in rejected["error"]

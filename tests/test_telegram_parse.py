@@ -100,7 +100,7 @@ async def test_each_kind_reaches_the_model_as_readable_text(
     await eventually(lambda: len(telegram.sent) == 1)
     [seen] = model.requests_to("/responses")
     assert seen.json is not None
-    assert seen.json["input"][-1]["content"] == CASES[kind]
+    assert seen.turn_texts[-1] == CASES[kind]
     for leaked in ("{", "file_id", "555000111", "-100", "777000111", "4ac518cd"):
         assert leaked not in seen.prompt
     await post(gateway, private_text_update(text="and?", update_id=next(UPDATE_IDS)))

@@ -62,7 +62,7 @@ async def say(
 
 def user_turn(seen: Recorded) -> str:
     assert seen.json is not None
-    content: str = seen.json["input"][-1]["content"]
+    content: str = seen.turn_texts[-1]
     return content
 
 

@@ -45,7 +45,7 @@ def echo(delay: Callable[[], float] = lambda: 0.0) -> Callable[[Recorded], Reply
     """A model that answers with the last user message it was shown."""
 
     def answer(request: Recorded) -> Reply:
-        last = (request.json or {})["input"][-1]["content"]
+        last = request.turn_texts[-1]
         return Reply(text=f"echo:{last}", delay=delay())
 
     return answer

@@ -162,7 +162,7 @@ class RedisBreaker:
 
     async def failure(self, model: str, *, severity: Severity, probe: bool) -> None:
         """Count a failure; opens (or re-opens, for longer) the breaker when it should."""
-        if severity == Severity.EMPTY:
+        if severity in (Severity.EMPTY, Severity.REFUSED):  # the server answered: it is up
             return
         args: list[str | int] = [
             self._now(),

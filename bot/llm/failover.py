@@ -1,7 +1,9 @@
 """Ordered failover across a turn's chain: the first model that answers wins.
 
 Failover is turn-local: every call starts at the conversation's own model. A model that is
-unavailable hands over to the next; a model error (a 400) or a context overflow does not.
+unavailable hands over to the next, and so does one whose server refused the request (a 400:
+another server may take it), without opening its breaker; a context overflow does not (the
+agent compacts and retries).
 A model whose breaker is open is skipped without a network call; if every other model fails
 too, the skipped ones are tried anyway, in order, rather than answer nothing.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot.errors import (
@@ -34,6 +37,7 @@ from bot.errors import (
     AnswerNotStarted,
     ContextOverflow,
     ModelError,
+    ModelRefused,
     ModelUnavailable,
     Severity,
 )
@@ -86,6 +90,24 @@ class CallLedger(Protocol):
     async def record_background(self, call: Call) -> None: ...
 
 
+@dataclass(slots=True)
+class _Failures:
+    """Why each model of a turn's chain gave no answer, for the AllModelsFailed at its end."""
+
+    reasons: list[str] = field(default_factory=list)
+    tried: int = 0  # models called
+    refusals: int = 0  # of those, how many refused the request itself
+
+    def add(self, reason: str, *, tried: bool = True, refused: bool = False) -> None:
+        self.reasons.append(reason)
+        self.tried += tried
+        self.refusals += refused
+
+    def error(self) -> AllModelsFailed:
+        refused = self.refusals > 0 and self.refusals == self.tried
+        return AllModelsFailed("no model answered: " + "; ".join(self.reasons), refused=refused)
+
+
 class FailoverClient:
     """Completes a conversation's prompt with the first model in its chain that answers."""
 
@@ -134,7 +156,7 @@ class FailoverClient:
         `purpose`: what the call is for, as usage accounting files it.
         `images`: pictures for the last turn; only models whose `input` takes images are tried.
         """
-        failures: list[str] = []
+        failures = _Failures()
         chain = self.registry.chain(primary)
         if images:
             chain = [m for m in chain if m.images]
@@ -196,13 +218,13 @@ class FailoverClient:
             )
             if completion is not None:
                 return completion
-        raise AllModelsFailed("no model answered: " + "; ".join(failures))
+        raise failures.error()
 
-    def _usable(self, model: ModelInfo, conversation: str, failures: list[str]) -> bool:
+    def _usable(self, model: ModelInfo, conversation: str, failures: _Failures) -> bool:
         """Can this model be called at all? (A hosted one needs its key.)"""
         missing = self.providers[model.ref.provider].missing_key
         if missing is not None:
-            failures.append(f"{model.ref}: {missing} is not set")
+            failures.add(f"{model.ref}: {missing} is not set", tried=False)
             self.log.info(
                 "model_skipped",
                 conversation=conversation,
@@ -258,12 +280,12 @@ class FailoverClient:
         started = time.perf_counter()
         try:
             await provider.probe(model.ref.model, seconds=seconds)
+        except (ModelRefused, ModelError) as exc:  # it answers, but disliked the probe: up
+            await self.breaker.success(ref, probe=True)
+            outcome, error = "ok", str(exc)
         except ModelUnavailable as exc:
             await self.breaker.failure(ref, severity=exc.severity, probe=True)
             outcome, error = "unavailable", str(exc)
-        except ModelError as exc:  # it answers, but disliked the probe: as good as up
-            await self.breaker.success(ref, probe=True)
-            outcome, error = "ok", str(exc)
         else:
             await self.breaker.success(ref, probe=True)
             await self._account_probe(ref)
@@ -305,7 +327,7 @@ class FailoverClient:
         *,
         breaker: Decision,
         following: Sequence[ModelInfo],
-        failures: list[str],
+        failures: _Failures,
         deadline: float | None,
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
@@ -317,7 +339,7 @@ class FailoverClient:
         provider = self.providers[model.ref.provider]
         wait = self._first_token_wait(provider, following, deadline)
         if wait == 0:
-            failures.append(f"{ref}: not tried, the turn's time was spent")
+            failures.add(f"{ref}: not tried, the turn's time was spent", tried=False)
             return None
         request = CompletionRequest(
             model=model.ref.model,
@@ -336,29 +358,30 @@ class FailoverClient:
         except ModelUnavailable as exc:
             if self.local is not None and "not loaded" in str(exc):
                 self.local.stale()
-            failures.append(str(exc))
+            refused = isinstance(exc, ModelRefused)  # its server is up: the breaker stays closed
+            failures.add(str(exc), refused=refused)
             # A model cut short by the turn's deadline had less than its due: not its fault.
             fair = not isinstance(exc, AnswerNotStarted) or (
                 exc.waited >= provider.first_token_seconds
             )
-            if self.breaker and fair:
+            if self.breaker and fair and not refused:
                 await self.breaker.failure(ref, severity=exc.severity, probe=False)
             self.log.warning(
                 "model_attempt",
                 conversation=conversation,
                 model=ref,
                 provider=model.ref.provider,
-                outcome="unavailable",
+                outcome="refused" if refused else "unavailable",
                 ms=round((time.perf_counter() - started) * 1000, 1),
                 error=str(exc),
             )
-            if following:
+            if following:  # a refusal is told once, in the event above
                 self.log.warning(
                     "model_fallback",
                     conversation=conversation,
                     model=ref,
                     to=str(following[0].ref),
-                    error=str(exc),
+                    **({"outcome": "refused"} if refused else {"error": str(exc)}),
                 )
             return None
         if self.breaker and breaker != CLEAN:

@@ -10,7 +10,8 @@ history (about 7 ms a call at 30 turns, against under 1 ms this way).
 Two clocks watch a call: until the model starts answering (its first token), a deadline the
 caller gives (failover keeps a silent model from eating the turn); after that, only the
 provider's `timeoutSeconds` of silence between events, so a slow but live answer is never cut.
-Vendor errors become ModelUnavailable / ModelError / ContextOverflow here.
+Vendor errors become ModelUnavailable (ModelRefused for a 400 that is not an overflow) or
+ContextOverflow here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
-from bot.errors import AnswerNotStarted, ContextOverflow, ModelError, ModelUnavailable, Severity
+from bot.errors import AnswerNotStarted, ContextOverflow, ModelRefused, ModelUnavailable, Severity
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
 from bot.llm.types import Completion, CompletionRequest, Usage
 from bot.messages import Attachment, Turn
@@ -51,11 +52,15 @@ PROBE_REQUEST = CompletionRequest(
 
 
 def _error_text(exc: openai.APIStatusError) -> str:
+    """The server's error code and message. A code that only repeats the HTTP status (llama.cpp
+    sends `"code": 400`) is left out, so the status appears once in the error."""
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
-            return f"{inner.get('code') or ''} {inner.get('message') or ''}".strip()
+            code = str(inner.get("code") or "")
+            code = "" if code == str(exc.status_code) else code
+            return f"{code} {inner.get('message') or ''}".strip()
         return str(inner)
     return str(body or exc.message)
 
@@ -65,17 +70,29 @@ def data_url(image: Attachment) -> str:
     return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
+def _responses_item(turn: Turn) -> dict[str, Any]:
+    """A turn as a Responses input item in the explicit form every server takes: `"type":
+    "message"` and typed content parts (output_text for the assistant's turns, input_text for
+    the rest). llama.cpp refuses the short `{"role", "content"}` form for assistant turns."""
+    part = "output_text" if turn.role == "assistant" else "input_text"
+    return {
+        "type": "message",
+        "role": turn.role,
+        "content": [{"type": part, "text": turn.text}],
+    }
+
+
 def _with_images(
     turn: dict[str, Any], images: Sequence[Attachment], *, responses: bool
 ) -> dict[str, Any]:
-    """A turn whose content is its text followed by the pictures, in the API's part shapes."""
+    """A turn followed by the pictures, in the API's part shapes (Responses: the explicit item
+    gets `input_image` parts; chat: its text becomes a `text` part before `image_url` parts)."""
     if responses:
-        parts: list[dict[str, Any]] = [{"type": "input_text", "text": turn["content"]}]
-        parts += [{"type": "input_image", "image_url": data_url(i)} for i in images]
-    else:
-        parts = [{"type": "text", "text": turn["content"]}]
-        parts += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
-    return {"role": turn["role"], "content": parts}
+        parts = [{"type": "input_image", "image_url": data_url(i)} for i in images]
+        return {**turn, "content": [*turn["content"], *parts]}
+    chat: list[dict[str, Any]] = [{"type": "text", "text": turn["content"]}]
+    chat += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
+    return {"role": turn["role"], "content": chat}
 
 
 def _refused(exc: BaseException) -> bool:
@@ -111,7 +128,8 @@ def translate(exc: openai.OpenAIError, where: str) -> Exception:
             return ModelUnavailable(f"{where}: HTTP {status} {detail}".rstrip())
         if any(m in lowered for m in UNLOADED_MARKERS):
             return ModelUnavailable(f"{where}: model not loaded ({detail})")
-        return ModelError(f"{where}: HTTP {status} {detail}".rstrip())
+        # Any other 4xx: this server refused this request; another server may take it.
+        return ModelRefused(f"{where}: refused the request: HTTP {status} {detail}".rstrip())
     return ModelUnavailable(f"{where}: {type(exc).__name__}")
 
 
@@ -217,10 +235,14 @@ class OpenAIProvider:
         return bool(event.get("choices")) or isinstance(event.get("usage"), dict)
 
     def _request(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
-        """The path and JSON body of a streamed call in this provider's API. Pictures go with
-        the last turn as image parts (Responses `input_image`, chat `image_url`), as data URLs."""
+        """The path and JSON body of a streamed call in this provider's API (Responses input in
+        the explicit item form). Pictures go with the last turn as image parts (Responses
+        `input_image`, chat `image_url`), as data URLs."""
         responses = self.api == "openai-responses"
-        turns: list[dict[str, Any]] = [{"role": t.role, "content": t.text} for t in request.turns]
+        turns: list[dict[str, Any]] = [
+            _responses_item(t) if responses else {"role": t.role, "content": t.text}
+            for t in request.turns
+        ]
         if request.images and turns:
             turns[-1] = _with_images(turns[-1], request.images, responses=responses)
         if responses:

@@ -2,7 +2,7 @@
 
 Beside the providers because it is the openai SDK's other use: the same provider config gives
 the base URL, key and timeouts (OpenAI's `whisper-1`, a local whisper server, Groq…). Vendor
-errors become ModelUnavailable / ModelError here, never carrying the audio or its text.
+errors become ModelUnavailable (ModelRefused for a 400) here, never carrying the audio or its text.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class OpenAITranscriber:
         self.client = openai_client(config)
 
     async def transcribe(self, audio: Attachment) -> Transcript:
-        """The text of a voice note (multipart `file` + `model`); raise ModelUnavailable or
-        ModelError when the server cannot."""
+        """The text of a voice note (multipart `file` + `model`); raise ModelUnavailable (or
+        ModelRefused) when the server cannot."""
         content_type = audio.content_type.split(";")[0].strip() or "application/octet-stream"
         name = "voice" + (mimetypes.guess_extension(content_type) or ".ogg")
         try:

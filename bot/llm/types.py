@@ -93,8 +93,9 @@ class Provider(Protocol):
     async def complete(
         self, request: CompletionRequest, *, first_token_seconds: float | None = None
     ) -> Completion:
-        """Answer, or raise ModelUnavailable (try another), ModelError or ContextOverflow.
-        ModelUnavailable too when the answer has not started within `first_token_seconds`."""
+        """Answer, or raise ModelUnavailable (try another; ModelRefused when the server refused
+        the request) or ContextOverflow. ModelUnavailable too when the answer has not started
+        within `first_token_seconds`."""
         ...
 
     async def probe(self, model: str, *, seconds: float) -> None:

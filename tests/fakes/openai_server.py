@@ -3,6 +3,9 @@
 It answers `GET /v1/models`, `POST /v1/responses` and `POST /v1/chat/completions`, streaming or
 not, in the shapes the openai SDK parses, with scripted replies, errors, delays and hangs; and
 `POST /v1/audio/transcriptions` (multipart `file` + `model`) as OpenAI's whisper endpoint does.
+Responses `input` items are held to llama.cpp's rules, the strictest server's: an item it cannot
+place (an assistant turn without `"type": "message"`) gets its 400 "Cannot determine type of
+'item'", in its body shape (`"code": 400`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ LMSTUDIO_CONTEXT_MESSAGE = (
 LMSTUDIO_NOT_LOADED_MESSAGE = (
     "No models loaded. Please load a model in the developer page or use the 'lms load' command."
 )
+LLAMACPP_ITEM_MESSAGE = "Cannot determine type of 'item'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,15 @@ class Recorded:
         """The image parts' URLs (data URLs), whether sent as Responses `input_image` or chat
         `image_url` parts."""
         return list(_image_urls((self.json or {}).get("input", (self.json or {}).get("messages"))))
+
+    @property
+    def turn_texts(self) -> list[str]:
+        """The text of each Responses `input` item (or chat message), its text parts joined."""
+        body = self.json or {}
+        items = body.get("input", body.get("messages"))
+        if isinstance(items, str):
+            return [items]
+        return ["".join(_texts(item)) for item in items or [] if isinstance(item, dict)]
 
     @property
     def prompt(self) -> str:
@@ -140,6 +153,18 @@ def unknown_model(model: str | None) -> Reply:
 def model_not_loaded() -> Reply:
     """LM Studio's 400 when no model is loaded; its body carries only a message."""
     return Reply(status=400, error={"message": LMSTUDIO_NOT_LOADED_MESSAGE})
+
+
+def echo(request: Recorded) -> Reply:
+    """A model that answers at once with the last turn it was shown: `echo:<text>`."""
+    return Reply(text=f"echo:{request.turn_texts[-1]}")
+
+
+def llamacpp_refusal(message: str = LLAMACPP_ITEM_MESSAGE) -> Reply:
+    """llama.cpp's 400 for a request it cannot read: its code is the status, as a number."""
+    return Reply(
+        status=400, error={"code": 400, "message": message, "type": "invalid_request_error"}
+    )
 
 
 def context_overflow(*, lmstudio: bool = True) -> Reply:
@@ -345,6 +370,8 @@ class FakeOpenAI:
             return _error_response(error_reply(400, "The request body is not valid JSON."))
         if self.models and recorded.model not in self.models:
             return _error_response(unknown_model(recorded.model))
+        if (problem := input_problem(body.get("input"))) is not None:
+            return _error_response(llamacpp_refusal(problem))
         await self._before_answer(recorded)
         if self.context_window is not None:
             wanted = prompt_tokens(body) + int(
@@ -438,6 +465,39 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         body.get("input", body.get("messages", ""))
     )
     return max(1, len(prompt) // 4)
+
+
+USER_PARTS = ("input_text", "input_image")
+ASSISTANT_PARTS = ("output_text", "input_text", "refusal")
+OTHER_ITEMS = ("function_call", "function_call_output", "reasoning")
+
+
+def input_problem(value: Any) -> str | None:
+    """What llama.cpp's `/v1/responses` would refuse in this `input` (None: it takes it).
+    Its rules: a string is one user turn; an item whose `content` is a string is read as an
+    `input_text` part; a user/system/developer item takes input parts, with or without `type`;
+    an assistant item must say `"type": "message"`; anything else must be a tool call, a tool
+    result or a reasoning item."""
+    if value is None or isinstance(value, str):
+        return None
+    if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+        return "'input' must be a string or array of objects"
+    for item in value:
+        content = item.get("content")
+        if isinstance(content, str):
+            content = [{"type": "input_text", "text": content}]
+        role, kind = item.get("role"), item.get("type")
+        if isinstance(content, list) and role in ("user", "system", "developer"):
+            if any(not isinstance(p, dict) or p.get("type") not in USER_PARTS for p in content):
+                return "'type' must be one of 'input_text', 'input_image', or 'input_file'"
+        elif isinstance(content, list) and role == "assistant" and kind == "message":
+            if any(
+                not isinstance(p, dict) or p.get("type") not in ASSISTANT_PARTS for p in content
+            ):
+                return "'type' must be one of 'output_text' or 'refusal'"
+        elif kind not in OTHER_ITEMS:
+            return LLAMACPP_ITEM_MESSAGE
+    return None
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -673,12 +733,16 @@ def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LLAMACPP_ITEM_MESSAGE",
     "FakeOpenAI",
     "Recorded",
     "Reply",
     "closed_port",
     "context_overflow",
+    "echo",
     "error_reply",
+    "input_problem",
+    "llamacpp_refusal",
     "model_not_loaded",
     "rate_limited",
     "server_error",
