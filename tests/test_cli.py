@@ -356,6 +356,13 @@ async def test_a_turn_left_by_a_killed_chat_is_answered_by_the_next(
     assert not await redis_client.exists(batch_key("console:ada"), inbox_key("console:ada"))
 
 
+def _takes_ctrl_c() -> None:
+    """In the child before exec: SIGINT back to its default, as in a terminal. A test run
+    started as a background job (`cmd &` without job control) ignores SIGINT, and a child
+    would inherit that and never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_a_chat_interrupted_mid_turn_lets_the_next_answer_at_once(
     fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
@@ -368,7 +375,7 @@ async def test_a_chat_interrupted_mid_turn_lets_the_next_answer_at_once(
     pipe = asyncio.subprocess.PIPE
     interrupted = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "chat", "--user", "ada",
-        env=env, cwd=tmp_path, stdin=pipe, stdout=pipe, stderr=pipe,
+        env=env, cwd=tmp_path, stdin=pipe, stdout=pipe, stderr=pipe, preexec_fn=_takes_ctrl_c,
     )  # fmt: skip
     try:
         assert interrupted.stdin is not None
