@@ -64,10 +64,7 @@ async def chat(
         print(f"bot: Redis failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except asyncio.CancelledError:  # Ctrl-C: the event loop's runner cancels this task
-        print(
-            "bot: interrupted; the next `bot chat` answers what was left (its lease is released)",
-            file=sys.stderr,
-        )
+        print("bot: interrupted", file=sys.stderr)  # a turn it left: the next chat answers it
         return EXIT_INTERRUPTED
 
 
