@@ -105,7 +105,9 @@ class _Cluster(RedisCluster):
     ) -> None:
         """A refresh that fails ("All slots are not covered", "cannot be connected", nodes
         that disagree) fails as ClusterUnavailable: after CLUSTERDOWN a command runs this
-        itself and raises what it raised, outside the retry loop's mapping."""
+        itself and raises what it raised, outside the retry loop's mapping. (A private
+        redis-py method: should an upgrade rename it, test_cluster's uncovered-slot test
+        fails.)"""
         try:
             await super()._refresh_topology(additional_startup_nodes_info, last_failed_node_name)
         except ClusterUnavailable:
