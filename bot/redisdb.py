@@ -24,9 +24,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    SlotNotCoveredError,
+)
 
 from bot.errors import StoreUnavailable
 
@@ -57,9 +62,28 @@ def find_redis_server() -> str | None:
     return None
 
 
+class ClusterUnavailable(RedisClusterException, RedisConnectionError):
+    """The cluster client has no layout it can use: no node answers, or the nodes do not serve
+    every slot (mid-failover, a slot being moved). A ConnectionError, so every caller waits it
+    out as it waits out a plain Redis that is down (intake spools, a worker retries, /readyz
+    says 503); still a RedisClusterException, so redis-py keeps serving from the layout it has
+    when a refresh in the background fails this way."""
+
+
+# What redis-py's cluster client raises for a cluster it cannot use right now, none of them a
+# RedisError: a slot missing from its map, no node reachable since its last refresh.
+_OUTAGES = (SlotNotCoveredError, RedisClusterUnreachableError)
+
+
+def _unavailable(exc: RedisClusterException) -> ClusterUnavailable:
+    return ClusterUnavailable(f"Redis Cluster unavailable ({type(exc).__name__}): {exc}")
+
+
 class _Cluster(RedisCluster):
-    """The cluster client, reporting a cluster it cannot reach as a ConnectionError (a
-    RedisError, like a plain client's): callers wait it out instead of crashing."""
+    """The cluster client, reporting a cluster it cannot reach or whose slots are not all
+    served as ClusterUnavailable (a RedisError, like a plain client's): callers wait it out
+    instead of crashing. Covers the first connect, every layout refresh (also the one a
+    command runs itself after CLUSTERDOWN), and what commands and pipelines raise."""
 
     async def initialize(
         self,
@@ -68,9 +92,55 @@ class _Cluster(RedisCluster):
     ) -> _Cluster:
         try:
             await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        except ClusterUnavailable:
+            raise
         except RedisClusterException as exc:
-            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+            raise _unavailable(exc) from exc
         return self
+
+    async def _refresh_topology(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> None:
+        """A refresh that fails ("All slots are not covered", "cannot be connected", nodes
+        that disagree) fails as ClusterUnavailable: after CLUSTERDOWN a command runs this
+        itself and raises what it raised, outside the retry loop's mapping. (A private
+        redis-py method: should an upgrade rename it, test_cluster's uncovered-slot test
+        fails.)"""
+        try:
+            await super()._refresh_topology(additional_startup_nodes_info, last_failed_node_name)
+        except ClusterUnavailable:
+            raise
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _OUTAGES as exc:
+            raise _unavailable(exc) from exc
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        # redis-py builds its own ClusterPipeline the same way; its typing declares an attribute
+        # (_event_dispatcher) abstract that the class sets at run time.
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _ClusterPipeline(ClusterPipeline):
+    """The cluster client's pipeline, failing as ClusterUnavailable like its commands."""
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except _OUTAGES as exc:
+            raise _unavailable(exc) from exc
 
 
 def connect(

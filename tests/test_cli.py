@@ -356,6 +356,57 @@ async def test_a_turn_left_by_a_killed_chat_is_answered_by_the_next(
     assert not await redis_client.exists(batch_key("console:ada"), inbox_key("console:ada"))
 
 
+def _takes_ctrl_c() -> None:
+    """In the child before exec: SIGINT back to its default, as in a terminal. A test run
+    started as a background job (`cmd &` without job control) ignores SIGINT, and a child
+    would inherit that and never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def test_a_chat_interrupted_mid_turn_lets_the_next_answer_at_once(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Ctrl-C (SIGINT) in the `bot chat` REPL while the model holds its answer releases the
+    conversation's lease (a 60 s one): the next `bot chat -m` does not wait it out, resumes
+    the interrupted question first, then answers its own."""
+    fake.script(Reply(hang=True), Reply(text="About the first."), Reply(text="About the second."))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url, lease_seconds=60))
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    pipe = asyncio.subprocess.PIPE
+    interrupted = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--user", "ada",
+        env=env, cwd=tmp_path, stdin=pipe, stdout=pipe, stderr=pipe, preexec_fn=_takes_ctrl_c,
+    )  # fmt: skip
+    try:
+        assert interrupted.stdin is not None
+        interrupted.stdin.write(b"first question\n")
+        await interrupted.stdin.drain()
+        await eventually(lambda: len(fake.requests_to("/responses")) == 1)
+        assert await redis_client.exists(lease_key("console:ada"))
+        interrupted.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(interrupted.communicate(), 30)
+    finally:
+        if interrupted.returncode is None:
+            interrupted.kill()
+            await interrupted.wait()
+    assert interrupted.returncode == 130, err.decode()
+    assert "bot: interrupted" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not await redis_client.exists(lease_key("console:ada"))
+    assert await redis_client.exists(batch_key("console:ada"))  # kept for the next chat
+    async with asyncio.timeout(20):  # far below the lease: it was not waited out
+        result = await run_bot(
+            "chat", "-m", "second question", "--user", "ada", env=env, cwd=tmp_path
+        )
+    assert result.code == 0, result.err
+    assert result.out == "About the first.\nAbout the second.\n"
+    assert "busy in another process" not in result.err
+    first, second = fake.requests_to("/responses")[1:]
+    assert "first question" in first.prompt
+    assert "About the first." in second.prompt
+    assert not await redis_client.exists(batch_key("console:ada"), inbox_key("console:ada"))
+
+
 async def test_a_workers_sweep_never_wakes_a_console_conversation(
     tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:

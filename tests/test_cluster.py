@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
     cluster_ok,
     eventually,
+    free_ports,
     gateway_config,
     gateway_config_text,
     inbound,
@@ -309,6 +311,55 @@ async def test_a_slot_no_node_serves_is_a_redis_error_that_callers_wait_out(
                 await asyncio.sleep(0.05)
     finally:
         await client.aclose()
+
+
+async def test_a_cluster_that_goes_away_after_start_is_a_redis_error(tmp_path: Path) -> None:
+    """A cluster client that knew the layout and then finds no node answering (every node
+    down, its refresh reaching none) fails its commands and pipelines with a RedisError that
+    callers wait out, not redis-py's RedisClusterUnreachableError, which is not one."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("needs redis-server on PATH")
+    port, bus = free_ports(2)  # the bus port named: the default, port + 10000, may not exist
+    argv = [server, "--port", str(port), "--cluster-enabled", "yes", "--cluster-port", str(bus),
+            "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path),
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]  # fmt: skip
+    node = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    client = connect(f"redis://127.0.0.1:{port}", cluster=True, socket_connect_timeout=1)
+    try:
+        plain = aioredis.Redis(host="127.0.0.1", port=port)
+        async with asyncio.timeout(20):  # one node serving every slot: a whole cluster
+            while not await _answers(plain):
+                assert node.returncode is None, f"redis-server exited with {node.returncode}"
+                await asyncio.sleep(0.02)
+            await plain.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            while not await asyncio.to_thread(cluster_ok, port):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await plain.aclose()
+        await client.rpush("conv:{test:gone}:inbox", "before")  # the client learns the layout
+        node.kill()
+        await node.wait()
+        with pytest.raises(RedisError, match="unavailable"):
+            await client.rpush("conv:{test:gone}:inbox", "x")
+        pipe = client.pipeline(transaction=False)
+        pipe.rpush("conv:{test:gone}:inbox", "x")
+        with pytest.raises(RedisError, match="unavailable"):
+            await pipe.execute()
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        await client.aclose()
+
+
+async def _answers(client: aioredis.Redis) -> bool:
+    """PING; False while the server is not up yet."""
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False
 
 
 async def _served(cluster: RedisCluster) -> bool:

@@ -5,7 +5,9 @@ conversation's inbox, and a worker in this process runs the conversation (the le
 turn, the fenced COMMIT into memory and the outbox, delivery, which prints the reply). Intake
 sends no wake-up for it, and the `bot serve` workers' sweep skips console conversations: only
 this process can print the reply. A turn left by a `bot chat` that was killed is resumed, and
-its reply printed, by the next `bot chat` of the same user (once the dead one's lease ends).
+its reply printed, by the next `bot chat` of the same user (once the dead one's lease ends;
+a `bot chat` stopped with Ctrl-C releases its lease on the way out, so the next one starts at
+once).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bot.wakeups import batch_key, lease_key
 from bot.worker import Worker
 from channels.console import ConsoleChannel
 
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT
 BUSY_POLL = 0.2  # seconds between tries while another process holds the conversation's lease
 
 
@@ -60,6 +63,9 @@ async def chat(
     except RedisError as exc:
         print(f"bot: Redis failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except asyncio.CancelledError:  # Ctrl-C: the event loop's runner cancels this task
+        print("bot: interrupted", file=sys.stderr)  # a turn it left: the next chat answers it
+        return EXIT_INTERRUPTED
 
 
 async def chat_once(app: App, worker: Worker, console: ConsoleChannel, message: str) -> int:
