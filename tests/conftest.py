@@ -30,7 +30,7 @@ TEST_DB = 15
 # A test elsewhere that does so says `@pytest.mark.serial` itself.
 SERIAL_MODULES = frozenset({
     "test_chaos_intake", "test_chaos_models", "test_chaos_outbox", "test_chaos_worker",
-    "test_cli", "test_procs", "test_operations",
+    "test_cli", "test_procs", "test_operations", "test_real_llamacpp",
 })  # fmt: skip
 SERIAL_TESTS = frozenset({
     "test_worker.py::test_three_worker_processes_survive_a_sigkill",
