@@ -1,5 +1,6 @@
 """Shared fixtures: real Redis (REDIS_URL, else an embedded server for the run), a real 3-node
-Redis Cluster (started once per run when redis-server and redis-cli are on PATH), loggers.
+Redis Cluster (started once per run when redis-server and redis-cli are on PATH), loggers, and
+the fakes most modules use as they come (Twilio, the Bot API, a one-model server).
 
 Under pytest-xdist (`make test`'s parallel phase) each worker is a run of its own: its own
 embedded server, or with REDIS_URL its own database (it flushes it), so workers never meet."""
@@ -21,6 +22,9 @@ import redis.asyncio as aioredis
 
 from bot.logs import Logger, make_logger
 from bot.redisdb import connect, find_redis_server
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.twilio_server import FakeTwilio
 from tests.helpers import cluster_available, redis_cluster
 
 TEST_DB = 15
@@ -140,6 +144,28 @@ async def cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    """A fake Twilio REST API (a module may define its own with other settings)."""
+    async with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    """A fake Bot API (a module may define its own with other settings)."""
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    """A fake model server with one model, `local-model`, answering its default reply (a
+    module whose tests need another answer defines its own `model`)."""
+    async with FakeOpenAI(models=["local-model"]) as fake:
+        yield fake
 
 
 class CapturedEvents:

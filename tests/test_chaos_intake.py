@@ -44,12 +44,6 @@ async def model() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisProcess]:
     """A Redis of this test's own, append-only: a restart keeps what it had."""
     server = RedisProcess(tmp_path / "redis", persistent=True)

@@ -59,12 +59,6 @@ async def model() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
 class Gateway:
     """A `bot serve` process (role all) answering Telegram webhooks."""
 

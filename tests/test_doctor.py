@@ -83,13 +83,6 @@ async def lmstudio() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    """A fake Bot API."""
-    async with FakeTelegram() as fake:
-        yield fake
-
-
 async def set_webhook(fake: FakeTelegram, url: str) -> None:
     async with (
         aiohttp.ClientSession() as http,
@@ -329,13 +322,6 @@ async def test_whatsapp_half_configured_names_the_missing_variables(
     assert public.status == "warn"
     assert public.fix is not None
     assert "BOT_PUBLIC_URL" in public.fix
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    """A fake Twilio REST API."""
-    async with FakeTwilio() as fake:
-        yield fake
 
 
 def twilio_settings(tmp_path: Path, redis_url: str, twilio: FakeTwilio, **values: Any) -> Settings:

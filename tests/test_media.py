@@ -108,18 +108,6 @@ async def models() -> AsyncIterator[tuple[FakeOpenAI, FakeOpenAI]]:
         yield text, vision
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
 def whatsapp_gateway(
     tmp_path: Path,
     redis_url: str,

@@ -98,12 +98,6 @@ async def model() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio() as fake:
-        yield fake
-
-
 async def test_no_secret_in_any_sink_and_metrics_count_the_flow(
     model: FakeOpenAI, twilio: FakeTwilio, redis_client: aioredis.Redis, redis_url: str,
     tmp_path: Path,

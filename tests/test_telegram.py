@@ -45,18 +45,6 @@ def group(**fields: Any) -> dict[str, Any]:
 HOOK = "/webhooks/telegram"
 
 
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"]) as fake:
-        yield fake
-
-
 def gateway_for(
     telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
     events: CapturedEvents, *, channel: str = "", poller: bool = False,

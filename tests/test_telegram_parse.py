@@ -41,18 +41,6 @@ def update_with(kind: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"]) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def gateway(
     telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
     tmp_path: Path, events: CapturedEvents,

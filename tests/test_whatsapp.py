@@ -74,18 +74,6 @@ async def open_gateway(
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"]) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def gateway(
     tmp_path: Path,
     redis_url: str,

@@ -23,18 +23,6 @@ FIELDS = json.loads((Path(__file__).parent / "data" / "whatsapp" / "inbound.json
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    async with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"]) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def gateway(
     tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
     twilio: FakeTwilio, model: FakeOpenAI,
