@@ -1,6 +1,7 @@
 """One turn, start to end: access → commands → attachments → memory → model (with failover)
 → the reply. Attachments are fetched by their channel only after the access check; each
-message reaches the model with its context (forwarded, replying to what: bot.userturn).
+message reaches the model with its context (forwarded, replying to what: bot.userturn; a
+reply to a bot message memory lacks is quoted by its channel, after the access check).
 
 The agent never sees a platform: it takes the messages of one turn and returns a TurnResult
 whose reply holds a command's answer and/or only the model's final text (or a short apology),
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,7 +35,7 @@ from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, RoundTrip, fetch
 from bot.usage import Call
-from bot.userturn import user_text
+from bot.userturn import REPLY_FETCH_SECONDS, ReplyFetcher, quote_replies, user_text
 
 APOLOGY = "Sorry, I can't reach a language model right now. Please try again in a few minutes."
 REFUSED = "Sorry, the model could not handle that message. Try rephrasing or shortening it."
@@ -121,6 +122,7 @@ class Agent:
         usage: TurnUsage | None = None,
         daily_token_budget: int = 0,
         media: AttachmentReader | None = None,
+        replied: Mapping[str, ReplyFetcher] | None = None,
     ) -> None:
         self.redis = redis
         self.llm = llm
@@ -136,6 +138,7 @@ class Agent:
         self.usage = usage
         self.daily_token_budget = daily_token_budget
         self.media = media
+        self.replied: Mapping[str, ReplyFetcher] = replied or {}  # by channel
 
     async def may_tell(self, message: InboundMessage) -> bool:
         """May the sender get a reply at all (the channel's policy lets them in)? A turn that
@@ -234,6 +237,15 @@ class Agent:
                 return got.refusal, ()
             texts, images = got.texts, got.images
             chain = [m for m in chain if m.images] if images else chain
+        if self.replied:  # a reply to the bot's message memory lacks: its channel quotes it
+            left = deadline - asyncio.get_running_loop().time()
+            batch = await quote_replies(
+                batch,
+                state.turns,
+                self.replied,
+                log=self.log,
+                seconds=min(REPLY_FETCH_SECONDS, left),
+            )
         texts = [user_text(m, t, state.turns) for m, t in zip(batch, texts, strict=True)]
         text = "\n".join(self._clip(t) for t in texts if t.strip())
         if not text:

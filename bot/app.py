@@ -262,6 +262,7 @@ async def open_app(
                     log=log,
                     usage=usage,
                 ),
+                replied={whatsapp.name: whatsapp} if whatsapp is not None else None,
             )
             yield App(
                 settings=settings,

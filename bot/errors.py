@@ -160,3 +160,13 @@ class MediaRejected(BotError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ReplyUnavailable(BotError):
+    """The earlier message a reply names could not be had from its platform; `reason` in a
+    word the logs can count: "not_found", "refused" (the credential may not read it),
+    "unreachable" (network, 5xx) or "not_configured"."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

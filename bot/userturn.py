@@ -4,17 +4,40 @@ and what it replies to, then its text (with its attachments' notes).
 A reply the platform quoted (Telegram) shows that quote; one it only names by id (WhatsApp's
 OriginalRepliedMessageSid) is looked up in the conversation's memory, whose turns remember
 the ids of the messages they hold; one found nowhere is "[reply to an earlier message]".
+
+The bot's own messages get their ids only from the platform, after the outbox sent them, and
+memory is append-only (the model's prompt cache must keep hitting), so no turn holds them. A
+reply to the bot that memory does not resolve asks the message's channel for the text
+(`ReplyFetcher`: WhatsApp reads Twilio's Message resource), after the access check, within
+REPLY_FETCH_SECONDS; refused, missing or slow, it says "[reply to your earlier message]" and
+the turn goes on. This costs nothing in a turn without such a reply (no Redis command, no
+request), where recording each sent chunk's id beside its assistant turn in the outbox would
+add to every send and still need a read here; and it quotes the very chunk replied to. A
+reply to the person's own message is never fetched: memory is its truth (after /new, too).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
+from bot.errors import ReplyUnavailable
+from bot.logs import Logger
 from bot.messages import InboundMessage, Reply, Turn
 
 QUOTE_CHARS = 300  # an earlier message, as quoted in a reply
+REPLY_FETCH_SECONDS = 5.0  # the most a turn waits for a replied-to message's text
 _SPACE = re.compile(r"\s+")
+
+
+class ReplyFetcher(Protocol):
+    """A channel's way to the text of one of the bot's messages that a reply names by id (it
+    holds the credentials); ReplyUnavailable when the platform will not give it."""
+
+    async def replied_text(self, message: InboundMessage) -> str: ...
 
 
 def _quoted(text: str) -> str:
@@ -46,6 +69,63 @@ def reply_line(reply: Reply, history: Sequence[Turn]) -> str:
     else:
         whose = "an earlier message"
     return f"[reply to {whose}: {_quoted(quote)}]" if quote.strip() else f"[reply to {whose}]"
+
+
+def _unresolved(message: InboundMessage, history: Sequence[Turn]) -> bool:
+    """A reply to the bot that names a message neither the platform quoted nor memory holds."""
+    reply = message.reply
+    return (
+        reply is not None
+        and reply.to_bot
+        and bool(reply.ref)
+        and not reply.quote
+        and _found(reply, history) is None
+    )
+
+
+async def _with_quote(
+    message: InboundMessage, fetcher: ReplyFetcher, log: Logger, seconds: float
+) -> InboundMessage:
+    """`message` with its reply's quote from its channel; unchanged when it cannot be had."""
+    assert message.reply is not None
+    try:
+        async with asyncio.timeout(seconds):
+            text = await fetcher.replied_text(message)
+    except (ReplyUnavailable, TimeoutError) as exc:
+        reason = exc.reason if isinstance(exc, ReplyUnavailable) else "timeout"
+        error = str(exc) or f"no answer within {seconds:g} s"
+        log.info(
+            "reply_unquoted",
+            channel=message.channel,
+            conversation=message.conversation,
+            msg_id=message.platform_id,
+            reason=reason,
+            error=error,
+        )
+        return message
+    return dataclasses.replace(message, reply=dataclasses.replace(message.reply, quote=text))
+
+
+async def quote_replies(
+    batch: Sequence[InboundMessage],
+    history: Sequence[Turn],
+    fetchers: Mapping[str, ReplyFetcher],
+    *,
+    log: Logger,
+    seconds: float = REPLY_FETCH_SECONDS,
+) -> list[InboundMessage]:
+    """The batch, each reply to a bot message memory lacks quoted by its channel (at once,
+    within `seconds`); a batch with no such reply comes back as it is, with no request."""
+    wanted = [i for i, m in enumerate(batch) if m.channel in fetchers and _unresolved(m, history)]
+    messages = list(batch)
+    if not wanted:
+        return messages
+    quoted = await asyncio.gather(
+        *(_with_quote(messages[i], fetchers[messages[i].channel], log, seconds) for i in wanted)
+    )
+    for i, message in zip(wanted, quoted, strict=True):
+        messages[i] = message
+    return messages
 
 
 def context_lines(message: InboundMessage, history: Sequence[Turn]) -> list[str]:

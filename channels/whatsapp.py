@@ -6,7 +6,9 @@ within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and 
 errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
 list whether a chunk was already taken. REST calls use an API key when TWILIO_API_KEY_SID/SECRET
 are set, else the auth token (which always verifies webhooks). Attachments (MediaUrl{n}) are
-fetched with that same Basic auth, which never follows Twilio's redirect to its CDN.
+fetched with that same Basic auth, which never follows Twilio's redirect to its CDN. A reply to
+one of the bot's messages (OriginalRepliedMessageSid) is quoted from that Message resource,
+read with the same credential (a restricted key needs "Messages: read"; see bot.userturn).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bot.errors import (
     ChannelSendError,
     MediaRejected,
     RecipientUnreachable,
+    ReplyUnavailable,
     WebhookAuthError,
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
@@ -281,6 +284,36 @@ class WhatsAppChannel:
             self.log.warning("delivery_failed", **fields, code=code, error=hint(code))
         else:
             self.log.debug("delivery_status", **fields)
+
+    async def replied_text(self, message: InboundMessage) -> str:
+        """The body of the bot's message that `message` replies to, from Twilio's Message
+        resource; ReplyUnavailable when Twilio refuses or lacks it, or it was not to this
+        person."""
+        sid = message.reply.ref if message.reply is not None else ""
+        if self.client is None or not _SID.fullmatch(sid):
+            raise ReplyUnavailable(
+                "no Twilio REST credential (or no message id) to read the replied-to message",
+                reason="not_configured",
+            )
+        try:
+            found = await self.client.messages(sid).fetch_async()
+        except TwilioRestException as exc:
+            reason = "not_found" if exc.status == 404 else "refused"
+            reason = "unreachable" if exc.status in RETRY_STATUSES else reason
+            read = ': a restricted API key needs "Messages: read"' if exc.status == 403 else ""
+            raise ReplyUnavailable(
+                f"Twilio {exc.status} error {exc.code} reading the replied-to message{read}",
+                reason=reason,
+            ) from exc
+        except (aiohttp.ClientError, TwilioException) as exc:
+            raise ReplyUnavailable(
+                f"cannot reach Twilio: {type(exc).__name__}", reason="unreachable"
+            ) from exc
+        if found.to != message.sender or not found.body:
+            raise ReplyUnavailable(
+                "the replied-to message was not the bot's to this person", reason="not_found"
+            )
+        return str(found.body)
 
     # -- outbound --------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import CapturedEvents
-from tests.fakes.openai_server import FakeOpenAI, Recorded
-from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
+from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
+from tests.fakes.twilio_server import FakeTwilio, new_api_key, signed_form, whatsapp_inbound
 from tests.helpers import Gateway, running_gateway
 
 PUBLIC = "https://bot.example.com"
@@ -97,6 +97,58 @@ async def test_a_reply_names_the_earlier_message_when_memory_has_it(
                       "OriginalRepliedMessageSender": BOT_NUMBER}  # fmt: skip
     seen = await say(gateway, twilio, model, whatsapp_inbound(body="Why?") | to_bot)
     assert user_turn(seen) == "[reply to your earlier message]\nWhy?"
+
+
+def fetches(twilio: FakeTwilio) -> list[str]:
+    """The paths of the single-Message reads the fake served."""
+    return [r.path for r in twilio.requests if r.method == "GET" and "/Messages/" in r.path]
+
+
+async def test_a_reply_to_the_bots_message_quotes_it_from_twilio(
+    gateway: Gateway, twilio: FakeTwilio, model: FakeOpenAI
+) -> None:
+    """A swipe-reply to the bot's message quotes that message's body, read from Twilio's
+    Message resource with the REST credential; a turn with no such reply reads nothing."""
+    model.script(Reply(text="We open at 9.\nOn Sundays at 11."))
+    await say(gateway, twilio, model, whatsapp_inbound(body="When do you open?"))
+    assert fetches(twilio) == []
+    [sent] = twilio.messages
+    to_bot = {"OriginalRepliedMessageSid": sent.sid, "OriginalRepliedMessageSender": BOT_NUMBER}
+    seen = await say(gateway, twilio, model, whatsapp_inbound(body="Why?") | to_bot)
+    assert user_turn(seen) == (
+        "[reply to your earlier message: «We open at 9. On Sundays at 11.»]\nWhy?"
+    )
+    [read] = [r for r in twilio.requests if r.path in fetches(twilio)]
+    assert read.path.endswith(f"/Messages/{sent.sid}.json")
+    assert read.user == twilio.account_sid
+
+
+async def test_a_key_that_may_not_read_messages_still_gets_its_reply_answered(
+    tmp_path: Path, redis_url: str, events: CapturedEvents, model: FakeOpenAI
+) -> None:
+    """A restricted API key without "Messages: read" (Twilio answers the read 403 20003):
+    the reply to the bot's message is answered, saying only "your earlier message", and one
+    reply_unquoted event says why."""
+    key = new_api_key(list_messages=False)
+    async with FakeTwilio(api_keys=(key,)) as twilio, running_gateway(
+        model_url=model.base_url, redis_url=redis_url, data_dir=tmp_path, log=events.log,
+        channels='whatsapp: { dmPolicy: "open" }', bot_public_url=PUBLIC,
+        twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
+        twilio_api_key_sid=key.sid, twilio_api_key_secret=key.secret,
+        twilio_whatsapp_from=BOT_NUMBER, twilio_api_base_url=twilio.base_url,
+    ) as gw:  # fmt: skip
+        await say(gw, twilio, model, whatsapp_inbound(body="When do you open?"))
+        [sent] = twilio.messages
+        to_bot = {"OriginalRepliedMessageSid": sent.sid,
+                  "OriginalRepliedMessageSender": BOT_NUMBER}  # fmt: skip
+        seen = await say(gw, twilio, model, whatsapp_inbound(body="Why?") | to_bot)
+        assert user_turn(seen) == "[reply to your earlier message]\nWhy?"
+        assert len(twilio.messages) == 2
+        [read] = [r for r in twilio.requests if r.path in fetches(twilio)]
+        assert read.user == key.sid
+    [unquoted] = events.events("reply_unquoted")
+    assert unquoted["reason"] == "refused"
+    assert "Messages: read" in unquoted["error"]
 
 
 async def test_a_location_that_is_no_place_is_not_made_up(

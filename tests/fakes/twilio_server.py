@@ -2,10 +2,12 @@
 
 Point the real twilio SDK at it with `client.api.base_url = fake.base_url`. It creates
 messages (POST) and lists them (GET, newest first, filtered by To, From and DateSent, paged),
-and can play an outage (every request answered 5xx until a moment). REST requests authenticate
+fetches one (GET Messages/{Sid}.json, 404 20404 for a SID it never sent), and can play an
+outage (every request answered 5xx until a moment). REST requests authenticate
 with the account SID and auth token, or with an API key (`ApiKey`: user = its SK… SID, URLs
 still under the account); every request records its Basic auth. A restricted key without
-"Messages: read", or a proxy that serves only POST, is played by `refuse_list`; a person who
+"Messages: read" (`ApiKey(list_messages=False)`: its lists and fetches are refused 403 20003),
+or a proxy that serves only POST, is played by `refuse_list`; a person who
 cannot be reached (21211, 21614, 63003, 21610, 63024) by `refuse_recipient`. It also builds
 Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests,
 and serves inbound media as Twilio does: the Media resource answers 401 without the account's
@@ -41,6 +43,7 @@ DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_AUTH_TOKEN = "test-token"
 MAX_BODY = 1600
 _MESSAGES_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
+_MESSAGE_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}.json"
 _MEDIA_PATH = (
     f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}/Media/{{media_sid}}"
 )
@@ -67,7 +70,7 @@ class TwilioReply:
 class ApiKey:
     """A Twilio API key the fake accepts as HTTP Basic auth (user: its SID, password: its
     secret). `list_messages=False`: a restricted key without "Messages: read", whose list
-    requests Twilio refuses with 403 (code 20003)."""
+    and fetch requests Twilio refuses with 403 (code 20003)."""
 
     sid: str
     secret: str
@@ -242,6 +245,7 @@ class FakeTwilio:
         app = web.Application()
         app.router.add_post(_MESSAGES_PATH, self._create_message)
         app.router.add_get(_MESSAGES_PATH, self._list_messages)
+        app.router.add_get(_MESSAGE_PATH, self._fetch_message)
         app.router.add_get(_MEDIA_PATH, self._media_resource)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -470,6 +474,32 @@ class FakeTwilio:
             "uri": uri(page),
         }
         return web.json_response(body)
+
+    async def _fetch_message(self, request: web.Request) -> web.Response:
+        """GET Messages/{Sid}.json: one message this account sent, as Twilio answers it."""
+        self.requests.append(
+            TwilioRequest(
+                method=request.method,
+                path=request.path,
+                form={},
+                media=[],
+                headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+                auth=_basic_auth(request.headers.get("Authorization")),
+            )
+        )
+        auth = self.requests[-1].auth
+        if not self._authenticated(auth):
+            return _unauthorized()
+        key = self.api_keys.get(auth[0]) if auth else None
+        if key is not None and not key.list_messages:
+            return _reply_error(forbidden())
+        if self.in_outage:
+            return _reply_error(self._outage_reply)
+        sid = request.match_info["message_sid"]
+        found = next((m for m in self.messages if m.sid == sid), None)
+        if request.match_info["account_sid"] != self.account_sid or found is None:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        return web.json_response(self._resource(found, status="sent"))
 
     def _authenticated(self, auth: tuple[str, str] | None) -> bool:
         """The account's SID and auth token, or one of the fake's API keys."""
