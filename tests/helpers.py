@@ -250,6 +250,7 @@ def whatsapp_env(
         "REDIS_URL": redis_url, "BOT_CONFIG": str(config),
         "TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_WHATSAPP_FROM": TWILIO_FROM, "TWILIO_API_BASE_URL": twilio.base_url,
+        "TWILIO_MESSAGING_BASE_URL": twilio.base_url,
     }  # fmt: skip
     if port is not None:
         values |= {"BOT_PORT": str(port), "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}"}
