@@ -53,4 +53,5 @@ def gateway_env(
         "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_WHATSAPP_FROM": sender,
         "TWILIO_API_BASE_URL": twilio.base_url,
+        "TWILIO_MESSAGING_BASE_URL": twilio.base_url,
     }

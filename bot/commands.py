@@ -124,6 +124,21 @@ def parse_command(text: str) -> tuple[str, str] | None:
     return head.split("@", 1)[0].lower(), args.strip()
 
 
+def command_menu(*, admin: bool) -> list[dict[str, str]]:
+    """The commands as Telegram's `/` menu lists them (BotCommand objects), from the same
+    table the handlers use: everyone's, plus the admin-only ones when `admin`."""
+    specs: list[CommandSpec] = [
+        spec
+        for _, member in inspect.getmembers(Commands, inspect.isfunction)
+        if (spec := getattr(member, "__command__", None)) is not None
+    ]
+    return [
+        {"command": spec.name, "description": spec.summary[:256]}
+        for spec in specs
+        if admin or not spec.admin
+    ]
+
+
 class Commands:
     """Every chat command, wired to the services it needs."""
 

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     twilio_api_key_secret: SecretStr | None = None
     twilio_whatsapp_from: str | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_messaging_base_url: str = Field(
+        default="https://messaging.twilio.com",
+        description="Twilio's Messaging API: the WhatsApp typing indicator and read receipt.",
+    )
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_api_base_url: str = "https://api.telegram.org"

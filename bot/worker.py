@@ -180,12 +180,16 @@ class TurnMemory(Protocol):
 
 @runtime_checkable
 class TypingIndicator(Protocol):
-    """A channel that can show "typing…" while a turn runs."""
+    """A channel that can show "typing…" while a turn runs, for the newest message of the
+    batch, renewed every `typing_every` seconds (how long the platform shows it, less a margin)."""
 
-    async def typing(self, conversation: str) -> None: ...
+    @property
+    def typing_every(self) -> float: ...
+
+    async def typing(self, message: InboundMessage) -> None: ...
 
 
-TYPING_EVERY = 4.0
+TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
 
 
@@ -292,6 +296,7 @@ class Worker:
             redis, name=self.name, every=self.sweep_seconds, log=log, skip=sweep_skip
         )
         self.tasks: set[asyncio.Task[None]] = set()
+        self._typing_calls: set[asyncio.Task[None]] = set()  # typing calls still in flight
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = TAKE.on(redis)
         self._commit = COMMIT.on(redis)
@@ -393,6 +398,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for call in list(self._typing_calls):
+            call.cancel()
+        await asyncio.gather(*self._typing_calls, return_exceptions=True)
         try:
             await self._ack_done()
         except (RedisError, OSError) as exc:  # unacked entries are reclaimed, found empty
@@ -658,29 +666,47 @@ class Worker:
     @contextlib.asynccontextmanager
     async def _typing(self, message: InboundMessage) -> AsyncIterator[Callable[[], None]]:
         """A callback that turns the person's "typing…" indicator on (where there is one) until
-        the turn ends. The agent calls it once access is granted: strangers never see it."""
+        the turn ends. The agent calls it once access is granted: strangers never see it.
+
+        Each call runs in the background with a bounded time and is left to finish when the
+        turn ends (it may carry a read receipt), so the indicator never delays the reply; the
+        first failure of a turn is a warning, the others debug."""
         sender = self.senders.get(message.channel)
-        tasks: list[asyncio.Task[None]] = []
+        loops: list[asyncio.Task[None]] = []
+        warned = False
 
         def start() -> None:
-            if isinstance(sender, TypingIndicator) and not tasks:
-                tasks.append(asyncio.create_task(keep_typing(sender)))
+            if isinstance(sender, TypingIndicator) and not loops:
+                loops.append(asyncio.create_task(keep_typing(sender)))
+
+        async def show(sender: TypingIndicator) -> None:
+            nonlocal warned
+            try:
+                async with asyncio.timeout(TYPING_TIMEOUT):
+                    await sender.typing(message)
+            except (ChannelSendError, TimeoutError) as exc:
+                level = self.log.debug if warned else self.log.warning
+                warned = True
+                error = str(exc) or f"no answer within {TYPING_TIMEOUT:g} s"
+                level(
+                    "typing_failed",
+                    channel=message.channel,
+                    conversation=message.conversation,
+                    error=error,
+                )
 
         async def keep_typing(sender: TypingIndicator) -> None:
             while True:
-                try:
-                    await sender.typing(message.conversation)
-                except ChannelSendError as exc:
-                    self.log.debug(
-                        "typing_failed", conversation=message.conversation, error=str(exc)
-                    )
-                await asyncio.sleep(TYPING_EVERY)
+                call = asyncio.create_task(show(sender))
+                self._typing_calls.add(call)
+                call.add_done_callback(self._typing_calls.discard)
+                await asyncio.sleep(sender.typing_every)
 
         try:
             yield start
         finally:
-            for task in tasks:
-                task.cancel()
+            for task in loops:
+                task.cancel()  # no more renewals; a call in flight finishes on its own
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 

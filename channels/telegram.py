@@ -340,9 +340,11 @@ class TelegramChannel:
         finally:
             self.pacer.sent(chat_id)
 
-    async def typing(self, conversation: str) -> None:
-        """Show "typing…" in the chat (it lasts about 5 s on the person's screen)."""
-        chat_id = conversation.removeprefix("telegram:")
+    typing_every = 4.0  # "typing…" lasts about 5 s on the person's screen
+
+    async def typing(self, message: InboundMessage) -> None:
+        """Show "typing…" in the message's chat."""
+        chat_id = message.conversation.removeprefix("telegram:")
         await self.call("sendChatAction", chat_id=chat_id, action="typing")
 
 

@@ -4,11 +4,13 @@ The only module that imports the twilio SDK. Webhooks are verified with twilio's
 RequestValidator over the public URL; replies go through its async client, in chunks
 within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
 errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
-list whether a chunk was already taken. REST calls use an API key when TWILIO_API_KEY_SID/SECRET
-are set, else the auth token (which always verifies webhooks). Attachments (MediaUrl{n}) are
-fetched with that same Basic auth, which never follows Twilio's redirect to its CDN. A reply to
-one of the bot's messages (OriginalRepliedMessageSid) is quoted from that Message resource,
-read with the same credential (a restricted key needs "Messages: read"; see bot.userturn).
+list whether a chunk was already taken. While a turn runs, Twilio's Typing Indicators API shows
+"typing…" and marks the person's message read. REST calls use an API key when
+TWILIO_API_KEY_SID/SECRET are set, else the auth token (which always verifies webhooks).
+Attachments (MediaUrl{n}) are fetched with that same Basic auth, which never follows Twilio's
+redirect to its CDN. A reply to one of the bot's messages (OriginalRepliedMessageSid) is quoted
+from that Message resource, read with the same credential (a restricted key needs "Messages:
+read"; see bot.userturn).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ _SID = re.compile(r"[A-Za-z0-9]{1,64}")
 CLOCK_SKEW = 2.0  # seconds of clock difference to Twilio allowed for when reconciling
 RECONCILE_PAGE = 50  # the newest messages to one person looked at when reconciling
 MAX_RETRY_AFTER = 30.0
+TYPING_PATH = "/v2/Indicators/Typing.json"
+TYPING_EVERY = 20.0  # Twilio shows the indicator for up to 25 s (or until the reply)
+TYPING_TIMEOUT = 5.0  # seconds one typing indicator request may take
 # The headers of the Twilio response last seen in the current task: TwilioRestException
 # carries no headers, and Retry-After lives there. The SDK awaits straight through.
 last_headers: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("twiliolast_headers")
@@ -164,8 +169,11 @@ class WhatsAppChannel:
         attempts: int = 4,
         backoff_seconds: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        typing_every: float = TYPING_EVERY,
     ) -> None:
+        """`typing_every`: seconds between renewals of the typing indicator while a turn runs."""
         self.config = config
+        self.typing_every = typing_every
         self.log = log
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
@@ -177,6 +185,8 @@ class WhatsAppChannel:
         self.http: TwilioHttpClient | None = None
         self.client: Client | None = None
         rest = settings.twilio_rest_auth()
+        self.rest_auth = rest if self.account_sid else None
+        self.typing_url = settings.twilio_messaging_base_url.rstrip("/") + TYPING_PATH
         if self.account_sid and rest:
             self.http = TwilioHttpClient(timeout=15)
             user, password = rest  # an API key's SID and secret, or the account SID and token
@@ -408,6 +418,37 @@ class WhatsAppChannel:
                 ms=delay * 1000,
             )
             await self.sleep(delay)
+
+    async def typing(self, message: InboundMessage) -> None:
+        """Show "typing…" to the person and mark their message read (Twilio's Typing Indicators
+        API; it shows for up to 25 s or until the reply). Nothing with
+        `channels.whatsapp.typingIndicator: false`; ChannelSendError when Twilio refuses."""
+        if not self.config.typing_indicator or self.http is None or self.rest_auth is None:
+            return
+        form: dict[str, object] = {"messageId": message.platform_id, "channel": "whatsapp"}
+        try:
+            async with asyncio.timeout(TYPING_TIMEOUT):
+                response = await self.http.request(
+                    "POST", self.typing_url, data=form, auth=self.rest_auth
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ChannelSendError(
+                f"cannot reach Twilio's typing indicator: {type(exc).__name__} "
+                "(is TWILIO_MESSAGING_BASE_URL right?)",
+                retryable=True,
+            ) from exc
+        if not 200 <= response.status_code < 300:
+            code: object = None
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                code = json.loads(response.text or "").get("code")
+            number = code if isinstance(code, int) else None
+            code_text = f" error {number}" if number is not None else ""
+            raise ChannelSendError(
+                f"Twilio {response.status_code}{code_text} on the typing indicator: "
+                f"{hint(number)} (channels.whatsapp.typingIndicator: false turns it off)",
+                retryable=response.status_code in RETRY_STATUSES,
+                status=response.status_code,
+            )
 
     @staticmethod
     def _retry_after() -> float | None:

@@ -204,12 +204,16 @@ async def running_gateway(
     """Serve the gateway's web app and run a worker (and the poller, if asked) until exit.
 
     `channels` is the JSON5 body of the config's `channels` section; `settings` are Settings
-    fields (secrets, base URLs of fake platforms); `config_text` replaces the config built for
-    `model_url` (its `channels` section is still added).
+    fields (secrets, base URLs of fake platforms: a fake Twilio's `twilio_api_base_url` also
+    serves the typing indicator unless `twilio_messaging_base_url` says otherwise);
+    `config_text` replaces the config built for `model_url` (its `channels` section is still
+    added).
     """
     text = (config_text or gateway_config_text(model_url)).rstrip().rstrip("}")
     text += f"channels: {{ {channels} }} }}"
     config = parse_config(text, source="test.json5", env={})
+    if "twilio_api_base_url" in settings:  # a fake Twilio serves the typing indicator too
+        settings.setdefault("twilio_messaging_base_url", settings["twilio_api_base_url"])
     env = Settings(redis_url=redis_url, bot_data_dir=str(data_dir), _env_file=None, **settings)  # type: ignore[call-arg]
     async with open_app(env, config, log, hub) as app:
         stop = asyncio.Event()
@@ -250,6 +254,7 @@ def whatsapp_env(
         "REDIS_URL": redis_url, "BOT_CONFIG": str(config),
         "TWILIO_ACCOUNT_SID": twilio.account_sid, "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_WHATSAPP_FROM": TWILIO_FROM, "TWILIO_API_BASE_URL": twilio.base_url,
+        "TWILIO_MESSAGING_BASE_URL": twilio.base_url,
     }  # fmt: skip
     if port is not None:
         values |= {"BOT_PORT": str(port), "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}"}

@@ -167,6 +167,7 @@ async def open_rig(
             redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
             twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
             twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
+            twilio_messaging_base_url=twilio.base_url,
             telegram_bot_token=telegram.token, telegram_api_base_url=telegram.base_url,
             **keys,
         )  # type: ignore[call-arg]  # fmt: skip

@@ -18,6 +18,7 @@ from twilio.rest import Client
 
 from channels.whatsapp import TwilioHttpClient, last_headers
 from tests.fakes.twilio_server import (
+    TYPING_PATH,
     FakeTwilio,
     TwilioReply,
     outside_window,
@@ -272,3 +273,28 @@ async def test_media_needs_basic_auth_and_redirects_to_another_origin(fake: Fake
             assert response.headers["Content-Type"] == "image/png"
             assert await response.read() == b"\x89PNG picture"
     assert [hit.auth is not None for hit in fake.media_hits] == [False, True, False]
+
+
+async def test_typing_indicator_answers_in_twilios_shape_and_records_its_auth(
+    fake: FakeTwilio,
+) -> None:
+    """The Typing Indicators resource: 401 without auth, 400 without messageId, success JSON
+    with it, and a scripted 500 in Twilio's error shape; every request is recorded."""
+    url = fake.base_url + TYPING_PATH
+    good = {"Authorization": aiohttp.encode_basic_auth(fake.account_sid, fake.auth_token)}
+    form = {"messageId": "SM" + "1" * 32, "channel": "whatsapp"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=form) as response:
+            assert response.status == 401
+        async with session.post(url, data={"channel": "whatsapp"}, headers=good) as response:
+            assert response.status == 400
+            assert (await response.json())["code"] == 20001
+        async with session.post(url, data=form, headers=good) as response:
+            assert response.status == 200
+            assert await response.json() == {"success": True}
+        fake.refuse_typing(server_error())
+        async with session.post(url, data=form, headers=good) as response:
+            assert response.status == 500
+            assert (await response.json())["code"] == 20500
+    assert [r.user for r in fake.typing] == [None, *[fake.account_sid] * 3]
+    assert fake.requests == []  # the Messages resource saw none of them

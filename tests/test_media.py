@@ -121,6 +121,7 @@ def whatsapp_gateway(
         channels=f"whatsapp: {{ {access} }}", config_text=config, bot_public_url=PUBLIC,
         twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
         twilio_whatsapp_from="whatsapp:+14155238886", twilio_api_base_url=twilio.base_url,
+        twilio_messaging_base_url=twilio.base_url,
     )  # fmt: skip
 
 

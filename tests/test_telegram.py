@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bot.cli.telegram import publish_command_menu
 from bot.config import TelegramConfig
 from bot.messages import OutboundMessage
 from bot.settings import Settings
@@ -398,3 +399,33 @@ async def test_the_pacing_map_stays_bounded_and_still_paces(
                                            text="again"))  # fmt: skip
     assert waits == [pytest.approx(0.9)]
     assert len(telegram.sent) == 301
+
+
+async def test_the_command_menu_is_published_per_scope(
+    gateway: Gateway, telegram: FakeTelegram
+) -> None:
+    """At start, setMyCommands lists everyone's commands in the default scope and, in each
+    `telegram:<id>` admin's chat, the admin-only ones too (from the commands' own table)."""
+    assert gateway.app.telegram is not None
+    log = CapturedEvents().log
+    await publish_command_menu(gateway.app.telegram, ["telegram:42", "whatsapp:+15550001"], log)
+    default, admin = telegram.menus
+    assert default["scope"] == {"type": "default"}
+    assert admin["scope"] == {"type": "chat", "chat_id": 42}
+    everyone = {c["command"] for c in default["commands"]}
+    admins = {c["command"] for c in admin["commands"]}
+    assert "help" in everyone
+    assert "approve" in admins - everyone
+    assert everyone < admins
+
+
+async def test_set_webhook_also_publishes_the_command_menu(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """`bot telegram set-webhook` calls setMyCommands (the default scope) as well."""
+    env = cli_env(
+        telegram, tmp_path, BOT_PUBLIC_URL="https://bot.example.com", TELEGRAM_WEBHOOK_SECRET=SECRET
+    )
+    result = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert [m["scope"] for m in telegram.menus] == [{"type": "default"}]

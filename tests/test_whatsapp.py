@@ -19,6 +19,7 @@ from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.twilio_server import (
     FakeTwilio,
+    server_error,
     signed_form,
     too_many_requests,
     whatsapp_inbound,
@@ -69,6 +70,7 @@ async def open_gateway(
         twilio_auth_token=twilio.auth_token if auth_token == "use-fake" else auth_token,
         twilio_whatsapp_from=SENDER,
         twilio_api_base_url=twilio.base_url,
+        twilio_messaging_base_url=twilio.base_url,
     ) as gw:
         yield WhatsAppGateway(app=gw.app, http=gw.http, twilio=twilio, model=model, events=events)
 
@@ -315,3 +317,91 @@ async def test_a_negative_num_media_gets_400(
     response = await gateway.post(whatsapp_inbound() | {"NumMedia": "-1"})
     assert response.status == 400
     assert await redis_client.keys("conv:*") == []
+
+
+def before_the_reply(twilio: FakeTwilio) -> list[str]:
+    """The MessageSids of the typing indicators Twilio received before it took the first reply."""
+    first = twilio.messages[0].at
+    return [r.form.get("messageId", "") for r in twilio.typing if r.at < first]
+
+
+async def test_a_turn_shows_typing_for_the_message_before_the_reply(
+    gateway: WhatsAppGateway,
+) -> None:
+    """The turn POSTs the typing indicator (the inbound MessageSid, channel whatsapp, the REST
+    credential) before the reply goes out."""
+    gateway.model.script(Reply(text="Hi!", delay=1))
+    inbound = whatsapp_inbound(body="hello")
+    await gateway.post(inbound)
+    await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    assert before_the_reply(gateway.twilio) == [inbound["MessageSid"]]
+    [typing] = gateway.twilio.typing
+    assert typing.form == {"messageId": inbound["MessageSid"], "channel": "whatsapp"}
+    assert typing.auth == (gateway.twilio.account_sid, gateway.twilio.auth_token)
+
+
+async def test_a_long_turn_renews_the_typing_indicator(gateway: WhatsAppGateway) -> None:
+    """A model that holds its answer past a renewal period gets the indicator sent again."""
+    assert gateway.app.whatsapp is not None
+    gateway.app.whatsapp.typing_every = 0.2  # instead of 20 s
+    gateway.model.script(Reply(text="Done.", delay=1.5))
+    inbound = whatsapp_inbound(body="think hard")
+    await gateway.post(inbound)
+    await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    shown = before_the_reply(gateway.twilio)
+    assert len(shown) >= 2
+    assert set(shown) == {inbound["MessageSid"]}
+
+
+async def test_a_stranger_refused_by_dm_policy_gets_no_typing(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """Under pairing, a stranger's turn (a pairing code) shows no typing and no read receipt;
+    a listed friend's turn afterwards does."""
+    friend = "whatsapp:+15550000001"
+    model.script(Reply(text="Hi friend", delay=0.5))
+    config = f'dmPolicy: "pairing", allowFrom: ["{friend}"]'
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
+        await gw.post(whatsapp_inbound(body="hello?"))
+        await asyncio.wait_for(twilio.wait_for_messages(1), 10)
+        hello = whatsapp_inbound(from_=friend, body="hello")
+        await gw.post(hello)
+        sent = await asyncio.wait_for(twilio.wait_for_messages(2), 10)
+        assert [m.to for m in sent] == [PERSON, friend]
+        assert [r.form["messageId"] for r in twilio.typing] == [hello["MessageSid"]]
+
+
+async def test_a_failing_typing_endpoint_changes_nothing_else(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """A typing endpoint that answers 500 to every try: the reply still goes out once, and the
+    turn logs one warning however often the indicator was renewed."""
+    twilio.refuse_typing(server_error())
+    model.script(Reply(text="Still here", delay=1))
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model):
+        assert gw.app.whatsapp is not None
+        gw.app.whatsapp.typing_every = 0.2
+        await gw.post(whatsapp_inbound(body="hello"))
+        [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
+        assert sent.body == "Still here"
+        assert len(twilio.typing) >= 2
+        await asyncio.sleep(0.3)  # room for a wrong second reply to show up
+        assert len(twilio.messages) == 1
+    failed = events.events("typing_failed")
+    assert [e["level"] for e in failed if e["level"] == "warning"] == ["warning"]
+    assert "500" in failed[0]["error"]
+
+
+async def test_typing_indicator_false_sends_none(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, events: CapturedEvents,
+    twilio: FakeTwilio, model: FakeOpenAI,
+) -> None:  # fmt: skip
+    """`channels.whatsapp.typingIndicator: false`: the reply comes with no typing indicator."""
+    model.script(Reply(text="Hi!", delay=0.5))
+    config = 'dmPolicy: "open", typingIndicator: false'
+    async for gw in open_gateway(tmp_path, redis_url, events, twilio, model, channel_config=config):
+        await gw.post(whatsapp_inbound(body="hello"))
+        await asyncio.wait_for(twilio.wait_for_messages(1), 10)
+        assert twilio.typing == []

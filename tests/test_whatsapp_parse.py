@@ -32,6 +32,7 @@ async def gateway(
         channels='whatsapp: { dmPolicy: "open" }', bot_public_url=PUBLIC,
         twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
         twilio_whatsapp_from=BOT_NUMBER, twilio_api_base_url=twilio.base_url,
+        twilio_messaging_base_url=twilio.base_url,
     ) as gw:  # fmt: skip
         yield gw
 

@@ -22,7 +22,7 @@ from bot.config import parse_config
 from bot.deadletters import RedisDeadLetters
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
-from bot.messages import OutboundMessage
+from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
 from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
@@ -461,9 +461,10 @@ class TypingSender(RecordingSender):
     def __init__(self) -> None:
         super().__init__()
         self.typing_to: list[str] = []
+        self.typing_every = 4.0
 
-    async def typing(self, conversation: str) -> None:
-        self.typing_to.append(conversation)
+    async def typing(self, message: InboundMessage) -> None:
+        self.typing_to.append(message.conversation)
 
 
 FRIEND, STRANGER = "whatsapp:+15550000001", "whatsapp:+15550000002"

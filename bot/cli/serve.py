@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bot.app import freeze_startup_heap, open_app
 from bot.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from bot.cli.telegram import publish_command_menu
 from bot.config import Config
 from bot.errors import BotError, ChannelSendError
 from bot.logs import EventHub, Logger
@@ -78,6 +79,7 @@ async def serve(
                 if web_role:
                     if app.telegram is not None:
                         await identify_telegram(app.telegram, log)
+                        await publish_command_menu(app.telegram, config.commands.admins, log)
                     tasks.append(
                         asyncio.create_task(app.spool_drainer().run(stop), name="spool_drainer")
                     )

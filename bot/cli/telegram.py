@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import aiohttp
 
 from bot.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from bot.commands import command_menu
 from bot.config import Config
 from bot.errors import ChannelSendError
-from bot.logs import make_logger
+from bot.logs import Logger, make_logger
 from bot.settings import Settings
 from channels.telegram import ALLOWED_UPDATES, TelegramChannel
 
@@ -26,7 +28,10 @@ async def telegram_admin(settings: Settings, config: Config, action: str) -> int
         )
         try:
             if action == "set-webhook":
-                return await set_webhook(settings, telegram)
+                code = await set_webhook(settings, telegram)
+                if code == EXIT_OK:
+                    await publish_command_menu(telegram, config.commands.admins, log)
+                return code
             if action == "delete-webhook":
                 await telegram.call("deleteWebhook", drop_pending_updates=False)
                 print("webhook deleted: updates now wait for polling (channels.telegram.mode)")
@@ -66,3 +71,27 @@ async def set_webhook(settings: Settings, telegram: TelegramChannel) -> int:
     )
     print(f"webhook set: {url}")
     return EXIT_OK
+
+
+async def publish_command_menu(
+    telegram: TelegramChannel, admins: Sequence[str], log: Logger
+) -> None:
+    """Telegram's `/` menu (setMyCommands): everyone's commands in the default scope, and in
+    each `telegram:<id>` admin's chat the admin ones too. Best-effort: a failure is logged."""
+    menus: list[tuple[dict[str, str | int], list[dict[str, str]]]] = [
+        ({"type": "default"}, command_menu(admin=False))
+    ]
+    for admin in admins:
+        chat = admin.removeprefix("telegram:")
+        if admin.startswith("telegram:") and chat.lstrip("-").isdigit():
+            menus.append(({"type": "chat", "chat_id": int(chat)}, command_menu(admin=True)))
+    for scope, commands in menus:
+        try:
+            await telegram.call("setMyCommands", commands=commands, scope=scope)
+        except ChannelSendError as exc:
+            log.warning(
+                "setup_warning",
+                channel="telegram",
+                error=f"setMyCommands failed ({exc}): the / menu may be out of date",
+            )
+            return

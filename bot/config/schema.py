@@ -128,6 +128,7 @@ class WhatsAppConfig(_Model):
     text_chunk_limit: int = Field(default=1600, ge=1)
     verify_signature: bool = True
     messaging_service_sid: str | None = None
+    typing_indicator: bool = True  # "typing…" and the read receipt while a turn runs
 
 
 class TelegramConfig(_Model):

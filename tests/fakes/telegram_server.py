@@ -145,6 +145,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.sent: list[dict[str, Any]] = []
         self.actions: list[dict[str, Any]] = []
+        self.menus: list[dict[str, Any]] = []  # setMyCommands calls: {"scope", "commands"}
         self.webhook: dict[str, Any] | None = None
         self.port = 0
         self._updates: deque[dict[str, Any]] = deque()
@@ -170,6 +171,7 @@ class FakeTelegram:
                 "getWebhookInfo": self._get_webhook_info,
                 "sendMessage": self._send_message,
                 "sendChatAction": self._send_chat_action,
+                "setMyCommands": self._set_my_commands,
                 "getFile": self._get_file,
             }.items()
         }
@@ -464,6 +466,19 @@ class FakeTelegram:
         if action not in CHAT_ACTIONS:
             raise _bad_request("wrong parameter action in request")
         self.actions.append({"chat_id": chat_id, "action": action, "at": time.monotonic()})
+        return True, None
+
+    async def _set_my_commands(self, params: dict[str, Any]) -> tuple[Any, str | None]:
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise _bad_request("commands must be a list of at most 100 BotCommand")
+        for item in commands:
+            name = str(item.get("command", "")) if isinstance(item, dict) else ""
+            text = str(item.get("description", "")) if isinstance(item, dict) else ""
+            if not re.fullmatch(r"[a-z0-9_]{1,32}", name) or not 1 <= len(text) <= 256:
+                raise _bad_request("BOT_COMMAND_INVALID")
+        scope = params.get("scope") or {"type": "default"}
+        self.menus.append({"scope": scope, "commands": commands})
         return True, None
 
     # -- state ---------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ cannot be reached (21211, 21614, 63003, 21610, 63024) by `refuse_recipient`. It 
 Twilio-signed inbound webhook requests (WhatsApp messages and status callbacks) for route tests,
 and serves inbound media as Twilio does: the Media resource answers 401 without the account's
 Basic auth and 307 to a CDN URL with it; the CDN (another port: another origin) serves the bytes.
+The same server plays the Messaging API's Typing Indicators resource (point
+TWILIO_MESSAGING_BASE_URL at `base_url`): `{"success": true}`, or `refuse_typing`'s error.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _MESSAGE_PATH = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid
 _MEDIA_PATH = (
     f"/{API_VERSION}/Accounts/{{account_sid}}/Messages/{{message_sid}}/Media/{{media_sid}}"
 )
+TYPING_PATH = "/v2/Indicators/Typing.json"
 _CHUNK = b"\0" * 65536
 _E164 = re.compile(r"^(?:whatsapp:|messenger:|rcs:)?\+[1-9]\d{5,14}$")
 _GSM7 = frozenset(
@@ -108,6 +111,7 @@ class TwilioRequest:
     media: list[str]
     headers: CIMultiDictProxy[str]
     auth: tuple[str, str] | None  # the decoded HTTP Basic credentials, if any
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def user(self) -> str | None:
@@ -212,7 +216,8 @@ class FakeTwilio:
         self.auth_token = auth_token
         self.max_body = max_body
         self.messages: list[SentMessage] = []
-        self.requests: list[TwilioRequest] = []
+        self.requests: list[TwilioRequest] = []  # the REST API's (Messages, the list)
+        self.typing: list[TwilioRequest] = []  # the Typing Indicators resource's, in order
         self.media_hits: list[MediaHit] = []  # the media resource's and the CDN's requests
         self.cdn_bytes_sent: dict[str, int] = {}  # CDN key → bytes written before it ended
         self.port = 0
@@ -224,6 +229,7 @@ class FakeTwilio:
         self._outage_reply = server_error(503)
         self._list_refusal: TwilioReply | None = None
         self._refused_recipients: dict[str, TwilioReply] = {}
+        self._typing_refusal: TwilioReply | None = None
         self._closing = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -247,6 +253,7 @@ class FakeTwilio:
         app.router.add_get(_MESSAGES_PATH, self._list_messages)
         app.router.add_get(_MESSAGE_PATH, self._fetch_message)
         app.router.add_get(_MEDIA_PATH, self._media_resource)
+        app.router.add_post(TYPING_PATH, self._typing_indicator)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -302,6 +309,11 @@ class FakeTwilio:
             self._refused_recipients.pop(to, None)
         else:
             self._refused_recipients[to] = reply
+
+    def refuse_typing(self, reply: TwilioReply | None) -> None:
+        """Answer every authenticated typing indicator request with `reply` (e.g.
+        `server_error()`); None accepts them again."""
+        self._typing_refusal = reply
 
     @property
     def in_outage(self) -> bool:
@@ -416,6 +428,29 @@ class FakeTwilio:
         if self.latency:
             await self._sleep(self.latency)
         return await self._accept(recorded)
+
+    async def _typing_indicator(self, request: web.Request) -> web.Response:
+        """POST /v2/Indicators/Typing.json: `messageId` (an inbound message's SID) and
+        `channel=whatsapp`; Twilio answers `{"success": true}`."""
+        post = await request.post()
+        recorded = TwilioRequest(
+            method=request.method,
+            path=request.path,
+            form={key: str(post[key]) for key in post},
+            media=[],
+            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            auth=_basic_auth(request.headers.get("Authorization")),
+        )
+        self.typing.append(recorded)
+        if not self._authenticated(recorded.auth):
+            return _unauthorized()
+        if self._typing_refusal is not None:
+            return _reply_error(self._typing_refusal)
+        if not recorded.form.get("messageId"):
+            return _error(400, 20001, "Missing required parameter messageId in the post body")
+        if recorded.form.get("channel") != "whatsapp":
+            return _error(400, 20001, "Invalid channel: only whatsapp is supported")
+        return web.json_response({"success": True})
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         """GET Messages.json: this account's messages, newest first, as Twilio pages them."""
@@ -764,6 +799,7 @@ __all__ = [
     "DEFAULT_AUTH_TOKEN",
     "MAX_BODY",
     "RECIPIENT_ERRORS",
+    "TYPING_PATH",
     "ApiKey",
     "FakeTwilio",
     "MediaHit",
