@@ -378,11 +378,10 @@ def _fit(block: Block, flavour: Flavour, limit: int) -> list[Block]:
         return [block]
     if isinstance(block, CodeBlock):
         room = max(1, limit - _size(replace(block, code=""), flavour))
-        lines = [piece for line in block.code.split("\n") for piece in _cut(line, room, flavour)]
-        groups = _pack(lines, room, lambda text: flavour.size(text, text), "\n")
-        codes = ["\n".join(group) for group in groups]
+        rows = [piece for row in block.code.split("\n") for piece in _cut(row, room, flavour)]
+        codes = _pack(rows, room, lambda text: flavour.size(text, text), "\n")
         return [
-            replace(block, code=code, gap=block.gap if n == 0 else LINE_GAP)
+            replace(block, code="\n".join(code), gap=block.gap if n == 0 else LINE_GAP)
             for n, code in enumerate(codes)
         ]
     lines = [piece for line in block.lines for piece in _split_line(line, block, flavour, limit)]

@@ -41,8 +41,7 @@ from bot.errors import (
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
-from channels import whatsapp_parse
-from channels import markdown
+from channels import markdown, whatsapp_parse
 from channels.base import Ack, EventLog, RawRequest, download, same_origin
 
 # Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>

@@ -57,7 +57,8 @@ def test_whatsapp_uses_its_own_markers_and_shows_links_as_text_and_url() -> None
 def test_telegram_links_only_to_safe_schemes(href: str) -> None:
     """A link to anything but http, https, tg or mailto is shown as its text, not an <a>."""
     written = render(f"[click](<{href}>) and [mail](mailto:a@example.com)", TELEGRAM)
-    assert "<a href" in written and href not in written
+    assert "<a href" in written
+    assert href not in written
     assert written.startswith("click and ")
 
 
@@ -74,7 +75,8 @@ def test_a_long_code_block_becomes_several_closed_blocks() -> None:
                 assert part.endswith("</code></pre>")
                 assert len(parse_html(part)) <= 200
             else:
-                assert part.startswith("```\n") and part.endswith("\n```")
+                assert part.startswith("```\n")
+                assert part.endswith("\n```")
                 assert len(part) <= 200
         shown = [visible_text(p) if flavour is TELEGRAM else p.strip("`\n") for p in pieces]
         assert "\n".join(shown).removeprefix("Intro.\n") == code.replace("<&>", "<&>")
@@ -85,7 +87,8 @@ def test_telegram_counts_the_visible_text_not_the_markup() -> None:
     are one message at a limit of 100, though the HTML is longer."""
     text = " ".join(["**bold**"] * 18)  # 18 * 4 + 17 = 89 visible
     [part] = chunks(text, TELEGRAM, 100)
-    assert len(part) > 100 and len(parse_html(part)) <= 100
+    assert len(part) > 100
+    assert len(parse_html(part)) <= 100
 
 
 def test_a_split_paragraph_keeps_every_tag_balanced() -> None:

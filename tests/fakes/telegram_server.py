@@ -53,7 +53,24 @@ CHAT_ACTIONS = frozenset(
 )
 # The tags Telegram's HTML parse mode knows (https://core.telegram.org/bots/api#html-style).
 HTML_TAGS = frozenset(
-    "b strong i em u ins s strike del span tg-spoiler a tg-emoji code pre blockquote".split()
+    [
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "tg-emoji",
+        "code",
+        "pre",
+        "blockquote",
+    ]
 )
 _TAG = re.compile(
     r"<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s+[A-Za-z-]+\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>]+))*)\s*>"
