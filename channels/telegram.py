@@ -4,7 +4,9 @@ Webhook requests are checked against TELEGRAM_WEBHOOK_SECRET in constant time. W
 person sent in a `message` or `edited_message` (read by channels.telegram_parse) becomes an
 InboundMessage (one conversation per chat; in groups only when the bot is mentioned or
 replied to, unless `requireMention: false`). Replies go out
-with sendMessage in chunks within `textChunkLimit` (UTF-16 units, as Telegram counts),
+with sendMessage as HTML (the model's Markdown rendered by channels.markdown; a chunk the
+API cannot parse goes once more as plain text) in chunks within `textChunkLimit` (UTF-16
+units of visible text, as Telegram counts),
 paced per chat, one attempt per chunk from the outbox (which retries 429 after
 `retry_after`, 5xx and network errors, and never a chat that refuses the bot: blocked,
 deactivated, not found); other Bot API calls retry a few times themselves.
@@ -36,8 +38,8 @@ from bot.errors import (
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
-from channels import telegram_parse
-from channels.base import Ack, EventLog, RawRequest, download, split_text
+from channels import markdown, telegram_parse
+from channels.base import Ack, EventLog, RawRequest, download
 from channels.telegram_parse import _dict, _is_int, _size, _utf8
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -46,6 +48,7 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 # A 400 that means the chat is out of the bot's reach (every 403 of a send means that too:
 # "Forbidden: bot was blocked by the user", "Forbidden: user is deactivated", kicked…).
 UNREACHABLE_400 = ("Bad Request: chat not found", "Bad Request: user not found")
+PARSE_REFUSED = "can't parse entities"  # our HTML refused: the chunk goes again as plain text
 SEND_METHODS = frozenset({"sendMessage", "sendChatAction"})
 MAX_RETRY_AFTER = 60.0
 MAX_DATE = 2**40  # a message `date` (Unix seconds) beyond this is not a date
@@ -315,8 +318,9 @@ class TelegramChannel:
     # -- outbound ------------------------------------------------------------------------------
 
     def chunks(self, message: OutboundMessage) -> list[str]:
-        """The reply as messages within `textChunkLimit` UTF-16 units, in order."""
-        return split_text(message.text, self.config.text_chunk_limit, measure=utf16_len)
+        """The reply's Markdown as Telegram HTML messages, in order, each within
+        `textChunkLimit` UTF-16 units of visible text (channels.markdown)."""
+        return markdown.chunks(message.text, markdown.TELEGRAM, self.config.text_chunk_limit)
 
     async def send(self, message: OutboundMessage) -> None:
         """Send the reply in order, one sendMessage per chunk, about one a second per chat,
@@ -336,7 +340,16 @@ class TelegramChannel:
         if wait > 0:
             await self.sleep(wait)
         try:
-            await self.call("sendMessage", attempts=attempts, chat_id=chat_id, text=chunk)
+            try:
+                await self.call(
+                    "sendMessage", attempts=attempts, chat_id=chat_id, text=chunk, parse_mode="HTML"
+                )
+            except TelegramError as exc:
+                if exc.status != 400 or PARSE_REFUSED not in str(exc):
+                    raise
+                self.log.warning("format_fallback", channel=self.name, error=str(exc))
+                plain = markdown.visible_text(chunk)
+                await self.call("sendMessage", attempts=attempts, chat_id=chat_id, text=plain)
         finally:
             self.pacer.sent(chat_id)
 

@@ -1,7 +1,8 @@
 """WhatsApp through Twilio: signed webhooks in, replies out through Twilio's Messages API.
 
 The only module that imports the twilio SDK. Webhooks are verified with twilio's
-RequestValidator over the public URL; replies go through its async client, in chunks
+RequestValidator over the public URL; replies (Markdown written in WhatsApp's own markers)
+go through its async client, in chunks
 within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
 errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
 list whether a chunk was already taken. While a turn runs, Twilio's Typing Indicators API shows
@@ -45,8 +46,8 @@ from bot.errors import (
 )
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
-from channels import whatsapp_parse
-from channels.base import Ack, EventLog, RawRequest, download, same_origin, split_text
+from channels import markdown, whatsapp_parse
+from channels.base import Ack, EventLog, RawRequest, download, same_origin
 
 # Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>
 HINTS = {
@@ -328,8 +329,9 @@ class WhatsAppChannel:
     # -- outbound --------------------------------------------------------------------------
 
     def chunks(self, message: OutboundMessage) -> list[str]:
-        """The reply as WhatsApp messages within `textChunkLimit`, in order."""
-        return split_text(message.text, self.config.text_chunk_limit)
+        """The reply's Markdown in WhatsApp's markers (channels.markdown), as messages within
+        `textChunkLimit`, in order."""
+        return markdown.chunks(message.text, markdown.WHATSAPP, self.config.text_chunk_limit)
 
     async def send(self, message: OutboundMessage) -> None:
         """Send the reply to the person, in order, one Messages request per chunk, retrying

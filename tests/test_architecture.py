@@ -27,12 +27,14 @@ CHANNEL_ALLOWED = (
     "channels.base",
     # A channel's own parsing, and the bracketed lines the channels share: neutral pieces too.
     "channels.rendering",
+    "channels.markdown",
     "channels.telegram_parse",
     "channels.whatsapp_parse",
 )
 SDK_HOMES = {
     "openai": {"bot.llm.providers", "bot.llm.transcription"},  # transcription sits beside
     "twilio": {"channels.whatsapp"},
+    "markdown_it": {"channels.markdown"},  # one parse of a reply's Markdown, for every channel
 }
 ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__", "bot.doctor"}  # cli: its modules; doctor: Redis
 
@@ -102,7 +104,7 @@ def test_core_never_imports_web_channels_or_cli() -> None:
 @pytest.mark.parametrize("sdk", sorted(SDK_HOMES))
 def test_each_sdk_has_one_home(sdk: str) -> None:
     """openai is imported only in bot.llm (providers, transcription), twilio only in
-    channels.whatsapp."""
+    channels.whatsapp, markdown_it only in channels.markdown."""
     users = {name for name, imports in MODULES.items() if any(within(i, {sdk}) for i in imports)}
     assert users <= SDK_HOMES[sdk]
 

@@ -23,6 +23,7 @@ from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram_server import (
     FakeTelegram,
+    TgReply,
     group_text_update,
     private_text_update,
     too_many_requests,
@@ -429,3 +430,53 @@ async def test_set_webhook_also_publishes_the_command_menu(
     result = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
     assert result.code == 0, result.err
     assert [m["scope"] for m in telegram.menus] == [{"type": "default"}]
+
+
+async def test_a_markdown_reply_reaches_telegram_as_html_it_accepts(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI, redis_client: aioredis.Redis
+) -> None:
+    """A Markdown answer is sent with parse_mode HTML, accepted by a Bot API that refuses bad
+    markup, and shows without Markdown signs; memory keeps the Markdown."""
+    answer = "## Status\n**Status:** ok & <fine>\n\n- `a<b`\n\n```py\nx = 1\n```"
+    model.script(Reply(text=answer))
+    await post(gateway, dm(chat_id=42, text="status?"))
+    await eventually(lambda: len(telegram.sent) == 1)
+    [sent] = telegram.sent
+    assert sent["parse_mode"] == "HTML"
+    assert "<b>Status:</b> ok &amp; &lt;fine&gt;" in sent["text"]
+    assert sent["visible"] == "Status\n\nStatus: ok & <fine>\n\n• a<b\n\nx = 1"
+    stored = [await _dump(redis_client, key) for key in await redis_client.keys("conv:*")]
+    assert any(json.dumps("**Status:** ok & <fine>")[1:-1] in value for value in stored)
+
+
+async def _dump(redis_client: aioredis.Redis, key: str) -> str:
+    """Every value under `key`, whatever its type, as one text (to look for text in memory)."""
+    kind = await redis_client.type(key)
+    if kind == "string":
+        return str(await redis_client.get(key))
+    if kind == "list":
+        return "".join(await redis_client.lrange(key, 0, -1))
+    if kind == "hash":
+        return "".join(k + v for k, v in (await redis_client.hgetall(key)).items())
+    if kind == "zset":
+        return "".join(await redis_client.zrange(key, 0, -1))
+    return ""
+
+
+async def test_html_the_api_cannot_parse_is_sent_again_once_as_plain_text(
+    gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """A 400 "can't parse entities": the chunk goes once more as its visible text, without
+    parse_mode, and `format_fallback` is logged."""
+    refused = 'Bad Request: can\'t parse entities: Unsupported start tag "foo" at byte offset 0'
+    telegram.script("sendMessage", TgReply(status=400, description=refused))
+    model.script(Reply(text="**Done** & dusted"))
+    await post(gateway, dm(chat_id=7, text="go"))
+    await eventually(lambda: len(telegram.sent) == 1)
+    await eventually(lambda: len(events.events("format_fallback")) == 1)
+    tries = telegram.calls_to("sendMessage")
+    assert [c.params.get("parse_mode") for c in tries] == ["HTML", None]
+    assert tries[0].params["text"] == "<b>Done</b> &amp; dusted"
+    assert telegram.sent[0]["text"] == "Done & dusted"
+    await asyncio.sleep(0.3)
+    assert len(telegram.calls_to("sendMessage")) == 2

@@ -405,3 +405,15 @@ async def test_typing_indicator_false_sends_none(
         await gw.post(whatsapp_inbound(body="hello"))
         await asyncio.wait_for(twilio.wait_for_messages(1), 10)
         assert twilio.typing == []
+
+
+async def test_a_markdown_reply_reaches_whatsapp_in_its_own_markers(
+    gateway: WhatsAppGateway,
+) -> None:
+    """Markdown becomes WhatsApp's *bold*, _italic_, ~strike~, bullets and "text (url)"."""
+    answer = "# Plan\n**Status:** _ok_ ~~late~~\n\n- see [docs](https://example.com)"
+    gateway.model.script(Reply(text=answer))
+    await gateway.post(whatsapp_inbound(body="plan?"))
+    await asyncio.wait_for(gateway.twilio.wait_for_messages(1), 10)
+    [message] = gateway.twilio.messages
+    assert message.body == "*Plan*\n\n*Status:* _ok_ ~late~\n\n• see docs (https://example.com)"

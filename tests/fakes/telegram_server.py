@@ -2,6 +2,7 @@
 
 It answers `{base}/bot{token}/{method}` (getMe, getUpdates with long polling, the webhook methods,
 sendMessage, sendChatAction, getFile) with the real envelope and error texts, plus scripted errors
+(sendMessage with `parse_mode: "HTML"` checks the markup as Telegram does, see `parse_html`)
 and chats that refuse the bot (`refuse_chat`: blocked, deactivated, not found), and serves files
 at `{base}/file/bot{token}/{file_path}` as the Bot API does.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import itertools
 import json
 import re
@@ -49,6 +51,31 @@ CHAT_ACTIONS = frozenset(
         "upload_video_note",
     ]
 )
+# The tags Telegram's HTML parse mode knows (https://core.telegram.org/bots/api#html-style).
+HTML_TAGS = frozenset(
+    [
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "tg-emoji",
+        "code",
+        "pre",
+        "blockquote",
+    ]
+)
+_TAG = re.compile(
+    r"<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s+[A-Za-z-]+\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>]+))*)\s*>"
+)
+_ENTITY = re.compile(r"&(?:[A-Za-z]+|#[0-9]+|#[xX][0-9A-Fa-f]+);")
 # Update types the Bot API leaves out unless asked for by name in allowed_updates.
 OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 
@@ -408,7 +435,10 @@ class FakeTelegram:
 
     async def _send_message(self, params: dict[str, Any]) -> tuple[Any, str | None]:
         chat_id = _chat_id(params)
-        text = "" if params.get("text") is None else str(params["text"])
+        raw = "" if params.get("text") is None else str(params["text"])
+        text = raw
+        if str(params.get("parse_mode") or "").lower() == "html":
+            text = parse_html(raw)  # what the person sees: the limits count that
         if not text.strip():
             raise _bad_request("message text is empty")
         if _utf16_len(text) > MAX_MESSAGE_LENGTH:
@@ -433,7 +463,8 @@ class FakeTelegram:
         self.sent.append(
             {
                 "chat_id": chat_id,
-                "text": text,
+                "text": raw,
+                "visible": text,
                 "parse_mode": params.get("parse_mode"),
                 "reply_to_message_id": reply_to,
                 "reply_parameters": reply_parameters,
@@ -674,6 +705,52 @@ def _entities(text: str) -> list[dict[str, Any]]:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def parse_html(text: str) -> str:
+    """The visible text of a sendMessage in HTML parse mode; _ApiError 400 "can't parse
+    entities" for an unknown tag, an unbalanced one, or a bare `<` or `&` (Telegram itself
+    lets a bare `&` through as text: the fake is stricter, so a stray one shows in tests)."""
+    visible: list[str] = []
+    stack: list[str] = []
+    i = 0
+
+    def refuse(reason: str) -> _ApiError:
+        return _bad_request(f"can't parse entities: {reason}")
+
+    while i < len(text):
+        offset = len(text[:i].encode())
+        if text[i] == "<":
+            tag = _TAG.match(text, i)
+            if tag is None:
+                raise refuse(f"Unclosed start tag at byte offset {offset}")
+            closing, name = tag.group(1) == "/", tag.group(2).lower()
+            if closing:
+                if not stack:
+                    raise refuse(f"Unexpected end tag at byte offset {offset}")
+                if stack[-1] != name:
+                    raise refuse(
+                        f'Unmatched end tag at byte offset {offset}, expected "</{stack[-1]}>", '
+                        f'found "</{name}>"'
+                    )
+                stack.pop()
+            elif name not in HTML_TAGS:
+                raise refuse(f'Unsupported start tag "{name}" at byte offset {offset}')
+            else:
+                stack.append(name)
+            i = tag.end()
+        elif text[i] == "&":
+            entity = _ENTITY.match(text, i)
+            if entity is None:
+                raise refuse(f"Character entity expected at byte offset {offset}")
+            visible.append(html.unescape(entity.group()))
+            i = entity.end()
+        else:
+            visible.append(text[i])
+            i += 1
+    if stack:
+        raise refuse(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"')
+    return "".join(visible)
 
 
 def _utf16_len(text: str) -> int:
