@@ -397,3 +397,44 @@ async def test_get_file_then_download_by_file_path(
     status, body = await call(session, fake, "getFile", file_id="nope")
     assert (status, body["description"]) == (400, "Bad Request: invalid file_id")
     assert fake.downloads == [result["file_path"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<foo>hi</foo>", 'Unsupported start tag "foo" at byte offset 0'),
+        ("<b>hi", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("<b>hi</i>", 'Unmatched end tag at byte offset 5, expected "</b>", found "</i>"'),
+        ("1 < 2", "Unclosed start tag at byte offset 2"),
+        ("fish & chips", "Character entity expected at byte offset 5"),
+    ],
+)
+async def test_html_the_bot_api_cannot_parse_is_refused_in_its_shape(
+    fake: FakeTelegram, session: aiohttp.ClientSession, text: str, reason: str
+) -> None:
+    """sendMessage with parse_mode HTML refuses unknown, unbalanced and mismatched tags and a
+    bare `<` or `&` with Telegram's 400 "can't parse entities", and sends nothing."""
+    status, body = await call(
+        session, fake, "sendMessage", chat_id=42, text=text, parse_mode="HTML"
+    )
+    assert status == 400
+    assert body == {
+        "ok": False,
+        "error_code": 400,
+        "description": f"Bad Request: can't parse entities: {reason}",
+    }
+    assert fake.sent == []
+
+
+async def test_html_the_bot_api_can_parse_is_sent_with_its_visible_text(
+    fake: FakeTelegram, session: aiohttp.ClientSession
+) -> None:
+    """Known, balanced tags and escaped `&`, `<`, `>` are accepted; the message's visible
+    text is the markup's text with the entities decoded."""
+    text = '<b>a</b> &amp; <a href="https://e.x/?a=1&amp;b=2">link</a> &lt;ok&gt;'
+    status, body = await call(
+        session, fake, "sendMessage", chat_id=42, text=text, parse_mode="HTML"
+    )
+    assert (status, body["ok"]) == (200, True)
+    [sent] = fake.sent
+    assert sent["visible"] == "a & link <ok>"
