@@ -11,6 +11,7 @@ for one message is split between its lines (a code block into several closed one
 between words, a word hard. Each chunk is written on its own, so its tags always balance.
 Telegram's limit counts the visible text (UTF-16 units), WhatsApp's the text as sent.
 The same Markdown always gives the same chunks, so a resumed send repeats them exactly.
+Over 400 lines because the parse, both flavours and the chunker share one block model.
 """
 
 from __future__ import annotations

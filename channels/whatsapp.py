@@ -1,17 +1,17 @@
 """WhatsApp through Twilio: signed webhooks in, replies out through Twilio's Messages API.
 
 The only module that imports the twilio SDK. Webhooks are verified with twilio's
-RequestValidator over the public URL; replies (Markdown written in WhatsApp's own markers)
-go through its async client, in chunks
-within `textChunkLimit`, one attempt per chunk (the outbox retries 429, 5xx and network
-errors; a recipient Twilio calls unreachable is not), and a resumed send asks Twilio's Messages
-list whether a chunk was already taken. While a turn runs, Twilio's Typing Indicators API shows
-"typing…" and marks the person's message read. REST calls use an API key when
-TWILIO_API_KEY_SID/SECRET are set, else the auth token (which always verifies webhooks).
-Attachments (MediaUrl{n}) are fetched with that same Basic auth, which never follows Twilio's
-redirect to its CDN. A reply to one of the bot's messages (OriginalRepliedMessageSid) is quoted
-from that Message resource, read with the same credential (a restricted key needs "Messages:
-read"; see bot.userturn).
+RequestValidator over the public URL; replies (Markdown written in WhatsApp's own markers) go
+through its async client, in chunks within `textChunkLimit`, one attempt per chunk (the outbox
+retries 429, 5xx and network errors; a recipient Twilio calls unreachable is not), and a
+resumed send asks Twilio's Messages list whether a chunk was already taken. While a turn runs,
+Twilio's Typing Indicators API shows "typing…" and marks the person's message read. REST calls
+use an API key when TWILIO_API_KEY_SID/SECRET are set, else the auth token (which always
+verifies webhooks). Attachments (MediaUrl{n}) are fetched with that same Basic auth, which
+never follows Twilio's redirect to its CDN. A reply to one of the bot's messages
+(OriginalRepliedMessageSid) is quoted from that Message resource, read with the same
+credential (a restricted key needs "Messages: read"; see bot.userturn).
+About 500 lines on purpose: every Twilio REST call sits here, since this is the SDK's one home.
 """
 
 from __future__ import annotations
