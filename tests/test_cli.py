@@ -22,7 +22,7 @@ from bot.delivery import outbox_key
 from bot.intake import READY_STREAM, inbox_key
 from bot.memory import RedisMemory, conversation_key
 from bot.wakeups import batch_key, lease_key
-from channels.console import ConsoleChannel
+from channels.console import ERASE_LINE, ConsoleChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
 from tests.helpers import (
@@ -549,3 +549,36 @@ async def test_chat_on_a_terminal_shows_log_events_as_readable_lines(
     assert not any(line.lstrip().startswith("{") for line in lines), terminal.text
     assert any(re.search(r"\bWARNI\s+model_attempt\s", line) for line in lines), terminal.text
     assert lines[-1].startswith("bot: no model answered"), terminal.text
+
+
+async def test_chat_on_a_terminal_erases_a_dead_models_words_before_the_fallbacks(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A model that goes silent mid-answer on a terminal: its words are erased (the line
+    cleared) as soon as it fails, and the fallback's answer is printed once, after the
+    fallback's warnings."""
+    dead = "these words come from a model about to die"
+    fake.script(Reply(text=dead, reasoning=None, stall_after=4))
+    async with FakeOpenAI(models=["backup-model"], default=Reply(text=STREAMED)) as backup:
+        text = gateway_config_text(fake.base_url, backup.base_url, provider_timeout=1)
+        config = write_config(tmp_path, text)
+        terminal = Terminal()
+        env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+        await terminal.start("chat", env=env, cwd=tmp_path)
+        try:
+            await eventually(lambda: "you> " in terminal.text)
+            terminal.type("hello\n")
+            await eventually(lambda: terminal.text.count("you> ") == 2)
+        finally:
+            code = await terminal.close()
+    assert code == 0, terminal.text
+    raw = terminal.output.decode()
+    shown_dead = raw.index(" ".join(dead.split()[:4]))
+    erased = raw.index(ERASE_LINE, shown_dead)
+    assert raw.index("WARNI", shown_dead) > erased  # erased as soon as the model failed
+    after = raw[erased:]
+    assert "words" not in after
+    assert after.count(STREAMED) == 1
+    lines = ANSI.sub("", after).splitlines()  # the fallback's warnings, then its answer
+    assert lines[-2:] == [STREAMED, "you> "]
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} WARNI ", line) for line in lines[:-2])
