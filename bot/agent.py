@@ -28,7 +28,7 @@ from bot.llm.breaker import Decision
 from bot.llm.choice import Source
 from bot.llm.failover import FailoverClient
 from bot.llm.registry import ModelInfo
-from bot.llm.types import Completion, ModelRef
+from bot.llm.types import Completion, ModelRef, Preview
 from bot.logs import Logger
 from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
@@ -146,13 +146,18 @@ class Agent:
         return await self.access.admits(message)
 
     async def run_turn(
-        self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
+        self,
+        batch: Sequence[InboundMessage],
+        *,
+        allowed: Callable[[], None] | None = None,
+        preview: Preview | None = None,
     ) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology.
 
         `allowed` is called once a message passed the access check (the worker starts the
         "typing…" indicator there, so strangers never see it). The apology's reply carries
-        why (`OutboundMessage.failure`), for the console to show instead."""
+        why (`OutboundMessage.failure`), for the console to show instead. `preview`: shown
+        the model's final text as it streams (the reply itself is still the one result)."""
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
@@ -179,7 +184,7 @@ class Agent:
             if for_model:
                 try:
                     answer, remember = await self._model_turn(
-                        for_model, ahead, exempt=roles[-1] == "admin"
+                        for_model, ahead, exempt=roles[-1] == "admin", preview=preview
                     )
                 except (AllModelsFailed, ModelError) as exc:
                     self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
@@ -204,7 +209,12 @@ class Agent:
         return TurnResult(reply=reply, remember=remember)
 
     async def _model_turn(
-        self, batch: Sequence[InboundMessage], ahead: TurnState | None, *, exempt: bool
+        self,
+        batch: Sequence[InboundMessage],
+        ahead: TurnState | None,
+        *,
+        exempt: bool,
+        preview: Preview | None = None,
     ) -> tuple[str | None, tuple[Turn, ...]]:
         """The model's final text for these messages (None: say nothing), and the exchange
         to remember. `ahead`: the turn's state if read already; `exempt`: no daily budget."""
@@ -256,7 +266,7 @@ class Agent:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock(), refs=tuple(m.ref for m in batch))
         completion = await self._complete(
-            conversation, chain[0], user, state, breakers, deadline, images
+            conversation, chain[0], user, state, breakers, deadline, images, preview
         )
         reply = Turn(role="assistant", text=completion.text, ts=self.clock())
         self.log.info(
@@ -349,6 +359,7 @@ class Agent:
         breakers: dict[str, Decision],
         deadline: float,
         images: tuple[Attachment, ...] = (),
+        preview: Preview | None = None,
     ) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice).
         `deadline`: the turn's budget for waiting on models to start answering."""
@@ -372,6 +383,7 @@ class Agent:
                     breakers=breakers if pressure == 0 else None,
                     deadline=deadline,
                     images=images,
+                    preview=preview,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -69,16 +70,40 @@ class Printer:
         if self.as_json:
             print(json.dumps(event, ensure_ascii=False), file=self.out, flush=True)
             return
-        level = str(event.get("level", ""))
-        text = Text()
-        text.append(str(event.get("ts", ""))[11:23].ljust(13), style="dim")
-        text.append(level.upper()[:5].ljust(6), style=STYLES.get(level, ""))
-        text.append(str(event.get("event", "")).ljust(18), style="bold")
-        text.append(f"{event.get('channel') or '-':<9}", style="cyan")
-        text.append(f"{event.get('conversation') or '-':<22}", style="magenta")
-        rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in COLUMNS)
-        text.append(rest)
-        self.console.print(text)
+        self.console.print(readable(event))
+
+
+def readable(event: Mapping[str, Any]) -> Text:
+    """One event as one readable line: time, level, event, channel, conversation, the rest."""
+    level = str(event.get("level", ""))
+    text = Text()
+    text.append(str(event.get("ts", ""))[11:23].ljust(13), style="dim")
+    text.append(level.upper()[:5].ljust(6), style=STYLES.get(level, ""))
+    text.append(str(event.get("event", "")).ljust(18), style="bold")
+    text.append(f"{event.get('channel') or '-':<9}", style="cyan")
+    text.append(f"{event.get('conversation') or '-':<22}", style="magenta")
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in COLUMNS)
+    text.append(rest)
+    return text
+
+
+class ReadableRenderer:
+    """A structlog renderer that writes each event the way `bot logs` shows it (for a
+    terminal: `bot chat`), coloured when `color`."""
+
+    def __init__(self, *, color: bool) -> None:
+        self.buffer = io.StringIO()
+        self.console = Console(
+            file=self.buffer, highlight=False, soft_wrap=True, no_color=not color,
+            force_terminal=color,
+        )  # fmt: skip
+
+    def __call__(self, _: object, __: str, event: MutableMapping[str, Any]) -> str:
+        self.console.print(readable(event))
+        line = self.buffer.getvalue().rstrip("\n")
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return line
 
 
 async def recent_from_redis(

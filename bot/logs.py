@@ -234,13 +234,17 @@ def make_logger(
     include_content: bool = False,
     hub: EventHub | None = None,
     console_level: str | None = None,
+    renderer: Callable[[WrappedLogger, str, EventDict], str] | None = None,
 ) -> Logger:
     """A logger writing one event per line to `stream` (stdout by default) and to `hub`.
 
     `console_level` shows only events at or above it on `stream` (the hub gets them all).
+    `renderer`: how an event is written to `stream` (instead of JSON or structlog's columns).
     """
     out = stream if stream is not None else sys.stdout
-    if as_json is None:
+    if renderer is not None:
+        as_json = False
+    elif as_json is None:
         as_json = not out.isatty()
     proc = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -270,7 +274,9 @@ def make_logger(
             return event
 
         processors.append(quiet)
-    if as_json:
+    if renderer is not None:
+        processors.append(renderer)
+    elif as_json:
         processors.append(JsonRenderer(hub if shared_dump else None))
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False))

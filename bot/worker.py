@@ -52,6 +52,8 @@ from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
 from bot.errors import ChannelSendError
 from bot.intake import READY_STREAM, inbox_key
+from bot.llm.preview import GuardedPreview, TurnPreview
+from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.scripts import Script
@@ -161,7 +163,11 @@ class TurnRunner(Protocol):
     crashed turn's sender may be told."""
 
     async def run_turn(
-        self, batch: Sequence[InboundMessage], *, allowed: Callable[[], None] | None = None
+        self,
+        batch: Sequence[InboundMessage],
+        *,
+        allowed: Callable[[], None] | None = None,
+        preview: Preview | None = None,
     ) -> TurnResult: ...
 
     async def may_tell(self, message: InboundMessage) -> bool:
@@ -187,6 +193,15 @@ class TypingIndicator(Protocol):
     def typing_every(self) -> float: ...
 
     async def typing(self, message: InboundMessage) -> None: ...
+
+
+@runtime_checkable
+class Previewing(Protocol):
+    """A channel that can show a turn's answer while it is written (the terminal; Telegram
+    drafts): the preview of the turn answering `message`, the newest of its batch, or None
+    where this chat gets none (a group, streaming off)."""
+
+    def preview(self, message: InboundMessage) -> TurnPreview | None: ...
 
 
 TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
@@ -644,8 +659,9 @@ class Worker:
             )
         entry = None
         if batch.state is BatchState.PENDING:
-            async with self._typing(batch.messages[-1]) as allowed:
-                result = await self.agent.run_turn(batch.messages, allowed=allowed)
+            last = batch.messages[-1]
+            async with self._typing(last) as allowed, self._preview(last) as preview:
+                result = await self.agent.run_turn(batch.messages, allowed=allowed, preview=preview)
             entry = self.outbox.entry(result.reply) if result.reply else None
             if entry is not None and not entry.chunks:
                 entry = None  # nothing to send (an empty reply)
@@ -709,6 +725,29 @@ class Worker:
                 task.cancel()  # no more renewals; a call in flight finishes on its own
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    @contextlib.asynccontextmanager
+    async def _preview(self, message: InboundMessage) -> AsyncIterator[Preview | None]:
+        """The channel's preview of this turn (None when it offers none), guarded so that its
+        failures are logged and never fail the turn, and closed when the turn ends."""
+        sender = self.senders.get(message.channel)
+        try:
+            sink = sender.preview(message) if isinstance(sender, Previewing) else None
+        except Exception as exc:  # noqa: BLE001 - a best-effort preview never fails the turn
+            error = f"{type(exc).__name__}: {exc}"
+            where = {"channel": message.channel, "conversation": message.conversation}
+            self.log.warning("preview_failed", **where, call="preview", error=error)
+            sink = None
+        if sink is None:
+            yield None
+            return
+        guarded = GuardedPreview(
+            sink, log=self.log, channel=message.channel, conversation=message.conversation
+        )
+        try:
+            yield guarded
+        finally:
+            await guarded.close()
 
     async def _commit_turn(
         self, conversation: str, token: str, batch: Batch, result: TurnResult, entry: Entry | None

@@ -336,6 +336,53 @@ class RecordingSender:
         self.sent.append(message)
 
 
+class RecordingPreview:
+    """A channel's preview sink (bot.llm.preview.TurnPreview) that keeps every call, in order;
+    `fail`: each call raises instead, as a broken channel would."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail = fail
+
+    async def text(self, so_far: str) -> None:
+        self._record("text", so_far)
+
+    async def thinking(self) -> None:
+        self._record("thinking")
+
+    async def reset(self) -> None:
+        self._record("reset")
+
+    async def close(self) -> None:
+        self._record("close")
+
+    def _record(self, kind: str, text: str = "") -> None:
+        self.calls.append((kind, text))
+        if self.fail:
+            raise RuntimeError(f"the preview's {kind} broke")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for kind, text in self.calls if kind == "text"]
+
+
+class PreviewSender(RecordingSender):
+    """A channel stand-in that offers a preview of each turn, as the terminal does."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__()
+        self.previews: list[RecordingPreview] = []
+        self.fail = fail
+
+    def preview(self, message: InboundMessage) -> RecordingPreview:
+        self.previews.append(RecordingPreview(fail=self.fail))
+        return self.previews[-1]
+
+
 async def run_turn(app: App, *batch: InboundMessage) -> list[OutboundMessage]:
     """Run one turn the way every channel's runs (intake, a worker's leased TAKE, the turn, the
     fenced COMMIT into memory and the outbox, delivery); the replies sent."""

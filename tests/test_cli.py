@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import os
+import pty
 import re
 import signal
 import sys
@@ -19,7 +22,7 @@ from bot.delivery import outbox_key
 from bot.intake import READY_STREAM, inbox_key
 from bot.memory import RedisMemory, conversation_key
 from bot.wakeups import batch_key, lease_key
-from channels.console import ConsoleChannel
+from channels.console import ERASE_LINE, ConsoleChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
 from tests.helpers import (
@@ -444,3 +447,138 @@ async def test_the_repl_answers_each_line_before_the_next_prompt(
     assert "Chatting as console:ada" in err.decode()
     turns = await RedisMemory(redis_client).load("console:ada")
     assert [t.text for t in turns] == ["first", "One.", "second", "Two."]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class Terminal:
+    """A `bot` process whose stdin, stdout and stderr are a pseudo-terminal, as a person's
+    shell gives it; what it prints is collected as it comes."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.proc: asyncio.subprocess.Process | None = None
+        self._master, self._slave = pty.openpty()
+
+    async def start(self, *args: str, env: dict[str, str], cwd: Path) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._master, self._read)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", *args, env={**env, "COLUMNS": "200", "TERM": "xterm"},
+            cwd=cwd, stdin=self._slave, stdout=self._slave, stderr=self._slave,
+        )  # fmt: skip
+        os.close(self._slave)
+
+    def _read(self) -> None:
+        try:
+            self.output += os.read(self._master, 65536)
+        except OSError:  # the process is gone (EIO)
+            asyncio.get_running_loop().remove_reader(self._master)
+
+    @property
+    def text(self) -> str:
+        """What the terminal shows, without its control sequences."""
+        return ANSI.sub("", self.output.decode(errors="replace"))
+
+    def type(self, keys: str) -> None:
+        os.write(self._master, keys.encode())
+
+    async def close(self) -> int:
+        """End the input (Ctrl-D), wait for the process to end (killing it after 30 s); its
+        exit code."""
+        assert self.proc is not None
+        with contextlib.suppress(OSError):  # it may be gone already
+            self.type("\x04")
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+STREAMED = "This answer is printed word by word as the model writes it."
+
+
+async def test_chat_on_a_terminal_shows_the_answer_growing_then_once(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat` on a terminal prints the answer as it streams: its first words show while
+    the model still holds the rest back, and the whole answer is on the screen once."""
+    gate = asyncio.Event()
+    fake.script(Reply(text=STREAMED, reasoning="HIDDEN-REASONING", hold_after=3, gate=gate))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    terminal = Terminal()
+    await terminal.start("chat", env=bot_env(tmp_path, BOT_CONFIG=str(config),
+                                             REDIS_URL=redis_url), cwd=tmp_path)  # fmt: skip
+    try:
+        await eventually(lambda: "you> " in terminal.text)
+        terminal.type("hello\n")
+        first_words = " ".join(STREAMED.split()[:3])
+        await eventually(lambda: first_words in terminal.text.split("hello", 1)[-1])
+        assert STREAMED not in terminal.text  # the model holds the rest: the text grows
+        gate.set()
+        await eventually(lambda: terminal.text.count("you> ") == 2)
+    finally:
+        gate.set()
+        code = await terminal.close()
+    assert code == 0, terminal.text
+    shown = terminal.text
+    assert shown.count(STREAMED) == 1
+    assert f"hello\n{STREAMED}\nyou> " in shown.replace("\r\n", "\n")
+    assert "HIDDEN-REASONING" not in shown
+
+
+async def test_chat_on_a_terminal_shows_log_events_as_readable_lines(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat -m hello` on a terminal with the model server down: its warnings are one
+    readable line each, as `bot logs` shows them, then why; no JSON."""
+    config = write_config(tmp_path, gateway_config_text(f"http://127.0.0.1:{closed_port()}/v1"))
+    terminal = Terminal()
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    await terminal.start("chat", "-m", "hello", env=env, cwd=tmp_path)
+    code = await terminal.close()
+    lines = [line for line in terminal.text.splitlines() if line.strip()]
+    assert code == 1, terminal.text
+    assert not any(line.lstrip().startswith("{") for line in lines), terminal.text
+    assert any(re.search(r"\bWARNI\s+model_attempt\s", line) for line in lines), terminal.text
+    assert lines[-1].startswith("bot: no model answered"), terminal.text
+
+
+async def test_chat_on_a_terminal_erases_a_dead_models_words_before_the_fallbacks(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """A model that goes silent mid-answer on a terminal: its words are erased (the line
+    cleared) as soon as it fails, and the fallback's answer is printed once, after the
+    fallback's warnings."""
+    dead = "these words come from a model about to die"
+    fake.script(Reply(text=dead, reasoning=None, stall_after=4))
+    async with FakeOpenAI(models=["backup-model"], default=Reply(text=STREAMED)) as backup:
+        text = gateway_config_text(fake.base_url, backup.base_url, provider_timeout=1)
+        config = write_config(tmp_path, text)
+        terminal = Terminal()
+        env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+        await terminal.start("chat", env=env, cwd=tmp_path)
+        try:
+            await eventually(lambda: "you> " in terminal.text)
+            terminal.type("hello\n")
+            await eventually(lambda: terminal.text.count("you> ") == 2)
+        finally:
+            code = await terminal.close()
+    assert code == 0, terminal.text
+    raw = terminal.output.decode()
+    shown_dead = raw.index(" ".join(dead.split()[:4]))
+    erased = raw.index(ERASE_LINE, shown_dead)
+    assert raw.index("WARNI", shown_dead) > erased  # erased as soon as the model failed
+    after = raw[erased:]
+    assert "words" not in after
+    assert after.count(STREAMED) == 1
+    lines = ANSI.sub("", after).splitlines()  # the fallback's warnings, then its answer
+    assert lines[-2:] == [STREAMED, "you> "]
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} WARNI ", line) for line in lines[:-2])

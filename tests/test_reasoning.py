@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
-from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
+from bot.llm.preview import StreamPreview
+from bot.llm.reasoning import responses_final_text, strip_reasoning_markup, visible_prefix
+from tests.helpers import RecordingPreview
 
 
 def _message(*texts: str, phase: str | None = None) -> dict[str, Any]:
@@ -145,3 +148,80 @@ class TestStripReasoningMarkup:
     def test_mentions_of_think_untouched(self, text: str) -> None:
         """Text that merely mentions thinking is returned as is."""
         assert strip_reasoning_markup(text) == text
+
+
+# Answers as models stream them: think blocks (nested, unclosed), final tags, gpt-oss channels
+# (with their special tokens, and flattened), and plain text with angle brackets in it.
+STREAMS = [
+    "<think>SECRET plan of the answer</think>The answer is 42.",
+    "<think>SECRET a <think>nested SECRET</think> plan</think>Hello <b>world</b>, and a < b.",
+    "Intro first. <thinking>SECRET hidden</thinking> Then the rest.",
+    "<|channel|>analysis<|message|>SECRET plan<|end|><|start|>assistant<|channel|>final"
+    "<|message|>Final words here.<|return|>",
+    "analysis SECRET plan assistantfinalThe flattened answer.",
+    "<final>Tagged final answer.</final>",
+    "<seed:think>SECRET seed reasoning</seed:think>Seed answer.<|im_end|>",
+    "Plain answer with no markup at all: 3 < 4 and 5 > 2.",
+    "Answer first <think>SECRET then a thought that never ends",
+    "\n\n<reasoning>SECRET</reasoning>\n\nSpaced   answer  \n",
+]
+
+
+def shows_all_of(shown: str, final: str) -> bool:
+    """Does `shown` show the whole final text, but for a tail from a `<` that had no `>`
+    after it (it might have been a tag still being written)?"""
+    return final.startswith(shown) and (shown == final or final[len(shown) :].lstrip()[0] == "<")
+
+
+class TestVisiblePrefix:
+    @pytest.mark.parametrize("stream", STREAMS)
+    def test_every_prefix_of_a_stream_previews_a_prefix_of_its_final_text(
+        self, stream: str
+    ) -> None:
+        """Cut anywhere, a stream shows a prefix of the final text, and never its reasoning;
+        the whole stream shows the final text itself (but a tail that may be a tag)."""
+        final = strip_reasoning_markup(stream)
+        for cut in range(len(stream) + 1):
+            shown = visible_prefix(stream[:cut])
+            assert final.startswith(shown), (cut, shown, final)
+            assert "SECRET" not in shown
+        assert shows_all_of(visible_prefix(stream), final)
+
+    def test_an_unclosed_think_block_shows_nothing(self) -> None:
+        """However far an opened <think> has streamed, nothing of it shows."""
+        stream = "<think>SECRET the model is still reasoning about the question"
+        assert {visible_prefix(stream[:cut]) for cut in range(len(stream) + 1)} == {""}
+
+    @pytest.mark.parametrize("seed", range(20))
+    async def test_a_preview_fed_in_random_chunks_only_grows_towards_the_final_text(
+        self, seed: int
+    ) -> None:
+        """Fed a stream in random deltas, the preview sink sees only prefixes of the final
+        text, each longer than the last, never a reset, and last the final text (but a tail
+        that may be a tag)."""
+        chunks = random.Random(seed)
+        for stream in STREAMS:
+            sink = RecordingPreview()
+            feed = StreamPreview(sink)
+            cut = 0
+            while cut < len(stream):
+                cut = min(len(stream), cut + chunks.randint(1, 9))
+                await feed.update(stream[:cut])
+            final = strip_reasoning_markup(stream)
+            assert "reset" not in sink.kinds
+            assert all(final.startswith(t) for t in sink.texts)
+            assert sink.texts == sorted(set(sink.texts), key=len)
+            assert shows_all_of(sink.texts[-1], final)
+
+    async def test_text_that_turns_out_to_be_reasoning_resets_the_preview(self) -> None:
+        """A closing tag with no opening one makes all before it reasoning: the preview,
+        which could not know, is reset, and then shows only the final text."""
+        stream = "Reasoning with its opening tag in the prompt.</think>The answer."
+        sink = RecordingPreview()
+        feed = StreamPreview(sink)
+        for cut in range(1, len(stream) + 1):
+            await feed.update(stream[:cut])
+        after = sink.calls[sink.kinds.index("reset") + 1 :]
+        assert {kind for kind, _ in after} <= {"thinking", "text"}
+        assert all("The answer.".startswith(text) for kind, text in after if kind == "text")
+        assert sink.texts[-1] == "The answer."

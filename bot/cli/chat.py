@@ -40,8 +40,9 @@ async def chat(
     user: str | None,
     hub: EventHub | None = None,
 ) -> int:
-    """One message (`-m`) or a REPL; replies go to stdout, events and failures to stderr."""
-    console = ConsoleChannel(user=user)
+    """One message (`-m`) or a REPL; replies go to stdout, events and failures to stderr.
+    In a REPL on a terminal, the answer is printed as it is written."""
+    console = ConsoleChannel(user=user, stream=message is None and sys.stdout.isatty())
     try:
         async with open_app(settings, config, log, hub) as app:
             if app.local is not None:

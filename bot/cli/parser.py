@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
-    chat = commands.add_parser("chat", help="talk to the gateway's models from this terminal")
+    chat = commands.add_parser(
+        "chat", help="talk to the gateway's models from this terminal (answers stream as written)"
+    )
     chat.add_argument("-m", "--message", help="send one message, print only the reply, exit")
     chat.add_argument("--user", help="conversation name (default: your login): console:<user>")
     chat.add_argument("-v", "--verbose", action="store_true", help="show every event on stderr")
@@ -193,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     file_sink = FileSink(log_path(settings, config))
     hub.add(file_sink)
     serving = args.command == "serve"
+    renderer = None
+    if not serving and sys.stderr.isatty():  # `bot chat` on a terminal: lines as `bot logs`
+        from bot.logreader import ReadableRenderer
+
+        renderer = ReadableRenderer(color=True)
     log = make_logger(
         level="debug" if not serving and args.verbose else config.logging.level,
         stream=None if serving else sys.stderr,
@@ -200,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         secrets=settings.secrets(),
         include_content=config.logging.include_content,
         hub=hub,
+        renderer=renderer,
     )
     announce_config(log, config)
     try:

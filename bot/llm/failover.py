@@ -43,8 +43,9 @@ from bot.errors import (
 )
 from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision
 from bot.llm.lmstudio import ProviderStates
+from bot.llm.preview import StreamPreview
 from bot.llm.registry import ModelInfo, ModelRegistry
-from bot.llm.types import Completion, CompletionRequest, ModelRef, Provider, Usage
+from bot.llm.types import Completion, CompletionRequest, ModelRef, Preview, Provider, Usage
 from bot.logs import Logger
 from bot.messages import Attachment, Turn
 from bot.reads import Read
@@ -147,6 +148,7 @@ class FailoverClient:
         deadline: float | None = None,
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
+        preview: Preview | None = None,
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
@@ -155,6 +157,8 @@ class FailoverClient:
         `deadline` (event-loop time): no model is waited on to start answering past it.
         `purpose`: what the call is for, as usage accounting files it.
         `images`: pictures for the last turn; only models whose `input` takes images are tried.
+        `preview`: shown each attempt's final text as it streams; reset when an attempt that
+        showed something fails, so the next model's text never follows the dead one's.
         """
         failures = _Failures()
         chain = self.registry.chain(primary)
@@ -199,6 +203,7 @@ class FailoverClient:
                 deadline=deadline,
                 purpose=purpose,
                 images=images,
+                preview=preview,
             )
             if completion is not None:
                 return completion
@@ -215,6 +220,7 @@ class FailoverClient:
                 deadline=deadline,
                 purpose=purpose,
                 images=images,
+                preview=preview,
             )
             if completion is not None:
                 return completion
@@ -331,6 +337,7 @@ class FailoverClient:
         deadline: float | None,
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
+        preview: Preview | None = None,
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
 
@@ -349,8 +356,9 @@ class FailoverClient:
             images=images,
         )
         started = time.perf_counter()
+        feed = StreamPreview(preview) if preview is not None else None
         try:
-            completion = await provider.complete(request, first_token_seconds=wait)
+            completion = await _streamed(provider, request, wait, feed)
         except ContextOverflow:
             if self.local is not None:  # perhaps loaded with a smaller context than planned
                 await self.local.refresh(force=True)
@@ -403,3 +411,15 @@ class FailoverClient:
             tokens_out=completion.usage.tokens_out,
         )
         return completion
+
+
+async def _streamed(
+    provider: Provider, request: CompletionRequest, wait: float | None, feed: StreamPreview | None
+) -> Completion:
+    """The provider's completion; when it fails, what its stream showed is voided first."""
+    try:
+        return await provider.complete(request, first_token_seconds=wait, preview=feed)
+    except Exception:
+        if feed is not None:
+            await feed.void()
+        raise

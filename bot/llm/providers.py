@@ -30,7 +30,7 @@ from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 from bot.config import ProviderConfig, key_variable
 from bot.errors import AnswerNotStarted, ContextOverflow, ModelRefused, ModelUnavailable, Severity
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
-from bot.llm.types import Completion, CompletionRequest, Usage
+from bot.llm.types import Completion, CompletionRequest, StreamFeed, Usage
 from bot.messages import Attachment, Turn
 
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
@@ -176,14 +176,19 @@ class OpenAIProvider:
         return key_variable(self.id)
 
     async def complete(
-        self, request: CompletionRequest, *, first_token_seconds: float | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        first_token_seconds: float | None = None,
+        preview: StreamFeed | None = None,
     ) -> Completion:
         """The final text of a streamed answer. `first_token_seconds`: how long the model may
-        stay silent before it starts answering (None: only the provider's own timeout)."""
+        stay silent before it starts answering (None: only the provider's own timeout).
+        `preview`: told the answer's text (never reasoning items) after each delta."""
         where = f"{self.id}/{request.model}"
         parse = self._responses if self.api == "openai-responses" else self._chat
         async with self._translated(where, first_token_seconds) as started:
-            text, usage = await parse(request, started)
+            text, usage = await parse(request, started, preview)
         if not text:
             raise ModelUnavailable(f"{where}: answered with no final text", severity=Severity.EMPTY)
         return Completion(text=text, model_ref=where, usage=usage)
@@ -286,16 +291,19 @@ class OpenAIProvider:
                 raise ModelUnavailable(f"{self.id}: the stream was not JSON events") from exc
 
     async def _responses(
-        self, request: CompletionRequest, started: Callable[[], None]
+        self, request: CompletionRequest, started: Callable[[], None], preview: StreamFeed | None
     ) -> tuple[str, Usage]:
         deltas: list[str] = []
         final: dict[str, Any] | None = None
         waiting = True
+        shown = _ResponsesText() if preview is not None else None
         async for event in self._events(*self._request(request)):
             kind = event.get("type")
             if waiting and kind not in WAITING_EVENTS:
                 waiting = False
                 started()
+            if shown is not None and preview is not None and shown.take(event):
+                await (preview.update(shown.raw()) if shown.grew else preview.reasoning())
             if kind == "response.output_text.delta":
                 deltas.append(str(event.get("delta") or ""))
             elif kind in ("response.completed", "response.incomplete"):
@@ -312,7 +320,7 @@ class OpenAIProvider:
         )
 
     async def _chat(
-        self, request: CompletionRequest, started: Callable[[], None]
+        self, request: CompletionRequest, started: Callable[[], None], preview: StreamFeed | None
     ) -> tuple[str, Usage]:
         parts: list[str] = []
         usage = Usage(estimated=True)  # until the stream's usage chunk (include_usage)
@@ -327,9 +335,47 @@ class OpenAIProvider:
                 )
             for choice in chunk.get("choices") or []:
                 # delta.reasoning_content / delta.reasoning are never read: reasoning stays out.
-                if content := (choice.get("delta") or {}).get("content"):
+                delta = choice.get("delta") or {}
+                if content := delta.get("content"):
                     parts.append(str(content))
+                    if preview is not None:
+                        await preview.update("".join(parts))
+                elif preview is not None and (
+                    delta.get("reasoning_content") or delta.get("reasoning")
+                ):
+                    await preview.reasoning()  # only that it reasons, never what
         return strip_reasoning_markup("".join(parts)), usage
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class _ResponsesText:
+    """A Responses stream's answer text so far, as `responses_final_text` will join it: the
+    output_text of each message item, in output order, commentary (`phase`) left out."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, list[str]] = {}
+        self.commentary: set[int] = set()
+        self.grew = False
+
+    def take(self, event: dict[str, Any]) -> bool:
+        """Note one event; True when it matters to a preview (`grew`: the text grew, else
+        the model started reasoning)."""
+        kind = event.get("type")
+        index = int(event.get("output_index") or 0)
+        if kind == "response.output_item.added":
+            item = event.get("item") or {}
+            if item.get("phase") == "commentary":
+                self.commentary.add(index)
+            self.grew = False
+            return item.get("type") == "reasoning"
+        if kind == "response.output_text.delta" and index not in self.commentary:
+            self.items.setdefault(index, []).append(str(event.get("delta") or ""))
+            self.grew = True
+            return True
+        return False
+
+    def raw(self) -> str:
+        texts = ("".join(self.items[index]) for index in sorted(self.items))
+        return "\n\n".join(text for text in texts if text)

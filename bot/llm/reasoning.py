@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["responses_final_text", "strip_reasoning_markup"]
+__all__ = ["responses_final_text", "strip_reasoning_markup", "visible_prefix"]
 
 # Tags that local servers and reasoning models use to wrap chain of thought in plain text:
 # <think> (DeepSeek-R1, Qwen3, MiniMax-M2, GLM), <thinking>/<thought> (fine-tunes, Gemma-style
@@ -29,6 +29,9 @@ _HARMONY_SEGMENT = re.compile(
 # Harmony leaked with its special tokens removed: "analysis…assistantfinalHello".
 _HARMONY_FLATTENED = re.compile(r"\A\s*analysis.*assistantfinal(?P<final>.*)\Z", re.DOTALL)
 _SPECIAL_TOKEN = re.compile(r"<\|[^<>|]{1,64}\|>")
+# The end of a stream that may still become a tag: a `<` with no `>` after it, not far back.
+_PARTIAL_TAG = re.compile(r"<[^<>]{0,64}\Z")
+_FLATTENED_HEAD = "analysis"
 
 
 def strip_reasoning_markup(text: str) -> str:
@@ -43,6 +46,24 @@ def strip_reasoning_markup(text: str) -> str:
     text = _FINAL_TAG.sub("", text)
     text = _SPECIAL_TOKEN.sub("", text)
     return text.strip()
+
+
+def visible_prefix(text: str) -> str:
+    """The final text that the first part of an answer, `text`, already shows: what
+    `strip_reasoning_markup` keeps of it, holding back whatever may still turn out to be
+    reasoning or markup (an unclosed `<think>` block, a tag still being written, gpt-oss
+    output before its final channel). For an answer whose reasoning blocks open before they
+    close, it is a prefix of the whole answer's final text.
+    """
+    if (partial := _PARTIAL_TAG.search(text)) is not None:
+        text = text[: partial.start()]
+    if _HARMONY_MARKER not in text:
+        head = text.lstrip()[: len(_FLATTENED_HEAD)]
+        if head.startswith("<|") or (  # a special token: harmony's header may follow
+            _FLATTENED_HEAD.startswith(head) and "assistantfinal" not in text
+        ):
+            return ""
+    return strip_reasoning_markup(text)
 
 
 def responses_final_text(output: list[dict[str, Any]]) -> str:

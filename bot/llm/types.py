@@ -78,6 +78,39 @@ class Completion:
     usage: Usage
 
 
+class Preview(Protocol):
+    """Where a turn's answer is shown while it is written (a Telegram draft, the terminal):
+    final text only, never reasoning or tool calls. Best-effort and quick: it should keep the
+    latest text and show it on its own schedule (it is called for every streamed delta).
+    The worker wraps a channel's sink so that its errors never reach the model layer."""
+
+    async def text(self, so_far: str) -> None:
+        """The final text so far, whole (each call extends the previous one unless a reset
+        came between)."""
+        ...
+
+    async def thinking(self) -> None:
+        """The model is working (reasoning) and there is no final text to show yet."""
+        ...
+
+    async def reset(self) -> None:
+        """What was shown is void (the model died mid-answer; another one answers next)."""
+        ...
+
+
+class StreamFeed(Protocol):
+    """What a provider tells of its stream while it runs (bot.llm.preview.StreamPreview
+    turns it into the final text a Preview may show)."""
+
+    async def update(self, raw: str) -> None:
+        """The answer's text so far, raw (reasoning markup and all, never reasoning items)."""
+        ...
+
+    async def reasoning(self) -> None:
+        """The model is reasoning (a reasoning event, which is never shown)."""
+        ...
+
+
 class Provider(Protocol):
     """One OpenAI-compatible endpoint that can answer completion requests."""
 
@@ -91,11 +124,15 @@ class Provider(Protocol):
         ...
 
     async def complete(
-        self, request: CompletionRequest, *, first_token_seconds: float | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        first_token_seconds: float | None = None,
+        preview: StreamFeed | None = None,
     ) -> Completion:
         """Answer, or raise ModelUnavailable (try another; ModelRefused when the server refused
         the request) or ContextOverflow. ModelUnavailable too when the answer has not started
-        within `first_token_seconds`."""
+        within `first_token_seconds`. `preview`: told the raw text as it streams."""
         ...
 
     async def probe(self, model: str, *, seconds: float) -> None:

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Self
@@ -54,6 +54,10 @@ class Reply:
     think_in_content: bool = True  # chat completions: also prefix content with <think>…</think>
     stall_after: int | None = None  # streams: go silent after this many text deltas
     token_delay: float = 0.0  # streams: pause between events (a slow but live server)
+    # streams: after this many text deltas, wait for `gate` to be set before the rest (a test
+    # sees the first part of the answer arrive before the model goes on)
+    hold_after: int | None = None
+    gate: asyncio.Event | None = None
     # streams: silence after the headers (and Responses' created/in_progress events) before the
     # first output event: a model reading a long prompt or loading; math.inf: never starts
     prefill: float = 0.0
@@ -403,6 +407,10 @@ class FakeOpenAI:
             if event is None:  # a stall point
                 await self._closing.wait()
                 break
+            if event is HOLD:
+                assert reply.gate is not None, "hold_after needs a gate"
+                await _first(reply.gate.wait(), self._closing.wait())
+                continue
             if waiting and not event.startswith(WAITING_EVENTS):
                 waiting = False
                 await self._sleep(reply.prefill)
@@ -427,6 +435,18 @@ class FakeOpenAI:
 
 
 WAITING_EVENTS = ("event: response.created\n", "event: response.in_progress\n")
+HOLD = "<hold>"  # in a stream's events: wait for the reply's gate here
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
 
 # -- shapes ------------------------------------------------------------------------------------
 
@@ -658,6 +678,8 @@ def _response_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]
     for count, piece in enumerate(_pieces(reply.text)):
         if count == reply.stall_after:
             yield None
+        if count == reply.hold_after:
+            yield HOLD
         yield event("response.output_text.delta", **part, delta=piece, logprobs=[])
     yield event("response.output_text.done", **part, text=reply.text, logprobs=[])
     yield event("response.content_part.done", **part, part=_output_text(reply.text))
@@ -724,6 +746,8 @@ def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
     for count, piece in enumerate(_pieces(_chat_content(reply))):
         if count == reply.stall_after:
             yield None
+        if count == reply.hold_after:
+            yield HOLD
         yield chunk({"content": piece})
     yield chunk({}, "stop")
     if (body.get("stream_options") or {}).get("include_usage") and not reply.no_usage:

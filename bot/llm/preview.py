@@ -1,0 +1,106 @@
+"""The answer as it is written: what a turn's preview sink is shown of a model's stream.
+
+A provider tells a `StreamPreview` its raw text as it streams; the sink (`types.Preview`)
+sees only the final text so far (`reasoning.visible_prefix`), and only when it grew. A model
+that dies after showing text, or whose text turns out to be reasoning after all, resets the
+sink, so the next text never stands beside the void one. `GuardedPreview` keeps a channel's
+sink from ever failing or holding up a turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from bot.llm.reasoning import visible_prefix
+from bot.llm.types import Preview
+from bot.logs import Logger
+
+PREVIEW_SECONDS = 2.0  # at most this long for one call into a sink
+
+
+class TurnPreview(Preview, Protocol):
+    """A channel's preview of one turn's answer (what bot.worker asks of a channel that
+    offers one), closed when the turn ends."""
+
+    async def close(self) -> None:
+        """The turn is over: stop showing (its reply, if any, is sent from the outbox next)."""
+        ...
+
+
+class StreamPreview:
+    """One model attempt's feed into the turn's preview (a `types.StreamFeed`)."""
+
+    def __init__(self, sink: Preview) -> None:
+        self.sink = sink
+        self.shown = ""  # the final text the sink was last told
+        self.thinking = False  # the sink was told the model is reasoning
+
+    async def update(self, raw: str) -> None:
+        """The attempt's raw text so far: the sink sees its final text when that grew."""
+        visible = visible_prefix(raw)
+        if visible == self.shown:
+            if raw and not visible:
+                await self.reasoning()
+            return
+        if not visible.startswith(self.shown):  # what was shown was not final text after all
+            await self.sink.reset()
+            self.thinking = False
+        self.shown = visible
+        if visible:
+            await self.sink.text(visible)
+        else:
+            await self.reasoning()
+
+    async def reasoning(self) -> None:
+        """The model reasons: the sink hears it once, while it shows no text."""
+        if not self.shown and not self.thinking:
+            self.thinking = True
+            await self.sink.thinking()
+
+    async def void(self) -> None:
+        """The attempt failed: whatever it showed is void."""
+        if self.shown or self.thinking:
+            await self.sink.reset()
+        self.shown, self.thinking = "", False
+
+
+class GuardedPreview:
+    """A channel's sink that never fails a turn: each call has PREVIEW_SECONDS, and an error
+    is logged (a warning the first time in the turn, then debug) and otherwise ignored."""
+
+    def __init__(self, sink: TurnPreview, *, log: Logger, channel: str, conversation: str) -> None:
+        self.sink = sink
+        self.log = log
+        self.channel = channel
+        self.conversation = conversation
+        self.failed = False
+
+    async def text(self, so_far: str) -> None:
+        await self._call("text", self.sink.text(so_far))
+
+    async def thinking(self) -> None:
+        await self._call("thinking", self.sink.thinking())
+
+    async def reset(self) -> None:
+        await self._call("reset", self.sink.reset())
+
+    async def close(self) -> None:
+        await self._call("close", self.sink.close())
+
+    async def _call(self, what: str, call: Coroutine[Any, Any, None]) -> None:
+        try:
+            async with asyncio.timeout(PREVIEW_SECONDS):
+                await call
+        except Exception as exc:  # noqa: BLE001 - a best-effort preview never fails the turn
+            level = self.log.debug if self.failed else self.log.warning
+            self.failed = True
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            level(
+                "preview_failed",
+                channel=self.channel,
+                conversation=self.conversation,
+                call=what,
+                error=error,
+            )
