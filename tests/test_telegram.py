@@ -265,7 +265,8 @@ def cli_env(telegram: FakeTelegram, tmp_path: Path, **extra: str) -> dict[str, s
 async def test_cli_sets_shows_and_deletes_the_webhook(
     telegram: FakeTelegram, tmp_path: Path
 ) -> None:
-    """`bot telegram set-webhook|info|delete-webhook` drive the Bot API with the secret."""
+    """`bot telegram set-webhook|info|delete-webhook` drive the Bot API with the secret;
+    set-webhook publishes the command menu (setMyCommands) as well."""
     env = cli_env(
         telegram, tmp_path, BOT_PUBLIC_URL="https://bot.example.com", TELEGRAM_WEBHOOK_SECRET=SECRET
     )
@@ -273,6 +274,7 @@ async def test_cli_sets_shows_and_deletes_the_webhook(
     assert result.code == 0, result.err
     assert telegram.webhook is not None
     assert telegram.webhook["url"] == "https://bot.example.com/webhooks/telegram"
+    assert [m["scope"] for m in telegram.menus] == [{"type": "default"}]  # the command menu too
     assert telegram.webhook["secret_token"] == SECRET
     info = await run_bot("telegram", "info", env=env, cwd=tmp_path)
     assert info.code == 0
@@ -420,18 +422,6 @@ async def test_the_command_menu_is_published_per_scope(
     assert everyone < admins
 
 
-async def test_set_webhook_also_publishes_the_command_menu(
-    telegram: FakeTelegram, tmp_path: Path
-) -> None:
-    """`bot telegram set-webhook` calls setMyCommands (the default scope) as well."""
-    env = cli_env(
-        telegram, tmp_path, BOT_PUBLIC_URL="https://bot.example.com", TELEGRAM_WEBHOOK_SECRET=SECRET
-    )
-    result = await run_bot("telegram", "set-webhook", env=env, cwd=tmp_path)
-    assert result.code == 0, result.err
-    assert [m["scope"] for m in telegram.menus] == [{"type": "default"}]
-
-
 async def test_a_markdown_reply_reaches_telegram_as_html_it_accepts(
     gateway: Gateway, telegram: FakeTelegram, model: FakeOpenAI, redis_client: aioredis.Redis
 ) -> None:
@@ -478,5 +468,5 @@ async def test_html_the_api_cannot_parse_is_sent_again_once_as_plain_text(
     assert [c.params.get("parse_mode") for c in tries] == ["HTML", None]
     assert tries[0].params["text"] == "<b>Done</b> &amp; dusted"
     assert telegram.sent[0]["text"] == "Done & dusted"
-    await asyncio.sleep(0.3)
+    await eventually(lambda: len(events.events("reply_sent")) == 1)  # the reply is done
     assert len(telegram.calls_to("sendMessage")) == 2

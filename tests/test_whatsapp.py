@@ -387,7 +387,7 @@ async def test_a_failing_typing_endpoint_changes_nothing_else(
         [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
         assert sent.body == "Still here"
         assert len(twilio.typing) >= 2
-        await asyncio.sleep(0.3)  # room for a wrong second reply to show up
+        await eventually(lambda: len(events.events("reply_sent")) == 1)  # the reply is done
         assert len(twilio.messages) == 1
     failed = events.events("typing_failed")
     assert [e["level"] for e in failed if e["level"] == "warning"] == ["warning"]
