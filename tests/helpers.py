@@ -26,12 +26,16 @@ from redis.backoff import NoBackoff
 
 from bot.app import App, open_app
 from bot.config import Config, parse_config
+from bot.llm.breaker import RedisBreaker
+from bot.llm.failover import FailoverClient
+from bot.llm.providers import OpenAIProvider
+from bot.llm.registry import ModelRegistry
 from bot.logs import EventHub, Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
 from bot.worker import Worker
-from tests.fakes.openai_server import closed_port
+from tests.fakes.openai_server import FakeOpenAI, closed_port
 from tests.fakes.twilio_server import FakeTwilio
 
 TWILIO_FROM = "whatsapp:+14155238886"  # the sandbox number the tests' gateways send from
@@ -105,6 +109,36 @@ def gateway_config_text(
         {backup}
       }} }},
     }}"""
+
+
+@contextlib.asynccontextmanager
+async def failover_client(
+    primary: FakeOpenAI, backup: FakeOpenAI, log: Logger, *, redis: aioredis.Redis | None = None,
+    api: str = "openai-responses", timeout_s: float = 5, cooldown: float = 0.3,
+    first_token: float | None = None, clock: Callable[[], float] | None = None,
+) -> AsyncIterator[FailoverClient]:  # fmt: skip
+    """Failover over two fake servers: the primary speaking `api`, the backup Responses; with
+    `redis`, a breaker there (`cooldown`, `clock`), else none."""
+    text = gateway_config_text(
+        primary.base_url, backup.base_url, primary_api=api, fallback_api="openai-responses",
+        provider_timeout=timeout_s, first_token=first_token,
+    )  # fmt: skip
+    config = parse_config(text, source="t", env={})
+    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+    breaker = (
+        RedisBreaker(redis, log=log, cooldown_seconds=cooldown, clock=clock or time.time)
+        if redis is not None
+        else None
+    )
+    made = FailoverClient(
+        registry=ModelRegistry(config), providers=providers, log=log, breaker=breaker
+    )
+    try:
+        yield made
+    finally:
+        await made.close()
+        for provider in providers.values():
+            await provider.close()
 
 
 def seed_config_text(

@@ -6,20 +6,17 @@ import asyncio
 import math
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from bot.config import parse_config
 from bot.errors import AllModelsFailed, ContextOverflow
-from bot.llm.breaker import RedisBreaker, breaker_key
+from bot.llm.breaker import breaker_key
 from bot.llm.failover import FailoverClient
-from bot.llm.providers import OpenAIProvider
-from bot.llm.registry import ModelRegistry
 from bot.messages import Turn
 from bot.reads import fetch
 from tests.conftest import CapturedEvents
@@ -34,7 +31,7 @@ from tests.fakes.openai_server import (
     server_error,
     unauthorized,
 )
-from tests.helpers import Clock, eventually, gateway_config_text
+from tests.helpers import Clock, eventually, failover_client, gateway_config_text
 
 HELLO = [Turn(role="user", text="hello", ts=0.0)]
 PRIMARY, BACKUP = "local/local-model", "backup/backup-model"
@@ -57,32 +54,12 @@ def clock() -> Clock:
     return Clock()
 
 
-@asynccontextmanager
-async def failover(
+def failover(
     primary: FakeOpenAI, backup: FakeOpenAI, redis: aioredis.Redis, events: CapturedEvents,
-    *, breaker: bool = True, timeout_s: float = 5, cooldown: float = 0.3,
-    first_token: float | None = None, clock: Clock | None = None,
-) -> AsyncIterator[FailoverClient]:  # fmt: skip
-    text = gateway_config_text(
-        primary.base_url, backup.base_url, fallback_api="openai-responses",
-        provider_timeout=timeout_s, first_token=first_token,
-    )  # fmt: skip
-    config = parse_config(text, source="t", env={})
-    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
-    shared = (
-        RedisBreaker(redis, log=events.log, cooldown_seconds=cooldown, clock=clock or time.time)
-        if breaker
-        else None
-    )
-    made = FailoverClient(
-        registry=ModelRegistry(config), providers=providers, log=events.log, breaker=shared
-    )
-    try:
-        yield made
-    finally:
-        await made.close()
-        for provider in providers.values():
-            await provider.close()
+    *, breaker: bool = True, **options: Any,
+) -> AbstractAsyncContextManager[FailoverClient]:  # fmt: skip
+    """The two fakes behind failover, with the breaker in Redis unless `breaker` is False."""
+    return failover_client(primary, backup, events.log, redis=redis if breaker else None, **options)
 
 
 async def ask(client: FailoverClient) -> str:

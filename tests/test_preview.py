@@ -5,17 +5,12 @@ for it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from bot.app import App, open_app
-from bot.config import parse_config
-from bot.llm.failover import FailoverClient
-from bot.llm.providers import OpenAIProvider
-from bot.llm.registry import ModelRegistry
 from bot.messages import Turn
 from bot.settings import Settings
 from bot.worker import Worker
@@ -24,8 +19,8 @@ from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import (
     PreviewSender,
     RecordingPreview,
+    failover_client,
     gateway_config,
-    gateway_config_text,
     inbound,
 )
 
@@ -46,27 +41,6 @@ async def backup() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
-@asynccontextmanager
-async def failover(
-    primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents, *, api: str,
-    timeout_s: float = 5,
-) -> AsyncIterator[FailoverClient]:  # fmt: skip
-    """Failover over the two fakes: the primary speaking `api`, the backup Responses."""
-    text = gateway_config_text(
-        primary.base_url, backup.base_url, primary_api=api, fallback_api="openai-responses",
-        provider_timeout=timeout_s,
-    )  # fmt: skip
-    config = parse_config(text, source="t", env={})
-    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
-    made = FailoverClient(registry=ModelRegistry(config), providers=providers, log=events.log)
-    try:
-        yield made
-    finally:
-        await made.close()
-        for provider in providers.values():
-            await provider.close()
-
-
 @pytest.mark.parametrize("api", APIS)
 async def test_previews_are_prefixes_of_the_final_text_and_never_reasoning(
     primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents, api: str
@@ -76,7 +50,7 @@ async def test_previews_are_prefixes_of_the_final_text_and_never_reasoning(
     growing to it; "thinking" comes first; no reasoning and no reset."""
     primary.script(Reply(text=ANSWER, reasoning="SECRET-REASONING goes here"))
     sink = RecordingPreview()
-    async with failover(primary, backup, events, api=api) as client:
+    async with failover_client(primary, backup, events.log, api=api) as client:
         completion = await client.complete(instructions="be brief", turns=HELLO, preview=sink)
     assert completion.text == ANSWER
     assert sink.kinds[0] == "thinking"
@@ -96,7 +70,7 @@ async def test_a_mid_stream_failover_resets_the_preview(
     dead = "dead model words " * 4
     primary.script(Reply(text=dead, reasoning=None, stall_after=3))
     sink = RecordingPreview()
-    async with failover(primary, backup, events, api=api, timeout_s=0.6) as client:
+    async with failover_client(primary, backup, events.log, api=api, timeout_s=0.6) as client:
         completion = await client.complete(instructions="be brief", turns=HELLO, preview=sink)
     assert completion.text == "from backup"
     reset = sink.kinds.index("reset")
@@ -115,7 +89,7 @@ async def test_an_unclosed_think_previews_nothing(
     "thinking"); it has no final text, so the fallback answers, and only its text is shown."""
     primary.script(Reply(text="<think>SECRET still reasoning about it all", reasoning=None))
     sink = RecordingPreview()
-    async with failover(primary, backup, events, api="openai-completions") as client:
+    async with failover_client(primary, backup, events.log, api="openai-completions") as client:
         completion = await client.complete(instructions="be brief", turns=HELLO, preview=sink)
     assert completion.text == "from backup"
     assert sink.kinds[:2] == ["thinking", "reset"]  # the primary's "thinking", then void
