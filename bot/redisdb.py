@@ -18,7 +18,7 @@ import contextlib
 import fcntl
 import importlib.util
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -75,8 +75,16 @@ class ClusterUnavailable(RedisClusterException, RedisConnectionError):
 _OUTAGES = (SlotNotCoveredError, RedisClusterUnreachableError)
 
 
-def _unavailable(exc: RedisClusterException) -> ClusterUnavailable:
-    return ClusterUnavailable(f"Redis Cluster unavailable ({type(exc).__name__}): {exc}")
+@contextlib.contextmanager
+def _reported(*kinds: type[RedisClusterException]) -> Iterator[None]:
+    """Raise what redis-py raises of `kinds` as ClusterUnavailable (one already made passes)."""
+    try:
+        yield
+    except ClusterUnavailable:
+        raise
+    except kinds as exc:
+        name = type(exc).__name__
+        raise ClusterUnavailable(f"Redis Cluster unavailable ({name}): {exc}") from exc
 
 
 class _Cluster(RedisCluster):
@@ -90,12 +98,8 @@ class _Cluster(RedisCluster):
         additional_startup_nodes_info: list[tuple[str, int]] | None = None,
         last_failed_node_name: str | None = None,
     ) -> _Cluster:
-        try:
+        with _reported(RedisClusterException):
             await super().initialize(additional_startup_nodes_info, last_failed_node_name)
-        except ClusterUnavailable:
-            raise
-        except RedisClusterException as exc:
-            raise _unavailable(exc) from exc
         return self
 
     async def _refresh_topology(
@@ -108,18 +112,12 @@ class _Cluster(RedisCluster):
         itself and raises what it raised, outside the retry loop's mapping. (A private
         redis-py method: should an upgrade rename it, test_cluster's uncovered-slot test
         fails.)"""
-        try:
+        with _reported(RedisClusterException):
             await super()._refresh_topology(additional_startup_nodes_info, last_failed_node_name)
-        except ClusterUnavailable:
-            raise
-        except RedisClusterException as exc:
-            raise _unavailable(exc) from exc
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _reported(*_OUTAGES):
             return await super().execute_command(*args, **kwargs)
-        except _OUTAGES as exc:
-            raise _unavailable(exc) from exc
 
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None
@@ -137,10 +135,8 @@ class _ClusterPipeline(ClusterPipeline):
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
-        try:
+        with _reported(*_OUTAGES):
             return await super().execute(raise_on_error, allow_redirections)
-        except _OUTAGES as exc:
-            raise _unavailable(exc) from exc
 
 
 def connect(
