@@ -225,3 +225,30 @@ class TestVisiblePrefix:
         assert {kind for kind, _ in after} <= {"thinking", "text"}
         assert all("The answer.".startswith(text) for kind, text in after if kind == "text")
         assert sink.texts[-1] == "The answer."
+
+    async def test_a_held_preview_never_shows_reasoning_without_its_opening_tag(self) -> None:
+        """For a reasoning model (`hold`), reasoning whose opening tag was in the prompt is
+        never shown: only "thinking" until `</think>`, then the final text alone, no reset."""
+        stream = "SECRET reasoning with its opening tag in the prompt.</think>The answer."
+        sink = RecordingPreview()
+        feed = StreamPreview(sink, hold=True)
+        for cut in range(1, len(stream) + 1):
+            await feed.update(stream[:cut])
+        assert sink.kinds[0] == "thinking"
+        assert "reset" not in sink.kinds
+        assert not any("SECRET" in text for text in sink.texts)
+        assert all("The answer.".startswith(text) for text in sink.texts)
+        assert sink.texts[-1] == "The answer."
+
+    async def test_a_reasoning_event_releases_a_held_preview(self) -> None:
+        """A held preview whose server sends reasoning apart (a reasoning event) shows the
+        text as it grows: that text is final."""
+        sink = RecordingPreview()
+        feed = StreamPreview(sink, hold=True)
+        await feed.reasoning()
+        for cut in range(1, 12):
+            await feed.update("The answer."[:cut])
+        assert sink.kinds[0] == "thinking"
+        assert sink.texts[0] == "T"  # shown from the first character on
+        assert all("The answer.".startswith(text) for text in sink.texts)
+        assert sink.texts[-1] == "The answer."

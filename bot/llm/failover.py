@@ -356,7 +356,9 @@ class FailoverClient:
             images=images,
         )
         started = time.perf_counter()
-        feed = StreamPreview(preview) if preview is not None else None
+        # A reasoning model on chat completions may reason in its text with no opening tag.
+        hold = model.reasoning and model.api == "openai-completions"
+        feed = StreamPreview(preview, hold=hold) if preview is not None else None
         try:
             completion = await _streamed(provider, request, wait, feed)
         except ContextOverflow:

@@ -3,8 +3,11 @@
 A provider tells a `StreamPreview` its raw text as it streams; the sink (`types.Preview`)
 sees only the final text so far (`reasoning.visible_prefix`), and only when it grew. A model
 that dies after showing text, or whose text turns out to be reasoning after all, resets the
-sink, so the next text never stands beside the void one. `GuardedPreview` keeps a channel's
-sink from ever failing or holding up a turn.
+sink, so the next text never stands beside the void one. A reasoning model on a
+chat-completions server may open its reasoning inside the prompt's template, so its stream is
+reasoning up to a bare `</think>`: its text is held until that tag or a reasoning event shows
+where the final text starts. `GuardedPreview` keeps a channel's sink from ever failing or
+holding up a turn.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from bot.llm.types import Preview
 from bot.logs import Logger
 
 PREVIEW_SECONDS = 2.0  # at most this long for one call into a sink
+REASONING_END = "</think>"
 
 
 class TurnPreview(Preview, Protocol):
@@ -32,17 +36,26 @@ class TurnPreview(Preview, Protocol):
 class StreamPreview:
     """One model attempt's feed into the turn's preview (a `types.StreamFeed`)."""
 
-    def __init__(self, sink: Preview) -> None:
+    def __init__(self, sink: Preview, *, hold: bool = False) -> None:
+        """`hold`: show no text until the stream shows where reasoning ends (a `</think>`, or
+        a reasoning event: the server keeps reasoning apart), for a model that may reason in
+        its text without an opening tag."""
         self.sink = sink
+        self.hold = hold
         self.shown = ""  # the final text the sink was last told
         self.thinking = False  # the sink was told the model is reasoning
 
     async def update(self, raw: str) -> None:
         """The attempt's raw text so far: the sink sees its final text when that grew."""
+        if self.hold:
+            if REASONING_END not in raw:
+                await self._think()
+                return
+            self.hold = False
         visible = visible_prefix(raw)
         if visible == self.shown:
             if raw and not visible:
-                await self.reasoning()
+                await self._think()
             return
         if not visible.startswith(self.shown):  # what was shown was not final text after all
             await self.sink.reset()
@@ -51,10 +64,15 @@ class StreamPreview:
         if visible:
             await self.sink.text(visible)
         else:
-            await self.reasoning()
+            await self._think()
 
     async def reasoning(self) -> None:
         """The model reasons: the sink hears it once, while it shows no text."""
+        self.hold = False  # reasoning comes apart from the text: the text is final
+        await self._think()
+
+    async def _think(self) -> None:
+        """The sink hears once that the model is working, while it shows no text."""
         if not self.shown and not self.thinking:
             self.thinking = True
             await self.sink.thinking()

@@ -37,6 +37,7 @@ class ModelInfo:
     configured_window: int = 0  # the config's contextWindow (0: same as context_window)
     loaded: bool | None = None  # what the server says (None: unknown, or not LM Studio)
     images: bool = False  # the seed's `input` includes "image": it may be shown pictures
+    reasoning: bool = False  # the seed's `reasoning`: its answer may open with reasoning
 
     @property
     def output_reserve(self) -> int:
@@ -93,6 +94,7 @@ class ModelRegistry:
             configured_window=configured,
             loaded=state.loaded if state else None,
             images=spec is not None and "image" in spec.input,
+            reasoning=spec is not None and spec.reasoning,
         )
 
     def resolve(self, name: str) -> ModelRef:
