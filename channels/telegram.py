@@ -9,7 +9,8 @@ API cannot parse goes once more as plain text) in chunks within `textChunkLimit`
 units of visible text, as Telegram counts),
 paced per chat, one attempt per chunk from the outbox (which retries 429 after
 `retry_after`, 5xx and network errors, and never a chat that refuses the bot: blocked,
-deactivated, not found); other Bot API calls retry a few times themselves.
+deactivated, not found); other Bot API calls retry a few times themselves. A private chat
+sees the reply as it is written (channels.telegram_draft: sendMessageDraft previews).
 Webhooks, polling and sending share the Bot API client and its error translation, so they
 stay in one module (a little over 400 lines).
 """
@@ -40,6 +41,7 @@ from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.settings import Settings
 from channels import markdown, telegram_parse
 from channels.base import Ack, EventLog, RawRequest, download
+from channels.telegram_draft import Drafts, TelegramDraft, draft_id
 from channels.telegram_parse import _dict, _is_int, _size, _utf8
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -142,6 +144,14 @@ class TelegramChannel:
         self.public_url = settings.bot_public_url
         self.me: dict[str, Any] | None = None
         self.pacer = ChatPacer(pace_seconds, clock=clock)
+        self.drafts = Drafts(
+            self,
+            interval_seconds=config.draft_interval_ms / 1000,
+            chunk_limit=config.text_chunk_limit,
+            log=log,
+            clock=clock,
+            sleep=sleep,
+        )
 
     def startup_problems(self) -> list[str]:
         """What stops webhook mode from starting (it never runs without a secret)."""
@@ -356,9 +366,18 @@ class TelegramChannel:
     typing_every = 4.0  # "typing…" lasts about 5 s on the person's screen
 
     async def typing(self, message: InboundMessage) -> None:
-        """Show "typing…" in the message's chat."""
+        """Show "typing…" in the message's chat, unless its reply shows as a draft already."""
         chat_id = message.conversation.removeprefix("telegram:")
-        await self.call("sendChatAction", chat_id=chat_id, action="typing")
+        if not self.drafts.showing(chat_id):
+            await self.call("sendChatAction", chat_id=chat_id, action="typing")
+
+    def preview(self, message: InboundMessage) -> TelegramDraft | None:
+        """The reply as it is written, in a private chat (`streaming: "draft"`); None in
+        groups, with streaming off, or when this Bot API server has no drafts."""
+        if self.config.streaming != "draft" or message.meta.get("chat_type") != "private":
+            return None
+        chat_id = message.conversation.removeprefix("telegram:")
+        return self.drafts.open(chat_id, draft_id(message.conversation, message.platform_id))
 
 
 class TelegramMediaFetcher:

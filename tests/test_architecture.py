@@ -30,6 +30,7 @@ CHANNEL_ALLOWED = (
     "channels.markdown",
     "channels.telegram_parse",
     "channels.whatsapp_parse",
+    "channels.telegram_draft",  # Telegram's drafts: a part of the Telegram adapter
 )
 SDK_HOMES = {
     "openai": {"bot.llm.providers", "bot.llm.transcription"},  # transcription sits beside

@@ -217,6 +217,40 @@ class TestSendChatAction:
         assert body["description"] == "Bad Request: wrong parameter action in request"
 
 
+class TestSendMessageDraft:
+    async def test_records_drafts_in_private_chats_only(
+        self, fake: FakeTelegram, session: aiohttp.ClientSession
+    ) -> None:
+        """sendMessageDraft answers true for a private chat (an empty text is "Thinking…"),
+        checks HTML like sendMessage, and refuses groups and a zero draft_id."""
+        _, body = await call(session, fake, "sendMessageDraft", chat_id=7, draft_id=5, text="")
+        assert body == {"ok": True, "result": True}
+        _, body = await call(
+            session, fake, "sendMessageDraft", chat_id=7, draft_id=5, text="<b>Hi</b> &amp; yo",
+            parse_mode="HTML",
+        )  # fmt: skip
+        assert body["ok"] is True
+        assert [(d["draft_id"], d["visible"]) for d in fake.drafts] == [(5, ""), (5, "Hi & yo")]
+        for params in (
+            {"chat_id": -100123, "draft_id": 5, "text": "x"},
+            {"chat_id": 7, "draft_id": 0, "text": "x"},
+            {"chat_id": 7, "draft_id": 5, "text": "<b>x", "parse_mode": "HTML"},
+        ):
+            status, body = await call(session, fake, "sendMessageDraft", **params)
+            assert status == 400, params
+        assert len(fake.drafts) == 2
+        assert fake.sent == []
+
+    async def test_a_server_before_bot_api_9_5_does_not_know_it(
+        self, session: aiohttp.ClientSession
+    ) -> None:
+        """With `drafts=False` the method is unknown: 404 Not Found, as for any other."""
+        async with FakeTelegram(token=TOKEN, drafts=False) as old:
+            status, body = await call(session, old, "sendMessageDraft", chat_id=7, draft_id=1)
+        assert status == 404
+        assert body == {"ok": False, "error_code": 404, "description": "Not Found"}
+
+
 class TestGetUpdates:
     async def test_returns_pushed_updates_and_offset_confirms(
         self, fake: FakeTelegram, session: aiohttp.ClientSession

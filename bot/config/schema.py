@@ -138,6 +138,9 @@ class TelegramConfig(_Model):
     text_chunk_limit: int = Field(default=4000, ge=1)
     mode: Literal["webhook", "polling"] = "webhook"
     require_mention: bool = True
+    # Private chats see the reply as it is written (sendMessageDraft); "off": typing only.
+    streaming: Literal["draft", "off"] = "draft"
+    draft_interval_ms: int = Field(default=500, ge=250)  # at most one draft per this, per chat
 
 
 class ChannelsConfig(_Model):

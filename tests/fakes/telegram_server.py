@@ -1,7 +1,9 @@
 """An in-process fake of the Telegram Bot API built on aiohttp.web, in the real shapes.
 
 It answers `{base}/bot{token}/{method}` (getMe, getUpdates with long polling, the webhook methods,
-sendMessage, sendChatAction, getFile) with the real envelope and error texts, plus scripted errors
+sendMessage, sendMessageDraft, sendChatAction, getFile) with the real envelope and error texts
+(an unknown method: 404 "Not Found"; `drafts=False` plays a server older than Bot API 9.5,
+which has no sendMessageDraft), plus scripted errors
 (sendMessage with `parse_mode: "HTML"` checks the markup as Telegram does, see `parse_html`)
 and chats that refuse the bot (`refuse_chat`: blocked, deactivated, not found), and serves files
 at `{base}/file/bot{token}/{file_path}` as the Bot API does.
@@ -163,6 +165,7 @@ class FakeTelegram:
         bot_id: int = 123456,
         first_name: str = "Switchboard",
         max_long_poll: float = 5.0,  # caps getUpdates' `timeout` so a test cannot hang
+        drafts: bool = True,  # False: no sendMessageDraft (a server before Bot API 9.5)
     ) -> None:
         self.token = token
         self.username = username
@@ -172,6 +175,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.sent: list[dict[str, Any]] = []
         self.actions: list[dict[str, Any]] = []
+        self.drafts: list[dict[str, Any]] = []  # sendMessageDraft calls that were accepted
         self.menus: list[dict[str, Any]] = []  # setMyCommands calls: {"scope", "commands"}
         self.webhook: dict[str, Any] | None = None
         self.port = 0
@@ -197,10 +201,12 @@ class FakeTelegram:
                 "deleteWebhook": self._delete_webhook,
                 "getWebhookInfo": self._get_webhook_info,
                 "sendMessage": self._send_message,
+                "sendMessageDraft": self._send_message_draft,
                 "sendChatAction": self._send_chat_action,
                 "setMyCommands": self._set_my_commands,
                 "getFile": self._get_file,
             }.items()
+            if drafts or name != "sendMessageDraft"
         }
 
     @property
@@ -472,9 +478,31 @@ class FakeTelegram:
                 "disable_web_page_preview": params.get("disable_web_page_preview"),
                 "message_id": message_id,
                 "message": message,
+                "at": time.monotonic(),
             }
         )
         return message, None
+
+    async def _send_message_draft(self, params: dict[str, Any]) -> tuple[Any, str | None]:
+        """A draft of a message being written, in a private chat: `draft_id` non-zero, text
+        0-4096 characters after entities parsing (empty: "Thinking…"); True."""
+        chat_id = _chat_id(params)
+        if self._chat(chat_id).get("type") != "private":
+            raise _bad_request("drafts can be sent only to private chats")
+        ident = _int(params, "draft_id")
+        if not ident:
+            raise _bad_request("draft_id must be non-zero")
+        raw = "" if params.get("text") is None else str(params["text"])
+        text = raw
+        if str(params.get("parse_mode") or "").lower() == "html":
+            text = parse_html(raw)
+        if _utf16_len(text) > MAX_MESSAGE_LENGTH:
+            raise _bad_request("message is too long")
+        at = time.monotonic()
+        self.drafts.append(
+            {"chat_id": chat_id, "draft_id": ident, "text": raw, "visible": text, "at": at}
+        )
+        return True, None
 
     async def _get_file(self, params: dict[str, Any]) -> tuple[Any, str | None]:
         file_id = params.get("file_id")
