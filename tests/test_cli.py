@@ -22,7 +22,7 @@ from bot.delivery import outbox_key
 from bot.intake import READY_STREAM, inbox_key
 from bot.memory import RedisMemory, conversation_key
 from bot.wakeups import batch_key, lease_key
-from channels.console import ERASE_LINE, ConsoleChannel
+from channels.console import ConsoleChannel
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, unauthorized
 from tests.helpers import (
@@ -32,6 +32,7 @@ from tests.helpers import (
     open_gateway,
     run_bot,
 )
+from tests.test_console import screen
 
 SEEDS = ["seed-local-stack.json5", "seed-hybrid.json5", "seed-other-proxy.json5"]
 SECRETS = {
@@ -57,13 +58,14 @@ def write_config(tmp_path: Path, text: str) -> Path:
 async def test_chat_prints_only_the_final_text(
     fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    """`bot chat -m hi` prints the final text alone; reasoning is in no output at all."""
-    fake.script(Reply(text="Hello there!", reasoning="HIDDEN-REASONING"))
+    """`bot chat -m hi` prints the final text alone, as it is (Markdown left raw for scripts);
+    reasoning is in no output at all."""
+    fake.script(Reply(text="**Hello** there!", reasoning="HIDDEN-REASONING"))
     config = write_config(tmp_path, gateway_config_text(fake.base_url))
     env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
     result = await run_bot("chat", "-m", "hi", "-v", env=env, cwd=tmp_path)
     assert result.code == 0, result.err
-    assert result.out == "Hello there!\n"
+    assert result.out == "**Hello** there!\n"
     assert "HIDDEN-REASONING" not in result.out + result.err
 
 
@@ -450,6 +452,7 @@ async def test_the_repl_answers_each_line_before_the_next_prompt(
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+COLUMNS = 200  # the width of the pseudo-terminal, as $COLUMNS tells the process
 
 
 class Terminal:
@@ -464,8 +467,9 @@ class Terminal:
     async def start(self, *args: str, env: dict[str, str], cwd: Path) -> None:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._read)
+        env = {**env, "COLUMNS": str(COLUMNS), "TERM": "xterm"}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", *args, env={**env, "COLUMNS": "200", "TERM": "xterm"},
+            sys.executable, "-m", "bot", *args, env=env,
             cwd=cwd, stdin=self._slave, stdout=self._slave, stderr=self._slave,
         )  # fmt: skip
         os.close(self._slave)
@@ -480,6 +484,11 @@ class Terminal:
     def text(self) -> str:
         """What the terminal shows, without its control sequences."""
         return ANSI.sub("", self.output.decode(errors="replace"))
+
+    @property
+    def screen(self) -> str:
+        """What the terminal shows now, row by row (tests.test_console.screen)."""
+        return screen(self.output.decode(errors="replace"), width=COLUMNS)
 
     def type(self, keys: str) -> None:
         os.write(self._master, keys.encode())
@@ -528,10 +537,10 @@ async def test_chat_on_a_terminal_shows_the_answer_growing_then_once(
         gate.set()
         code = await terminal.close()
     assert code == 0, terminal.text
-    shown = terminal.text
-    assert shown.count(STREAMED) == 1
-    assert f"hello\n{STREAMED}\nyou> " in shown.replace("\r\n", "\n")
-    assert "HIDDEN-REASONING" not in shown
+    shown = terminal.screen
+    assert shown.count(STREAMED) == 1, shown
+    assert f"you> hello\n{STREAMED}\nyou>" in shown, shown
+    assert "HIDDEN-REASONING" not in terminal.text
 
 
 async def test_chat_on_a_terminal_shows_log_events_as_readable_lines(
@@ -573,12 +582,45 @@ async def test_chat_on_a_terminal_erases_a_dead_models_words_before_the_fallback
             code = await terminal.close()
     assert code == 0, terminal.text
     raw = terminal.output.decode()
-    shown_dead = raw.index(" ".join(dead.split()[:4]))
-    erased = raw.index(ERASE_LINE, shown_dead)
-    assert raw.index("WARNI", shown_dead) > erased  # erased as soon as the model failed
-    after = raw[erased:]
-    assert "words" not in after
-    assert after.count(STREAMED) == 1
-    lines = ANSI.sub("", after).splitlines()  # the fallback's warnings, then its answer
-    assert lines[-2:] == [STREAMED, "you> "]
-    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} WARNI ", line) for line in lines[:-2])
+    first_words = " ".join(dead.split()[:4])
+    warned = raw.index("WARNI", raw.index(first_words))
+    assert first_words not in screen(raw[:warned], COLUMNS)  # erased as soon as the model failed
+    assert "words" not in raw[warned:]
+    lines = terminal.screen.splitlines()
+    after = lines[lines.index("you> hello") + 1 :]  # the fallback's warnings, then its answer
+    assert after[-2:] == [STREAMED, "you>"], terminal.screen
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} WARNI ", line) for line in after[:-2])
+
+
+MARKDOWN = "**Status:** ok\n\n## Next steps\n\n- check the `logs`\n- restart the *worker*"
+
+
+async def test_chat_on_a_terminal_renders_a_markdown_answer(
+    fake: FakeOpenAI, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot chat` on a terminal shows a Markdown answer rendered (bold, a heading, a list),
+    without its markers, once; the conversation keeps the Markdown text, and `bot chat -m` on
+    a terminal prints it raw, for scripts."""
+    fake.script(Reply(text=MARKDOWN), Reply(text=MARKDOWN))
+    config = write_config(tmp_path, gateway_config_text(fake.base_url))
+    terminal = Terminal()
+    env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
+    await terminal.start("chat", "--user", "ada", env=env, cwd=tmp_path)
+    try:
+        await eventually(lambda: "you> " in terminal.text)
+        terminal.type("status?\n")
+        await eventually(lambda: terminal.text.count("you> ") == 2)
+    finally:
+        code = await terminal.close()
+    assert code == 0, terminal.text
+    lines = terminal.screen.splitlines()
+    answer = [line.strip() for line in lines[lines.index("you> status?") + 1 :] if line.strip()]
+    expected = ["Status: ok", "Next steps", "• check the logs", "• restart the worker", "you>"]
+    assert answer == expected, terminal.screen
+    assert not any(marker in terminal.text for marker in ("**", "##", "`")), terminal.text
+    turns = await RedisMemory(redis_client).load("console:ada")
+    assert [t.text for t in turns] == ["status?", MARKDOWN]
+    once = Terminal()
+    await once.start("chat", "--user", "ada", "-m", "again?", env=env, cwd=tmp_path)
+    assert await once.close() == 0, once.text
+    assert once.output.decode().replace("\r\n", "\n") == MARKDOWN + "\n"

@@ -41,7 +41,8 @@ async def chat(
     hub: EventHub | None = None,
 ) -> int:
     """One message (`-m`) or a REPL; replies go to stdout, events and failures to stderr.
-    In a REPL on a terminal, the answer is printed as it is written."""
+    In a REPL on a terminal, the answer is rendered as Markdown as it is written; otherwise
+    the reply's text is printed as it is."""
     console = ConsoleChannel(user=user, stream=message is None and sys.stdout.isatty())
     try:
         async with open_app(settings, config, log, hub) as app:
