@@ -38,6 +38,7 @@ SERIAL_MODULES = frozenset({
 })  # fmt: skip
 SERIAL_TESTS = frozenset({
     "test_worker.py::test_three_worker_processes_survive_a_sigkill",
+    "test_worker.py::test_a_worker_killed_mid_stream_leaves_one_final_message_per_turn",
     "test_worker.py::test_sigterm_finishes_the_turn_in_flight_then_exits_0",
     "test_worker.py::test_a_worker_that_lost_its_lease_changes_nothing",
     "test_failover.py::test_two_processes_share_the_breaker",

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,12 +26,14 @@ from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
-from bot.worker import CRASHED, GROUP, Worker, batch_key, lease_key
+from bot.worker import CRASHED, GROUP, BatchState, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
+from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.twilio_server import FakeTwilio
 from tests.helpers import (
     RecordingSender,
+    bot_env,
     eventually,
     gateway_config,
     gateway_config_text,
@@ -373,6 +376,91 @@ async def test_three_worker_processes_survive_a_sigkill(
     duplicates = sum(len(seen[c]) - len(set(seen[c])) for c in convs)
     losses = sum(len({f"{c}#{m}" for m in range(10)} - set(seen[c])) for c in convs)
     assert not wrong, f"{duplicates} duplicates, {losses} losses: {wrong}"
+    assert procs[0].returncode == -signal.SIGKILL
+    assert all(p.returncode == 0 for p in procs[1:])
+
+
+async def streaming(redis: aioredis.Redis, pid: int) -> int:
+    """How many turns the worker process `pid` is running now (its lease, batch not yet
+    committed): with a streaming model, answers being written."""
+    keys = await redis.keys("conv:*:lease")
+    tokens = await redis.mget(keys) if keys else []
+    mine = [key for key, token in zip(keys, tokens, strict=True) if token and f"-{pid}-" in token]
+    states = [await redis.hget(key.replace(":lease", ":batch"), "state") for key in mine]
+    return states.count(BatchState.PENDING)
+
+
+async def test_a_worker_killed_mid_stream_leaves_one_final_message_per_turn(
+    model: FakeOpenAI,
+    telegram: FakeTelegram,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    events: CapturedEvents,
+) -> None:
+    """20 private Telegram chats x 3 messages to three `bot serve --role worker` processes
+    with drafts on and a slowly streaming reasoning model; one worker SIGKILLed while it
+    streams answers: every chat gets each answer once, in order, and no draft ever shows
+    the reasoning."""
+
+    def slow_echo(request: Recorded) -> Reply:
+        said = request.turn_texts[-1]
+        words = " ".join(f"w{n}" for n in range(12))
+        return Reply(text=f"echo:{said} {words}", reasoning="SECRET plan", token_delay=0.02)
+
+    model.default = slow_echo
+    config = tmp_path / "bot.json5"
+    text = gateway_config_text(model.base_url, lease_seconds=1).rstrip().rstrip("}")
+    config.write_text(text + 'channels: { telegram: { dmPolicy: "open" } } }')
+    settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
+    chats = list(range(7001, 7021))
+    env = bot_env(
+        tmp_path, REDIS_URL=redis_url, BOT_CONFIG=str(config),
+        TELEGRAM_BOT_TOKEN=telegram.token, TELEGRAM_WEBHOOK_SECRET="s3cret-Token_for-tests",
+        TELEGRAM_API_BASE_URL=telegram.base_url,
+    )  # fmt: skip
+    logs = [tmp_path / f"worker{n}.log" for n in range(3)]
+    procs = [await start_serve_worker(env, log) for log in logs]
+
+    def said(chat: int) -> list[str]:
+        return [
+            line.split()[0].removeprefix("echo:")
+            for sent in telegram.sent
+            if sent["chat_id"] == chat
+            for line in sent["visible"].split("\n")
+        ]
+
+    try:
+        async with open_app(settings, gateway_config(model.base_url), events.log) as web_role:
+
+            async def post(chat: int) -> None:
+                for m in range(3):
+                    message = InboundMessage(
+                        channel="telegram", conversation=f"telegram:{chat}",
+                        sender=f"telegram:{chat}", text=f"{chat}#{m}", platform_id=f"{chat}{m}",
+                        ts=time.time(), meta={"chat_type": "private"},
+                    )  # fmt: skip
+                    await web_role.intake.accept(message)
+                    await eventually(lambda m=m: len(said(chat)) > m, within=60)
+
+            await workers_ready(logs)
+            posting = asyncio.gather(*(post(chat) for chat in chats))
+            async with asyncio.timeout(30):  # until the victim is mid-stream, drafts showing
+                while not (await streaming(redis_client, procs[0].pid) and telegram.drafts):  # noqa: ASYNC110 - polling with a deadline
+                    await asyncio.sleep(0.005)
+            procs[0].send_signal(signal.SIGKILL)
+            await posting
+            await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(proc.wait() for proc in procs))
+
+    wrong = {chat: said(chat) for chat in chats if said(chat) != [f"{chat}#{m}" for m in range(3)]}
+    assert not wrong
+    assert telegram.drafts
+    assert not any("SECRET" in draft["text"] for draft in telegram.drafts)
     assert procs[0].returncode == -signal.SIGKILL
     assert all(p.returncode == 0 for p in procs[1:])
 
