@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from bot.config import split_ref
 from bot.messages import Attachment, Turn
@@ -49,14 +49,67 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ToolSpec:
+    """A function offered to a model: its name (`^[a-zA-Z0-9_-]{1,64}$`, e.g.
+    `orders__lookup_order`), what it does, and its arguments' JSON Schema."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """A model's call of one offered function: `id` pairs it with its output; `arguments`
+    is the JSON text the model wrote (perhaps not valid JSON: the tool layer says so)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
+        return cls(id=str(data["id"]), name=str(data["name"]), arguments=str(data["arguments"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolStep:
+    """One model step that called functions, and what each call gave back (`outputs[i]`
+    answers `calls[i]`, as the model is shown it): the transcript of a tool loop."""
+
+    calls: tuple[ToolCall, ...]
+    outputs: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calls": [c.to_dict() for c in self.calls], "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolStep:
+        calls = tuple(ToolCall.from_dict(c) for c in data["calls"])
+        return cls(calls=calls, outputs=tuple(str(o) for o in data["outputs"]))
+
+
+# "auto": the model may call the offered tools; "none": it must answer in text (the loop's
+# last step), though the transcript's earlier calls are still shown in the API's own shape.
+ToolChoice = Literal["auto", "none"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CompletionRequest:
-    """One model call: instructions, the conversation so far (ending with the user's turn)."""
+    """One model call: instructions, the conversation so far (ending with the user's turn),
+    then the turn's tool steps so far; `tools`: the functions it may call."""
 
     model: str
     instructions: str
     turns: Sequence[Turn]
     max_output_tokens: int
     images: Sequence[Attachment] = ()  # pictures that go with the last (user) turn
+    tools: Sequence[ToolSpec] = ()
+    steps: Sequence[ToolStep] = ()
+    tool_choice: ToolChoice = "auto"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,11 +124,13 @@ class Transcript:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
-    """A model's answer: the final text only, never its reasoning."""
+    """A model's answer: the final text only, never its reasoning; or, when it called
+    functions (`tool_calls`), those calls (its text then is not an answer)."""
 
     text: str
     model_ref: str
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Preview(Protocol):
