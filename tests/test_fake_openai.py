@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -426,3 +427,49 @@ async def test_transcription_endpoint_takes_multipart_file_and_model(fake: FakeO
     with pytest.raises(openai.BadRequestError):
         await client.post("/audio/transcriptions", cast_to=object, body={}, files=[("file", b"x")])
     await client.close()
+
+
+class TestStreamTimes:
+    DELAY = 0.01  # seconds between streamed events
+
+    async def test_responses_stream_records_first_text_and_end(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A streamed Responses answer is recorded with when its first output_text delta (after
+        every reasoning delta) was written and when the stream ended, on time.monotonic."""
+        await client.responses.create(model=DEFAULT_MODEL, input="no stream")  # not recorded
+        fake.script(Reply(TEXT, reasoning=REASONING, token_delay=self.DELAY))
+        seen_text = None
+        stream = await client.responses.create(model=DEFAULT_MODEL, input="hi", stream=True)
+        async for event in stream:
+            if event.type == "response.output_text.delta" and seen_text is None:
+                seen_text = time.monotonic()
+        done = time.monotonic()
+        [streamed] = fake.streams
+        assert streamed.request.turn_texts == ["hi"]
+        assert streamed.first_text is not None
+        assert seen_text is not None
+        reasoning_deltas = len(REASONING.split())
+        assert streamed.first_text - streamed.started >= 0.9 * reasoning_deltas * self.DELAY
+        assert streamed.first_text <= seen_text <= streamed.ended <= done
+
+    async def test_chat_stream_first_text_is_past_think(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """In a streamed chat completion the first text delta is the content piece that reaches
+        past `<think>…</think>`, not reasoning_content or the think block itself."""
+        fake.script(Reply(TEXT, reasoning=REASONING, token_delay=self.DELAY))
+        seen_text = None
+        stream = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        async for chunk in stream:
+            content = chunk.choices[0].delta.content if chunk.choices else None
+            if content and "</think>" in content:
+                seen_text = time.monotonic()
+        [streamed] = fake.streams
+        assert streamed.first_text is not None
+        assert seen_text is not None
+        before = 2 * len(REASONING.split())  # reasoning_content deltas, then the think pieces
+        assert streamed.first_text - streamed.started >= 0.9 * (before - 1) * self.DELAY
+        assert streamed.first_text <= seen_text <= streamed.ended

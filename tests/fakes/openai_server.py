@@ -107,6 +107,24 @@ class Recorded:
 
 
 @dataclass(frozen=True, slots=True)
+class Streamed:
+    """When one streamed answer's parts were written, on time.monotonic: its first text delta
+    (answer text, not reasoning; None if it wrote none) and its end (after the last event)."""
+
+    request: Recorded
+    started: float
+    first_text: float | None
+    ended: float
+
+
+class TextDelta(str):
+    """A stream event that carries answer text (not reasoning): `Streamed.first_text` is
+    taken when the first one is written."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Transcription:
     """One transcription request the fake received (the audio's bytes are kept to compare)."""
 
@@ -203,6 +221,7 @@ class FakeOpenAI:
         self.models = [DEFAULT_MODEL] if models is None else list(models)
         self.default: Reply | Callable[[Recorded], Reply] = default or Reply()
         self.requests: list[Recorded] = []
+        self.streams: list[Streamed] = []  # one per streamed answer, when it ended
         self.context_window = context_window  # prompt + max output over it → 400 overflow
         self.overflows = 0
         self.transcript = "hello from a voice note"  # what /v1/audio/transcriptions answers
@@ -402,6 +421,7 @@ class FakeOpenAI:
             }
         )
         await response.prepare(request)
+        started, first_text = time.monotonic(), None
         waiting = reply.prefill > 0
         for event in events_of(body, reply):
             if event is None:  # a stall point
@@ -417,9 +437,12 @@ class FakeOpenAI:
                 if self._closing.is_set():
                     break
             await response.write(event.encode())
+            if first_text is None and isinstance(event, TextDelta):
+                first_text = time.monotonic()
             if reply.token_delay:
                 await self._sleep(reply.token_delay)
         await response.write_eof()
+        self.streams.append(Streamed(recorded, started, first_text, time.monotonic()))
         return response
 
     def _next_reply(self, recorded: Recorded) -> Reply:
@@ -680,7 +703,7 @@ def _response_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]
             yield None
         if count == reply.hold_after:
             yield HOLD
-        yield event("response.output_text.delta", **part, delta=piece, logprobs=[])
+        yield TextDelta(event("response.output_text.delta", **part, delta=piece, logprobs=[]))
     yield event("response.output_text.done", **part, text=reply.text, logprobs=[])
     yield event("response.content_part.done", **part, part=_output_text(reply.text))
     yield event(
@@ -743,12 +766,17 @@ def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
     yield chunk({"role": "assistant", "content": ""})
     for piece in _pieces(reply.reasoning or ""):
         yield chunk({"reasoning_content": piece})
-    for count, piece in enumerate(_pieces(_chat_content(reply))):
+    content = _chat_content(reply)
+    thought = len(content) - len(reply.text)  # the leading <think>…</think>, if any
+    written = 0
+    for count, piece in enumerate(_pieces(content)):
         if count == reply.stall_after:
             yield None
         if count == reply.hold_after:
             yield HOLD
-        yield chunk({"content": piece})
+        written += len(piece)
+        event = chunk({"content": piece})
+        yield TextDelta(event) if written > thought else event
     yield chunk({}, "stop")
     if (body.get("stream_options") or {}).get("include_usage") and not reply.no_usage:
         yield _sse(None, {**base, "choices": [], "usage": _chat_usage(body, reply)})
@@ -761,6 +789,8 @@ __all__ = [
     "FakeOpenAI",
     "Recorded",
     "Reply",
+    "Streamed",
+    "TextDelta",
     "closed_port",
     "context_overflow",
     "echo",
