@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from bot.config.catalog import key_variable
@@ -68,6 +68,8 @@ class AgentDefaults(_Model):
     max_inbound_chars: int = Field(default=8000, ge=100)
     compaction: CompactionConfig = CompactionConfig()
     media: MediaConfig = MediaConfig()
+    # Model steps per turn when tools are offered; the last is asked for an answer without them.
+    max_tool_steps: int = Field(default=8, ge=1, le=64)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -99,6 +101,7 @@ class ModelSpec(_Model):
     cost: ModelCost = ModelCost()
     context_window: int = Field(default=128000, ge=1)
     max_tokens: int = Field(default=8192, ge=1)
+    tools: bool = True  # false: never offered tools (a model that cannot call functions)
 
 
 class ProviderConfig(_Model):
@@ -160,6 +163,38 @@ class SessionConfig(_Model):
     daily_token_budget: int = Field(default=0, ge=0)
 
 
+class McpServerConfig(_Model):
+    """One MCP server: a local command spoken to over stdio (`command`, `args`, `env`, `cwd`),
+    or a streamable-HTTP endpoint (`url`, `headers`); exactly one of `command` and `url`."""
+
+    command: str | None = Field(default=None, min_length=1)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    headers: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (stdio) or url (streamable HTTP), not both")
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError("args, env and cwd are for a command (stdio) server, not a url")
+        if self.command is not None and self.headers:
+            raise ValueError("headers are for a url (streamable HTTP) server, not a command")
+        return self
+
+
+class ToolsConfig(_Model):
+    """The agent loop's tools: MCP servers, and which of their tools a model is offered."""
+
+    mcp: dict[str, McpServerConfig] = {}
+    allow: list[str] = []  # `server.tool` or `server.*`; nothing is offered unless named
+    admin_only: list[str] = []  # `server.tool` or `server.*`: offered only in admins' turns
+    timeout_seconds: float = Field(default=30, gt=0)  # one tool call
+    max_output_chars: int = Field(default=16000, ge=100)  # a tool's output as the model sees it
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     file: str | None = None  # None: <BOT_DATA_DIR>/log/bot.jsonl
@@ -175,6 +210,7 @@ class Config(_Model):
     commands: CommandsConfig = CommandsConfig()
     session: SessionConfig = SessionConfig()
     logging: LoggingConfig = LoggingConfig()
+    tools: ToolsConfig = ToolsConfig()
 
     def providers(self) -> dict[str, ProviderConfig]:
         """Every usable provider id → its complete settings (catalog merged unless replace)."""
