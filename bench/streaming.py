@@ -12,7 +12,8 @@ its one message) - the model's first answer token; final = the chat's message - 
 model's stream; drafts and Bot API calls (every call from the first update posted on) per reply;
 gateway CPU ms per reply = the `bot serve` process family's user + system CPU over the run /
 replies. Checks: chats without exactly one message, drafts showing reasoning, drafts after
-their chat's message. Run: `.venv/bin/python -m bench.streaming [--chats 50] [--keep]`.
+their chat's message. Run:
+`.venv/bin/python -m bench.streaming [--chats 50] [--interval MS] [--profile] [--keep]`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -36,7 +38,17 @@ import aiohttp
 import redis.asyncio as aioredis
 
 import bench
-from bench.pipeline import cpu_total, family, free_port, percentile, spawn, stop, wait_ready
+from bench.pipeline import (
+    cpu_total,
+    family,
+    free_port,
+    percentile,
+    print_profile,
+    spawn,
+    start_profiler,
+    stop,
+    wait_ready,
+)
 from bot.redisdb import EmbeddedRedis, connect
 from tests.fakes.openai_server import FakeOpenAI, Reply, Streamed
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
@@ -61,7 +73,9 @@ QUIET = 0.5  # after the last reply: no Bot API call for this long means the run
 QUIET_WAIT = 10.0
 
 
-def config_text(model_url: str, streaming: Streaming, max_concurrent: int) -> str:
+def config_text(
+    model_url: str, streaming: Streaming, max_concurrent: int, interval_ms: int = 500
+) -> str:
     """The fake model as the only provider; Telegram open to everyone, drafts on or off."""
     return f"""{{
       agents: {{ defaults: {{
@@ -75,18 +89,18 @@ def config_text(model_url: str, streaming: Streaming, max_concurrent: int) -> st
       }} }},
       channels: {{
         whatsapp: {{ enabled: false }},
-        telegram: {{ dmPolicy: "open", streaming: "{streaming}" }},
+        telegram: {{ dmPolicy: "open", streaming: "{streaming}", draftIntervalMs: {interval_ms} }},
       }},
     }}"""
 
 
 def gateway_env(
     workdir: Path, port: int, redis_url: str, model: FakeOpenAI, telegram: FakeTelegram,
-    streaming: Streaming, chats: int,
+    streaming: Streaming, chats: int, interval_ms: int,
 ) -> dict[str, str]:  # fmt: skip
     """The environment of a `bot serve` pointed at the fakes (its config written beside)."""
     path = workdir / f"bot-{streaming}.json5"
-    path.write_text(config_text(model.base_url, streaming, max(64, chats)))
+    path.write_text(config_text(model.base_url, streaming, max(64, chats), interval_ms))
     return {
         "PATH": os.environ["PATH"],
         "HOME": str(workdir),
@@ -172,8 +186,9 @@ def logged(log: Path, event: str) -> bool:
 
 
 async def run_once(
-    streaming: Streaming, chats: int, redis: aioredis.Redis, redis_url: str, workdir: Path
-) -> RunResult:
+    streaming: Streaming, chats: int, redis: aioredis.Redis, redis_url: str, workdir: Path,
+    *, profile: bool = False, interval_ms: int = 500,
+) -> RunResult:  # fmt: skip
     """A fresh gateway and fresh fakes; every chat writes at once; the figures of the run."""
     await redis.flushall()
     reply = Reply(text=ANSWER, reasoning=REASONING, token_delay=1 / TOKENS_PER_S)
@@ -184,12 +199,15 @@ async def run_once(
         FakeTelegram() as telegram,
     ):
         port = free_port()
-        env = gateway_env(workdir, port, redis_url, model, telegram, streaming, chats)
+        env = gateway_env(workdir, port, redis_url, model, telegram, streaming, chats, interval_ms)
         proc = await spawn(["-m", "bot", "serve", "--role", "all"], env, log)
         try:
             await wait_ready(proc, port, log)
             await wait_for("the worker to start", lambda: logged(log, "worker_started"), 30)
             pids = family(proc.pid)
+            spy = None
+            if profile:
+                spy = await start_profiler(proc.pid, workdir / f"profile-{streaming}.txt")
             cpu_before = cpu_total(pids)
             started = time.monotonic()
             await post_updates(port, chat_ids)
@@ -211,6 +229,11 @@ async def run_once(
                 return time.monotonic() - quiet_since[1] >= QUIET
 
             await wait_for("the Bot API to go quiet", quiet, QUIET_WAIT)
+            if spy is not None:
+                spy.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                await asyncio.wait_for(spy.proc.wait(), 30)
+                print(f"\n{streaming}:")
+                print_profile(spy.output)
         finally:
             code = await stop(proc)
         if code not in (0, -15):
@@ -340,7 +363,7 @@ def print_checks(draft: RunResult, off: RunResult) -> dict[str, bool]:
     return met
 
 
-async def run(chats: int, workdir: Path) -> None:
+async def run(chats: int, workdir: Path, *, profile: bool = False, interval_ms: int = 500) -> None:
     redis_url = os.environ.get("REDIS_URL")
     embedded = None
     if not redis_url:
@@ -350,8 +373,10 @@ async def run(chats: int, workdir: Path) -> None:
     cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
     redis = connect(redis_url, cluster=cluster, decode_responses=False, socket_timeout=10)
     try:
-        draft = await run_once("draft", chats, redis, redis_url, workdir)
-        off = await run_once("off", chats, redis, redis_url, workdir)
+        draft = await run_once(
+            "draft", chats, redis, redis_url, workdir, profile=profile, interval_ms=interval_ms
+        )
+        off = await run_once("off", chats, redis, redis_url, workdir, profile=profile)
     finally:
         await redis.aclose()
         if embedded is not None:
@@ -364,11 +389,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--chats", type=int, default=50, help="private chats writing at once")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (gateway logs)")
+    parser.add_argument(
+        "--interval", type=int, default=500, help="channels.telegram.draftIntervalMs (500)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy each gateway; print where its time went"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-streaming-"))
     try:
-        bench.run(run(args.chats, workdir))
+        bench.run(run(args.chats, workdir, profile=args.profile, interval_ms=args.interval))
     finally:
         if args.keep:
             print(f"work dir kept: {workdir}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bot.llm.preview import StreamPreview
+from bot.llm.preview import PREVIEW_STEP_CHARS, StreamPreview
 from bot.llm.reasoning import responses_final_text, strip_reasoning_markup, visible_prefix
 from tests.helpers import RecordingPreview
 
@@ -225,6 +225,20 @@ class TestVisiblePrefix:
         assert {kind for kind, _ in after} <= {"thinking", "text"}
         assert all("The answer.".startswith(text) for kind, text in after if kind == "text")
         assert sink.texts[-1] == "The answer."
+
+    async def test_a_stepped_preview_skips_deltas_and_settles_on_the_final_text(self) -> None:
+        """With `step_chars`, the final text is worked out every so many characters (the
+        first text at once), each still a prefix of the answer, and `settle` shows the rest."""
+        answer = "The answer is written word by word, " * 6
+        sink = RecordingPreview()
+        feed = StreamPreview(sink, step_chars=PREVIEW_STEP_CHARS)
+        for cut in range(1, len(answer) + 1):
+            await feed.update(answer[:cut])
+        assert sink.texts[0] == "T"
+        assert 3 <= len(sink.texts) <= len(answer) // PREVIEW_STEP_CHARS + 2
+        assert all(answer.startswith(text) for text in sink.texts)
+        await feed.settle()
+        assert sink.texts[-1] == answer.strip()
 
     async def test_a_held_preview_never_shows_reasoning_without_its_opening_tag(self) -> None:
         """For a reasoning model (`hold`), reasoning whose opening tag was in the prompt is

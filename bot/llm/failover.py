@@ -43,7 +43,7 @@ from bot.errors import (
 )
 from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision
 from bot.llm.lmstudio import ProviderStates
-from bot.llm.preview import StreamPreview
+from bot.llm.preview import PREVIEW_STEP_CHARS, StreamPreview
 from bot.llm.registry import ModelInfo, ModelRegistry
 from bot.llm.types import Completion, CompletionRequest, ModelRef, Preview, Provider, Usage
 from bot.logs import Logger
@@ -358,7 +358,11 @@ class FailoverClient:
         started = time.perf_counter()
         # A reasoning model on chat completions may reason in its text with no opening tag.
         hold = model.reasoning and model.api == "openai-completions"
-        feed = StreamPreview(preview, hold=hold) if preview is not None else None
+        feed = (
+            StreamPreview(preview, hold=hold, step_chars=PREVIEW_STEP_CHARS)
+            if preview is not None
+            else None
+        )
         try:
             completion = await _streamed(provider, request, wait, feed)
         except ContextOverflow:
@@ -420,8 +424,11 @@ async def _streamed(
 ) -> Completion:
     """The provider's completion; when it fails, what its stream showed is voided first."""
     try:
-        return await provider.complete(request, first_token_seconds=wait, preview=feed)
+        completion = await provider.complete(request, first_token_seconds=wait, preview=feed)
     except Exception:
         if feed is not None:
             await feed.void()
         raise
+    if feed is not None:
+        await feed.settle()
+    return completion

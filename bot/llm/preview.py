@@ -20,7 +20,10 @@ from bot.llm.reasoning import visible_prefix
 from bot.llm.types import Preview
 from bot.logs import Logger
 
-PREVIEW_SECONDS = 2.0  # at most this long for one call into a sink
+PREVIEW_SECONDS = 2.0  # at most this long for one call into a sink (but `text`, see below)
+# The final text is worked out again (all of it) only once the raw text grew by this much, or
+# while none is shown: a sink shows a few updates a second, so every delta would be waste.
+PREVIEW_STEP_CHARS = 32
 REASONING_END = "</think>"
 
 
@@ -36,22 +39,34 @@ class TurnPreview(Preview, Protocol):
 class StreamPreview:
     """One model attempt's feed into the turn's preview (a `types.StreamFeed`)."""
 
-    def __init__(self, sink: Preview, *, hold: bool = False) -> None:
+    def __init__(self, sink: Preview, *, hold: bool = False, step_chars: int = 0) -> None:
         """`hold`: show no text until the stream shows where reasoning ends (a `</think>`, or
         a reasoning event: the server keeps reasoning apart), for a model that may reason in
-        its text without an opening tag."""
+        its text without an opening tag. `step_chars`: work the final text out again only
+        once the raw text grew by this much (PREVIEW_STEP_CHARS; `settle` catches up)."""
         self.sink = sink
         self.hold = hold
+        self.step_chars = step_chars
+        self.raw = ""  # the raw text so far
         self.shown = ""  # the final text the sink was last told
         self.thinking = False  # the sink was told the model is reasoning
+        self.seen = 0  # the raw text's length when the final text was last worked out
 
     async def update(self, raw: str) -> None:
         """The attempt's raw text so far: the sink sees its final text when that grew."""
+        self.raw = raw
         if self.hold:
             if REASONING_END not in raw:
                 await self._think()
                 return
             self.hold = False
+        if self.shown and len(raw) - self.seen < self.step_chars:
+            return
+        await self._show(raw)
+
+    async def _show(self, raw: str) -> None:
+        """Tell the sink the final text of `raw`, when that grew (or turned out void)."""
+        self.seen = len(raw)
         visible = visible_prefix(raw)
         if visible == self.shown:
             if raw and not visible:
@@ -65,6 +80,11 @@ class StreamPreview:
             await self.sink.text(visible)
         else:
             await self._think()
+
+    async def settle(self) -> None:
+        """The attempt answered: show its final text as far as it was held back for speed."""
+        if self.seen != len(self.raw) and not self.hold:
+            await self._show(self.raw)
 
     async def reasoning(self) -> None:
         """The model reasons: the sink hears it once, while it shows no text."""
@@ -81,12 +101,15 @@ class StreamPreview:
         """The attempt failed: whatever it showed is void."""
         if self.shown or self.thinking:
             await self.sink.reset()
-        self.shown, self.thinking = "", False
+        self.shown, self.thinking, self.seen, self.raw = "", False, 0, ""
 
 
 class GuardedPreview:
-    """A channel's sink that never fails a turn: each call has PREVIEW_SECONDS, and an error
-    is logged (a warning the first time in the turn, then debug) and otherwise ignored."""
+    """A channel's sink that never fails a turn: an error is logged (a warning the first time
+    in the turn, then debug) and otherwise ignored; each call but `text` has PREVIEW_SECONDS.
+    `text` comes with every few deltas and must return at once (`types.Preview`: keep the
+    text, show it on its own schedule), so it is spared a timer of its own, which would cost
+    more than the call."""
 
     def __init__(self, sink: TurnPreview, *, log: Logger, channel: str, conversation: str) -> None:
         self.sink = sink
@@ -96,7 +119,10 @@ class GuardedPreview:
         self.failed = False
 
     async def text(self, so_far: str) -> None:
-        await self._call("text", self.sink.text(so_far))
+        try:
+            await self.sink.text(so_far)
+        except Exception as exc:  # noqa: BLE001 - a best-effort preview never fails the turn
+            self._failed("text", exc)
 
     async def thinking(self) -> None:
         await self._call("thinking", self.sink.thinking())
@@ -112,13 +138,16 @@ class GuardedPreview:
             async with asyncio.timeout(PREVIEW_SECONDS):
                 await call
         except Exception as exc:  # noqa: BLE001 - a best-effort preview never fails the turn
-            level = self.log.debug if self.failed else self.log.warning
-            self.failed = True
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            level(
-                "preview_failed",
-                channel=self.channel,
-                conversation=self.conversation,
-                call=what,
-                error=error,
-            )
+            self._failed(what, exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        level = self.log.debug if self.failed else self.log.warning
+        self.failed = True
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        level(
+            "preview_failed",
+            channel=self.channel,
+            conversation=self.conversation,
+            call=what,
+            error=error,
+        )

@@ -136,8 +136,9 @@ class Completion:
 class Preview(Protocol):
     """Where a turn's answer is shown while it is written (a Telegram draft, the terminal):
     final text only, never reasoning or tool calls. Best-effort and quick: it should keep the
-    latest text and show it on its own schedule (it is called for every streamed delta).
-    The worker wraps a channel's sink so that its errors never reach the model layer."""
+    latest text and show it on its own schedule (`text` is called every few deltas and must
+    return at once, never waiting on I/O). The worker wraps a channel's sink so that its
+    errors never reach the model layer."""
 
     async def text(self, so_far: str) -> None:
         """The final text so far, whole (each call extends the previous one unless a reset
