@@ -28,12 +28,13 @@ from bot.llm.breaker import Decision
 from bot.llm.choice import Source
 from bot.llm.failover import FailoverClient
 from bot.llm.registry import ModelInfo
-from bot.llm.types import Completion, ModelRef, Preview
+from bot.llm.types import Completion, ModelRef, Preview, ToolChoice, ToolSpec, ToolStep
 from bot.logs import Logger
 from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, RoundTrip, fetch
+from bot.tools.loop import Journal, MemoryJournal, Toolbox, run_loop
 from bot.usage import Call
 from bot.userturn import REPLY_FETCH_SECONDS, ReplyFetcher, quote_replies, user_text
 
@@ -123,6 +124,8 @@ class Agent:
         daily_token_budget: int = 0,
         media: AttachmentReader | None = None,
         replied: Mapping[str, ReplyFetcher] | None = None,
+        toolbox: Toolbox | None = None,
+        max_tool_steps: int = 8,
     ) -> None:
         self.redis = redis
         self.llm = llm
@@ -139,6 +142,8 @@ class Agent:
         self.daily_token_budget = daily_token_budget
         self.media = media
         self.replied: Mapping[str, ReplyFetcher] = replied or {}  # by channel
+        self.toolbox = toolbox
+        self.max_tool_steps = max_tool_steps
 
     async def may_tell(self, message: InboundMessage) -> bool:
         """May the sender get a reply at all (the channel's policy lets them in)? A turn that
@@ -151,13 +156,15 @@ class Agent:
         *,
         allowed: Callable[[], None] | None = None,
         preview: Preview | None = None,
+        journal: Journal | None = None,
     ) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology.
 
         `allowed` is called once a message passed the access check (the worker starts the
         "typing…" indicator there, so strangers never see it). The apology's reply carries
         why (`OutboundMessage.failure`), for the console to show instead. `preview`: shown
-        the model's final text as it streams (the reply itself is still the one result)."""
+        the model's final text as it streams (the reply itself is still the one result).
+        `journal`: where the turn's tool steps are kept (and found, when it is resumed)."""
         last = batch[-1]
         replies: list[str] = []
         for_model: list[InboundMessage] = []
@@ -184,7 +191,11 @@ class Agent:
             if for_model:
                 try:
                     answer, remember = await self._model_turn(
-                        for_model, ahead, exempt=roles[-1] == "admin", preview=preview
+                        for_model,
+                        ahead,
+                        admin=roles[-1] == "admin",
+                        preview=preview,
+                        journal=journal,
                     )
                 except (AllModelsFailed, ModelError) as exc:
                     self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
@@ -213,17 +224,19 @@ class Agent:
         batch: Sequence[InboundMessage],
         ahead: TurnState | None,
         *,
-        exempt: bool,
+        admin: bool,
         preview: Preview | None = None,
+        journal: Journal | None = None,
     ) -> tuple[str | None, tuple[Turn, ...]]:
         """The model's final text for these messages (None: say nothing), and the exchange
-        to remember. `ahead`: the turn's state if read already; `exempt`: no daily budget."""
+        to remember. `ahead`: the turn's state if read already; `admin`: the sender is an admin
+        (no daily budget; admin-only tools)."""
         last = batch[-1]
         if ahead is None or ahead[3][0] != last.sender:
             _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
         assert ahead is not None
         (primary, _), state, breakers, (_, spent) = ahead
-        if self.daily_token_budget and not exempt and spent >= self.daily_token_budget:
+        if self.daily_token_budget and not admin and spent >= self.daily_token_budget:
             return await self._over_budget(last, spent), ()
         conversation = last.conversation
         started = time.perf_counter()
@@ -265,10 +278,36 @@ class Agent:
         if attachments and self.media is None:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
         user = Turn(role="user", text=text, ts=self.clock(), refs=tuple(m.ref for m in batch))
-        completion = await self._complete(
-            conversation, chain[0], user, state, breakers, deadline, images, preview
-        )
-        reply = Turn(role="assistant", text=completion.text, ts=self.clock())
+        tools = self.toolbox.offered(admin=admin) if self.toolbox is not None else []
+        kept = journal.steps if journal is not None else ()
+        if self.toolbox is None or not (tools or kept):  # no tools: one call, as ever
+            completion = await self._complete(
+                conversation, chain[0], user, state, breakers, deadline, images, preview
+            )
+            remembered = completion.text
+        else:
+
+            async def ask(
+                offered: Sequence[ToolSpec], steps: Sequence[ToolStep], choice: ToolChoice
+            ) -> Completion:
+                return await self._complete(
+                    conversation, chain[0], user, state, breakers, deadline, images, preview,
+                    tools=offered, steps=steps, tool_choice=choice,
+                )  # fmt: skip
+
+            looped = await run_loop(
+                ask,
+                tools=tools,
+                runner=self.toolbox,
+                journal=journal if journal is not None else MemoryJournal(),
+                max_steps=self.max_tool_steps,
+                admin=admin,
+                conversation=conversation,
+                log=self.log,
+                preview=preview,
+            )
+            completion, remembered = looped.completion, looped.remembered()
+        reply = Turn(role="assistant", text=remembered, ts=self.clock())
         self.log.info(
             "turn_finished",
             channel=last.channel,
@@ -360,9 +399,14 @@ class Agent:
         deadline: float,
         images: tuple[Attachment, ...] = (),
         preview: Preview | None = None,
+        *,
+        tools: Sequence[ToolSpec] = (),
+        steps: Sequence[ToolStep] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
         """Ask the models; on a context overflow, compact harder and ask again (twice).
-        `deadline`: the turn's budget for waiting on models to start answering."""
+        `deadline`: the turn's budget for waiting on models to start answering. `tools`,
+        `steps`, `tool_choice`: one step of the turn's tool loop."""
         for pressure in range(OVERFLOW_RETRIES + 1):
             if pressure:  # the window may have been found smaller than planned: plan again
                 model = self.llm.registry.info(model.ref)
@@ -384,6 +428,9 @@ class Agent:
                     deadline=deadline,
                     images=images,
                     preview=preview,
+                    tools=tools,
+                    steps=steps,
+                    tool_choice=tool_choice,
                 )
             except ContextOverflow as exc:
                 self.log.warning(

@@ -148,6 +148,11 @@ class AllModelsFailed(BotError):
         self.refused = refused
 
 
+class TurnFenced(BotError):
+    """The turn's lease is no longer ours (it expired, another worker took the batch): this
+    worker must stop the turn and change nothing more."""
+
+
 class CommandError(BotError):
     """A chat command could not be carried out; the message is shown to the person."""
 

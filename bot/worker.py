@@ -50,13 +50,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.agent import TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
-from bot.errors import ChannelSendError
+from bot.errors import ChannelSendError, TurnFenced
 from bot.intake import READY_STREAM, inbox_key
 from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.scripts import Script
+from bot.tools.journal import JournalStep, RedisToolJournal, steps_in
+from bot.tools.loop import Journal
 from bot.wakeups import (
     GROUP,
     Sweeper,
@@ -168,6 +170,7 @@ class TurnRunner(Protocol):
         *,
         allowed: Callable[[], None] | None = None,
         preview: Preview | None = None,
+        journal: Journal | None = None,
     ) -> TurnResult: ...
 
     async def may_tell(self, message: InboundMessage) -> bool:
@@ -242,6 +245,7 @@ class Batch:
     messages: list[InboundMessage]
     reply: OutboundMessage | None
     attempts: int = 1  # takes so far, this one included
+    steps: tuple[JournalStep, ...] = ()  # tool steps kept by earlier takes of this turn
 
     @classmethod
     def from_flat(cls, flat: list[str]) -> Batch:
@@ -254,6 +258,7 @@ class Batch:
             messages=[InboundMessage.from_dict(m) for m in json.loads(fields["messages"])],
             reply=OutboundMessage.from_dict(json.loads(reply)) if reply else None,
             attempts=int(fields.get("attempts") or 1),
+            steps=steps_in(fields),
         )
 
 
@@ -556,6 +561,9 @@ class Worker:
                 return batch_id
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return None
+        except TurnFenced:  # another worker has the turn now: it finishes it
+            self.log.warning("lease_lost", conversation=conversation, worker=self.name)
+            return None
         except Exception as exc:  # a whole turn: it ends in a reply or a dead letter
             error = f"{type(exc).__name__}: {exc}"
             self.log.error(
@@ -660,8 +668,14 @@ class Worker:
         entry = None
         if batch.state is BatchState.PENDING:
             last = batch.messages[-1]
+            journal = RedisToolJournal(
+                self.redis, conversation=conversation, token=token, batch_id=batch.id,
+                steps=batch.steps,
+            )  # fmt: skip
             async with self._typing(last) as allowed, self._preview(last) as preview:
-                result = await self.agent.run_turn(batch.messages, allowed=allowed, preview=preview)
+                result = await self.agent.run_turn(
+                    batch.messages, allowed=allowed, preview=preview, journal=journal
+                )
             entry = self.outbox.entry(result.reply) if result.reply else None
             if entry is not None and not entry.chunks:
                 entry = None  # nothing to send (an empty reply)

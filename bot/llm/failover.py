@@ -27,6 +27,7 @@ noted for the conversation's turn to write; a probe's (tiny, estimated) is writt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,18 @@ from bot.llm.breaker import CLEAN, DUE, OPEN, PROBE, Decision
 from bot.llm.lmstudio import ProviderStates
 from bot.llm.preview import PREVIEW_STEP_CHARS, StreamPreview
 from bot.llm.registry import ModelInfo, ModelRegistry
-from bot.llm.types import Completion, CompletionRequest, ModelRef, Preview, Provider, Usage
+from bot.llm.toolsupport import ToolSupport, refuses_tools
+from bot.llm.types import (
+    Completion,
+    CompletionRequest,
+    ModelRef,
+    Preview,
+    Provider,
+    ToolChoice,
+    ToolSpec,
+    ToolStep,
+    Usage,
+)
 from bot.logs import Logger
 from bot.messages import Attachment, Turn
 from bot.reads import Read
@@ -91,6 +103,16 @@ class CallLedger(Protocol):
     async def record_background(self, call: Call) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Loop:
+    """A turn's tool loop as far as a model call is concerned: what it may call, the steps
+    so far, and whether it must answer in text now."""
+
+    tools: tuple[ToolSpec, ...] = ()
+    steps: tuple[ToolStep, ...] = ()
+    choice: ToolChoice = "auto"
+
+
 @dataclass(slots=True)
 class _Failures:
     """Why each model of a turn's chain gave no answer, for the AllModelsFailed at its end."""
@@ -121,8 +143,10 @@ class FailoverClient:
         breaker: Breakers | None = None,
         local: LocalModels | None = None,
         usage: CallLedger | None = None,
+        tool_support: ToolSupport | None = None,
     ) -> None:
         self.registry = registry
+        self.tool_support = tool_support or ToolSupport()
         self.usage = usage
         self.providers = providers
         self.log = log
@@ -149,6 +173,9 @@ class FailoverClient:
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
         preview: Preview | None = None,
+        tools: Sequence[ToolSpec] = (),
+        steps: Sequence[ToolStep] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
         """Try each model of the chain in order; raise AllModelsFailed when none answers.
 
@@ -159,7 +186,10 @@ class FailoverClient:
         `images`: pictures for the last turn; only models whose `input` takes images are tried.
         `preview`: shown each attempt's final text as it streams; reset when an attempt that
         showed something fails, so the next model's text never follows the dead one's.
+        `tools`, `steps`, `tool_choice`: the turn's tool loop (each model gets the steps in its
+        own API's shape; one with `tools: false`, or that refused tools lately, gets none).
         """
+        loop = _Loop(tools=tuple(tools), steps=tuple(steps), choice=tool_choice)
         failures = _Failures()
         chain = self.registry.chain(primary)
         if images:
@@ -204,6 +234,7 @@ class FailoverClient:
                 purpose=purpose,
                 images=images,
                 preview=preview,
+                loop=loop,
             )
             if completion is not None:
                 return completion
@@ -221,6 +252,7 @@ class FailoverClient:
                 purpose=purpose,
                 images=images,
                 preview=preview,
+                loop=loop,
             )
             if completion is not None:
                 return completion
@@ -338,22 +370,29 @@ class FailoverClient:
         purpose: CallKind = "turn",
         images: Sequence[Attachment] = (),
         preview: Preview | None = None,
+        loop: _Loop | None = None,
     ) -> Completion | None:
         """One call to one model: its completion, or None after logging why it failed.
 
-        `breaker` is what the breaker said before the call (open: tried anyway)."""
+        `breaker` is what the breaker said before the call (open: tried anyway). A model that
+        refuses the request's tools is asked again at once without them."""
         ref = str(model.ref)
         provider = self.providers[model.ref.provider]
         wait = self._first_token_wait(provider, following, deadline)
         if wait == 0:
             failures.add(f"{ref}: not tried, the turn's time was spent", tried=False)
             return None
+        loop = loop or _Loop()
+        offered = loop.tools if model.tools and self.tool_support.usable(ref) else ()
         request = CompletionRequest(
             model=model.ref.model,
             instructions=instructions,
             turns=turns,
             max_output_tokens=min(model.output_reserve, max_output_tokens or model.output_reserve),
             images=images,
+            tools=offered,
+            steps=loop.steps,
+            tool_choice=loop.choice,
         )
         started = time.perf_counter()
         # A reasoning model on chat completions may reason in its text with no opening tag.
@@ -364,7 +403,17 @@ class FailoverClient:
             else None
         )
         try:
-            completion = await _streamed(provider, request, wait, feed)
+            try:
+                completion = await _streamed(provider, request, wait, feed)
+            except ModelRefused as exc:
+                if not offered or not refuses_tools(str(exc)):
+                    raise
+                await self.tool_support.refused(ref)
+                self.log.warning(
+                    "tools_refused", conversation=conversation, model=ref, error=str(exc)
+                )
+                request = dataclasses.replace(request, tools=())  # its steps go as text
+                completion = await _streamed(provider, request, wait, feed)
         except ContextOverflow:
             if self.local is not None:  # perhaps loaded with a smaller context than planned
                 await self.local.refresh(force=True)

@@ -38,6 +38,7 @@ class ModelInfo:
     loaded: bool | None = None  # what the server says (None: unknown, or not LM Studio)
     images: bool = False  # the seed's `input` includes "image": it may be shown pictures
     reasoning: bool = False  # the seed's `reasoning`: its answer may open with reasoning
+    tools: bool = True  # false: never offered tools (the model entry's `tools`)
 
     @property
     def output_reserve(self) -> int:
@@ -95,6 +96,7 @@ class ModelRegistry:
             loaded=state.loaded if state else None,
             images=spec is not None and "image" in spec.input,
             reasoning=spec is not None and spec.reasoning,
+            tools=spec is None or spec.tools,
         )
 
     def resolve(self, name: str) -> ModelRef:
