@@ -473,3 +473,272 @@ class TestStreamTimes:
         before = 2 * len(REASONING.split())  # reasoning_content deltas, then the think pieces
         assert streamed.first_text - streamed.started >= 0.9 * (before - 1) * self.DELAY
         assert streamed.first_text <= seen_text <= streamed.ended
+
+
+LOOKUP = ("orders__lookup_order", '{"order_id": "A17", "verbose": true}')
+WEATHER = ("weather__now", '{"city": "Oslo"}')
+RESPONSES_TOOL: Any = {
+    "type": "function",
+    "name": "orders__lookup_order",
+    "description": "Look an order up.",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+}
+CHAT_TOOL: Any = {
+    "type": "function",
+    "function": {k: v for k, v in RESPONSES_TOOL.items() if k != "type"},
+}
+
+
+class TestToolCalls:
+    async def test_responses_stream_sends_argument_deltas(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """`args_in="deltas"`: each call is added with empty arguments, streamed in argument
+        deltas, finished by arguments.done and output_item.done, and listed when completed."""
+        fake.script(Reply("", reasoning=None, tool_calls=(LOOKUP, WEATHER)))
+        stream = await client.responses.create(
+            model=DEFAULT_MODEL, input="where is A17?", tools=[RESPONSES_TOOL], stream=True
+        )
+        events = [event async for event in stream]
+        types = [event.type for event in events]
+        assert "response.output_text.delta" not in types  # no message item: only calls
+        first = types[types.index("response.output_item.added") :]
+        deltas = first.index("response.function_call_arguments.done")
+        assert set(first[1:deltas]) == {"response.function_call_arguments.delta"}
+        assert first[deltas + 1] == "response.output_item.done"
+        added = [e for e in events if e.type == "response.output_item.added"]
+        assert [e.item.arguments for e in added if e.item.type == "function_call"] == ["", ""]
+        for index, (_, arguments) in enumerate((LOOKUP, WEATHER)):
+            pieces = [
+                e.delta
+                for e in events
+                if e.type == "response.function_call_arguments.delta" and e.output_index == index
+            ]
+            assert "".join(pieces) == arguments
+        completed = events[-1]
+        assert completed.type == "response.completed"
+        calls = [i for i in completed.response.output if i.type == "function_call"]
+        assert [(c.name, c.arguments) for c in calls] == [LOOKUP, WEATHER]
+        assert all(c.call_id.startswith("call_") for c in calls)
+        assert completed.response.tools[0].name == "orders__lookup_order"
+
+    async def test_responses_stream_done_only_is_lmstudios(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """`args_in="done_only"`: the call is added with empty arguments and its arguments
+        come only in output_item.done, as LM Studio streams them."""
+        fake.script(Reply("", reasoning=None, tool_calls=(LOOKUP,), args_in="done_only"))
+        stream = await client.responses.create(model=DEFAULT_MODEL, input="hi", stream=True)
+        events = [event async for event in stream]
+        types = [event.type for event in events]
+        assert types == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        added, done = events[2], events[3]
+        assert added.type == "response.output_item.added"
+        assert done.type == "response.output_item.done"
+        assert added.item.type == done.item.type == "function_call"
+        assert (added.item.arguments, done.item.arguments) == ("", LOOKUP[1])
+
+    async def test_responses_completed_output_can_be_empty(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """`completed_output=False`: the stream still shows text and calls, but the
+        completed response lists no output items."""
+        fake.script(Reply("Let me see.", tool_calls=(LOOKUP,), completed_output=False))
+        stream = await client.responses.create(model=DEFAULT_MODEL, input="hi", stream=True)
+        events = [event async for event in stream]
+        types = [event.type for event in events]
+        assert "response.output_text.delta" in types
+        assert "response.function_call_arguments.done" in types
+        completed = events[-1]
+        assert completed.type == "response.completed"
+        assert completed.response.output == []
+
+    async def test_responses_body_lists_calls_after_the_message(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A non-streamed response holds the message item, then one function_call item per
+        call, which the SDK parses."""
+        fake.script(Reply("Checking.", reasoning=None, tool_calls=(LOOKUP, WEATHER)))
+        response = await client.responses.create(model=DEFAULT_MODEL, input="hi")
+        assert [item.type for item in response.output] == [
+            "message",
+            "function_call",
+            "function_call",
+        ]
+        calls = [i for i in response.output if i.type == "function_call"]
+        assert [(c.name, c.arguments) for c in calls] == [LOOKUP, WEATHER]
+        assert response.output_text == "Checking."
+
+    async def test_chat_stream_fragments_assemble_in_the_sdks_helper(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """Chat `delta.tool_calls` fragments (id and name first, arguments in pieces, by
+        index) assemble into whole calls in the SDK's own stream helper, finish "tool_calls"."""
+        fake.script(Reply("", reasoning=None, tool_calls=(LOOKUP, WEATHER)))
+        async with client.chat.completions.stream(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}], tools=[CHAT_TOOL]
+        ) as stream:
+            chunks = [event.chunk async for event in stream if event.type == "chunk"]
+            final = await stream.get_final_completion()
+        fragments = [
+            call for c in chunks for call in c.choices[0].delta.tool_calls or [] if c.choices
+        ]
+        assert len(fragments) > 4  # the arguments came in pieces
+        assert [f.id for f in fragments if f.id] == [f.id for f in fragments if f.function.name]
+        choice = final.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls is not None
+        calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+        assert calls == [LOOKUP, WEATHER]
+
+    async def test_chat_done_only_sends_each_call_whole(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """Chat `args_in="done_only"`: each call comes whole in one fragment."""
+        fake.script(Reply("", reasoning=None, tool_calls=(LOOKUP, WEATHER), args_in="done_only"))
+        stream = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        fragments = [
+            call
+            async for chunk in stream
+            if chunk.choices
+            for call in chunk.choices[0].delta.tool_calls or []
+        ]
+        assert [(f.index, f.function and f.function.arguments) for f in fragments] == [
+            (0, LOOKUP[1]),
+            (1, WEATHER[1]),
+        ]
+
+    async def test_chat_body_carries_tool_calls(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """A non-streamed chat completion that calls a function has `tool_calls`, no
+        content, and finish_reason "tool_calls"."""
+        fake.script(Reply("", reasoning=None, tool_calls=(LOOKUP,)))
+        completion = await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        choice = completion.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None
+        assert choice.message.tool_calls is not None
+        [call] = choice.message.tool_calls
+        assert call.type == "function"
+        assert (call.function.name, call.function.arguments) == LOOKUP
+        assert call.id.startswith("call_")
+
+
+class TestToolTranscripts:
+    async def test_a_responses_transcript_that_pairs_up_is_answered(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """Function calls each followed by their outputs are taken; the outputs are part of
+        the recorded prompt and the offered tools readable."""
+        await client.responses.create(
+            model=DEFAULT_MODEL,
+            input=[
+                {"role": "user", "content": "where is A17?"},
+                {"type": "function_call", "call_id": "c1", "name": LOOKUP[0], "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "shipped"},
+            ],
+            tools=[RESPONSES_TOOL],
+            tool_choice="auto",
+        )
+        [recorded] = fake.requests_to("/responses")
+        assert recorded.tool_names == ["orders__lookup_order"]
+        assert recorded.prompt.splitlines() == ["where is A17?", "shipped"]
+
+    @pytest.mark.parametrize(
+        ("items", "message"),
+        [
+            (
+                [{"type": "function_call_output", "call_id": "c9", "output": "x"}],
+                "No tool call found for function call output with call_id c9.",
+            ),
+            (
+                [
+                    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "c2", "output": "x"},
+                ],
+                "No tool call found for function call output with call_id c2.",
+            ),
+            (
+                [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}],
+                "No tool output found for function call c1.",
+            ),
+        ],
+    )
+    async def test_a_responses_output_without_its_call_is_refused(
+        self, client: AsyncOpenAI, items: list[Any], message: str
+    ) -> None:
+        """A function_call_output whose call_id no earlier function_call has, or a call
+        without its output, gets OpenAI's 400."""
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(
+                model=DEFAULT_MODEL, input=[{"role": "user", "content": "hi"}, *items]
+            )
+        assert message in str(caught.value)
+
+    async def test_a_chat_transcript_that_pairs_up_is_answered(
+        self, client: AsyncOpenAI, fake: FakeOpenAI
+    ) -> None:
+        """An assistant message with tool_calls followed by a tool message per id is taken;
+        the tool outputs are part of the recorded prompt."""
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        await client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "shipped"},
+            ],
+            tools=[CHAT_TOOL],
+        )
+        [recorded] = fake.requests_to("/chat/completions")
+        assert recorded.prompt.splitlines() == ["hi", "shipped"]
+        assert recorded.tool_names == ["orders__lookup_order"]
+
+    @pytest.mark.parametrize(
+        ("messages", "message"),
+        [
+            (
+                [{"role": "tool", "tool_call_id": "c1", "content": "x"}],
+                "messages with role 'tool' must be a response to a preceeding message",
+            ),
+            (
+                [
+                    {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f",
+                                                                       "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c2", "content": "x"},
+                ],
+                "'tool_call_id' of 'c2' not found in 'tool_calls' of previous message",
+            ),
+            (
+                [
+                    {"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f",
+                                                                       "arguments": "{}"}}]},
+                    {"role": "user", "content": "and?"},
+                ],
+                "The following tool_call_ids did not have response messages: c1",
+            ),
+        ],
+    )  # fmt: skip
+    async def test_a_chat_tool_message_without_its_call_is_refused(
+        self, client: AsyncOpenAI, messages: list[Any], message: str
+    ) -> None:
+        """A tool message whose tool_call_id the assistant message before it did not call, or
+        a call left unanswered, gets OpenAI's 400."""
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}, *messages]
+            )
+        assert message in str(caught.value)

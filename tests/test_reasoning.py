@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from bot.llm.preview import PREVIEW_STEP_CHARS, StreamPreview
-from bot.llm.reasoning import responses_final_text, strip_reasoning_markup, visible_prefix
+from bot.llm.reasoning import (
+    responses_final_text,
+    strip_reasoning_markup,
+    visible_prefix,
+    written_tool_calls,
+)
 from tests.helpers import RecordingPreview
 
 
@@ -164,6 +169,9 @@ STREAMS = [
     "Plain answer with no markup at all: 3 < 4 and 5 > 2.",
     "Answer first <think>SECRET then a thought that never ends",
     "\n\n<reasoning>SECRET</reasoning>\n\nSpaced   answer  \n",
+    'Let me look. <tool_call>\n{"name": "SECRET_lookup", "arguments": {"id": "A17"}}\n</tool_call>',
+    '<think>SECRET</think>Checking.<tool_call>{"name": "SECRET", "arguments": {}}</tool_call>'
+    '<tool_call>{"name": "SECRET_too"',
 ]
 
 
@@ -266,3 +274,71 @@ class TestVisiblePrefix:
         assert sink.texts[0] == "T"  # shown from the first character on
         assert all("The answer.".startswith(text) for text in sink.texts)
         assert sink.texts[-1] == "The answer."
+
+
+HERMES_CALL = (
+    "<think>The user wants order A17.</think>Let me check.\n"
+    '<tool_call>\n{"name": "orders__lookup_order", "arguments": {"order_id": "A17"}}\n</tool_call>'
+)
+HARMONY_CALL = (
+    "<|channel|>analysis<|message|>Need the order.<|end|><|start|>assistant<|channel|>commentary"
+    ' to=functions.orders__lookup_order <|constrain|>json<|message|>{"order_id": "A17"}<|call|>'
+)
+
+
+class TestWrittenToolCalls:
+    def test_a_tool_call_block_never_reaches_the_final_text(self) -> None:
+        """A Hermes/Qwen `<tool_call>` block is dropped from the final text, the text around
+        it kept."""
+        assert strip_reasoning_markup(HERMES_CALL) == "Let me check."
+        assert strip_reasoning_markup(HERMES_CALL + "\nMore.") == "Let me check.\n\nMore."
+
+    def test_an_unclosed_tool_call_block_shows_nothing(self) -> None:
+        """However far an opened `<tool_call>` has streamed, neither the final text nor any
+        preview of it shows its JSON."""
+        stream = 'Sure.<tool_call>{"name": "orders__lookup_order", "arguments": {"order'
+        assert strip_reasoning_markup(stream) == "Sure."
+        shown = {visible_prefix(stream[:cut]) for cut in range(len(stream) + 1)}
+        assert shown <= {"", "S", "Su", "Sur", "Sure", "Sure."}
+
+    def test_a_tool_call_block_is_read_as_a_call(self) -> None:
+        """The call in a `<tool_call>` block comes back as its name and its arguments as
+        compact JSON text."""
+        assert written_tool_calls(HERMES_CALL) == [("orders__lookup_order", '{"order_id":"A17"}')]
+
+    def test_several_blocks_parameters_and_string_arguments(self) -> None:
+        """Several blocks, a list of calls in one, `parameters` for `arguments`, and
+        arguments written as JSON text are all read, in order."""
+        text = (
+            '<tool_call>{"name": "a", "parameters": {"x": 1}}</tool_call>'
+            '<tool_call>[{"name": "b", "arguments": "{\\"y\\": 2}"}, {"name": "c"}]</tool_call>'
+        )
+        assert written_tool_calls(text) == [("a", '{"x":1}'), ("b", '{"y":2}'), ("c", "{}")]
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "<tool_call>not json</tool_call>",
+            '<tool_call>{"arguments": {}}</tool_call>',
+            '<tool_call>{"name": "a", "arguments": [1, 2]}</tool_call>',
+            '<think><tool_call>{"name": "a", "arguments": {}}</tool_call></think>Answer.',
+            "No calls here, just <b>markup</b>.",
+        ],
+    )
+    def test_blocks_that_are_no_call_give_none(self, text: str) -> None:
+        """A block without a named call and JSON object arguments, or one inside reasoning,
+        is no call (and is still dropped from the final text)."""
+        assert written_tool_calls(text) == []
+        assert "tool_call" not in strip_reasoning_markup(text)
+
+    def test_a_harmony_call_is_read_and_never_shown(self) -> None:
+        """A gpt-oss `to=functions.NAME` message is read as a call; its markers and
+        arguments never reach the final text, with the recipient in either header."""
+        assert strip_reasoning_markup(HARMONY_CALL) == ""
+        assert written_tool_calls(HARMONY_CALL) == [("orders__lookup_order", '{"order_id":"A17"}')]
+        in_role = (
+            "<|start|>assistant to=functions.get_weather<|channel|>commentary json"
+            '<|message|>{"city": "Oslo"}<|call|>'
+        )
+        assert written_tool_calls(in_role) == [("get_weather", '{"city":"Oslo"}')]
+        assert strip_reasoning_markup(in_role) == ""

@@ -60,7 +60,7 @@ class StreamPreview:
                 await self._think()
                 return
             self.hold = False
-        if self.shown and len(raw) - self.seen < self.step_chars:
+        if self.shown and 0 <= len(raw) - self.seen < self.step_chars:
             return
         await self._show(raw)
 

@@ -6,7 +6,10 @@ stream, so a server that is producing tokens is never cut off while a silent one
 Requests go through `client.post` with a plain JSON body and events come back as plain dicts:
 the SDK still sends, authenticates, times out, decodes the server-sent events and raises its
 errors, but skips its typed request transform and event models, whose cost grows with the
-history (about 7 ms a call at 30 turns, against under 1 ms this way).
+history (about 7 ms a call at 30 turns, against under 1 ms this way); bot.llm.streams reads
+the events. Offered functions and a turn's tool steps go in each API's own shapes (Responses
+`function_call`/`function_call_output` items, chat `tool_calls` and `role: "tool"` messages);
+steps without tools offered go as one text item, since servers may refuse call items then.
 Two clocks watch a call: until the model starts answering (its first token), a deadline the
 caller gives (failover keeps a silent model from eating the turn); after that, only the
 provider's `timeoutSeconds` of silence between events, so a slow but live answer is never cut.
@@ -29,8 +32,8 @@ from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 
 from bot.config import ProviderConfig, key_variable
 from bot.errors import AnswerNotStarted, ContextOverflow, ModelRefused, ModelUnavailable, Severity
-from bot.llm.reasoning import responses_final_text, strip_reasoning_markup
-from bot.llm.types import Completion, CompletionRequest, StreamFeed, Usage
+from bot.llm.streams import ChatStream, ResponsesStream
+from bot.llm.types import Completion, CompletionRequest, StreamFeed, ToolSpec, ToolStep
 from bot.messages import Attachment, Turn
 
 FALLBACK_STATUSES = {401, 402, 403, 404, 408, 409, 429}
@@ -95,6 +98,58 @@ def _with_images(
     return {"role": turn["role"], "content": chat}
 
 
+def _function(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": dict(tool.parameters),
+    }
+
+
+def _responses_steps(steps: Sequence[ToolStep]) -> list[dict[str, Any]]:
+    """Tool steps as Responses input items: each step's `function_call` items, then their
+    `function_call_output` items."""
+    items: list[dict[str, Any]] = []
+    for step in steps:
+        items += [
+            {"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments}
+            for c in step.calls
+        ]
+        items += [
+            {"type": "function_call_output", "call_id": c.id, "output": output}
+            for c, output in zip(step.calls, step.outputs, strict=True)
+        ]
+    return items
+
+
+def _chat_steps(steps: Sequence[ToolStep]) -> list[dict[str, Any]]:
+    """Tool steps as chat messages: an assistant message with the step's `tool_calls`, then
+    one `role: "tool"` message per call."""
+    messages: list[dict[str, Any]] = []
+    for step in steps:
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in step.calls
+        ]
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages += [
+            {"role": "tool", "tool_call_id": c.id, "content": output}
+            for c, output in zip(step.calls, step.outputs, strict=True)
+        ]
+    return messages
+
+
+def _steps_as_text(steps: Sequence[ToolStep]) -> str:
+    """Tool steps as plain text, for a request that offers no tools (a server may refuse
+    function-call items then): one line per call, `name(arguments) → output`."""
+    lines = [
+        f"- {call.name}({call.arguments}) → {output}"
+        for step in steps
+        for call, output in zip(step.calls, step.outputs, strict=True)
+    ]
+    return "\n".join(["[Tool results so far]", *lines])
+
+
 def _refused(exc: BaseException) -> bool:
     """Did the connection fail outright? (The aiohttp transport reports that as a timeout.)"""
     cause: BaseException | None = exc
@@ -131,18 +186,6 @@ def translate(exc: openai.OpenAIError, where: str) -> Exception:
         # Any other 4xx: this server refused this request; another server may take it.
         return ModelRefused(f"{where}: refused the request: HTTP {status} {detail}".rstrip())
     return ModelUnavailable(f"{where}: {type(exc).__name__}")
-
-
-def _usage(reported: dict[str, Any], tokens_in: str, tokens_out: str, details: str) -> Usage:
-    """A server's `usage` object (Responses or chat names), cached input tokens included."""
-    cached = reported.get(details)
-    cached = cached if isinstance(cached, dict) else {}
-    return Usage(
-        tokens_in=int(reported.get(tokens_in) or 0),
-        tokens_out=int(reported.get(tokens_out) or 0),
-        cached_in=int(cached.get("cached_tokens") or 0),
-        cache_write=int(cached.get("cache_write_tokens") or 0),
-    )
 
 
 def openai_client(config: ProviderConfig) -> AsyncOpenAI:
@@ -182,16 +225,28 @@ class OpenAIProvider:
         first_token_seconds: float | None = None,
         preview: StreamFeed | None = None,
     ) -> Completion:
-        """The final text of a streamed answer. `first_token_seconds`: how long the model may
-        stay silent before it starts answering (None: only the provider's own timeout).
-        `preview`: told the answer's text (never reasoning items) after each delta."""
+        """The final text of a streamed answer, or the functions it calls. `first_token_seconds`:
+        how long the model may stay silent before it starts answering (None: only the
+        provider's own timeout). `preview`: told the answer's text (never reasoning items nor
+        calls) after each delta; once the model calls a function, only that it works."""
         where = f"{self.id}/{request.model}"
-        parse = self._responses if self.api == "openai-responses" else self._chat
-        async with self._translated(where, first_token_seconds) as started:
-            text, usage = await parse(request, started, preview)
-        if not text:
+        stream = ResponsesStream(preview) if self.api == "openai-responses" else ChatStream(preview)
+        waiting = True
+        async with (
+            self._translated(where, first_token_seconds) as started,
+            contextlib.aclosing(self._events(*self._request(request))) as events,
+        ):
+            async for event in events:
+                if waiting and self._generating(event):
+                    waiting = False
+                    started()
+                await stream.take(event)
+                if event.get("type") in ("response.failed", "error"):
+                    raise ModelUnavailable(f"{where}: the response failed")
+        text, calls = await stream.answer(request)
+        if not text and not calls:
             raise ModelUnavailable(f"{where}: answered with no final text", severity=Severity.EMPTY)
-        return Completion(text=text, model_ref=where, usage=usage)
+        return Completion(text=text, model_ref=where, usage=stream.usage, tool_calls=calls)
 
     async def probe(self, model: str, *, seconds: float) -> None:
         """Is the model answering? A one-word request, done as soon as its first token comes
@@ -242,7 +297,8 @@ class OpenAIProvider:
     def _request(self, request: CompletionRequest) -> tuple[str, dict[str, Any]]:
         """The path and JSON body of a streamed call in this provider's API (Responses input in
         the explicit item form). Pictures go with the last turn as image parts (Responses
-        `input_image`, chat `image_url`), as data URLs."""
+        `input_image`, chat `image_url`), as data URLs. The turn's tool steps follow the turns;
+        `tools` and `tool_choice` are sent only when functions are offered."""
         responses = self.api == "openai-responses"
         turns: list[dict[str, Any]] = [
             _responses_item(t) if responses else {"role": t.role, "content": t.text}
@@ -250,12 +306,28 @@ class OpenAIProvider:
         ]
         if request.images and turns:
             turns[-1] = _with_images(turns[-1], request.images, responses=responses)
+        if request.steps and not request.tools:
+            note = Turn(role="user", text=_steps_as_text(request.steps), ts=0)
+            turns.append(
+                _responses_item(note) if responses else {"role": "user", "content": note.text}
+            )
+        elif request.steps:
+            turns += _responses_steps(request.steps) if responses else _chat_steps(request.steps)
+        tools: dict[str, Any] = {}
+        if request.tools:
+            offered = [
+                {"type": "function", **_function(t)} if responses
+                else {"type": "function", "function": _function(t)}
+                for t in request.tools
+            ]  # fmt: skip
+            tools = {"tools": offered, "tool_choice": request.tool_choice}
         if responses:
             return "/responses", {
                 "model": request.model,
                 "instructions": request.instructions,
                 "input": turns,
                 "max_output_tokens": request.max_output_tokens,
+                **tools,
                 **self._extra,
             }
         messages: list[Any] = [{"role": "system", "content": request.instructions}, *turns]
@@ -264,6 +336,7 @@ class OpenAIProvider:
             "messages": messages,
             "max_tokens": request.max_output_tokens,
             "stream_options": {"include_usage": True},  # the last chunk carries the usage
+            **tools,
             **self._extra,
         }
 
@@ -290,92 +363,5 @@ class OpenAIProvider:
             except ValueError as exc:
                 raise ModelUnavailable(f"{self.id}: the stream was not JSON events") from exc
 
-    async def _responses(
-        self, request: CompletionRequest, started: Callable[[], None], preview: StreamFeed | None
-    ) -> tuple[str, Usage]:
-        deltas: list[str] = []
-        final: dict[str, Any] | None = None
-        waiting = True
-        shown = _ResponsesText() if preview is not None else None
-        async for event in self._events(*self._request(request)):
-            kind = event.get("type")
-            if waiting and kind not in WAITING_EVENTS:
-                waiting = False
-                started()
-            if shown is not None and preview is not None and shown.take(event):
-                await (preview.update(shown.raw()) if shown.grew else preview.reasoning())
-            if kind == "response.output_text.delta":
-                deltas.append(str(event.get("delta") or ""))
-            elif kind in ("response.completed", "response.incomplete"):
-                final = event.get("response") or {}
-            elif kind in ("response.failed", "error"):
-                raise ModelUnavailable(f"{self.id}/{request.model}: the response failed")
-        if final is None:
-            return strip_reasoning_markup("".join(deltas)), Usage(estimated=True)
-        usage = final.get("usage")
-        return responses_final_text(final.get("output") or []), (
-            _usage(usage, "input_tokens", "output_tokens", "input_tokens_details")
-            if isinstance(usage, dict)
-            else Usage(estimated=True)
-        )
-
-    async def _chat(
-        self, request: CompletionRequest, started: Callable[[], None], preview: StreamFeed | None
-    ) -> tuple[str, Usage]:
-        parts: list[str] = []
-        usage = Usage(estimated=True)  # until the stream's usage chunk (include_usage)
-        waiting = True
-        async for chunk in self._events(*self._request(request)):
-            if waiting and self._generating(chunk):
-                waiting = False
-                started()
-            if isinstance(reported := chunk.get("usage"), dict):
-                usage = _usage(
-                    reported, "prompt_tokens", "completion_tokens", "prompt_tokens_details"
-                )
-            for choice in chunk.get("choices") or []:
-                # delta.reasoning_content / delta.reasoning are never read: reasoning stays out.
-                delta = choice.get("delta") or {}
-                if content := delta.get("content"):
-                    parts.append(str(content))
-                    if preview is not None:
-                        await preview.update("".join(parts))
-                elif preview is not None and (
-                    delta.get("reasoning_content") or delta.get("reasoning")
-                ):
-                    await preview.reasoning()  # only that it reasons, never what
-        return strip_reasoning_markup("".join(parts)), usage
-
     async def close(self) -> None:
         await self.client.close()
-
-
-class _ResponsesText:
-    """A Responses stream's answer text so far, as `responses_final_text` will join it: the
-    output_text of each message item, in output order, commentary (`phase`) left out."""
-
-    def __init__(self) -> None:
-        self.items: dict[int, list[str]] = {}
-        self.commentary: set[int] = set()
-        self.grew = False
-
-    def take(self, event: dict[str, Any]) -> bool:
-        """Note one event; True when it matters to a preview (`grew`: the text grew, else
-        the model started reasoning)."""
-        kind = event.get("type")
-        index = int(event.get("output_index") or 0)
-        if kind == "response.output_item.added":
-            item = event.get("item") or {}
-            if item.get("phase") == "commentary":
-                self.commentary.add(index)
-            self.grew = False
-            return item.get("type") == "reasoning"
-        if kind == "response.output_text.delta" and index not in self.commentary:
-            self.items.setdefault(index, []).append(str(event.get("delta") or ""))
-            self.grew = True
-            return True
-        return False
-
-    def raw(self) -> str:
-        texts = ("".join(self.items[index]) for index in sorted(self.items))
-        return "\n\n".join(text for text in texts if text)

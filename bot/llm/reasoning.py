@@ -1,14 +1,22 @@
-"""Final-text extraction: what a person may see of a model's answer, never its reasoning.
+"""Final-text extraction: what a person may see of a model's answer, never its reasoning nor
+a function call it wrote as text (which `written_tool_calls` reads instead).
 
 Pure functions over plain dicts and strings (Responses output items, chat-completions messages).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-__all__ = ["responses_final_text", "strip_reasoning_markup", "visible_prefix"]
+__all__ = [
+    "responses_final_text",
+    "responses_message_text",
+    "strip_reasoning_markup",
+    "visible_prefix",
+    "written_tool_calls",
+]
 
 # Tags that local servers and reasoning models use to wrap chain of thought in plain text:
 # <think> (DeepSeek-R1, Qwen3, MiniMax-M2, GLM), <thinking>/<thought> (fine-tunes, Gemma-style
@@ -18,6 +26,12 @@ _REASONING_TAG = re.compile(
     re.IGNORECASE,
 )
 _FINAL_TAG = re.compile(r"</?\s*final\b[^>]*>", re.IGNORECASE)
+# A function call written as text (Hermes, Qwen, many fine-tunes): <tool_call>{JSON}</tool_call>;
+# one that is not closed runs to the end (the answer was cut off while it was being written).
+_TOOL_CALL_BLOCK = re.compile(
+    r"<\s*tool_call\s*>(?P<body>.*?)(?:<\s*/\s*tool_call\s*>|\Z)", re.DOTALL | re.IGNORECASE
+)
+_TOOL_CALL_TAG = re.compile(r"<\s*/\s*tool_call\s*>", re.IGNORECASE)
 
 # gpt-oss "harmony" format: <|channel|>NAME[ to=…][<|constrain|>…]<|message|>BODY<|end|>
 _HARMONY_MARKER = "<|channel|>"
@@ -29,6 +43,13 @@ _HARMONY_SEGMENT = re.compile(
 # Harmony leaked with its special tokens removed: "analysis…assistantfinalHello".
 _HARMONY_FLATTENED = re.compile(r"\A\s*analysis.*assistantfinal(?P<final>.*)\Z", re.DOTALL)
 _SPECIAL_TOKEN = re.compile(r"<\|[^<>|]{1,64}\|>")
+# A harmony function call: `to=functions.NAME` in a message's header, its arguments the body.
+_HARMONY_CALL = re.compile(
+    r"to=functions\.(?P<name>[A-Za-z0-9_-]{1,64})"
+    r"(?:(?!<\|(?:message|end|call|return|start)\|>).){0,200}<\|message\|>"
+    r"(?P<body>.*?)(?=<\|(?:end|return|call|start|channel)\|>|\Z)",
+    re.DOTALL,
+)
 # The end of a stream that may still become a tag: a `<` with no `>` after it, not far back.
 _PARTIAL_TAG = re.compile(r"<[^<>]{0,64}\Z")
 _FLATTENED_HEAD = "analysis"
@@ -43,6 +64,7 @@ def strip_reasoning_markup(text: str) -> str:
         return ""
     text = _final_harmony_channel(text)
     text = _drop_reasoning_blocks(text)
+    text = _TOOL_CALL_TAG.sub("", _TOOL_CALL_BLOCK.sub("", text))
     text = _FINAL_TAG.sub("", text)
     text = _SPECIAL_TOKEN.sub("", text)
     return text.strip()
@@ -51,9 +73,9 @@ def strip_reasoning_markup(text: str) -> str:
 def visible_prefix(text: str) -> str:
     """The final text that the first part of an answer, `text`, already shows: what
     `strip_reasoning_markup` keeps of it, holding back whatever may still turn out to be
-    reasoning or markup (an unclosed `<think>` block, a tag still being written, gpt-oss
-    output before its final channel). For an answer whose reasoning blocks open before they
-    close, it is a prefix of the whole answer's final text.
+    reasoning or markup (an unclosed `<think>` or `<tool_call>` block, a tag still being
+    written, gpt-oss output before its final channel). For an answer whose reasoning blocks
+    open before they close, it is a prefix of the whole answer's final text.
     """
     if (partial := _PARTIAL_TAG.search(text)) is not None:
         text = text[: partial.start()]
@@ -66,8 +88,54 @@ def visible_prefix(text: str) -> str:
     return strip_reasoning_markup(text)
 
 
+def written_tool_calls(text: str) -> list[tuple[str, str]]:
+    """The function calls a model wrote into its answer's text instead of the API's call
+    items, as (name, arguments as JSON text): `<tool_call>{"name": …, "arguments": {…}}
+    </tool_call>` blocks outside reasoning (`"parameters"` for `"arguments"`, or a list of
+    such objects, are taken too), and gpt-oss `to=functions.NAME …<|message|>{…}` messages.
+    Blocks that hold no such JSON are left out (`strip_reasoning_markup` drops them all)."""
+    calls = [
+        (match.group("name"), arguments)
+        for match in _HARMONY_CALL.finditer(text)
+        if (arguments := _json_arguments(match.group("body"))) is not None
+    ]
+    if "tool_call" not in text.lower():
+        return calls
+    for match in _TOOL_CALL_BLOCK.finditer(_drop_reasoning_blocks(_final_harmony_channel(text))):
+        try:
+            written = json.loads(match.group("body"))
+        except ValueError:
+            continue
+        for call in written if isinstance(written, list) else [written]:
+            if not isinstance(call, dict) or not isinstance(name := call.get("name"), str):
+                continue
+            arguments = _json_arguments(call.get("arguments", call.get("parameters", {})))
+            if arguments is not None:
+                calls.append((name, arguments))
+    return calls
+
+
+def _json_arguments(value: Any) -> str | None:
+    """A call's arguments as compact JSON object text (from an object, or from text holding
+    one); None when they are no JSON object."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dict):
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def responses_final_text(output: list[dict[str, Any]]) -> str:
-    """Return the final text of a Responses API `output` list, ignoring `reasoning` items.
+    """Return the final text of a Responses API `output` list, ignoring `reasoning` items."""
+    return strip_reasoning_markup(responses_message_text(output))
+
+
+def responses_message_text(output: list[dict[str, Any]]) -> str:
+    """The raw text (markup and all) of a Responses API `output` list's assistant messages,
+    ignoring `reasoning` and function-call items.
 
     Messages labelled `phase: "commentary"` are skipped when a `final_answer` message exists.
     """
@@ -79,7 +147,7 @@ def responses_final_text(output: list[dict[str, Any]]) -> str:
     if any(item.get("phase") == "final_answer" for item in messages):
         messages = [item for item in messages if item.get("phase") == "final_answer"]
     texts = ["".join(_output_texts(item.get("content"))) for item in messages]
-    return strip_reasoning_markup("\n\n".join(text for text in texts if text))
+    return "\n\n".join(text for text in texts if text)
 
 
 def _output_texts(content: Any) -> list[str]:

@@ -5,7 +5,9 @@ not, in the shapes the openai SDK parses, with scripted replies, errors, delays 
 `POST /v1/audio/transcriptions` (multipart `file` + `model`) as OpenAI's whisper endpoint does.
 Responses `input` items are held to llama.cpp's rules, the strictest server's: an item it cannot
 place (an assistant turn without `"type": "message"`) gets its 400 "Cannot determine type of
-'item'", in its body shape (`"code": 400`).
+'item'", in its body shape (`"code": 400`). A reply may call functions (`Reply.tool_calls`), in
+each API's streaming shapes (LM Studio's too: Responses arguments only in `output_item.done`);
+a transcript whose call outputs do not answer earlier calls gets OpenAI's 400.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -61,6 +63,15 @@ class Reply:
     # streams: silence after the headers (and Responses' created/in_progress events) before the
     # first output event: a model reading a long prompt or loading; math.inf: never starts
     prefill: float = 0.0
+    # functions the model calls, in order: (name, arguments as JSON text); after its text, if any
+    tool_calls: Sequence[tuple[str, str]] = ()
+    # where a stream puts a call's arguments. "deltas": Responses output_item.added (arguments
+    # ""), argument deltas, function_call_arguments.done, output_item.done; chat fragments
+    # across chunks. "done_only": LM Studio's Responses stream, output_item.added with empty
+    # arguments, then only output_item.done with them; chat: each call whole in one fragment
+    args_in: Literal["deltas", "done_only"] = "deltas"
+    call_ids: bool = True  # False: calls come without ids (chat `id`, Responses `call_id` "")
+    completed_output: bool = True  # False: Responses' response.completed has an empty output
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +107,12 @@ class Recorded:
         if isinstance(items, str):
             return [items]
         return ["".join(_texts(item)) for item in items or [] if isinstance(item, dict)]
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The names of the functions offered (`tools`), in either API's shape."""
+        tools = (self.json or {}).get("tools") or []
+        return [str(t.get("name") or (t.get("function") or {}).get("name")) for t in tools]
 
     @property
     def prompt(self) -> str:
@@ -395,6 +412,8 @@ class FakeOpenAI:
             return _error_response(unknown_model(recorded.model))
         if (problem := input_problem(body.get("input"))) is not None:
             return _error_response(llamacpp_refusal(problem))
+        if (refusal := transcript_refusal(body)) is not None:
+            return _error_response(refusal)
         await self._before_answer(recorded)
         if self.context_window is not None:
             wanted = prompt_tokens(body) + int(
@@ -543,8 +562,68 @@ def input_problem(value: Any) -> str | None:
     return None
 
 
+def transcript_refusal(body: dict[str, Any]) -> Reply | None:
+    """OpenAI's 400 for a tool transcript it cannot pair up (None: it takes it). Responses:
+    a `function_call_output` must answer an earlier `function_call` item's `call_id`, and each
+    call must get its output. Chat: a `role: "tool"` message must answer a `tool_calls` id of
+    the assistant message it follows, and each of those ids must be answered."""
+    items = body.get("input")
+    if isinstance(items, list):
+        called: list[str] = []
+        answered: set[str] = set()
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            call_id = str(item.get("call_id"))
+            if item.get("type") == "function_call":
+                called.append(call_id)
+            elif item.get("type") == "function_call_output":
+                if call_id not in called:
+                    message = f"No tool call found for function call output with call_id {call_id}."
+                    return error_reply(400, message, param="input")
+                answered.add(call_id)
+        if missing := [c for c in called if c not in answered]:
+            return error_reply(400, f"No tool output found for function call {missing[0]}.")
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return _chat_transcript_refusal([m for m in messages if isinstance(m, dict)])
+    return None
+
+
+def _chat_transcript_refusal(messages: list[dict[str, Any]]) -> Reply | None:
+    calls: list[str] | None = None  # the ids of the assistant message the tool messages follow
+    waiting: list[str] = []  # of those, the ones not answered yet
+    unanswered = (
+        "An assistant message with 'tool_calls' must be followed by tool messages responding "
+        "to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+    )
+    for message in messages:
+        if message.get("role") == "tool":
+            call_id = str(message.get("tool_call_id"))
+            if calls is None:
+                text = (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'."  # sic: OpenAI's own spelling
+                )
+                return error_reply(400, text, param="messages")
+            if call_id not in calls:
+                text = f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                return error_reply(400, text + "'tool_calls' of previous message.")
+            waiting = [c for c in waiting if c != call_id]
+            continue
+        if waiting:
+            return error_reply(400, unanswered + ", ".join(waiting), param="messages")
+        tool_calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        calls = [str(c.get("id")) for c in tool_calls or [] if isinstance(c, dict)] or None
+        waiting = list(calls or [])
+    if waiting:
+        return error_reply(400, unanswered + ", ".join(waiting), param="messages")
+    return None
+
+
 def _texts(value: Any) -> Iterator[str]:
-    """Texts inside a Responses `input` or chat `messages` value, in order."""
+    """Texts inside a Responses `input` or chat `messages` value, in order (a function
+    call's output too)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
@@ -553,6 +632,8 @@ def _texts(value: Any) -> Iterator[str]:
     elif isinstance(value, dict):
         if isinstance(value.get("text"), str):
             yield value["text"]
+        elif value.get("type") == "function_call_output" and isinstance(value.get("output"), str):
+            yield value["output"]
         elif "content" in value:
             yield from _texts(value["content"])
 
@@ -603,6 +684,48 @@ def _message_item(item_id: str, text: str, *, done: bool = False) -> dict[str, A
     }
 
 
+def _function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, *, done: bool
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": "completed" if done else "in_progress",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments if done else "",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """A reply's function calls with their ids: Responses item ids and call ids (chat
+    uses the call ids; "" where the reply has none)."""
+
+    reply: Reply
+    item_ids: list[str] = field(default_factory=list)
+    call_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, reply: Reply) -> _Calls:
+        count = len(reply.tool_calls)
+        calls = [_new_id("call_") if reply.call_ids else "" for _ in range(count)]
+        return cls(reply, [_new_id("fc_") for _ in range(count)], calls)
+
+    def items(self) -> list[dict[str, Any]]:
+        return [
+            _function_call_item(item_id, call_id, name, arguments, done=True)
+            for item_id, call_id, (name, arguments) in zip(
+                self.item_ids, self.call_ids, self.reply.tool_calls, strict=True
+            )
+        ]
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """Split a call's arguments into stream deltas of a few characters."""
+    return [arguments[at : at + 7] for at in range(0, len(arguments), 7)]
+
+
 def _response_object(
     body: dict[str, Any],
     reply: Reply,
@@ -645,8 +768,8 @@ def _response_object(
         "store": bool(body.get("store", True)),
         "temperature": body.get("temperature"),
         "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": [t for t in body.get("tools") or [] if isinstance(t, dict) and "name" in t],
         "top_p": body.get("top_p"),
         "truncation": "disabled",
         "usage": usage,
@@ -655,17 +778,26 @@ def _response_object(
     }
 
 
-def _final_output(reply: Reply, reasoning_id: str, message_id: str) -> list[dict[str, Any]]:
+def _says(reply: Reply) -> bool:
+    """Does the reply hold a message item? (One that only calls functions has none.)"""
+    return bool(reply.text) or not reply.tool_calls
+
+
+def _final_output(
+    reply: Reply, reasoning_id: str, message_id: str, calls: _Calls
+) -> list[dict[str, Any]]:
     output = (
         []
         if reply.reasoning is None
         else [_reasoning_item(reasoning_id, reply.reasoning, done=True)]
     )
-    return [*output, _message_item(message_id, reply.text, done=True)]
+    if _says(reply):
+        output.append(_message_item(message_id, reply.text, done=True))
+    return [*output, *calls.items()]
 
 
 def _response_body(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    output = _final_output(reply, _new_id("rs_"), _new_id("msg_"))
+    output = _final_output(reply, _new_id("rs_"), _new_id("msg_"), _Calls.of(reply))
     return _response_object(body, reply, _new_id("resp_"), output, done=True)
 
 
@@ -694,23 +826,40 @@ def _response_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]
         done = _reasoning_item(reasoning_id, thought, done=True)
         yield event("response.output_item.done", **at, item=done)
         index += 1
-    at = {"output_index": index}
-    part = {"item_id": message_id, **at, "content_index": 0}
-    yield event("response.output_item.added", **at, item=_message_item(message_id, ""))
-    yield event("response.content_part.added", **part, part=_output_text(""))
-    for count, piece in enumerate(_pieces(reply.text)):
-        if count == reply.stall_after:
-            yield None
-        if count == reply.hold_after:
-            yield HOLD
-        yield TextDelta(event("response.output_text.delta", **part, delta=piece, logprobs=[]))
-    yield event("response.output_text.done", **part, text=reply.text, logprobs=[])
-    yield event("response.content_part.done", **part, part=_output_text(reply.text))
-    yield event(
-        "response.output_item.done", **at, item=_message_item(message_id, reply.text, done=True)
+    if _says(reply):
+        at = {"output_index": index}
+        part = {"item_id": message_id, **at, "content_index": 0}
+        yield event("response.output_item.added", **at, item=_message_item(message_id, ""))
+        yield event("response.content_part.added", **part, part=_output_text(""))
+        for count, piece in enumerate(_pieces(reply.text)):
+            if count == reply.stall_after:
+                yield None
+            if count == reply.hold_after:
+                yield HOLD
+            yield TextDelta(event("response.output_text.delta", **part, delta=piece, logprobs=[]))
+        yield event("response.output_text.done", **part, text=reply.text, logprobs=[])
+        yield event("response.content_part.done", **part, part=_output_text(reply.text))
+        done = _message_item(message_id, reply.text, done=True)
+        yield event("response.output_item.done", **at, item=done)
+        index += 1
+    calls = _Calls.of(reply)
+    for item in calls.items():
+        at = {"output_index": index}
+        yield event("response.output_item.added", **at, item={**item, "status": "in_progress",
+                                                              "arguments": ""})  # fmt: skip
+        if reply.args_in == "deltas":
+            part = {"item_id": item["id"], **at}
+            for piece in _argument_pieces(item["arguments"]):
+                yield event("response.function_call_arguments.delta", **part, delta=piece)
+            yield event(
+                "response.function_call_arguments.done", **part, arguments=item["arguments"]
+            )
+        yield event("response.output_item.done", **at, item=item)
+        index += 1
+    output = _final_output(reply, reasoning_id, message_id, calls)
+    completed = _response_object(
+        body, reply, response_id, output if reply.completed_output else [], done=True
     )
-    output = _final_output(reply, reasoning_id, message_id)
-    completed = _response_object(body, reply, response_id, output, done=True)
     yield event("response.completed", response=completed)
 
 
@@ -734,16 +883,28 @@ def _chat_usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
+def _chat_tool_calls(calls: _Calls) -> list[dict[str, Any]]:
+    return [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for call_id, (name, arguments) in zip(calls.call_ids, calls.reply.tool_calls, strict=True)
+    ]
+
+
 def _chat_body(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": _chat_content(reply)}
+    content = _chat_content(reply) or (None if reply.tool_calls else "")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if reply.reasoning is not None:
         message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = _chat_tool_calls(_Calls.of(reply))
+    finish_reason = "tool_calls" if reply.tool_calls else "stop"
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
     return {
         "id": _new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", DEFAULT_MODEL),
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": _chat_usage(body, reply),
         "system_fingerprint": body.get("model", DEFAULT_MODEL),
     }
@@ -777,7 +938,18 @@ def _chat_events(body: dict[str, Any], reply: Reply) -> Iterator[str | None]:
         written += len(piece)
         event = chunk({"content": piece})
         yield TextDelta(event) if written > thought else event
-    yield chunk({}, "stop")
+    for index, call in enumerate(_chat_tool_calls(_Calls.of(reply))):
+        function = call["function"]
+        if not call["id"]:
+            del call["id"]
+        if reply.args_in == "done_only":
+            yield chunk({"tool_calls": [{"index": index, **call}]})
+            continue
+        first = {**call, "function": {**function, "arguments": ""}}
+        yield chunk({"tool_calls": [{"index": index, **first}]})
+        for piece in _argument_pieces(function["arguments"]):
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    yield chunk({}, "tool_calls" if reply.tool_calls else "stop")
     if (body.get("stream_options") or {}).get("include_usage") and not reply.no_usage:
         yield _sse(None, {**base, "choices": [], "usage": _chat_usage(body, reply)})
     yield "data: [DONE]\n\n"
@@ -800,6 +972,7 @@ __all__ = [
     "model_not_loaded",
     "rate_limited",
     "server_error",
+    "transcript_refusal",
     "unauthorized",
     "unknown_model",
 ]
