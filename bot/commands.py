@@ -93,6 +93,12 @@ class BreakerStates(Protocol):
     async def states(self, models: list[str]) -> list[BreakerState]: ...
 
 
+class ToolList(Protocol):
+    """What /tools reads of the tools (bot.tools' toolbox)."""
+
+    def describe(self, *, admin: bool) -> list[str]: ...
+
+
 class UsageReports(Protocol):
     """What /usage reads of the token accounting."""
 
@@ -155,8 +161,10 @@ class Commands:
         log: Logger,
         usage: UsageReports | None = None,
         daily_token_budget: int = 0,
+        tools: ToolList | None = None,
     ) -> None:
         self.choice = choice
+        self.tools = tools
         self.registry = registry
         self.memory = memory
         self.compactor = compactor
@@ -339,6 +347,13 @@ class Commands:
                 "it resets at 00:00 UTC)."
             )
         return "\n".join(lines)
+
+    @command("tools", summary="the tools the assistant may use for you here")
+    async def tools_(self, ctx: CommandContext) -> str:
+        lines = self.tools.describe(admin=ctx.is_admin) if self.tools is not None else []
+        if not lines:
+            return "No tools are enabled here: I answer from the conversation alone."
+        return "\n".join(["Tools I may use for you:", *(f"• {line}" for line in lines)])
 
     # -- admins --------------------------------------------------------------------------------
 
