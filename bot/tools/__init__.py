@@ -1,9 +1,10 @@
 """The tool layer (DESIGN §3 "Tools"): MCP servers' tools, narrowed to what the operator
 allowed, run for the agent loop with their output treated as data.
 
-Others use: `Toolbox` (the agent loop's contract) and `ToolResult`; `tool_warnings`
-(start-up and `bot doctor`)."""
+Others use: `Toolbox` (the agent loop's contract) and `ToolResult`; `McpHub` (the sessions:
+`start`, `close`, `statuses`), which the composition root and `bot tools list` build; `tool_warnings` (start-up and `bot doctor`)."""
 
+from bot.tools.mcp import McpHub
 from bot.tools.policy import ToolPolicy, function_names, tool_warnings
 from bot.tools.types import (
     CallOutcome,
@@ -20,6 +21,7 @@ from bot.tools.untrusted import frame, strip_control_tokens
 __all__ = [
     "CallOutcome",
     "ListedTool",
+    "McpHub",
     "ServerStatus",
     "ToolCallFailed",
     "ToolPolicy",
