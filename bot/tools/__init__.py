@@ -2,10 +2,12 @@
 allowed, run for the agent loop with their output treated as data.
 
 Others use: `Toolbox` (the agent loop's contract) and `ToolResult`; `McpHub` (the sessions:
-`start`, `close`, `statuses`), which the composition root and `bot tools list` build; `tool_warnings` (start-up and `bot doctor`)."""
+`start`, `close`, `statuses`) and `McpToolbox` (a Toolbox over it), which the composition
+root and `bot tools list` build; `tool_warnings` (start-up and `bot doctor`)."""
 
 from bot.tools.mcp import McpHub
 from bot.tools.policy import ToolPolicy, function_names, tool_warnings
+from bot.tools.toolbox import McpToolbox
 from bot.tools.types import (
     CallOutcome,
     ListedTool,
@@ -22,6 +24,7 @@ __all__ = [
     "CallOutcome",
     "ListedTool",
     "McpHub",
+    "McpToolbox",
     "ServerStatus",
     "ToolCallFailed",
     "ToolPolicy",
