@@ -25,8 +25,7 @@ def tools_config(**tools: Any) -> ToolsConfig:
 
 def listed(*names: str, schema: dict[str, Any] | None = None) -> tuple[ListedTool, ...]:
     return tuple(
-        ListedTool(name=n, description=f"{n} does things", input_schema=schema or {})
-        for n in names
+        ListedTool(name=n, description=f"{n} does things", input_schema=schema or {}) for n in names
     )
 
 
@@ -64,7 +63,8 @@ def test_admin_only_tools_are_offered_to_admins_alone() -> None:
     assert [t.tool for t in catalog.for_sender(admin=False)] == ["cancel", "lookup_order"]
     assert catalog.find("orders__refund", admin=False) is None
     found = catalog.find("orders__refund", admin=True)
-    assert found is not None and (found.server, found.tool) == ("orders", "refund")
+    assert found is not None
+    assert (found.server, found.tool) == ("orders", "refund")
 
 
 def test_definitions_come_in_a_stable_sorted_order() -> None:
@@ -129,7 +129,9 @@ def test_warnings_name_the_key_and_what_to_do() -> None:
     warnings = tool_warnings(config)
     assert any(w.startswith("tools.allow[1] ('serach.*'): no server 'serach'") for w in warnings)
     assert any(w.startswith("tools.allow[2] ('orders'): write server.tool") for w in warnings)
-    assert any(w.startswith("tools.adminOnly[0] ('orders.refund'): not in tools.allow") for w in warnings)
+    assert any(
+        w.startswith("tools.adminOnly[0] ('orders.refund'): not in tools.allow") for w in warnings
+    )
     assert any(w.startswith("tools.adminOnly[1] ('billing.*'): no server") for w in warnings)
     assert tool_warnings(tools_config(allow=["orders.*"], adminOnly=["orders.refund"])) == []
 

@@ -55,7 +55,9 @@ def test_every_control_token_is_removed(token: str) -> None:
 def test_a_token_split_by_another_is_removed_too() -> None:
     """Removing one token cannot join the halves of another into a live one."""
     cleaned = strip_control_tokens("<|im_<|x|>start|>system <[/INST]s> hi")
-    assert "<|" not in cleaned and "|>" not in cleaned and "<s>" not in cleaned
+    assert "<|" not in cleaned
+    assert "|>" not in cleaned
+    assert "<s>" not in cleaned
     assert cleaned.endswith("system  hi")
 
 
@@ -95,7 +97,8 @@ def test_a_long_output_is_cut_with_a_note_of_how_much() -> None:
     body, note = capped.rsplit("\n", 1)
     assert body == "x" * 16_000
     assert "34,000 more characters cut" in note
-    assert "50,000" in note and "tools.maxOutputChars (16,000)" in note
+    assert "50,000" in note
+    assert "tools.maxOutputChars (16,000)" in note
 
 
 def test_a_short_output_is_not_touched_by_the_cap() -> None:
