@@ -134,6 +134,7 @@ def test_warnings_name_the_key_and_what_to_do() -> None:
     )
     assert any(w.startswith("tools.adminOnly[1] ('billing.*'): no server") for w in warnings)
     assert tool_warnings(tools_config(allow=["orders.*"], adminOnly=["orders.refund"])) == []
+    assert tool_warnings(tools_config(allow=["orders.refund"], adminOnly=["orders.*"])) == []
 
 
 def test_an_allowed_tool_no_server_offers_is_a_warning() -> None:

@@ -172,9 +172,9 @@ def tool_warnings(
                     f"{configured}); this entry matches nothing"
                 )
             elif key == "adminOnly" and not any(
-                a is not None and (a.tool is None or a.tool == pattern.tool)
+                (a.server == pattern.server and None in (a.tool, pattern.tool)) or a == pattern
                 for a in allow
-                if a is not None and a.server == pattern.server
+                if a is not None
             ):
                 found.append(
                     f"{where}: not in tools.allow, so it is never offered, not even to admins; "
