@@ -18,6 +18,7 @@ CORE = (
     "bot.worker",
     "bot.wakeups",
     "bot.deadletters",
+    "bot.tools",
 )
 CHANNEL_ALLOWED = (
     "bot.messages",
@@ -36,6 +37,7 @@ SDK_HOMES = {
     "openai": {"bot.llm.providers", "bot.llm.transcription"},  # transcription sits beside
     "twilio": {"channels.whatsapp"},
     "markdown_it": {"channels.markdown"},  # one parse of a reply's Markdown, for every channel
+    "mcp": {"bot.tools.mcp"},  # the MCP sessions; the rest of bot.tools sees neutral values
 }
 ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__", "bot.doctor"}  # cli: its modules; doctor: Redis
 
@@ -93,7 +95,7 @@ def test_leaves_import_nothing_from_the_project(leaf: str) -> None:
 
 
 def test_core_never_imports_web_channels_or_cli() -> None:
-    """The core stays free of aiohttp.web, channel adapters and the CLI."""
+    """The core (bot.tools too) stays free of aiohttp.web, channel adapters and the CLI."""
     bad = {
         name: sorted(i for i in imports if within(i, {"aiohttp.web", "channels", "bot.cli"}))
         for name, imports in MODULES.items()
@@ -105,7 +107,7 @@ def test_core_never_imports_web_channels_or_cli() -> None:
 @pytest.mark.parametrize("sdk", sorted(SDK_HOMES))
 def test_each_sdk_has_one_home(sdk: str) -> None:
     """openai is imported only in bot.llm (providers, transcription), twilio only in
-    channels.whatsapp, markdown_it only in channels.markdown."""
+    channels.whatsapp, markdown_it only in channels.markdown, mcp only in bot.tools.mcp."""
     users = {name for name, imports in MODULES.items() if any(within(i, {sdk}) for i in imports)}
     assert users <= SDK_HOMES[sdk]
 

@@ -1,6 +1,6 @@
 """`bot …` argument parsing, and `main`: which subcommand module runs (each body lives in
 the module named for it: serve, chat, admin, deadletters, usage, telegram, logs, doctor,
-config).
+tools, config).
 
 `main` imports a subcommand's module only when it runs: the gateway's parts (the openai SDK
 above all) take about two seconds to import, which `bot --help` and `bot config check` never
@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per row (tokens_in, tokens_out, cost)"
     )
 
+    tools = commands.add_parser("tools", help="the MCP servers of tools.mcp and their tools")
+    tools_commands = tools.add_subparsers(dest="tools_command", required=True, metavar="ACTION")
+    tools_commands.add_parser(
+        "list",
+        help="start each server, show its tools (allowed or not) and why one could not start; "
+        "exit 1 if one could not",
+    )
+
     config = commands.add_parser("config", help="inspect the gateway config")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_commands.add_parser("check", help="validate a config and print its model chain")
@@ -178,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.cli.deadletters import dead_letters
 
             return run_async(dead_letters(settings, args))
+        if args.command == "tools":
+            from bot.cli.tools import tools_list
+
+            # The servers' failures are printed by the command itself, with their stderr.
+            log = make_logger(level="error", stream=sys.stderr, secrets=settings.secrets())
+            return run_async(tools_list(config, log))
         if args.command == "usage":
             from bot.cli.usage import usage_report
 

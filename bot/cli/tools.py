@@ -1,0 +1,55 @@
+"""`bot tools list`: start each MCP server of `tools.mcp`, show its tools (allowed or not) and
+why a server could not start, then stop them all."""
+
+from __future__ import annotations
+
+from bot.cli.common import EXIT_FAILED, EXIT_OK
+from bot.config import Config
+from bot.logs import Logger
+from bot.tools import McpHub, ToolPolicy, tool_warnings
+
+START_WAIT = 45.0  # seconds for every server's first start (a cold `npx` takes a while)
+
+
+async def tools_list(config: Config, log: Logger) -> int:
+    """Print each server and its tools; 1 if a server could not start, else 0."""
+    tools = config.tools
+    if not tools.mcp:
+        print("no MCP servers configured (tools.mcp is empty): no tools are offered")
+        for warning in tool_warnings(tools):
+            print(f"warning: {warning}")
+        return EXIT_OK
+    hub = McpHub(tools.mcp, log, ready_wait=0, start_timeout=min(30.0, START_WAIT))
+    try:
+        await hub.start()
+        await hub.wait_tried(START_WAIT)
+        statuses = hub.statuses()
+    finally:
+        await hub.close()
+    policy = ToolPolicy(tools)
+    failed = False
+    for status in statuses:
+        where = tools.mcp[status.name].url or " ".join(
+            [tools.mcp[status.name].command or "", *tools.mcp[status.name].args]
+        )
+        if status.up:
+            print(f"{status.name} ({status.transport}: {where}): {len(status.tools)} tool(s)")
+        else:
+            failed = True
+            why = status.error or f"did not start within {START_WAIT:g} s"
+            print(f"{status.name} ({status.transport}: {where}): could not start: {why}")
+            for line in status.stderr.splitlines():
+                print(f"    stderr | {line}")
+        for tool in sorted(status.tools, key=lambda t: t.name):
+            if not policy.allowed(status.name, tool.name):
+                mark = "not allowed"
+            elif policy.admin_only(status.name, tool.name):
+                mark = "allowed, admins only"
+            else:
+                mark = "allowed"
+            about = tool.description.strip().splitlines()[0] if tool.description.strip() else ""
+            print(f"  {status.name}.{tool.name:<28} {mark:<21} {about[:70]}")
+    listed = {s.name: s.tools for s in statuses if s.up}
+    for warning in tool_warnings(tools, listed):
+        print(f"warning: {warning}")
+    return EXIT_FAILED if failed else EXIT_OK
