@@ -34,7 +34,7 @@ from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
 from bot.reads import Read, RoundTrip, fetch
-from bot.tools.loop import Journal, MemoryJournal, Toolbox, run_loop
+from bot.tools import Journal, MemoryJournal, Toolbox, run_loop
 from bot.usage import Call
 from bot.userturn import REPLY_FETCH_SECONDS, ReplyFetcher, quote_replies, user_text
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -25,6 +27,8 @@ from bot.llm.failover import FailoverClient
 from bot.llm.lmstudio import LMStudioModels
 from bot.llm.providers import OpenAIProvider
 from bot.llm.registry import ModelRegistry
+from bot.llm.toolsupport import REFUSED_KEY as TOOLS_REFUSED_KEY
+from bot.llm.toolsupport import ToolSupport
 from bot.llm.transcription import OpenAITranscriber
 from bot.llm.types import ModelRef
 from bot.logs import EventHub, Logger, RedisStreamSink
@@ -35,6 +39,7 @@ from bot.poller import Poller
 from bot.redisdb import RedisHandle, is_cluster, open_redis
 from bot.settings import Settings
 from bot.spool import SpillIntake, Spool, SpoolDrainer, SpooledIntake
+from bot.tools import McpToolbox, tool_warnings
 from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
@@ -42,6 +47,9 @@ from channels.base import Channel
 from channels.console import ConsoleChannel
 from channels.telegram import TelegramChannel, TelegramMediaFetcher
 from channels.whatsapp import TwilioMediaFetcher, WhatsAppChannel
+
+if TYPE_CHECKING:
+    from bot.tools.mcp import McpHub
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +75,7 @@ class App:
     telegram: TelegramChannel | None
     background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
     usage: RedisUsage  # tokens and cost per sender, model and conversation; daily budgets
+    tools: McpHub | None = None  # the MCP servers' sessions, when tools are configured here
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -145,6 +154,9 @@ class App:
     def warnings(self) -> list[str]:
         """Set-up problems an operator should see at every start."""
         found = [w for c in (self.whatsapp, self.telegram) if c for w in c.startup_warnings()]
+        if self.tools is not None:
+            listed = {s.name: s.tools for s in self.tools.statuses() if s.up}
+            found += tool_warnings(self.config.tools, listed)
         if self.webhook_channels and not self.settings.bot_public_url:
             found.append(
                 "BOT_PUBLIC_URL is not set: webhook signatures are checked against the "
@@ -155,11 +167,18 @@ class App:
 
 @contextlib.asynccontextmanager
 async def open_app(
-    settings: Settings, config: Config, log: Logger, hub: EventHub | None = None
+    settings: Settings,
+    config: Config,
+    log: Logger,
+    hub: EventHub | None = None,
+    *,
+    tools: bool = True,
 ) -> AsyncIterator[App]:
     """Connect Redis, build providers, channels and the agent; close everything on exit.
 
-    A channel is built when it is enabled and its credentials are in the environment.
+    A channel is built when it is enabled and its credentials are in the environment. With
+    `tools` (a process that runs turns) and `tools.mcp` configured, the MCP servers are
+    started for the life of the app.
     """
     metrics = Metrics()
     async with open_redis(
@@ -202,6 +221,13 @@ async def open_app(
             breaker=breaker,
             local=local,
             usage=usage,
+            tool_support=ToolSupport(note=tools_refused_note(redis.client)),
+        )
+        servers = start_tools(config, log) if tools and config.tools.mcp else None
+        toolbox = (
+            McpToolbox(servers, config.tools, log, include_content=config.logging.include_content)
+            if servers is not None
+            else None
         )
         spool = Spool(Path(settings.bot_data_dir) / "spool", log=log)
         media_config = config.agents.defaults.media
@@ -219,6 +245,8 @@ async def open_app(
         if telegram is not None:
             fetchers[telegram.name] = TelegramMediaFetcher(telegram)
         try:
+            if servers is not None:
+                await servers.start()
             defaults = config.agents.defaults
             memory = RedisMemory(redis.client, idle_days=config.session.idle_days)
             compactor = Compactor(memory=memory, llm=llm, config=defaults.compaction, log=log)
@@ -241,6 +269,7 @@ async def open_app(
                 log=log,
                 usage=usage,
                 daily_token_budget=config.session.daily_token_budget,
+                tools=toolbox,
             )
             agent = Agent(
                 redis=redis.client,
@@ -263,6 +292,8 @@ async def open_app(
                     usage=usage,
                 ),
                 replied={whatsapp.name: whatsapp} if whatsapp is not None else None,
+                toolbox=toolbox,
+                max_tool_steps=defaults.max_tool_steps,
             )
             yield App(
                 settings=settings,
@@ -284,8 +315,11 @@ async def open_app(
                 telegram=telegram,
                 background=(stream.task,) if stream.task is not None else (),
                 usage=usage,
+                tools=servers,
             )
         finally:
+            if servers is not None:
+                await servers.close()
             spool.close()
             if whatsapp is not None:
                 await whatsapp.close()
@@ -299,6 +333,24 @@ async def open_app(
                 await transcriber.close()
             for provider in providers.values():
                 await provider.close()
+
+
+def start_tools(config: Config, log: Logger) -> McpHub:
+    """The MCP servers' sessions (the SDK is imported only by a process that has tools)."""
+    from bot.tools.mcp import McpHub
+
+    return McpHub(config.tools.mcp, log)
+
+
+def tools_refused_note(redis: aioredis.Redis) -> Callable[[str, float], Awaitable[None]]:
+    """Keep in Redis, for `bot doctor`, that a model refused tools (for as long as it is sent
+    none); best-effort: a Redis that fails here changes nothing."""
+
+    async def note(model: str, seconds: float) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await redis.set(f"{TOOLS_REFUSED_KEY}{model}", "1", ex=max(1, int(seconds)))
+
+    return note
 
 
 def freeze_startup_heap() -> None:

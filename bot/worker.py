@@ -57,8 +57,7 @@ from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.scripts import Script
-from bot.tools.journal import JournalStep, RedisToolJournal, steps_in
-from bot.tools.loop import Journal
+from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
     GROUP,
     Sweeper,

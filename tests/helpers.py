@@ -74,8 +74,11 @@ def gateway_config_text(
     compaction: str = "",
     max_concurrent: int = 8,
     first_token: float | None = None,
+    defaults: str = "",
+    sections: str = "",
 ) -> str:
-    """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given."""
+    """A JSON5 config: `local/local-model` first, then `backup/backup-model` if given.
+    `defaults`: more `agents.defaults` keys; `sections`: more top-level sections (JSON5)."""
     fallbacks = '["backup/backup-model"]' if fallback_url else "[]"
     backup = (
         "backup: "
@@ -95,6 +98,7 @@ def gateway_config_text(
         leaseSeconds: {lease_seconds},
         maxConcurrent: {max_concurrent},
         compaction: {{ {compaction} }},
+        {defaults}
       }} }},
       models: {{ mode: "replace", providers: {{
         local: {
@@ -108,6 +112,7 @@ def gateway_config_text(
     },
         {backup}
       }} }},
+      {sections}
     }}"""
 
 

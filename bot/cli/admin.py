@@ -17,7 +17,7 @@ from bot.settings import Settings
 
 async def admin(settings: Settings, config: Config, log: Logger, args: argparse.Namespace) -> int:
     """`bot pairing list|approve CODE` and `bot model history`, against the gateway's Redis."""
-    async with open_app(settings, config, log) as app:
+    async with open_app(settings, config, log, tools=False) as app:
         if args.command == "model":
             for change in await app.choice.history(args.n):
                 when = datetime.fromtimestamp(change.ts).strftime("%Y-%m-%d %H:%M:%S")

@@ -66,7 +66,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     web_role, worker_role = role in ("all", "web"), role in ("all", "worker")
     try:
-        async with open_app(settings, config, log, hub) as app:
+        async with open_app(settings, config, log, hub, tools=worker_role) as app:
             if web_role and (problems := app.problems()):
                 for problem in problems:
                     log.error("setup_error", error=problem)

@@ -25,7 +25,7 @@ async def usage_report(
     except ValueError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    async with open_app(settings, config, log) as app:
+    async with open_app(settings, config, log, tools=False) as app:
         rows = await app.usage.report(by=args.by, days=days)
     if args.json:
         for row in rows:

@@ -19,35 +19,9 @@ from typing import Protocol
 from bot.llm.types import Completion, Preview, ToolCall, ToolChoice, ToolSpec, ToolStep
 from bot.logs import Logger
 from bot.tools.journal import JournalStep
+from bot.tools.types import Toolbox, ToolResult
 
 MEMORY_LINE_CHARS = 160  # one tool use as the turn's memory keeps it
-
-
-class RanTool(Protocol):
-    """What a tool call gave (bot.tools' ToolResult): the model's output, and a memory line."""
-
-    @property
-    def output(self) -> str: ...
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def summary(self) -> str: ...
-
-
-class ToolRunner(Protocol):
-    """What the loop needs of the tools (bot.tools' toolbox): run one call, never raising."""
-
-    async def run(self, call: ToolCall, *, admin: bool, conversation: str) -> RanTool: ...
-
-
-class Toolbox(ToolRunner, Protocol):
-    """The tools of a deployment as a turn sees them (bot.tools.McpToolbox)."""
-
-    def offered(self, *, admin: bool) -> list[ToolSpec]: ...
-
-    def describe(self, *, admin: bool) -> list[str]: ...
 
 
 class Journal(Protocol):
@@ -92,7 +66,7 @@ async def run_loop(
     ask: Ask,
     *,
     tools: Sequence[ToolSpec],
-    runner: ToolRunner,
+    runner: Toolbox,
     journal: Journal,
     max_steps: int,
     admin: bool,
@@ -126,8 +100,8 @@ async def run_loop(
 
 
 async def _run_all(
-    runner: ToolRunner, calls: Sequence[ToolCall], admin: bool, conversation: str
-) -> list[RanTool]:
+    runner: Toolbox, calls: Sequence[ToolCall], admin: bool, conversation: str
+) -> list[ToolResult]:
     """The step's calls, at once; each gives an output (a tool's own errors included)."""
     return list(
         await asyncio.gather(
