@@ -14,7 +14,7 @@ from bot.llm.reasoning import (
     visible_prefix,
     written_tool_calls,
 )
-from tests.helpers import RecordingPreview
+from tests.helpers import RecordingPreview, eventually
 
 
 def _message(*texts: str, phase: str | None = None) -> dict[str, Any]:
@@ -247,6 +247,16 @@ class TestVisiblePrefix:
         assert all(answer.startswith(text) for text in sink.texts)
         await feed.settle()
         assert sink.texts[-1] == answer.strip()
+
+    async def test_text_a_step_held_back_is_shown_soon_when_the_model_pauses(self) -> None:
+        """A model that pauses after a few words: what the step held back still reaches the
+        sink (within PREVIEW_LAG_SECONDS), with no later delta to carry it."""
+        sink = RecordingPreview()
+        feed = StreamPreview(sink, step_chars=PREVIEW_STEP_CHARS)
+        for cut in range(1, 15):
+            await feed.update("The first words"[:cut])
+        assert sink.texts == ["T"]
+        await eventually(lambda: sink.texts[-1] == "The first word", within=2)
 
     async def test_a_held_preview_never_shows_reasoning_without_its_opening_tag(self) -> None:
         """For a reasoning model (`hold`), reasoning whose opening tag was in the prompt is

@@ -24,6 +24,7 @@ PREVIEW_SECONDS = 2.0  # at most this long for one call into a sink (but `text`,
 # The final text is worked out again (all of it) only once the raw text grew by this much, or
 # while none is shown: a sink shows a few updates a second, so every delta would be waste.
 PREVIEW_STEP_CHARS = 32
+PREVIEW_LAG_SECONDS = 0.1  # text held back by the step is shown after this at the latest
 REASONING_END = "</think>"
 
 
@@ -51,6 +52,8 @@ class StreamPreview:
         self.shown = ""  # the final text the sink was last told
         self.thinking = False  # the sink was told the model is reasoning
         self.seen = 0  # the raw text's length when the final text was last worked out
+        self._timer: asyncio.TimerHandle | None = None  # shows what the step held back
+        self._late: set[asyncio.Task[None]] = set()
 
     async def update(self, raw: str) -> None:
         """The attempt's raw text so far: the sink sees its final text when that grew."""
@@ -61,8 +64,26 @@ class StreamPreview:
                 return
             self.hold = False
         if self.shown and 0 <= len(raw) - self.seen < self.step_chars:
+            if self._timer is None:  # a model that pauses here still shows what it wrote
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(PREVIEW_LAG_SECONDS, self._catch_up)
             return
         await self._show(raw)
+
+    def _catch_up(self) -> None:
+        """PREVIEW_LAG_SECONDS after a held-back delta: show the text if no later one did."""
+        self._timer = None
+        if self.seen != len(self.raw) and not self.hold:
+            task = asyncio.create_task(self._show(self.raw))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    def _stop_catching_up(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in self._late:
+            task.cancel()
 
     async def _show(self, raw: str) -> None:
         """Tell the sink the final text of `raw`, when that grew (or turned out void)."""
@@ -83,6 +104,7 @@ class StreamPreview:
 
     async def settle(self) -> None:
         """The attempt answered: show its final text as far as it was held back for speed."""
+        self._stop_catching_up()
         if self.seen != len(self.raw) and not self.hold:
             await self._show(self.raw)
 
@@ -99,6 +121,7 @@ class StreamPreview:
 
     async def void(self) -> None:
         """The attempt failed: whatever it showed is void."""
+        self._stop_catching_up()
         if self.shown or self.thinking:
             await self.sink.reset()
         self.shown, self.thinking, self.seen, self.raw = "", False, 0, ""
