@@ -27,8 +27,8 @@ from tests.helpers import Gateway, eventually, gateway_config_text, running_gate
 
 SECRET = "s3cret-Token_for-tests"
 UPDATE_IDS = itertools.count(1000)
-ANSWER = " ".join(f"word{n} &" if n % 7 == 0 else f"word{n} <b>" for n in range(40)) + " done."
-SLOW = 0.04  # seconds between streamed events: 40 words take about 1.6 s
+ANSWER = " ".join(f"word{n} &" if n % 7 == 0 else f"word{n} <b>" for n in range(24)) + " done."
+SLOW = 0.04  # seconds between streamed events: the answer takes about 2 s
 
 
 def gateway_for(

@@ -21,7 +21,6 @@ from tests.conftest import CapturedEvents
 from tests.fakes.mcp_server import SHIPPED, calls_in, http_server, stdio_block
 from tests.helpers import eventually
 
-pytestmark = pytest.mark.serial  # starts server processes and waits on their start-up
 
 FAILS_AT_ONCE = {
     "command": sys.executable,
