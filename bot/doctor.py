@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import ipaddress
 import json
 import socket
@@ -24,9 +25,12 @@ from bot.config import CATALOG_KEYS, Config, ProviderConfig, key_variable
 from bot.errors import StoreUnavailable
 from bot.llm.lmstudio import LocalModelState, NoNativeApi, ProviderStates, fetch_states
 from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
+from bot.llm.toolsupport import REFUSED_KEY as TOOLS_REFUSED_KEY
 from bot.llm.types import ModelRef
+from bot.logs import make_logger
 from bot.redisdb import cluster_info, connect, describe_url, open_redis
 from bot.settings import Settings
+from bot.tools import ToolPolicy, probe_servers, tool_warnings
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -60,13 +64,21 @@ def _fail(name: str, detail: str, fix: str | None = None) -> Check:
 
 
 async def diagnose(settings: Settings, config: Config, *, http_timeout: float = 5) -> list[Check]:
-    """Every check in report order: config, redis, models, whatsapp, telegram, public url."""
+    """Every check in report order: config, redis, models, tools, whatsapp, telegram, public
+    url."""
     registry = ModelRegistry(config)
     timeout = aiohttp.ClientTimeout(total=http_timeout)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        redis_check, model_checks, twilio_checks, telegram_checks = await asyncio.gather(
+        (
+            redis_check,
+            model_checks,
+            tool_checks,
+            twilio_checks,
+            telegram_checks,
+        ) = await asyncio.gather(
             check_redis(settings),
             check_models(registry, config, http, http_timeout),
+            check_tools(settings, config),
             check_twilio(settings, config, http, http_timeout),
             check_telegram(settings, config, http, http_timeout),
         )
@@ -74,6 +86,7 @@ async def diagnose(settings: Settings, config: Config, *, http_timeout: float = 
         check_config(registry, config),
         redis_check,
         *model_checks,
+        *tool_checks,
         *check_whatsapp(settings, config),
         *twilio_checks,
         *telegram_checks,
@@ -405,6 +418,75 @@ def _twilio_credential(settings: Settings) -> str:
     if settings.twilio_api_key_sid and settings.twilio_api_key_secret:
         return f"API key SK…{settings.twilio_api_key_sid[-4:]}"
     return "the auth token"
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+async def check_tools(settings: Settings, config: Config) -> list[Check]:
+    """Each MCP server started and listed (what it offers, how much of it is allowed, or why
+    it could not start), the allow lists' warnings, and the models that refused tools lately
+    (a gateway noted it in Redis; they are asked without tools meanwhile)."""
+    tools = config.tools
+    checks: list[Check] = []
+    if tools.mcp:
+        quiet = make_logger(level="error", stream=io.StringIO(), as_json=True)
+        statuses = await probe_servers(tools, quiet)
+        policy = ToolPolicy(tools)
+        for status in statuses:
+            name = f"tools {status.name}"
+            if not status.up:
+                tail = status.stderr.strip().splitlines()[-1:] if status.stderr else []
+                detail = f"could not start: {status.error or 'no answer'}"
+                detail += f" (stderr: {tail[0][:160]})" if tail else ""
+                checks.append(_fail(name, detail, "run `bot tools list` for the whole stderr"))
+                continue
+            allowed = sum(policy.allowed(status.name, t.name) for t in status.tools)
+            checks.append(
+                _ok(name, f"{status.transport}: {len(status.tools)} tool(s), {allowed} allowed")
+            )
+        listed = {s.name: s.tools for s in statuses if s.up}
+        checks += [_warn("tools", warning) for warning in tool_warnings(tools, listed)]
+    elif tools.allow:
+        checks += [_warn("tools", warning) for warning in tool_warnings(tools)]
+    checks += await _tools_refused(settings)
+    return checks
+
+
+async def _tools_refused(settings: Settings) -> list[Check]:
+    """Models a gateway noted as refusing tools (REDIS_URL only; never fails the report)."""
+    if settings.redis_url is None:
+        return []
+    try:
+        client = connect(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            socket_connect_timeout=REDIS_SECONDS,
+            socket_timeout=REDIS_SECONDS,
+        )
+    except (ValueError, RedisClusterException):
+        return []
+    try:
+        async with asyncio.timeout(REDIS_SECONDS + 1):
+            keys = [key async for key in client.scan_iter(match=f"{TOOLS_REFUSED_KEY}*")]
+    except (RedisError, OSError, TimeoutError):
+        return []
+    finally:
+        await client.aclose()
+    return [
+        _warn(
+            "tools",
+            f"{_text(key).removeprefix(TOOLS_REFUSED_KEY)} refused a request with tools: it is "
+            "asked without them for an hour",
+            "set `tools: false` on that model, or load it with a tool-calling template "
+            "(llama.cpp: --jinja)",
+        )
+        for key in sorted(keys)
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def check_twilio(

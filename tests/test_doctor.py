@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from bot.config import Config, parse_config
 from bot.doctor import Check, diagnose, render
 from bot.settings import Settings
 from tests.fakes.lmstudio_server import FakeLMStudio
+from tests.fakes.mcp_server import stdio_block
 from tests.fakes.openai_server import FakeOpenAI, closed_port
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.twilio_server import FakeTwilio, TwilioReply, method_not_allowed, new_api_key
@@ -589,3 +592,28 @@ async def test_chain_without_any_key_fails(tmp_path: Path, redis_url: str) -> No
     assert extra.status == "warn"
     assert extra.detail == "OPENAI_API_KEY is not set: this model cannot be used"
     assert render(checks, io.StringIO(), color=False) == 1
+
+
+async def test_tools_servers_allow_lists_and_models_that_refused_tools_are_reported(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, lmstudio: FakeOpenAI
+) -> None:
+    """A working MCP server (its tools and how many are allowed), one that cannot start (with
+    its stderr), an allowed tool no server offers, and a model a gateway noted as refusing
+    tools: each is one line that says what to do."""
+    broken = {"command": sys.executable, "args": ["-c", "import sys; sys.exit('no such db')"]}
+    tools = {
+        "mcp": {"orders": stdio_block(), "broken": broken},
+        "allow": ["orders.lookup_order", "orders.track_parcel"],
+    }
+    await redis_client.set("llm:tools-refused:local/local-model", "1", ex=60)
+    cfg = config(lmstudio.base_url, sections=f"tools: {json.dumps(tools)},")
+    checks = named(await diagnose(settings(tmp_path, redis_url), cfg), "tools")
+    by_name = {c.name: c for c in checks if c.name != "tools"}
+    assert by_name["tools orders"].status == "ok"
+    assert "2 allowed" not in by_name["tools orders"].detail
+    assert "1 allowed" in by_name["tools orders"].detail
+    assert by_name["tools broken"].status == "fail"
+    assert "no such db" in by_name["tools broken"].detail
+    warnings = [c.detail for c in checks if c.name == "tools"]
+    assert any("track_parcel" in w for w in warnings)
+    assert any("local/local-model refused a request with tools" in w for w in warnings)

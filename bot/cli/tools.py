@@ -6,9 +6,7 @@ from __future__ import annotations
 from bot.cli.common import EXIT_FAILED, EXIT_OK
 from bot.config import Config
 from bot.logs import Logger
-from bot.tools import McpHub, ToolPolicy, tool_warnings
-
-START_WAIT = 45.0  # seconds for every server's first start (a cold `npx` takes a while)
+from bot.tools import START_WAIT, ToolPolicy, probe_servers, tool_warnings
 
 
 async def tools_list(config: Config, log: Logger) -> int:
@@ -19,13 +17,7 @@ async def tools_list(config: Config, log: Logger) -> int:
         for warning in tool_warnings(tools):
             print(f"warning: {warning}")
         return EXIT_OK
-    hub = McpHub(tools.mcp, log, ready_wait=0, start_timeout=min(30.0, START_WAIT))
-    try:
-        await hub.start()
-        await hub.wait_tried(START_WAIT)
-        statuses = hub.statuses()
-    finally:
-        await hub.close()
+    statuses = await probe_servers(tools, log)
     policy = ToolPolicy(tools)
     failed = False
     for status in statuses:

@@ -10,6 +10,8 @@ deployment without tools never pays."""
 
 from typing import TYPE_CHECKING, Any
 
+from bot.config import ToolsConfig
+from bot.logs import Logger
 from bot.tools.journal import JournalStep, RedisToolJournal, steps_in
 from bot.tools.loop import Journal, LoopResult, MemoryJournal, run_loop
 from bot.tools.policy import ToolPolicy, function_names, tool_warnings
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from bot.tools.mcp import McpHub
 
 
+START_WAIT = 45.0  # seconds for every server's first start (a cold `npx` takes a while)
+
+
 def __getattr__(name: str) -> Any:
     """`McpHub` on first use (the MCP SDK is imported then)."""
     if name == "McpHub":
@@ -39,7 +44,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bot.tools' has no attribute {name!r}")
 
 
+async def probe_servers(
+    tools: ToolsConfig, log: Logger, *, wait: float = START_WAIT
+) -> list[ServerStatus]:
+    """Start every configured MCP server, list its tools, stop them all: what each server
+    offers, or why it could not start (`bot tools list`, `bot doctor`)."""
+    from bot.tools.mcp import McpHub
+
+    hub = McpHub(tools.mcp, log, ready_wait=0, start_timeout=min(30.0, wait))
+    try:
+        await hub.start()
+        await hub.wait_tried(wait)
+        return hub.statuses()
+    finally:
+        await hub.close()
+
+
 __all__ = [
+    "START_WAIT",
     "CallOutcome",
     "Journal",
     "JournalStep",
@@ -58,6 +80,7 @@ __all__ = [
     "Toolbox",
     "frame",
     "function_names",
+    "probe_servers",
     "run_loop",
     "steps_in",
     "strip_control_tokens",
