@@ -18,9 +18,8 @@ import pytest
 from bot.config import parse_config
 from bot.tools import McpHub, ToolUnavailable
 from tests.conftest import CapturedEvents
-from tests.fakes.mcp_server import SHIPPED, calls_in, http_server, stdio_block
+from tests.fakes.mcp_server import ROOT, SHIPPED, calls_in, http_server, stdio_block
 from tests.helpers import eventually
-
 
 FAILS_AT_ONCE = {
     "command": sys.executable,
@@ -213,3 +212,16 @@ async def test_stdio_env_and_http_headers_reach_the_server(events: CapturedEvent
             await hub.close()
     assert greeting.text == "hello from env"
     assert auth.text == "Bearer s3cret-token"
+
+
+async def test_the_readmes_example_server_works_as_written(events: CapturedEvents) -> None:
+    """docs/examples/orders_mcp.py, the README's worked example, starts over stdio, lists its
+    two tools and answers a lookup."""
+    example = {"command": sys.executable, "args": ["docs/examples/orders_mcp.py"], "cwd": str(ROOT)}
+    async with running({"orders": example}, events.log) as hub:
+        await hub.wait_tried(30)
+        [status] = hub.statuses()
+        assert status.up, status.error
+        assert {t.name for t in status.tools} == {"lookup_order", "refund"}
+        outcome = await hub.call("orders", "lookup_order", {"order_id": "a17"}, timeout=10)
+    assert outcome.text == "shipped, arrives Tuesday"

@@ -17,7 +17,6 @@ from bot.tools import McpHub, McpToolbox, ToolResult
 from tests.conftest import CapturedEvents
 from tests.fakes.mcp_server import SHIPPED, calls_in, stdio_block
 
-
 ALLOW = ["orders.lookup_order", "orders.refund", "orders.hang", "orders.fail", "orders.inject"]
 ALLOW += ["orders.big", "orders.greeting", "orders.crash"]
 
