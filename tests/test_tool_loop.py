@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.config import parse_config
+from bot.llm.failover import FailoverClient
+from bot.llm.providers import OpenAIProvider
+from bot.llm.registry import ModelRegistry
 from bot.llm.types import ToolCall, ToolSpec, ToolStep
 from bot.messages import Turn
 from tests.conftest import CapturedEvents
@@ -75,3 +79,34 @@ async def test_a_fallback_gets_the_steps_so_far_in_its_own_apis_shape(
     assert (call["name"], call["arguments"]) == (LOOKUP.name, '{"order_id": "A17"}')
     assert (output["call_id"], output["output"]) == (call["call_id"], "shipped, arrives Tuesday")
     assert request.tool_names == [LOOKUP.name]
+
+
+async def test_a_model_with_tools_false_is_offered_none_and_reads_the_steps_as_text(
+    primary: FakeOpenAI, events: CapturedEvents
+) -> None:
+    """A model entry with `tools: false` gets no `tools` in its request, and the turn's steps
+    so far as text it can read (never as call items its server might refuse)."""
+    text = f"""{{
+      agents: {{ defaults: {{ model: "local/local-model" }} }},
+      models: {{ mode: "replace", providers: {{ local: {{
+        baseUrl: "{primary.base_url}", apiKey: "lm-studio", api: "openai-responses",
+        models: [{{ id: "local-model", tools: false }}],
+      }} }} }},
+    }}"""
+    config = parse_config(text, source="bot.json5", env={})
+    providers = {pid: OpenAIProvider(pid, pc) for pid, pc in config.providers().items()}
+    client = FailoverClient(registry=ModelRegistry(config), providers=providers, log=events.log)
+    try:
+        answer = await client.complete(
+            instructions="be brief", turns=HELLO, tools=[LOOKUP], steps=[STEP]
+        )
+    finally:
+        await client.close()
+        for provider in providers.values():
+            await provider.close()
+    assert answer.text == "from primary"
+    [request] = primary.requests
+    body = request.json or {}
+    assert "tools" not in body
+    assert not any(item.get("type") == "function_call" for item in body["input"])
+    assert "shipped, arrives Tuesday" in request.prompt

@@ -143,7 +143,7 @@ async def test_only_allowed_tools_are_offered_and_admin_only_ones_only_to_admins
 ) -> None:  # fmt: skip
     """allow names lookup_order and refund, adminOnly refund: a person is offered lookup
     only (and a call of refund anyway is refused, never run), an admin both; `hang`, not
-    allowed, is offered to nobody."""
+    allowed, is offered to nobody; `/tools` lists to each what their turns may use."""
     text = config_text(
         model, calls, allow=["orders.lookup_order", "orders.refund"], adminOnly=["orders.refund"]
     )
@@ -154,6 +154,12 @@ async def test_only_allowed_tools_are_offered_and_admin_only_ones_only_to_admins
         await eventually(lambda: len(replies_to(twilio, PERSON)) == 1)
         await ask(gw, twilio, "what can you do?", sender=ADMIN)
         await eventually(lambda: len(replies_to(twilio, ADMIN)) == 1)
+        await ask(gw, twilio, "/tools")
+        await ask(gw, twilio, "/tools", sender=ADMIN)
+        await eventually(lambda: len(replies_to(twilio, PERSON) + replies_to(twilio, ADMIN)) == 4)
+    assert "orders.refund" not in replies_to(twilio, PERSON)[1]
+    assert "orders.lookup_order — Look up an order by its id" in replies_to(twilio, PERSON)[1]
+    assert "orders.refund — Refund an order" in replies_to(twilio, ADMIN)[1]
     person, person_again, admin = model.requests_to("/responses")
     assert person.tool_names == [LOOKUP]
     assert admin.tool_names == [LOOKUP, "orders__refund"]
