@@ -711,19 +711,11 @@ def main() -> None:
               cluster=args.cluster, max_inflight=args.max_inflight)
         for n in args.procs.split(",") if n.strip()
     )  # fmt: skip
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-"))
-    try:
+    with bench.workdir("switchboard-pipeline-", keep=args.keep or args.profile) as workdir:
         bench.run(
             run(rates, args.seconds, args.model_ms, args.wait, workdir, args.profile, args.repeat,
                 shapes, not args.no_relay)
         )  # fmt: skip
-    finally:
-        if args.keep or args.profile:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

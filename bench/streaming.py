@@ -22,11 +22,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,7 +46,7 @@ from bench.pipeline import (
     stop,
     wait_ready,
 )
-from bot.redisdb import EmbeddedRedis, connect
+from bot.redisdb import connect
 from tests.fakes.openai_server import FakeOpenAI, Reply, Streamed
 from tests.fakes.telegram_server import FakeTelegram, private_text_update
 from tests.helpers import provider_block
@@ -101,15 +98,9 @@ def gateway_env(
     """The environment of a `bot serve` pointed at the fakes (its config written beside)."""
     path = workdir / f"bot-{streaming}.json5"
     path.write_text(config_text(model.base_url, streaming, max(64, chats), interval_ms))
+    data_dir = workdir / f"var-{streaming}"
     return {
-        "PATH": os.environ["PATH"],
-        "HOME": str(workdir),
-        "BOT_CONFIG": str(path),
-        "BOT_PORT": str(port),
-        "BOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "BOT_DATA_DIR": str(workdir / f"var-{streaming}"),
-        "REDIS_URL": redis_url,
-        "REDIS_CLUSTER": os.environ.get("REDIS_CLUSTER", ""),
+        **bench.serve_env(workdir, config=path, port=port, data_dir=data_dir, redis_url=redis_url),
         "TELEGRAM_BOT_TOKEN": telegram.token,
         "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "TELEGRAM_API_BASE_URL": telegram.base_url,
@@ -364,23 +355,15 @@ def print_checks(draft: RunResult, off: RunResult) -> dict[str, bool]:
 
 
 async def run(chats: int, workdir: Path, *, profile: bool = False, interval_ms: int = 500) -> None:
-    redis_url = os.environ.get("REDIS_URL")
-    embedded = None
-    if not redis_url:
-        embedded = EmbeddedRedis(workdir)
-        await embedded.start()
-        redis_url = embedded.url
-    cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
-    redis = connect(redis_url, cluster=cluster, decode_responses=False, socket_timeout=10)
-    try:
-        draft = await run_once(
-            "draft", chats, redis, redis_url, workdir, profile=profile, interval_ms=interval_ms
-        )
-        off = await run_once("off", chats, redis, redis_url, workdir, profile=profile)
-    finally:
-        await redis.aclose()
-        if embedded is not None:
-            await embedded.stop()
+    async with bench.redis_url(workdir) as url:
+        redis = connect(url, cluster=bench.is_cluster(), decode_responses=False, socket_timeout=10)
+        try:
+            draft = await run_once(
+                "draft", chats, redis, url, workdir, profile=profile, interval_ms=interval_ms
+            )
+            off = await run_once("off", chats, redis, url, workdir, profile=profile)
+        finally:
+            await redis.aclose()
     print_table(draft, off)
     print_checks(draft, off)
 
@@ -396,16 +379,8 @@ def main() -> None:
         "--profile", action="store_true", help="py-spy each gateway; print where its time went"
     )
     args = parser.parse_args()
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="switchboard-streaming-"))
-    try:
+    with bench.workdir("switchboard-streaming-", keep=args.keep) as workdir:
         bench.run(run(args.chats, workdir, profile=args.profile, interval_ms=args.interval))
-    finally:
-        if args.keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
 from bot.config import CATALOG_KEYS, Config, ProviderConfig, key_variable
@@ -129,12 +130,7 @@ async def check_redis(settings: Settings) -> Check:
     if settings.redis_cluster:
         where, fix = f"Redis Cluster via {where}", f"{fix}, or unset REDIS_CLUSTER"
     try:
-        client = connect(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
-            socket_connect_timeout=REDIS_SECONDS,
-            socket_timeout=REDIS_SECONDS,
-        )
+        client = _client(settings.redis_url, cluster=settings.redis_cluster)
     except (ValueError, RedisClusterException):
         return _fail("redis", "REDIS_URL is not a Redis URL", fix)
     try:
@@ -153,6 +149,13 @@ async def check_redis(settings: Settings) -> Check:
             )
         return _ok("redis", f"{where}: {size} primaries answer PING, cluster_state ok")
     return _ok("redis", f"{where} answers PING")
+
+
+def _client(url: str, *, cluster: bool) -> aioredis.Redis:
+    """A client of REDIS_URL that gives up after REDIS_SECONDS (ValueError: not a URL)."""
+    return connect(
+        url, cluster=cluster, socket_connect_timeout=REDIS_SECONDS, socket_timeout=REDIS_SECONDS
+    )
 
 
 async def _check_embedded_redis(settings: Settings) -> Check:
@@ -458,12 +461,7 @@ async def _tools_refused(settings: Settings) -> list[Check]:
     if settings.redis_url is None:
         return []
     try:
-        client = connect(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
-            socket_connect_timeout=REDIS_SECONDS,
-            socket_timeout=REDIS_SECONDS,
-        )
+        client = _client(settings.redis_url, cluster=settings.redis_cluster)
     except (ValueError, RedisClusterException):
         return []
     try:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from bot.logs import Logger, make_logger
 from bot.redisdb import connect, find_redis_server
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.twilio_server import FakeTwilio
 from tests.helpers import cluster_available, redis_cluster
@@ -166,6 +166,20 @@ async def model() -> AsyncIterator[FakeOpenAI]:
     """A fake model server with one model, `local-model`, answering its default reply (a
     module whose tests need another answer defines its own `model`)."""
     async with FakeOpenAI(models=["local-model"]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[FakeOpenAI]:
+    """A chain's first model (`local-model`), answering "from primary" (failover tests)."""
+    async with FakeOpenAI(models=["local-model"], default=Reply(text="from primary")) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def backup() -> AsyncIterator[FakeOpenAI]:
+    """A chain's fallback (`backup-model`), answering "from backup" (failover tests)."""
+    async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
         yield fake
 
 

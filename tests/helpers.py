@@ -36,9 +36,11 @@ from bot.redisdb import answers, find_redis_server
 from bot.settings import Settings
 from bot.worker import Worker
 from tests.fakes.openai_server import FakeOpenAI, closed_port
+from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.twilio_server import FakeTwilio
 
 TWILIO_FROM = "whatsapp:+14155238886"  # the sandbox number the tests' gateways send from
+TELEGRAM_SECRET = "s3cret-Token_for-tests"  # TELEGRAM_WEBHOOK_SECRET of the tests' gateways
 
 
 def provider_block(
@@ -267,6 +269,28 @@ async def running_gateway(
             finally:
                 stop.set()
                 await asyncio.gather(*tasks)
+
+
+def telegram_gateway(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path, log: Logger,
+    *, channel: str = "", poller: bool = False, config_text: str | None = None,
+    secret: str = TELEGRAM_SECRET,
+) -> contextlib.AbstractAsyncContextManager[Gateway]:  # fmt: skip
+    """A gateway on the fake Bot API, Telegram open to everyone (`channel`: more of its
+    config), webhooks checked against `secret`."""
+    return running_gateway(
+        model_url=model.base_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        log=log,
+        channels=f'telegram: {{ dmPolicy: "open", {channel} }}',
+        poller=poller,
+        config_text=config_text,
+        bot_public_url="https://bot.example.com",
+        telegram_bot_token=telegram.token,
+        telegram_webhook_secret=secret,
+        telegram_api_base_url=telegram.base_url,
+    )
 
 
 @dataclass

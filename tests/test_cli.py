@@ -493,6 +493,18 @@ class Terminal:
     def type(self, keys: str) -> None:
         os.write(self._master, keys.encode())
 
+    async def say(self, line: str, *args: str, env: dict[str, str], cwd: Path) -> int:
+        """Start `bot chat ARGS`, type `line` at its prompt, wait for the next prompt, then end
+        it; its exit code."""
+        await self.start("chat", *args, env=env, cwd=cwd)
+        try:
+            await eventually(lambda: "you> " in self.text)
+            self.type(f"{line}\n")
+            await eventually(lambda: self.text.count("you> ") == 2)
+        finally:
+            code = await self.close()
+        return code
+
     async def close(self) -> int:
         """End the input (Ctrl-D), wait for the process to end (killing it after 30 s); its
         exit code."""
@@ -573,13 +585,7 @@ async def test_chat_on_a_terminal_erases_a_dead_models_words_before_the_fallback
         config = write_config(tmp_path, text)
         terminal = Terminal()
         env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
-        await terminal.start("chat", env=env, cwd=tmp_path)
-        try:
-            await eventually(lambda: "you> " in terminal.text)
-            terminal.type("hello\n")
-            await eventually(lambda: terminal.text.count("you> ") == 2)
-        finally:
-            code = await terminal.close()
+        code = await terminal.say("hello", env=env, cwd=tmp_path)
     assert code == 0, terminal.text
     raw = terminal.output.decode()
     first_words = " ".join(dead.split()[:4])
@@ -605,13 +611,7 @@ async def test_chat_on_a_terminal_renders_a_markdown_answer(
     config = write_config(tmp_path, gateway_config_text(fake.base_url))
     terminal = Terminal()
     env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
-    await terminal.start("chat", "--user", "ada", env=env, cwd=tmp_path)
-    try:
-        await eventually(lambda: "you> " in terminal.text)
-        terminal.type("status?\n")
-        await eventually(lambda: terminal.text.count("you> ") == 2)
-    finally:
-        code = await terminal.close()
+    code = await terminal.say("status?", "--user", "ada", env=env, cwd=tmp_path)
     assert code == 0, terminal.text
     lines = terminal.screen.splitlines()
     answer = [line.strip() for line in lines[lines.index("you> status?") + 1 :] if line.strip()]

@@ -38,18 +38,6 @@ PRIMARY, BACKUP = "local/local-model", "backup/backup-model"
 
 
 @pytest.fixture
-async def primary() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"], default=Reply(text="from primary")) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
-        yield fake
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock()
 

@@ -29,18 +29,6 @@ APIS = ["openai-responses", "openai-completions"]
 ANSWER = "The answer, 3 < 4 and <b>forty-two</b>, is written word by word."
 
 
-@pytest.fixture
-async def primary() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"], default=Reply(text="from primary")) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
-        yield fake
-
-
 @pytest.mark.parametrize("api", APIS)
 async def test_previews_are_prefixes_of_the_final_text_and_never_reasoning(
     primary: FakeOpenAI, backup: FakeOpenAI, events: CapturedEvents, api: str

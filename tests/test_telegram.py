@@ -28,9 +28,9 @@ from tests.fakes.telegram_server import (
     private_text_update,
     too_many_requests,
 )
-from tests.helpers import Gateway, eventually, run_bot, running_gateway
+from tests.helpers import TELEGRAM_SECRET, Gateway, eventually, run_bot, telegram_gateway
 
-SECRET = "s3cret-Token_for-tests"
+SECRET = TELEGRAM_SECRET
 UPDATE_IDS = itertools.count(1)
 
 
@@ -47,30 +47,12 @@ def group(**fields: Any) -> dict[str, Any]:
 HOOK = "/webhooks/telegram"
 
 
-def gateway_for(
-    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
-    events: CapturedEvents, *, channel: str = "", poller: bool = False,
-):  # type: ignore[no-untyped-def]  # fmt: skip
-    return running_gateway(
-        model_url=model.base_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        log=events.log,
-        channels=f'telegram: {{ dmPolicy: "open", {channel} }}',
-        poller=poller,
-        bot_public_url="https://bot.example.com",
-        telegram_bot_token=telegram.token,
-        telegram_webhook_secret=SECRET,
-        telegram_api_base_url=telegram.base_url,
-    )
-
-
 @pytest.fixture
 async def gateway(
     telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, redis_client: aioredis.Redis,
     tmp_path: Path, events: CapturedEvents,
 ) -> AsyncIterator[Gateway]:  # fmt: skip
-    async with gateway_for(telegram, model, redis_url, tmp_path, events) as gw:
+    async with telegram_gateway(telegram, model, redis_url, tmp_path, events.log) as gw:
         yield gw
 
 
@@ -196,8 +178,8 @@ async def test_require_mention_false_answers_every_group_message(
     tmp_path: Path, events: CapturedEvents,
 ) -> None:  # fmt: skip
     """With requireMention: false every group message is answered, one conversation per group."""
-    async with gateway_for(
-        telegram, model, redis_url, tmp_path, events, channel="requireMention: false"
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel="requireMention: false"
     ) as gw:
         await post(gw, group(chat_id=-100777, user_id=1, text="first"))
         await eventually(lambda: len(telegram.sent) == 1)
@@ -217,16 +199,16 @@ async def test_polling_works_without_a_webhook_and_the_offset_survives_a_restart
     telegram.webhook = {"url": "https://old.example.com/hook"}
     telegram.push_update(private_text_update(chat_id=9, text="first", update_id=100))
     channel = 'mode: "polling"'
-    async with gateway_for(
-        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel=channel, poller=True
     ) as gw:
         await eventually(lambda: len(telegram.sent) == 1)
         assert telegram.webhook is None
         assert (await gw.http.post(HOOK, json={})).status == 404  # no webhook route in polling
     assert await redis_client.get("poller:{telegram}:offset") == "101"
     telegram.push_update(private_text_update(chat_id=9, text="second", update_id=101))
-    async with gateway_for(
-        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel=channel, poller=True
     ):
         await eventually(lambda: len(telegram.sent) == 2)
     contents = [r.turn_texts[-1] for r in model.requests_to("/responses") if r.json]
@@ -241,8 +223,12 @@ async def test_two_pollers_never_poll_at_once(
     """Two processes in polling mode: one holds the lease, so Telegram never sees a conflict."""
     channel = 'mode: "polling"'
     async with (
-        gateway_for(telegram, model, redis_url, tmp_path, events, channel=channel, poller=True),
-        gateway_for(telegram, model, redis_url, tmp_path, events, channel=channel, poller=True),
+        telegram_gateway(
+            telegram, model, redis_url, tmp_path, events.log, channel=channel, poller=True
+        ),
+        telegram_gateway(
+            telegram, model, redis_url, tmp_path, events.log, channel=channel, poller=True
+        ),
     ):
         telegram.push_update(private_text_update(text="one"))
         await eventually(lambda: len(telegram.sent) == 1)
@@ -361,8 +347,8 @@ async def test_a_malformed_polled_update_is_skipped_and_the_next_answered(
     telegram.push_update(bad)
     telegram.push_update(private_text_update(chat_id=9, text="good", update_id=301))
     channel = 'mode: "polling"'
-    async with gateway_for(
-        telegram, model, redis_url, tmp_path, events, channel=channel, poller=True
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel=channel, poller=True
     ):
         await eventually(lambda: len(telegram.sent) == 1)
         assert await redis_client.get("poller:{telegram}:offset") == "302"

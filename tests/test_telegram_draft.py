@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +22,17 @@ from tests.fakes.telegram_server import (
     private_text_update,
     too_many_requests,
 )
-from tests.helpers import Gateway, eventually, gateway_config_text, running_gateway
+from tests.helpers import (
+    TELEGRAM_SECRET,
+    Gateway,
+    eventually,
+    gateway_config_text,
+    telegram_gateway,
+)
 
-SECRET = "s3cret-Token_for-tests"
 UPDATE_IDS = itertools.count(1000)
 ANSWER = " ".join(f"word{n} &" if n % 7 == 0 else f"word{n} <b>" for n in range(24)) + " done."
 SLOW = 0.04  # seconds between streamed events: the answer takes about 2 s
-
-
-def gateway_for(
-    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
-    events: CapturedEvents, *, channel: str = "", config_text: str | None = None,
-) -> AbstractAsyncContextManager[Gateway]:  # fmt: skip
-    return running_gateway(
-        model_url=model.base_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        log=events.log,
-        channels=f'telegram: {{ dmPolicy: "open", {channel} }}',
-        config_text=config_text,
-        bot_public_url="https://bot.example.com",
-        telegram_bot_token=telegram.token,
-        telegram_webhook_secret=SECRET,
-        telegram_api_base_url=telegram.base_url,
-    )
 
 
 @pytest.fixture
@@ -54,12 +40,12 @@ async def gateway(
     telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
     events: CapturedEvents,
 ) -> AsyncIterator[Gateway]:  # fmt: skip
-    async with gateway_for(telegram, model, redis_url, tmp_path, events) as gw:
+    async with telegram_gateway(telegram, model, redis_url, tmp_path, events.log) as gw:
         yield gw
 
 
 async def post(gw: Gateway, update: dict[str, Any]) -> None:
-    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET}
     response = await gw.http.post("/webhooks/telegram", json=update, headers=headers)
     assert response.status == 200
 
@@ -134,8 +120,8 @@ async def test_streaming_off_shows_typing_only(
 ) -> None:  # fmt: skip
     """`streaming: "off"`: a private chat gets typing and the one message, no drafts."""
     model.script(Reply(text=ANSWER, token_delay=SLOW / 4))
-    async with gateway_for(
-        telegram, model, redis_url, tmp_path, events, channel='streaming: "off"'
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel='streaming: "off"'
     ) as gw:
         await post(gw, dm(44))
         await eventually(lambda: len(telegram.sent) == 1)
@@ -181,7 +167,7 @@ async def test_a_server_without_drafts_gets_one_failed_try_per_process(
     model.default = Reply(text=ANSWER, reasoning=None, token_delay=SLOW / 4)
     async with (
         FakeTelegram(drafts=False) as old,
-        gateway_for(old, model, redis_url, tmp_path, events) as gw,
+        telegram_gateway(old, model, redis_url, tmp_path, events.log) as gw,
     ):
         await asyncio.gather(*(post(gw, dm(chat)) for chat in (51, 52, 53)))
         await eventually(lambda: len(old.sent) == 3)
@@ -205,8 +191,8 @@ async def test_a_mid_stream_failover_shows_the_fallbacks_text_alone(
         text = gateway_config_text(
             model.base_url, backup.base_url, provider_timeout=1, fallback_api="openai-responses"
         )
-        async with gateway_for(
-            telegram, model, redis_url, tmp_path, events, config_text=text
+        async with telegram_gateway(
+            telegram, model, redis_url, tmp_path, events.log, config_text=text
         ) as gw:
             await post(gw, dm(47))
             await eventually(lambda: len(telegram.sent) == 1)

@@ -4,8 +4,6 @@ own API's shape."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from bot.config import parse_config
@@ -28,18 +26,6 @@ STEP = ToolStep(
     calls=(ToolCall(id="call_1", name="orders__lookup_order", arguments='{"order_id": "A17"}'),),
     outputs=("shipped, arrives Tuesday",),
 )
-
-
-@pytest.fixture
-async def primary() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["local-model"], default=Reply(text="from primary")) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def backup() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI(models=["backup-model"], default=Reply(text="from backup")) as fake:
-        yield fake
 
 
 @pytest.mark.parametrize("api", ["openai-responses", "openai-completions"])

@@ -31,7 +31,7 @@ from tests.helpers import (
     running_gateway,
     whatsapp_env,
 )
-from tests.test_worker import start_serve_worker, workers_ready
+from tests.test_worker import start_serve_worker, stop_workers, workers_ready
 
 PUBLIC = "https://bot.example.com"
 PERSON = "whatsapp:+15551234567"
@@ -275,10 +275,7 @@ async def test_a_worker_killed_after_its_tool_ran_leaves_one_reply_and_one_tool_
             await eventually(lambda: len(replies_to(twilio, PERSON)) == 1, within=30)
             await asyncio.sleep(1.5)  # a lease period more: a late duplicate would show here
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(proc.wait() for proc in procs))
+        await stop_workers(procs)
     assert replies_to(twilio, PERSON) == ["Your order A17 is shipped, arrives Tuesday."]
     assert calls_in(calls) == ["lookup_order A17"]
     assert victim.returncode == -signal.SIGKILL

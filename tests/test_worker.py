@@ -314,6 +314,14 @@ async def start_serve_worker(env: dict[str, str], log: Path) -> asyncio.subproce
         )  # fmt: skip
 
 
+async def stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
+    """SIGTERM every worker process still running (they drain, then exit); wait for all."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*(proc.wait() for proc in procs))
+
+
 @pytest.mark.parametrize(
     "delay", [lambda: 0.0, lambda: random.uniform(0.01, 0.05)], ids=["instant", "10-50ms"]
 )
@@ -364,10 +372,7 @@ async def test_three_worker_processes_survive_a_sigkill(
                 await eventually(lambda: covered() >= 500, within=60)
                 await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
         finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-            await asyncio.gather(*(proc.wait() for proc in procs))
+            await stop_workers(procs)
 
     seen: dict[str, list[str]] = defaultdict(list)
     for sent in twilio.messages:
@@ -452,10 +457,7 @@ async def test_a_worker_killed_mid_stream_leaves_one_final_message_per_turn(
             await posting
             await asyncio.sleep(1.5)  # a lease period more: late duplicates would show here
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(proc.wait() for proc in procs))
+        await stop_workers(procs)
 
     wrong = {chat: said(chat) for chat in chats if said(chat) != [f"{chat}#{m}" for m in range(3)]}
     assert not wrong
