@@ -205,3 +205,28 @@ async def test_a_mid_stream_failover_shows_the_fallbacks_text_alone(
     assert all(sent["visible"].startswith(text) for text in after)
     assert len({d["draft_id"] for d in telegram.drafts}) == 1
     assert all(d["at"] < sent["at"] for d in telegram.drafts)
+
+
+async def test_a_reply_longer_than_one_message_previews_the_part_being_written(
+    telegram: FakeTelegram, model: FakeOpenAI, redis_url: str, tmp_path: Path,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """textChunkLimit 80 and a 240-character answer: each draft shows the message being
+    written (within the limit, the start of one of the messages sent), and the reply goes
+    out as its messages, once."""
+    paragraphs = [f"Paragraph {n}: " + "some words here " * 4 for n in range(4)]
+    answer = "\n\n".join(paragraphs)
+    model.script(Reply(text=answer, reasoning=None, token_delay=SLOW / 2))
+    async with telegram_gateway(
+        telegram, model, redis_url, tmp_path, events.log, channel="textChunkLimit: 80"
+    ) as gw:
+        await post(gw, dm(48))
+        await eventually(
+            lambda: " ".join(s["visible"] for s in telegram.sent).count("Paragraph") == 4
+        )
+    sent = [s["visible"] for s in telegram.sent]
+    assert len(sent) >= 3
+    drafts = [d["visible"] for d in telegram.drafts if d["visible"]]
+    assert all(len(d) <= 80 for d in drafts)
+    assert all(any(message.startswith(d) for message in sent) for d in drafts)
+    assert any(not sent[0].startswith(d) for d in drafts)  # a later message was previewed too
