@@ -8,6 +8,8 @@ import contextlib
 import io
 import json
 import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,9 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import test_utils, web
 
 from bot.app import App, open_app
+from bot.cli.common import EXIT_CONFIG
 from bot.config import parse_config
 from bot.console import ConsoleSetupError, ProcessBeacon, console_token, processes, sign_in_url
 from bot.console.auth import TOKEN_KEY
@@ -27,7 +31,15 @@ from bot.logs import EventHub, make_logger
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import RecordingSender, eventually, gateway_config_text, run_turn
+from tests.helpers import (
+    RecordingSender,
+    bot_env,
+    eventually,
+    free_ports,
+    gateway_config_text,
+    run_bot,
+    run_turn,
+)
 
 TOKEN = "console-SECRET-token-0123456789"
 SECRETS = {
@@ -488,3 +500,57 @@ async def seed(c: Console) -> None:
 async def conversation_pages(c: Console) -> list[str]:
     html = await (await c.http.get("/conversations")).text()
     return re.findall(r'href="(/conversations/[0-9a-f]+)"', html)
+
+
+# -- `bot serve` and `bot console` (processes) -----------------------------------------------
+
+
+@pytest.mark.serial
+async def test_serve_procs_share_the_console_port_and_bot_console_signs_in(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """`bot serve --procs 2` serves the console on BOT_CONSOLE_PORT from both children
+    (SO_REUSEPORT), not on BOT_PORT; `bot console` prints a sign-in URL that opens the
+    overview, which lists both processes."""
+    port, console_port = free_ports(2)
+    env = bot_env(
+        tmp_path, REDIS_URL=redis_url, BOT_PORT=str(port), BOT_CONSOLE_PORT=str(console_port)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "serve", "--procs", "2", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        printed = await run_bot("console", env=env, cwd=tmp_path)
+        assert printed.code == 0, printed.err
+        url = printed.out.strip()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{console_port}/login\?token=[\w-]{{40,}}", url)
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(url) as page:
+                            html = await page.text()
+                            if page.status == 200 and html.count("<td>all</td>") == 2:
+                                break
+                    await asyncio.sleep(0.2)
+            assert page.url.path == "/"
+            async with http.get(f"http://127.0.0.1:{port}/login") as wrong_port:
+                assert wrong_port.status == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.mark.serial
+async def test_serve_refuses_a_non_loopback_console_without_a_token(tmp_path: Path) -> None:
+    """BOT_CONSOLE_HOST=0.0.0.0 without BOT_CONSOLE_TOKEN: `bot serve` exits with a config
+    error naming both settings, before it listens anywhere."""
+    env = bot_env(tmp_path, BOT_CONSOLE_HOST="0.0.0.0", BOT_CONSOLE_PORT="8081")
+    result = await run_bot("serve", "--procs", "2", env=env, cwd=tmp_path)
+    assert result.code == EXIT_CONFIG
+    said = result.out + result.err
+    assert "BOT_CONSOLE_HOST" in said
+    assert "BOT_CONSOLE_TOKEN" in said

@@ -14,7 +14,7 @@ from bot.app import freeze_startup_heap, open_app
 from bot.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from bot.cli.telegram import publish_command_menu
 from bot.config import Config
-from bot.console import ProcessBeacon
+from bot.console import ProcessBeacon, console_problems
 from bot.errors import BotError, ChannelSendError
 from bot.logs import EventHub, Logger
 from bot.procs import ProcessGroup, child_argv, child_env
@@ -26,6 +26,10 @@ from channels.telegram import TelegramChannel
 async def serve_procs(settings: Settings, config: Config, log: Logger, role: str, n: int) -> int:
     """`bot serve --procs N`: the children share one Redis (the embedded one started here when
     REDIS_URL is unset) and, for web and all, one port."""
+    if role in ("all", "web") and (problems := console_problems(settings)):
+        for problem in problems:  # every child would stop on it: say it once, start none
+            log.error("setup_error", error=problem)
+        return EXIT_CONFIG
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,9 +149,15 @@ async def start_console(
     it with SO_REUSEPORT, like BOT_PORT: any child answers, since sessions live in Redis."""
     runner = web.AppRunner(console, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    await web.TCPSite(
-        runner, settings.bot_console_host, settings.bot_console_port, reuse_port=reuse_port or None
-    ).start()
+    host, port = settings.bot_console_host, settings.bot_console_port
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            f"the console's BOT_CONSOLE_HOST:BOT_CONSOLE_PORT ({host}:{port}): {exc}; "
+            "choose another port, or BOT_CONSOLE_PORT=0 to turn the console off"
+        ) from exc
     return runner
 
 
