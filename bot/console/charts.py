@@ -86,4 +86,4 @@ def _short(value: float) -> str:
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if value >= size:
             return f"{value / size:.1f}{unit}"
-    return f"{value:.0f}" if value >= 1 or value == 0 else f"{value:.2f}"
+    return f"{value:.3g}"
