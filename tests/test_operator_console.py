@@ -176,6 +176,23 @@ async def test_a_wrong_token_signs_nobody_in(
         assert (await c.http.get("/", allow_redirects=False)).status == 302
 
 
+async def test_signing_out_ends_the_session(
+    redis_url: str, tmp_path: Path, model: FakeOpenAI
+) -> None:
+    """Sign out (a CSRF-checked POST) forgets the session: the same cookie opens nothing."""
+    async with console(redis_url, tmp_path, model.base_url) as c:
+        await c.sign_in()
+        [cookie] = [m.value for m in c.http.session.cookie_jar if m.key == "switchboard_console"]
+        c.http.session.cookie_jar.clear()
+        c.http.session.cookie_jar.update_cookies({"switchboard_console": cookie})
+        assert (await c.http.get("/", allow_redirects=False)).status == 200
+        answer = await c.post("/logout")
+        assert answer.status == 303
+        assert answer.headers["Location"] == "/login"
+        c.http.session.cookie_jar.update_cookies({"switchboard_console": cookie})
+        assert (await c.http.get("/", allow_redirects=False)).status == 302
+
+
 async def test_every_page_stream_and_action_is_refused_without_the_cookie(
     redis_url: str, tmp_path: Path, model: FakeOpenAI
 ) -> None:
@@ -487,7 +504,11 @@ async def seed(c: Console) -> None:
     await run_turn(c.app, message(BOB, "hi"))
     body = json.dumps([message(ALICE, "secret plans again").to_dict()])
     await RedisDeadLetters(c.app.redis.client).add(
-        conversation=ALICE, batch="b", attempts=3, error="boom", messages=body
+        conversation=ALICE,
+        batch="b",
+        attempts=3,
+        error=f"boom for {ALICE} with {SECRETS['openai_api_key']}",
+        messages=body,
     )
     await c.app.access.pair(message("telegram:+15550001111", "let me in"))
     c.app.log.info("message_received", channel="whatsapp", conversation=ALICE, text="secret plans")

@@ -15,6 +15,7 @@ from bot.console.auth import COOKIE, SESSION_SECONDS, Sessions, console_token, s
 from bot.console.parts import CSRF, PARTS, SESSIONS, STOPPING, ConsoleParts
 from bot.console.views import masked
 from bot.errors import ConfigError
+from bot.logs import Redactor
 
 OPEN = frozenset({"/login"})  # the only page answered without a session
 STATIC = Path(__file__).parent / "static"
@@ -113,6 +114,7 @@ def make_console_app(parts: ConsoleParts) -> web.Application:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["masked"] = masked
+    env.filters["clean"] = Redactor(parts.settings.secrets()).clean  # secrets out, numbers masked
     env.filters["ago"] = pages.ago
     env.filters["when"] = pages.when
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -276,8 +277,6 @@ async def approve(request: web.Request) -> web.StreamResponse:
 
 
 def _message_text(body: str) -> str:
-    import json
-
     try:
         found = json.loads(body)
     except ValueError:

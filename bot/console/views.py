@@ -23,7 +23,7 @@ from bot.llm.choice import conversation_model_key
 from bot.llm.types import ModelRef
 from bot.logs import EVENT_STREAM, mask_phone_numbers
 from bot.reads import fetch
-from bot.usage import ACTIVE_KEY, ACTIVE_MAX, Row, Totals
+from bot.usage import ACTIVE_KEY, ACTIVE_MAX, CONVERSATION_KEY, Row, Totals
 from bot.wakeups import GROUP
 
 HOUR_BUCKETS = 12  # the last hour's activity in 5-minute columns
@@ -92,7 +92,7 @@ async def model_rows(parts: ConsoleParts, primary: ModelRef | None = None) -> li
         local = None
         if parts.local is not None and info.ref.provider in parts.local.providers:
             found = parts.local.state(info.ref.provider, info.ref.model)
-            local = found.describe() if found is not None else "unknown (not reported yet)"
+            local = found.describe() if found is not None else "not reported"
         rows.append(
             ModelRow(
                 ref=str(info.ref),
@@ -213,7 +213,7 @@ async def conversations(parts: ConsoleParts, key: str, count: int = 100) -> list
     default = str(await parts.choice.default())
     async with parts.redis.pipeline(transaction=False) as pipe:
         for conversation, _ in active:
-            pipe.hgetall(f"usage:conversation:{{{conversation}}}")
+            pipe.hgetall(CONVERSATION_KEY.format(conversation=conversation))
             pipe.get(conversation_model_key(conversation))
             pipe.llen(parts.memory.key(conversation))
         replies = await pipe.execute()
