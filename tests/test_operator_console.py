@@ -27,6 +27,7 @@ from bot.config import parse_config
 from bot.console import ConsoleSetupError, ProcessBeacon, console_token, processes, sign_in_url
 from bot.console.auth import TOKEN_KEY
 from bot.deadletters import RedisDeadLetters
+from bot.llm.lmstudio import state_key
 from bot.logs import EventHub, make_logger
 from bot.messages import InboundMessage
 from bot.settings import Settings
@@ -394,8 +395,8 @@ async def test_usage_shows_the_same_total_as_bot_usage_and_a_chart(
 async def test_the_overview_lists_announced_processes_and_the_queues(
     redis_url: str, tmp_path: Path, model: FakeOpenAI
 ) -> None:
-    """A process's beacon shows on the overview with its role; a dead letter counts; a
-    withdrawn beacon is gone."""
+    """A process's beacon shows on the overview with its role, LM Studio's loaded state and
+    context show beside the model, a dead letter counts; a withdrawn beacon is gone."""
     async with console(redis_url, tmp_path, model.base_url) as c:
         beacon = ProcessBeacon(c.app.redis.client, role="web", version="9.9.9", log=c.app.log)
         await beacon.announce()
@@ -403,8 +404,11 @@ async def test_the_overview_lists_announced_processes_and_the_queues(
         await RedisDeadLetters(c.app.redis.client).add(
             conversation=ALICE, batch="b", attempts=3, error="e", messages="[]"
         )
+        loaded = {"local-model": {"loaded": True, "context": 8192, "max_context": 32768}}
+        await c.app.redis.client.set(state_key("local"), json.dumps(loaded))
         await c.sign_in()
         html = await (await c.http.get("/")).text()
+        assert "loaded, 8192-token context" in html
         assert "9.9.9" in html
         assert '<span class="big bad" id="dead-count">1</span>' in html
         stop = asyncio.Event()
