@@ -3,6 +3,7 @@ own browser download), against a seeded gateway. Skipped where no chromium is in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import AsyncIterator
@@ -22,12 +23,14 @@ from tests.console_site import (
 from tests.helpers import bot_env, eventually, run_bot
 
 CHROMIUM = find_chromium()
+HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 pytestmark = [
     pytest.mark.serial,  # a browser process per test, and deadlines a busy machine can miss
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)"),
+    pytest.mark.skipif(not HAS_PLAYWRIGHT, reason="no playwright (pip install -e '.[dev]')"),
 ]
 
-if CHROMIUM is not None:
+if CHROMIUM is not None and HAS_PLAYWRIGHT:
     from playwright.async_api import Browser, Page, async_playwright, expect
 
 
