@@ -79,6 +79,7 @@ def serve_env(
         "BOT_DATA_DIR": str(data_dir),
         "REDIS_URL": redis_url,
         "REDIS_CLUSTER": os.environ.get("REDIS_CLUSTER", ""),  # REDIS_URL names a cluster node
+        "BOT_CONSOLE_PORT": "0",  # no listener on a fixed port (its beacon still runs)
     }
 
 

@@ -19,6 +19,7 @@ from bot.access import RedisAccess
 from bot.agent import Agent
 from bot.commands import Commands
 from bot.config import CATALOG_KEYS, Config
+from bot.console import ConsoleParts, console_problems, make_console_app
 from bot.delivery import ReplySender
 from bot.intake import READY_STREAM, RedisIntake
 from bot.llm.breaker import RedisBreaker
@@ -76,6 +77,7 @@ class App:
     background: tuple[asyncio.Task[None], ...] = ()  # tasks that must run as long as the app
     usage: RedisUsage  # tokens and cost per sender, model and conversation; daily budgets
     tools: McpHub | None = None  # the MCP servers' sessions, when tools are configured here
+    compactor: Compactor | None = None  # the console's "compact now" (the agent holds its own)
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -122,6 +124,26 @@ class App:
             spill=SpillIntake(self.spool, log=self.log, reason="busy"),
         )
 
+    def console_app(self) -> web.Application:
+        """The operator console (its own listener: BOT_CONSOLE_HOST:BOT_CONSOLE_PORT)."""
+        assert self.compactor is not None, "open_app builds the compactor"
+        return make_console_app(
+            ConsoleParts(
+                settings=self.settings,
+                config=self.config,
+                log=self.log,
+                redis=self.redis.client,
+                registry=self.registry,
+                breaker=self.breaker,
+                choice=self.choice,
+                memory=self.memory,
+                compactor=self.compactor,
+                access=self.access,
+                usage=self.usage,
+                local=self.local,
+            )
+        )
+
     async def metrics_body(self) -> bytes:
         """The metrics, with inbox depth and breaker states read from Redis now."""
         try:
@@ -149,7 +171,8 @@ class App:
 
     def problems(self) -> list[str]:
         """Set-up errors that stop the web role from starting."""
-        return self.telegram.startup_problems() if self.telegram else []
+        found = self.telegram.startup_problems() if self.telegram else []
+        return found + console_problems(self.settings)
 
     def warnings(self) -> list[str]:
         """Set-up problems an operator should see at every start."""
@@ -316,6 +339,7 @@ async def open_app(
                 background=(stream.task,) if stream.task is not None else (),
                 usage=usage,
                 tools=servers,
+                compactor=compactor,
             )
         finally:
             if servers is not None:

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
         description="Webhooks one web process holds in flight; /readyz is busy from 80 % on, "
         "and past it WhatsApp webhooks go to the local spool, others get 503.",
     )
+    bot_console_host: str = Field(
+        default="127.0.0.1",
+        description="Address the console binds (loopback unless BOT_CONSOLE_TOKEN is set).",
+    )
+    bot_console_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of the operator console; 0 turns it off."
+    )
+    bot_console_token: SecretStr | None = Field(
+        default=None,
+        description="Signs in to the console; unset: one is generated once and kept in Redis.",
+    )
     redis_url: str | None = Field(
         default=None, description="Redis to use; unset starts an embedded one under BOT_DATA_DIR."
     )
@@ -104,6 +115,7 @@ class Settings(BaseSettings):
             self.anthropic_api_key,
             self.openai_api_key,
             self.openrouter_api_key,
+            self.bot_console_token,
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 

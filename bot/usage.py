@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -38,6 +38,10 @@ TTL_DAYS = 400  # totals are kept a little over a year after their last call
 SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
 MODEL_KEY = "usage:model:{{{model}}}:{day}"
 CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
+# Every conversation with usage, scored by its last turn's time (the console lists them by last
+# activity without a SCAN); written in the turn's usage pipeline, so it costs no round trip.
+ACTIVE_KEY = "usage:conversations:active"
+ACTIVE_MAX = 10_000  # the newest ones kept in the index
 NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
 # `bot usage` finds the daily keys by SCAN. On Redis Cluster a SCAN covers one node: the
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
@@ -262,8 +266,9 @@ class RedisUsage:
         return self._pending.pop(conversation, [])
 
     async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None:
-        """Add a turn's calls to the sender's day, each model's day and the conversation, in
-        one round trip. Never raises: a Redis failure loses these numbers, not the reply."""
+        """Add a turn's calls to the sender's day, each model's day and the conversation, and
+        mark the conversation active now (ACTIVE_KEY), in one round trip. Never raises: a
+        Redis failure loses these numbers, not the reply."""
         if not calls:
             return
         day = self.day()
@@ -273,6 +278,9 @@ class RedisUsage:
             self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
             self._queue(pipe, CONVERSATION_KEY.format(conversation=conversation), everything)
             self._queue_models(pipe, calls, day, turn=turn)
+            if conversation:
+                pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
+                pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
             await self._execute(pipe, conversation)
 
     async def record_background(self, call: Call) -> None:
@@ -333,6 +341,14 @@ class RedisUsage:
                 pipe.hgetall(SENDER_KEY.format(sender=sender, day=day))
             replies = await pipe.execute()
         return [Totals.from_hash(r) for r in replies]
+
+    async def active(self, count: int) -> list[tuple[str, float]]:
+        """The `count` conversations with the newest turns: (id, time of the last turn)."""
+        rows = cast(
+            "list[tuple[str, float]]",
+            await self.redis.zrevrange(ACTIVE_KEY, 0, count - 1, withscores=True),
+        )
+        return [(_text(member), float(score)) for member, score in rows]
 
     async def conversation(self, conversation: str) -> Totals:
         """A conversation's totals since it began."""

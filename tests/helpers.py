@@ -325,8 +325,11 @@ def whatsapp_env(
 
 
 def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: no settings leak in from the developer's shell."""
+    """A clean environment: no settings leak in from the developer's shell. The operator
+    console is off (BOT_CONSOLE_PORT=0) unless a test turns it on: processes of one test, or
+    of tests run side by side, would otherwise all want its default port."""
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "BOT_DATA_DIR": str(tmp_path / "var")}
+    env["BOT_CONSOLE_PORT"] = "0"
     env.update(extra)
     return env
 

@@ -38,6 +38,10 @@ SDK_HOMES = {
     "twilio": {"channels.whatsapp"},
     "markdown_it": {"channels.markdown"},  # one parse of a reply's Markdown, for every channel
     "mcp": {"bot.tools.mcp"},  # the MCP sessions; the rest of bot.tools sees neutral values
+    # The console's templates: jinja only inside bot.console (DESIGN §2), markup-safe SVG too.
+    "jinja2": {"bot.console.app"},
+    "aiohttp_jinja2": {"bot.console.app", "bot.console.pages"},
+    "markupsafe": {"bot.console.charts"},
 }
 ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__", "bot.doctor"}  # cli: its modules; doctor: Redis
 
@@ -107,9 +111,26 @@ def test_core_never_imports_web_channels_or_cli() -> None:
 @pytest.mark.parametrize("sdk", sorted(SDK_HOMES))
 def test_each_sdk_has_one_home(sdk: str) -> None:
     """openai is imported only in bot.llm (providers, transcription), twilio only in
-    channels.whatsapp, markdown_it only in channels.markdown, mcp only in bot.tools.mcp."""
+    channels.whatsapp, markdown_it only in channels.markdown, mcp only in bot.tools.mcp, jinja
+    (and aiohttp_jinja2, markupsafe) only in bot.console."""
     users = {name for name, imports in MODULES.items() if any(within(i, {sdk}) for i in imports)}
     assert users <= SDK_HOMES[sdk]
+
+
+def test_the_console_stays_out_of_channels_and_the_cli() -> None:
+    """bot.console reads the stores the composition root hands it: no channel adapter, no CLI,
+    and nothing of the core imports the console."""
+    console = {name for name in MODULES if within(name, {"bot.console"})}
+    assert console, "bot.console was not found"
+    bad = {
+        name: sorted(i for i in MODULES[name] if within(i, {"channels", "bot.cli", "bot.app"}))
+        for name in console
+    }
+    assert not {k: v for k, v in bad.items() if v}
+    users = {
+        n for n, imports in MODULES.items() if any(within(i, {"bot.console"}) for i in imports)
+    }
+    assert users - console <= {"bot.app", "bot.cli.serve", "bot.cli.console"}
 
 
 def test_channels_import_only_neutral_pieces() -> None:

@@ -1,6 +1,6 @@
 """`bot …` argument parsing, and `main`: which subcommand module runs (each body lives in
 the module named for it: serve, chat, admin, deadletters, usage, telegram, logs, doctor,
-tools, config).
+tools, config, console).
 
 `main` imports a subcommand's module only when it runs: the gateway's parts (the openai SDK
 above all) take about two seconds to import, which `bot --help` and `bot config check` never
@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per row (tokens_in, tokens_out, cost)"
     )
 
+    commands.add_parser(
+        "console",
+        help="print the operator console's sign-in URL (served by `bot serve` on "
+        "BOT_CONSOLE_HOST:BOT_CONSOLE_PORT)",
+    )
+
     tools = commands.add_parser("tools", help="the MCP servers of tools.mcp and their tools")
     tools_commands = tools.add_subparsers(dest="tools_command", required=True, metavar="ACTION")
     tools_commands.add_parser(
@@ -182,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_async(tail_logs(settings, config, args))
             except KeyboardInterrupt:
                 return EXIT_OK
+        if args.command == "console":
+            from bot.cli.console import console_url
+
+            return run_async(console_url(settings))
         if args.command == "dead-letters":
             from bot.cli.deadletters import dead_letters
 

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from bot import __version__
 from bot.app import freeze_startup_heap, open_app
 from bot.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from bot.cli.telegram import publish_command_menu
 from bot.config import Config
+from bot.console import ProcessBeacon, console_problems
 from bot.errors import BotError, ChannelSendError
 from bot.logs import EventHub, Logger
 from bot.procs import ProcessGroup, child_argv, child_env
@@ -24,6 +26,10 @@ from channels.telegram import TelegramChannel
 async def serve_procs(settings: Settings, config: Config, log: Logger, role: str, n: int) -> int:
     """`bot serve --procs N`: the children share one Redis (the embedded one started here when
     REDIS_URL is unset) and, for web and all, one port."""
+    if role in ("all", "web") and (problems := console_problems(settings)):
+        for problem in problems:  # every child would stop on it: say it once, start none
+            log.error("setup_error", error=problem)
+        return EXIT_CONFIG
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +81,9 @@ async def serve(
                 log.warning("setup_warning", error=warning)
             tasks: list[asyncio.Task[None]] = []
             runner: web.AppRunner | None = None
+            console: web.AppRunner | None = None
+            beacon = ProcessBeacon(app.redis.client, role=role, version=__version__, log=log)
+            tasks.append(asyncio.create_task(beacon.run(stop), name="beacon"))
             try:
                 if web_role:
                     if app.telegram is not None:
@@ -88,6 +97,8 @@ async def serve(
                     await web.TCPSite(
                         runner, settings.bot_host, settings.bot_port, reuse_port=reuse_port or None
                     ).start()
+                    if settings.bot_console_port:
+                        console = await start_console(app.console_app(), settings, reuse_port)
                     if (poller := app.poller()) is not None:
                         tasks.append(asyncio.create_task(poller.run(stop), name="poller"))
                 if worker_role:
@@ -101,12 +112,21 @@ async def serve(
                     redis=app.redis.where,
                     channels=sorted(app.senders),
                     **(listening if runner else {}),
+                    **(
+                        {
+                            "console": f"http://{settings.bot_console_host}:{settings.bot_console_port}"
+                        }
+                        if console
+                        else {}
+                    ),
                 )
                 freeze_startup_heap()
                 died = await supervise(stop, [*tasks, *app.background], log)
                 log.info("server_stopping", role=role)
             finally:
                 stop.set()
+                if console is not None:
+                    await console.cleanup()
                 if runner is not None:
                     await runner.cleanup()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -120,6 +140,25 @@ async def serve(
         return EXIT_FAILED
     log.info("server_stopped", role=role)
     return EXIT_OK
+
+
+async def start_console(
+    console: web.Application, settings: Settings, reuse_port: bool
+) -> web.AppRunner:
+    """The console on its own listener (never BOT_PORT). With `--procs N` every child binds
+    it with SO_REUSEPORT, like BOT_PORT: any child answers, since sessions live in Redis."""
+    runner = web.AppRunner(console, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    host, port = settings.bot_console_host, settings.bot_console_port
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            f"the console's BOT_CONSOLE_HOST:BOT_CONSOLE_PORT ({host}:{port}): {exc}; "
+            "choose another port, or BOT_CONSOLE_PORT=0 to turn the console off"
+        ) from exc
+    return runner
 
 
 async def supervise(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], log: Logger) -> bool:
