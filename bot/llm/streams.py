@@ -204,7 +204,7 @@ class ChatStream(_Stream):
 
     def __init__(self, preview: StreamFeed | None) -> None:
         super().__init__(preview)
-        self.parts: list[str] = []
+        self.so_far = ""  # grown in place: a join of every part at each delta is quadratic
 
     async def take(self, chunk: dict[str, Any]) -> None:
         """Note one chunk."""
@@ -215,8 +215,8 @@ class ChatStream(_Stream):
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if content := delta.get("content"):
-                self.parts.append(str(content))
-                await self.feed.text("".join(self.parts))
+                self.so_far += str(content)
+                await self.feed.text(self.so_far)
             elif delta.get("reasoning_content") or delta.get("reasoning"):
                 await self.feed.reasoning()  # only that it reasons, never what
             for fragment in delta.get("tool_calls") or []:
@@ -225,7 +225,7 @@ class ChatStream(_Stream):
                     await self.feed.call()
 
     def raw_text(self) -> str:
-        return "".join(self.parts)
+        return self.so_far
 
     def _fragment(self, fragment: dict[str, Any]) -> None:
         """Add one `tool_calls` fragment to its call (a server that sends no index: a new id
@@ -251,7 +251,7 @@ class _ResponsesText:
     output_text of each message item, in output order, commentary (`phase`) left out."""
 
     def __init__(self) -> None:
-        self.items: dict[int, list[str]] = {}
+        self.items: dict[int, str] = {}  # grown in place (a join at each delta is quadratic)
         self.commentary: set[int] = set()
         self.grew = False
 
@@ -267,11 +267,12 @@ class _ResponsesText:
             self.grew = False
             return item.get("type") == "reasoning"
         if kind == "response.output_text.delta" and index not in self.commentary:
-            self.items.setdefault(index, []).append(str(event.get("delta") or ""))
+            self.items[index] = self.items.get(index, "") + str(event.get("delta") or "")
             self.grew = True
             return True
         return False
 
     def raw(self) -> str:
-        texts = ("".join(self.items[index]) for index in sorted(self.items))
-        return "\n\n".join(text for text in texts if text)
+        if len(self.items) == 1:
+            return next(iter(self.items.values()))
+        return "\n\n".join(text for _, text in sorted(self.items.items()) if text)
