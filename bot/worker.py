@@ -56,6 +56,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
+from bot.reminders import RedisReminders, ReminderFirer
 from bot.scripts import Script
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
@@ -208,6 +209,7 @@ class Previewing(Protocol):
 
 TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
+REMINDERS_EVERY = 1.0  # seconds between polls of the reminders' due index
 
 
 class BatchState(StrEnum):
@@ -294,10 +296,12 @@ class Worker:
         delivery_retry_seconds: float = 3600,
         clock: Callable[[], float] = time.time,
         sweep_skip: tuple[str, ...] = (),
+        reminders: RedisReminders | None = None,
     ) -> None:
         """`retry_seconds`: the longest wait between tries while Redis is unreachable;
         `sweep_seconds`: how often lost wake-ups are looked for (default two leases);
-        `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper)."""
+        `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper);
+        `reminders`: fire due reminders (polled every REMINDERS_EVERY s, never inside a turn)."""
         self.redis = redis
         self.agent = agent
         self.memory = memory
@@ -329,6 +333,18 @@ class Worker:
             clock=clock,
         )
         self._next_due = 0.0
+        self.reminders = (
+            ReminderFirer(
+                store=reminders,
+                outbox=self.outbox,
+                may_tell=agent.may_tell,
+                log=log,
+                lease_ms=self.lease_ms,
+            )
+            if reminders is not None
+            else None
+        )
+        self._next_reminders = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds).
@@ -360,6 +376,7 @@ class Worker:
                         entries = await self._read(free)
                     claims = await self._claim([f.get("conversation", "") for _, f in entries])
                     due = await self._claim_due(max(free - len(entries), 1))  # never starved
+                    reminders = await self._claim_reminders(max(free - len(entries), 1))
                 except TRANSIENT as exc:  # what was read is reclaimed after a lease
                     self.log.error(
                         "worker_redis_error", worker=self.name, error=str(exc), retry_in=delay
@@ -378,6 +395,8 @@ class Worker:
                     self._spawn(entry_id, fields.get("conversation", ""), claim)
                 for conversation in due:
                     self._spawn_due(conversation)
+                for conversation, rid in reminders:
+                    self._spawn_reminder(conversation, rid)
         finally:
             await self.drain()
 
@@ -801,6 +820,34 @@ class Worker:
             return []
         self._next_due = now + DUE_EVERY
         return await self.outbox.claim_due(count, hold_ms=min(self.lease_ms, 5000))
+
+    async def _claim_reminders(self, count: int) -> list[tuple[str, str]]:
+        """Due reminders, polled every REMINDERS_EVERY s (at least one, like due replies)."""
+        now = time.monotonic()
+        if self.reminders is None or now < self._next_reminders:
+            return []
+        self._next_reminders = now + REMINDERS_EVERY
+        return await self.reminders.claim(count)
+
+    def _spawn_reminder(self, conversation: str, rid: str) -> None:
+        task = asyncio.create_task(self._fire_reminder(conversation, rid))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _fire_reminder(self, conversation: str, rid: str) -> None:
+        """Fire one claimed reminder; a failure leaves it claimed, so it is tried again once
+        the claim lapses (a lease later)."""
+        assert self.reminders is not None
+        try:
+            await self.reminders.fire(conversation, rid)
+        except Exception as exc:  # noqa: BLE001 - a background task: log it; due again later
+            self.log.error(
+                "reminder_failed",
+                conversation=conversation,
+                id=rid,
+                worker=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _spawn_due(self, conversation: str) -> None:
         task = asyncio.create_task(self._deliver_due(conversation))

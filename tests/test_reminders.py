@@ -1,14 +1,39 @@
-"""Reminders: phrases read in the person's zone (DST included)."""
+"""Reminders on real Redis: phrases read in the person's zone (DST included), the per-sender
+limit, and firing through the outbox to fake Twilio exactly once: two workers at once, a
+gateway that was down over the due time, a daily one across slots."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis.asyncio as aioredis
 
+from bot.app import App, open_app
+from bot.config import parse_config
+from bot.delivery import Outbox, outbox_key
 from bot.errors import CommandError
-from bot.reminders import Rule, parse_reminder
+from bot.reminders import (
+    DUE_KEY,
+    MAX_PENDING,
+    Fired,
+    RedisReminders,
+    ReminderFirer,
+    Rule,
+    parse_reminder,
+)
+from bot.settings import Settings
+from bot.worker import Worker
+from tests.conftest import CapturedEvents
+from tests.fakes.openai_server import FakeOpenAI, echo
+from tests.fakes.twilio_server import FakeTwilio
+from tests.helpers import Clock, gateway_config_text
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SENDER = "whatsapp:+14155238886"
@@ -80,3 +105,184 @@ def test_past_and_unreadable_phrases_say_what_is_accepted(phrase: str, start: st
     assert str(caught.value).startswith(start)
     assert "/remind in 2h TEXT" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@dataclass
+class Rig:
+    """A gateway with WhatsApp pointed at fake Twilio, a reminders store and workers on a
+    settable clock."""
+
+    app: App
+    twilio: FakeTwilio
+    redis: aioredis.Redis
+    events: CapturedEvents
+    clock: Clock
+    store: RedisReminders
+
+    def worker(self) -> Worker:
+        return Worker(
+            redis=self.app.redis.client,
+            agent=self.app.agent,
+            memory=self.app.memory,
+            senders=self.app.senders,
+            log=self.app.log,
+            clock=self.clock,
+            reminders=self.store,
+        )
+
+    def firer(self) -> ReminderFirer:
+        outbox = Outbox(
+            redis=self.redis, senders=self.app.senders, log=self.app.log, clock=self.clock
+        )
+        return ReminderFirer(
+            store=self.store,
+            outbox=outbox,
+            may_tell=self.app.agent.may_tell,
+            log=self.app.log,
+            lease_ms=30000,
+        )
+
+    async def add(self, text: str, due: datetime, rule: Rule | None = None) -> str:
+        reminder = await self.store.add(
+            channel="whatsapp",
+            conversation=PERSON,
+            sender=PERSON,
+            text=text,
+            due=due,
+            zone="Europe/Berlin",
+            rule=rule,
+        )
+        return reminder.id
+
+    def bodies(self) -> list[str]:
+        return [m.body or "" for m in self.twilio.messages]
+
+    async def until(self, condition: Callable[[], bool], within: float = 15) -> None:
+        """Poll until `condition` holds (workers poll the due index once a second)."""
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - polling a condition with a deadline
+                await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(rig: Rig, count: int = 1) -> AsyncIterator[list[Worker]]:
+    """`count` workers polling until the block ends."""
+    stop = asyncio.Event()
+    workers = [rig.worker() for _ in range(count)]
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        yield workers
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@pytest.fixture
+async def rig(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> AsyncIterator[Rig]:
+    async with FakeOpenAI(models=["local-model"], default=echo) as model, FakeTwilio() as twilio:
+        text = gateway_config_text(model.base_url).rstrip().rstrip("}")
+        text += """channels: { whatsapp: { dmPolicy: "open" }, telegram: { enabled: false } },
+            commands: { admins: ["console:tester"] } }"""
+        config = parse_config(text, source="test.json5", env={})
+        settings = Settings(
+            redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
+            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
+            twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
+            twilio_messaging_base_url=twilio.base_url,
+        )  # type: ignore[call-arg]  # fmt: skip
+        clock = Clock(SATURDAY_EVENING.timestamp())
+        async with open_app(settings, config, events.log) as app:
+            store = RedisReminders(app.redis.client, default_zone="UTC", clock=clock)
+            yield Rig(app, twilio, redis_client, events, clock, store)
+
+
+async def test_a_due_reminder_arrives_through_the_outbox_on_whatsapp(rig: Rig) -> None:
+    """Once its time comes, the text goes to the person as a WhatsApp message, not to a model."""
+    await rig.add("call mom", SATURDAY_EVENING + timedelta(hours=2))
+    async with running(rig):
+        rig.clock.now += 2 * 3600
+        await rig.until(lambda: bool(rig.twilio.messages))
+    assert rig.bodies() == ["⏰ Reminder: call mom"]
+    assert rig.twilio.messages[0].to == PERSON
+    assert await rig.store.pending(PERSON) == []
+    assert not await rig.redis.zcard(DUE_KEY)
+    fired = rig.events.events("reminder_fired")
+    assert [(e["late"], e["recurring"]) for e in fired] == [(False, False)]
+
+
+async def test_two_workers_polling_at_once_fire_a_due_reminder_once(rig: Rig) -> None:
+    """Two workers that both go for the same due reminder queue its text once."""
+    rid = await rig.add("once", SATURDAY_EVENING + timedelta(minutes=1))
+    rig.clock.now += 60
+    first, second = rig.firer(), rig.firer()
+    claims = await asyncio.gather(first.claim(10), second.claim(10))
+    assert sorted(len(c) for c in claims) == [0, 1]  # the claim goes to one of them
+    verdicts = await asyncio.gather(first.fire(PERSON, rid), second.fire(PERSON, rid))
+    assert sorted(str(v) for v in verdicts) in (["fired", "gone"], ["None", "fired"])
+    assert len(await rig.redis.lrange(outbox_key(PERSON), 0, -1)) == 1
+
+
+async def test_a_claim_left_by_a_crashed_firer_does_not_fire_the_slot_again(rig: Rig) -> None:
+    """A daily reminder fired by a worker that died before it fixed the due index is found
+    again, seen as fired for that slot, and only its index entry is put right."""
+    due = SATURDAY_EVENING + timedelta(minutes=1)
+    rid = await rig.add("pills", due, Rule(hour=20, minute=1))
+    rig.clock.now += 60
+    firer = rig.firer()
+    assert await firer.fire(PERSON, rid) is Fired.FIRED
+    await rig.redis.zadd(DUE_KEY, {f"{rid}:{PERSON}": int(due.timestamp() * 1000)})  # the crash
+    assert await firer.fire(PERSON, rid) is Fired.STALE
+    assert len(await rig.redis.lrange(outbox_key(PERSON), 0, -1)) == 1
+    nxt = await rig.redis.zscore(DUE_KEY, f"{rid}:{PERSON}")
+    assert nxt == (due + timedelta(days=1)).timestamp() * 1000
+
+
+async def test_down_over_the_due_time_fires_once_late_then_resumes_daily(rig: Rig) -> None:
+    """Workers down for three days: the daily 09:00 fires once, marked late, then on time at
+    its next slot."""
+    schedule = parse_reminder("every day at 09:00 pills", now=SATURDAY_EVENING, zone=BERLIN)
+    await rig.add(schedule.text, schedule.due, schedule.rule)
+    rig.clock.now = berlin(2026, 4, 1, 12, 0).timestamp()  # nobody ran from Sunday to Wednesday
+    async with running(rig):
+        await rig.until(lambda: len(rig.twilio.messages) == 1)
+        [pending] = await rig.store.pending(PERSON)
+        assert pending.due_at == berlin(2026, 4, 2, 9, 0).astimezone(UTC)
+        rig.clock.now = berlin(2026, 4, 2, 9, 0, 20).timestamp()
+        await rig.until(lambda: len(rig.twilio.messages) == 2)
+    assert rig.bodies() == ["⏰ Reminder: pills (late: due 09:00)", "⏰ Reminder: pills"]
+    [pending] = await rig.store.pending(PERSON)
+    assert pending.due_at == berlin(2026, 4, 3, 9, 0).astimezone(UTC)
+
+
+async def test_a_reminder_of_a_sender_no_longer_let_in_is_dropped(rig: Rig) -> None:
+    """When the access policy no longer admits the sender, the reminder is dropped, not sent."""
+    rid = await rig.store.add(
+        channel="telegram",
+        conversation="telegram:42",
+        sender="telegram:42",
+        text="secret",
+        due=SATURDAY_EVENING + timedelta(minutes=1),
+        zone="UTC",
+    )
+    rig.clock.now += 120
+    assert await rig.firer().fire("telegram:42", rid.id) is Fired.GONE
+    assert await rig.store.pending("telegram:42") == []
+    assert not await rig.redis.exists(outbox_key("telegram:42"))
+    assert rig.events.events("reminder_failed")
+
+
+async def test_fifty_pending_per_sender_admins_exempt(rig: Rig) -> None:
+    """The 51st pending reminder is refused with a way out; an admin has no limit."""
+    due = SATURDAY_EVENING + timedelta(days=1)
+    for _ in range(MAX_PENDING):
+        await rig.add("x", due)
+    with pytest.raises(CommandError, match="cancel one first"):
+        await rig.add("one too many", due)
+    assert await rig.redis.zcard(DUE_KEY) == MAX_PENDING
+    admin = RedisReminders(rig.redis, admins=frozenset({PERSON}), clock=rig.clock)
+    await admin.add(
+        channel="whatsapp", conversation=PERSON, sender=PERSON, text="y", due=due, zone="UTC"
+    )
+    assert len(await rig.store.pending(PERSON)) == MAX_PENDING + 1
