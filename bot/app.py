@@ -289,6 +289,11 @@ async def open_app(
                 default_zone=defaults.timezone,
                 admins=frozenset(config.commands.admins),
             )
+            window_hint = (
+                frozenset({"whatsapp"})
+                if not channels.whatsapp.reminder_template_sid
+                else frozenset()
+            )
             commands = Commands(
                 choice=choice,
                 registry=registry,
@@ -301,6 +306,8 @@ async def open_app(
                 usage=usage,
                 daily_token_budget=config.session.daily_token_budget,
                 tools=toolbox,
+                reminders=reminders,
+                reminder_window_hint=window_hint,
             )
             agent = Agent(
                 redis=redis.client,

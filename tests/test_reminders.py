@@ -1,11 +1,12 @@
-"""Reminders on real Redis: phrases read in the person's zone (DST included), the per-sender
-limit, and firing through the outbox to fake Twilio exactly once: two workers at once, a
-gateway that was down over the due time, a daily one across slots."""
+"""Reminders on real Redis: phrases read in the person's zone (DST included), /remind list and
+cancel, /tz, the per-sender limit, and firing through the outbox to fake Twilio exactly once:
+two workers at once, a gateway that was down over the due time, a daily one across slots."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from bot.app import App, open_app
 from bot.config import parse_config
 from bot.delivery import Outbox, outbox_key
 from bot.errors import CommandError
+from bot.messages import InboundMessage
 from bot.reminders import (
     DUE_KEY,
     MAX_PENDING,
@@ -33,7 +35,7 @@ from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, echo
 from tests.fakes.twilio_server import FakeTwilio
-from tests.helpers import Clock, gateway_config_text
+from tests.helpers import Clock, gateway_config_text, inbound, run_turn
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SENDER = "whatsapp:+14155238886"
@@ -286,3 +288,50 @@ async def test_fifty_pending_per_sender_admins_exempt(rig: Rig) -> None:
         channel="whatsapp", conversation=PERSON, sender=PERSON, text="y", due=due, zone="UTC"
     )
     assert len(await rig.store.pending(PERSON)) == MAX_PENDING + 1
+
+
+async def test_remind_list_and_cancel_in_the_persons_zone(rig: Rig) -> None:
+    """/tz sets the zone /whoami shows; /remind sets, lists (numbered, local) and cancels."""
+
+    async def say(text: str, n: int) -> str:
+        [reply] = await run_turn(rig.app, inbound(text, n=n))
+        return reply.text
+
+    assert "time zone UTC" in await say("/whoami", 1)
+    assert "Unknown time zone 'Mars/Base'" in await say("/tz Mars/Base", 2)
+    assert "Europe/Berlin" in await say("/tz Europe/Berlin", 3)
+    assert "time zone Europe/Berlin" in await say("/whoami", 4)
+    assert "call mom" in await say("/remind on 24 Dec 2099 18:00 call mom", 5)
+    assert "stand-up" in await say("/remind every monday at 10:00 stand-up", 6)
+    listing = await say("/remind list", 7)
+    lines = listing.splitlines()
+    assert lines[0] == "Your reminders (Europe/Berlin):"
+    assert lines[1].startswith("1. Mon ")
+    assert lines[1].endswith("10:00, every Monday at 10:00: stand-up")
+    assert lines[2] == "2. Thu 24 Dec 2099 18:00: call mom"
+    assert await say("/remind cancel 2", 8) == "Cancelled: call mom"
+    assert "No reminder number 5" in await say("/remind cancel 5", 9)
+    assert "I could not tell when" in await say("/remind whenever", 10)
+    assert "2099" not in await say("/remind list", 11)
+
+
+async def test_setting_a_whatsapp_reminder_beyond_a_day_warns_without_a_template(
+    rig: Rig,
+) -> None:
+    """Without reminderTemplateSid, a WhatsApp reminder more than 24 h away says it may not
+    arrive; one within the day does not."""
+    message = InboundMessage(
+        channel="whatsapp",
+        conversation=PERSON,
+        sender=PERSON,
+        text="/remind in 2h tea",
+        platform_id="w1",
+        ts=time.time(),
+    )
+    [soon] = await run_turn(rig.app, message)
+    assert "WhatsApp may refuse it" not in soon.text
+    later = InboundMessage(
+        **{**message.to_dict(), "text": "/remind in 30h tea", "platform_id": "w2"}
+    )
+    [far] = await run_turn(rig.app, later)
+    assert "WhatsApp may refuse it" in far.text
