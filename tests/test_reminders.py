@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from bot.settings import Settings
 from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, echo
-from tests.fakes.twilio_server import FakeTwilio
+from tests.fakes.twilio_server import FakeTwilio, outside_window
 from tests.helpers import Clock, gateway_config_text, inbound, run_turn
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -42,6 +43,7 @@ SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
 # Saturday 28 March 2026, 20:00 in Berlin (CET, +01:00); clocks go forward that night.
 SATURDAY_EVENING = datetime(2026, 3, 28, 20, 0, tzinfo=BERLIN)
+START = SATURDAY_EVENING.astimezone(UTC)  # for arithmetic in real hours (Berlin's is wall time)
 
 
 def berlin(*args: int) -> datetime:
@@ -179,14 +181,26 @@ async def running(rig: Rig, count: int = 1) -> AsyncIterator[list[Worker]]:
         await asyncio.gather(*tasks)
 
 
-@pytest.fixture
-async def rig(
-    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+TEMPLATE = "HX0123456789abcdef0123456789abcdef"
+
+
+@contextlib.asynccontextmanager
+async def open_rig(
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+    events: CapturedEvents,
+    *,
+    template: str | None = None,
 ) -> AsyncIterator[Rig]:
+    """A rig whose WhatsApp channel has `reminderTemplateSid: template` when given."""
+    whatsapp = (
+        f'dmPolicy: "open", reminderTemplateSid: "{template}"' if template else ('dmPolicy: "open"')
+    )
     async with FakeOpenAI(models=["local-model"], default=echo) as model, FakeTwilio() as twilio:
         text = gateway_config_text(model.base_url).rstrip().rstrip("}")
-        text += """channels: { whatsapp: { dmPolicy: "open" }, telegram: { enabled: false } },
-            commands: { admins: ["console:tester"] } }"""
+        text += f"""channels: {{ whatsapp: {{ {whatsapp} }}, telegram: {{ enabled: false }} }},
+            commands: {{ admins: ["console:tester"] }} }}"""
         config = parse_config(text, source="test.json5", env={})
         settings = Settings(
             redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
@@ -200,9 +214,52 @@ async def rig(
             yield Rig(app, twilio, redis_client, events, clock, store)
 
 
+@pytest.fixture
+async def rig(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> AsyncIterator[Rig]:
+    async with open_rig(redis_url, redis_client, tmp_path, events) as rig:
+        yield rig
+
+
+async def test_outside_the_window_a_reminder_goes_as_the_content_template(
+    redis_url: str, redis_client: aioredis.Redis, tmp_path: Path, events: CapturedEvents
+) -> None:
+    """A person silent for more than 24 h gets the reminder as the Content Template, the text
+    as variable 1; within the window it goes as plain text."""
+    async with open_rig(redis_url, redis_client, tmp_path, events, template=TEMPLATE) as rig:
+        await rig.add("soon", START + timedelta(hours=2))
+        await rig.add("call mom", START + timedelta(hours=30))
+        async with running(rig):
+            rig.clock.now += 2 * 3600
+            await rig.until(lambda: len(rig.twilio.messages) == 1)
+            rig.clock.now += 28 * 3600
+            await rig.until(lambda: len(rig.twilio.messages) == 2)
+    plain, templated = rig.twilio.messages
+    assert (plain.body, plain.content_sid) == ("⏰ Reminder: soon", None)
+    assert templated.content_sid == TEMPLATE
+    assert json.loads(templated.content_variables or "") == {"1": "⏰ Reminder: call mom"}
+    assert not templated.body
+
+
+async def test_without_a_template_a_refused_reminder_is_logged_with_the_hint(rig: Rig) -> None:
+    """Twilio's 63016 for a reminder outside the window is a reminder_failed event that names
+    the setting that fixes it."""
+    await rig.add("call mom", START + timedelta(hours=30))
+    rig.twilio.script(outside_window())
+    async with running(rig):
+        rig.clock.now += 30 * 3600
+        await rig.until(lambda: bool(rig.events.events("reminder_failed")))
+    [failed] = rig.events.events("reminder_failed")
+    assert "63016" in failed["error"]
+    assert "reminderTemplateSid" in failed["error"]
+    assert failed["quiet_for"] == 30 * 3600
+    assert not rig.twilio.messages
+
+
 async def test_a_due_reminder_arrives_through_the_outbox_on_whatsapp(rig: Rig) -> None:
     """Once its time comes, the text goes to the person as a WhatsApp message, not to a model."""
-    await rig.add("call mom", SATURDAY_EVENING + timedelta(hours=2))
+    await rig.add("call mom", START + timedelta(hours=2))
     async with running(rig):
         rig.clock.now += 2 * 3600
         await rig.until(lambda: bool(rig.twilio.messages))
@@ -216,7 +273,7 @@ async def test_a_due_reminder_arrives_through_the_outbox_on_whatsapp(rig: Rig) -
 
 async def test_two_workers_polling_at_once_fire_a_due_reminder_once(rig: Rig) -> None:
     """Two workers that both go for the same due reminder queue its text once."""
-    rid = await rig.add("once", SATURDAY_EVENING + timedelta(minutes=1))
+    rid = await rig.add("once", START + timedelta(minutes=1))
     rig.clock.now += 60
     first, second = rig.firer(), rig.firer()
     claims = await asyncio.gather(first.claim(10), second.claim(10))
@@ -229,7 +286,7 @@ async def test_two_workers_polling_at_once_fire_a_due_reminder_once(rig: Rig) ->
 async def test_a_claim_left_by_a_crashed_firer_does_not_fire_the_slot_again(rig: Rig) -> None:
     """A daily reminder fired by a worker that died before it fixed the due index is found
     again, seen as fired for that slot, and only its index entry is put right."""
-    due = SATURDAY_EVENING + timedelta(minutes=1)
+    due = START + timedelta(minutes=1)
     rid = await rig.add("pills", due, Rule(hour=20, minute=1))
     rig.clock.now += 60
     firer = rig.firer()
@@ -238,7 +295,7 @@ async def test_a_claim_left_by_a_crashed_firer_does_not_fire_the_slot_again(rig:
     assert await firer.fire(PERSON, rid) is Fired.STALE
     assert len(await rig.redis.lrange(outbox_key(PERSON), 0, -1)) == 1
     nxt = await rig.redis.zscore(DUE_KEY, f"{rid}:{PERSON}")
-    assert nxt == (due + timedelta(days=1)).timestamp() * 1000
+    assert nxt == (due.astimezone(BERLIN) + timedelta(days=1)).timestamp() * 1000  # 20:01 local
 
 
 async def test_down_over_the_due_time_fires_once_late_then_resumes_daily(rig: Rig) -> None:
@@ -265,7 +322,7 @@ async def test_a_reminder_of_a_sender_no_longer_let_in_is_dropped(rig: Rig) -> N
         conversation="telegram:42",
         sender="telegram:42",
         text="secret",
-        due=SATURDAY_EVENING + timedelta(minutes=1),
+        due=START + timedelta(minutes=1),
         zone="UTC",
     )
     rig.clock.now += 120
@@ -277,7 +334,7 @@ async def test_a_reminder_of_a_sender_no_longer_let_in_is_dropped(rig: Rig) -> N
 
 async def test_fifty_pending_per_sender_admins_exempt(rig: Rig) -> None:
     """The 51st pending reminder is refused with a way out; an admin has no limit."""
-    due = SATURDAY_EVENING + timedelta(days=1)
+    due = START + timedelta(days=1)
     for _ in range(MAX_PENDING):
         await rig.add("x", due)
     with pytest.raises(CommandError, match="cancel one first"):

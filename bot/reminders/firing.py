@@ -9,6 +9,7 @@ missed while every worker was down fire once, together, not once each.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,12 +19,14 @@ from zoneinfo import ZoneInfo
 from bot.delivery import DUE_KEY as OUTBOX_DUE_KEY
 from bot.delivery import Outbox, head_key, outbox_key
 from bot.logs import Logger
-from bot.messages import InboundMessage, OutboundMessage
+from bot.memory import RedisMemory
+from bot.messages import InboundMessage, OutboundMessage, Turn
 from bot.reminders.store import FIRE, Fired, RedisReminders, Reminder, index_key, reminder_key
 from bot.scripts import Script
 from bot.wakeups import lease_key
 
 LATE_AFTER = 300.0  # seconds after its slot from which a reminder is marked late
+HEARD_TURNS = 4  # the newest remembered turns searched for the person's last message
 
 # KEYS: lease. ARGV: token. Give the lease up if it is still ours.
 RELEASE = Script(
@@ -102,16 +105,18 @@ class ReminderFirer:
         slot = reminder.due if reminder is not None else 0
         late = reminder is not None and now - slot > self.late_after_ms
         next_due = self._next_slot(reminder, now) if reminder is not None else None
-        text = ""
+        text, quiet_for = "", None
         if reminder is not None:
             text = f"⏰ Reminder: {reminder.text}"
             if late:
                 text += f" (late: due {_local(reminder, slot)})"
+            quiet_for = (now - await self._last_heard(reminder)) / 1000
         entry = self.outbox.entry(
             OutboundMessage(
                 channel=reminder.channel if reminder else "",
                 conversation=conversation,
                 text=text,
+                quiet_for=quiet_for,
             )
         )
         keys = [
@@ -158,6 +163,13 @@ class ReminderFirer:
             return None
         after = datetime.fromtimestamp(max(reminder.due, now) / 1000, UTC)
         return int(reminder.rule.next_after(after, ZoneInfo(reminder.zone)).timestamp() * 1000)
+
+    async def _last_heard(self, reminder: Reminder) -> int:
+        """When the person last wrote here (epoch ms), as far as Redis knows: their newest
+        remembered message, or the /remind itself (commands are not remembered)."""
+        recent = await self.redis.lrange(RedisMemory.key(reminder.conversation), -HEARD_TURNS, -1)
+        turns = [Turn.from_dict(json.loads(raw)) for raw in recent]
+        return max([reminder.created, *(int(t.ts * 1000) for t in turns if t.role == "user")])
 
     async def _admitted(self, reminder: Reminder) -> bool:
         """Is the person who set it still let in (a stranger now gets nothing)?"""
