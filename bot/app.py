@@ -286,6 +286,7 @@ async def open_app(
             )
             reminders = RedisReminders(
                 redis.client,
+                log=log,
                 default_zone=defaults.timezone,
                 admins=frozenset(config.commands.admins),
             )

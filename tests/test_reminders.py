@@ -210,7 +210,7 @@ async def open_rig(
         )  # type: ignore[call-arg]  # fmt: skip
         clock = Clock(SATURDAY_EVENING.timestamp())
         async with open_app(settings, config, events.log) as app:
-            store = RedisReminders(app.redis.client, default_zone="UTC", clock=clock)
+            store = RedisReminders(app.redis.client, log=app.log, default_zone="UTC", clock=clock)
             yield Rig(app, twilio, redis_client, events, clock, store)
 
 
@@ -370,6 +370,9 @@ async def test_remind_list_and_cancel_in_the_persons_zone(rig: Rig) -> None:
     assert "No reminder number 5" in await say("/remind cancel 5", 9)
     assert "I could not tell when" in await say("/remind whenever", 10)
     assert "2099" not in await say("/remind list", 11)
+    set_events = rig.events.events("reminder_set")
+    assert [e["recurring"] for e in set_events] == [False, True]
+    assert set_events[0]["due"] == "2099-12-24T17:00:00+00:00"
 
 
 async def test_setting_a_whatsapp_reminder_beyond_a_day_warns_without_a_template(

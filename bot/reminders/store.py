@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from bot.delivery import CLAIM_DUE
 from bot.errors import CommandError
+from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.reminders.phrases import Rule
 from bot.scripts import Script
@@ -177,12 +178,14 @@ class RedisReminders:
         self,
         redis: aioredis.Redis,
         *,
+        log: Logger | None = None,
         default_zone: str = "UTC",
         admins: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
         limit: int = MAX_PENDING,
     ) -> None:
         self.redis = redis
+        self.log = log
         self.default_zone = default_zone
         self.admins = admins
         self.clock = clock
@@ -236,6 +239,16 @@ class RedisReminders:
             raise CommandError(
                 f"You have {self.limit} reminders pending, the most allowed: "
                 "cancel one first (/remind list, /remind cancel N)."
+            )
+        if self.log is not None:
+            self.log.info(
+                "reminder_set",
+                channel=channel,
+                conversation=conversation,
+                id=reminder.id,
+                due=reminder.due_at.isoformat(),
+                zone=zone,
+                recurring=rule is not None,
             )
         return reminder
 
