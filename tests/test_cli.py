@@ -262,7 +262,7 @@ def test_help_lists_every_command() -> None:
 
     parser = build_parser()
     commands = {"serve", "chat", "config", "telegram", "pairing", "model", "doctor", "logs",
-                "dead-letters", "usage", "tools", "console"}  # fmt: skip
+                "dead-letters", "usage", "tools", "console", "reminders"}  # fmt: skip
     [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(subparsers.choices) == commands
     listed = re.findall(r"^    (\S+)", parser.format_help(), flags=re.MULTILINE)

@@ -36,7 +36,7 @@ from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, echo
 from tests.fakes.twilio_server import FakeTwilio, outside_window
-from tests.helpers import Clock, gateway_config_text, inbound, run_turn
+from tests.helpers import Clock, bot_env, gateway_config_text, inbound, run_bot, run_turn
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SENDER = "whatsapp:+14155238886"
@@ -395,3 +395,26 @@ async def test_setting_a_whatsapp_reminder_beyond_a_day_warns_without_a_template
     )
     [far] = await run_turn(rig.app, later)
     assert "WhatsApp may refuse it" in far.text
+
+
+async def test_bot_reminders_lists_and_cancels_for_an_operator(
+    rig: Rig, redis_url: str, tmp_path: Path
+) -> None:
+    """`bot reminders list [--json]` shows every pending one without its text; `cancel ID`
+    removes it; an unknown ID exits 1."""
+    rid = await rig.add("secret plan", START + timedelta(hours=2), Rule(hour=22, minute=0))
+    env = bot_env(tmp_path, REDIS_URL=redis_url)
+    listed = await run_bot("reminders", "list", env=env, cwd=tmp_path)
+    assert listed.code == 0, listed.err
+    assert listed.out.startswith(f"{rid}  2026-03-28 22:00 Europe/Berlin  {PERSON}")
+    assert "every day at 22:00" in listed.out
+    assert "secret" not in listed.out
+    as_json = await run_bot("reminders", "list", "--json", env=env, cwd=tmp_path)
+    row = json.loads(as_json.out)
+    assert (row["id"], row["due"], row["chars"]) == (rid, "2026-03-28T21:00:00+00:00", 11)
+    cancelled = await run_bot("reminders", "cancel", rid, env=env, cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    assert await rig.store.pending(PERSON) == []
+    again = await run_bot("reminders", "cancel", rid, env=env, cwd=tmp_path)
+    assert again.code == 1
+    assert "no pending reminder" in again.err

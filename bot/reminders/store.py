@@ -280,6 +280,12 @@ class RedisReminders:
         found = [await self.get(*split_member(str(m))) for m in members]
         return sorted((r for r in found if r is not None), key=lambda r: r.due)
 
+    async def find(self, rid: str) -> Reminder | None:
+        """A pending reminder by its id alone (for `bot reminders cancel ID`)."""
+        async for member, _ in self.redis.zscan_iter(DUE_KEY, match=f"{rid}:*"):
+            return await self.get(*split_member(str(member)))
+        return None
+
     async def claim_due(self, count: int, hold_ms: int) -> list[tuple[str, str]]:
         """Due reminders as (conversation, rid), up to `count`, each held back `hold_ms` so
         that one worker looks at it (and another does if that one dies)."""
