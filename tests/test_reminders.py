@@ -418,3 +418,40 @@ async def test_bot_reminders_lists_and_cancels_for_an_operator(
     again = await run_bot("reminders", "cancel", rid, env=env, cwd=tmp_path)
     assert again.code == 1
     assert "no pending reminder" in again.err
+
+
+async def test_reminders_fire_on_redis_cluster(
+    cluster_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Every script touches one conversation's slot: set, list, fire and cancel work on a
+    3-node cluster, for conversations spread over its nodes."""
+    clock = Clock(START.timestamp())
+    store = RedisReminders(cluster_client, clock=clock)
+    outbox = Outbox(redis=cluster_client, senders={}, log=events.log, clock=clock)
+
+    async def everyone(message: InboundMessage) -> bool:
+        return True
+
+    firer = ReminderFirer(
+        store=store, outbox=outbox, may_tell=everyone, log=events.log, lease_ms=30000
+    )
+    people = [f"telegram:{n}" for n in range(6)]
+    for person in people:
+        await store.add(
+            channel="telegram",
+            conversation=person,
+            sender=person,
+            text=f"hi {person}",
+            due=START + timedelta(minutes=1),
+            zone="UTC",
+        )
+    await store.cancel(people[0], (await store.pending(people[0]))[0].id)
+    clock.now += 60
+    claimed = await firer.claim(10)
+    assert sorted(c for c, _ in claimed) == people[1:]
+    verdicts = [await firer.fire(c, rid) for c, rid in claimed]
+    assert verdicts == [Fired.FIRED] * 5
+    for person in people[1:]:
+        [entry] = await cluster_client.lrange(outbox_key(person), 0, -1)
+        assert f"hi {person}" in entry
+    assert not await cluster_client.zcard(DUE_KEY)
