@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
@@ -282,6 +283,12 @@ class Outbox:
         now = self.now_ms()
         found = await self._claim_due(keys=[DUE_KEY], args=[now, count, now + hold_ms])
         return [str(member) for member in found]
+
+    def queue_claim_due(self, pipe: Pipeline, count: int, hold_ms: int) -> None:
+        """`claim_due` as one command of a pipeline (its reply: the conversations' ids), for a
+        poll that shares its round trip with another."""
+        now = self.now_ms()
+        CLAIM_DUE.queue(pipe, [DUE_KEY], [now, count, now + hold_ms])
 
     async def flush(
         self,

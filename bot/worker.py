@@ -56,7 +56,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
-from bot.reminders import RedisReminders, ReminderFirer
+from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
 from bot.scripts import Script
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
@@ -301,7 +301,8 @@ class Worker:
         """`retry_seconds`: the longest wait between tries while Redis is unreachable;
         `sweep_seconds`: how often lost wake-ups are looked for (default two leases);
         `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper);
-        `reminders`: fire due reminders (polled every REMINDERS_EVERY s, never inside a turn)."""
+        `reminders`: fire due reminders (polled every REMINDERS_EVERY s with the outbox's due
+        set, in its round trip; never inside a turn)."""
         self.redis = redis
         self.agent = agent
         self.memory = memory
@@ -375,8 +376,8 @@ class Worker:
                     if not entries:
                         entries = await self._read(free)
                     claims = await self._claim([f.get("conversation", "") for _, f in entries])
-                    due = await self._claim_due(max(free - len(entries), 1))  # never starved
-                    reminders = await self._claim_reminders(max(free - len(entries), 1))
+                    # Never starved: at least one due delivery and one due reminder per poll.
+                    due, reminders = await self._claim_due(max(free - len(entries), 1))
                 except TRANSIENT as exc:  # what was read is reclaimed after a lease
                     self.log.error(
                         "worker_redis_error", worker=self.name, error=str(exc), retry_in=delay
@@ -811,23 +812,24 @@ class Worker:
         lease = lease_key(conversation)
         return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
 
-    async def _claim_due(self, count: int) -> list[str]:
-        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s).
-        The run loop asks for at least one, so retries never starve behind new turns: one due
-        delivery may run beyond max_concurrent."""
+    async def _claim_due(self, count: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s) and,
+        every REMINDERS_EVERY s, due reminders, in the same round trip. The run loop asks for
+        at least one of each, so retries never starve behind new turns: one due delivery may
+        run beyond max_concurrent."""
         now = time.monotonic()
         if now < self._next_due or count <= 0:
-            return []
+            return [], []
         self._next_due = now + DUE_EVERY
-        return await self.outbox.claim_due(count, hold_ms=min(self.lease_ms, 5000))
-
-    async def _claim_reminders(self, count: int) -> list[tuple[str, str]]:
-        """Due reminders, polled every REMINDERS_EVERY s (at least one, like due replies)."""
-        now = time.monotonic()
+        hold_ms = min(self.lease_ms, 5000)
         if self.reminders is None or now < self._next_reminders:
-            return []
+            return await self.outbox.claim_due(count, hold_ms=hold_ms), []
         self._next_reminders = now + REMINDERS_EVERY
-        return await self.reminders.claim(count)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.outbox.queue_claim_due(pipe, count, hold_ms)
+            self.reminders.queue_claim(pipe, count)
+            due, reminders = await pipe.execute()
+        return [str(member) for member in due], decode_claimed(reminders)
 
     def _spawn_reminder(self, conversation: str, rid: str) -> None:
         task = asyncio.create_task(self._fire_reminder(conversation, rid))

@@ -29,6 +29,7 @@ from bot.reminders import (
     RedisReminders,
     ReminderFirer,
     Rule,
+    decode_claimed,
     parse_reminder,
 )
 from bot.settings import Settings
@@ -447,7 +448,12 @@ async def test_reminders_fire_on_redis_cluster(
         )
     await store.cancel(people[0], (await store.pending(people[0]))[0].id)
     clock.now += 60
-    claimed = await firer.claim(10)
+    async with cluster_client.pipeline(transaction=False) as pipe:  # as a worker polls both
+        outbox.queue_claim_due(pipe, 10, 5000)
+        firer.queue_claim(pipe, 10)
+        nothing_due, found = await pipe.execute()
+    assert nothing_due == []
+    claimed = decode_claimed(found)
     assert sorted(c for c, _ in claimed) == people[1:]
     verdicts = [await firer.fire(c, rid) for c, rid in claimed]
     assert verdicts == [Fired.FIRED] * 5

@@ -3,7 +3,14 @@ hash each, hash-tagged by conversation) and fired exactly once by any worker thr
 
 from bot.reminders.firing import LATE_AFTER, ReminderFirer
 from bot.reminders.phrases import ACCEPTED, Rule, Schedule, parse_reminder, zone_named
-from bot.reminders.store import DUE_KEY, MAX_PENDING, Fired, RedisReminders, Reminder
+from bot.reminders.store import (
+    DUE_KEY,
+    MAX_PENDING,
+    Fired,
+    RedisReminders,
+    Reminder,
+    decode_claimed,
+)
 
 __all__ = [
     "ACCEPTED",
@@ -16,6 +23,7 @@ __all__ = [
     "ReminderFirer",
     "Rule",
     "Schedule",
+    "decode_claimed",
     "parse_reminder",
     "zone_named",
 ]

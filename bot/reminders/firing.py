@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+from redis.asyncio.client import Pipeline
+
 from bot.delivery import DUE_KEY as OUTBOX_DUE_KEY
 from bot.delivery import Outbox, head_key, outbox_key
 from bot.logs import Logger
@@ -66,6 +68,10 @@ class ReminderFirer:
     async def claim(self, count: int) -> list[tuple[str, str]]:
         """Due reminders (conversation, rid), each held for a lease so one worker fires it."""
         return await self.store.claim_due(count, hold_ms=self.lease_ms)
+
+    def queue_claim(self, pipe: Pipeline, count: int) -> None:
+        """`claim` as one command of a pipeline; decode its reply with `decode_claimed`."""
+        self.store.queue_claim_due(pipe, count, hold_ms=self.lease_ms)
 
     async def fire(self, conversation: str, rid: str) -> Fired | None:
         """Fire one claimed reminder; None when its conversation is busy (it is looked at

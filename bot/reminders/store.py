@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot.delivery import CLAIM_DUE
 from bot.errors import CommandError
@@ -56,6 +57,11 @@ def split_member(member: str) -> tuple[str, str]:
     """A due index member as (conversation, rid)."""
     rid, _, conversation = member.partition(":")
     return conversation, rid
+
+
+def decode_claimed(reply: Any) -> list[tuple[str, str]]:
+    """A claim's reply (due index members) as (conversation, rid) pairs."""
+    return [split_member(str(m)) for m in cast("list[Any]", reply)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,12 +108,6 @@ class Reminder:
             rule=Rule.from_text(fields["rule"]) if fields.get("rule") else None,
             created=int(fields.get("created") or 0),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = dict(self.to_fields())
-        data["due_iso"] = self.due_at.isoformat()
-        data["rule"] = self.rule.describe() if self.rule else None
-        return data
 
 
 class Fired(StrEnum):
@@ -291,7 +291,13 @@ class RedisReminders:
         that one worker looks at it (and another does if that one dies)."""
         now = int(self.clock() * 1000)
         found = await self._claim(keys=[DUE_KEY], args=[now, count, now + hold_ms])
-        return [split_member(str(m)) for m in cast("list[Any]", found)]
+        return decode_claimed(found)
+
+    def queue_claim_due(self, pipe: Pipeline, count: int, hold_ms: int) -> None:
+        """`claim_due` as one command of a pipeline (decode its reply with decode_claimed):
+        the worker sends it with the outbox's due poll, so it costs no round trip of its own."""
+        now = int(self.clock() * 1000)
+        CLAIM_DUE.queue(pipe, [DUE_KEY], [now, count, now + hold_ms])
 
     async def reindex(self, conversation: str, rid: str, due: int | None) -> None:
         """Put the due index right after a firing: the next slot, or no entry."""
