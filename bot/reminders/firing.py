@@ -82,7 +82,9 @@ class ReminderFirer:
             return None
         try:
             reminder = await self.store.get(conversation, rid)
-            if reminder is not None and not await self._admitted(reminder):
+            if reminder is None:  # fired once and done, or cancelled (a crashed firer may
+                verdict, next_due = Fired.GONE, None  # have queued it: it is woken below)
+            elif not await self._admitted(reminder):
                 await self.store.cancel(conversation, rid)
                 self.log.warning(
                     "reminder_failed",
@@ -92,7 +94,8 @@ class ReminderFirer:
                     error="the sender is no longer let in by the access policy: dropped",
                 )
                 return Fired.GONE
-            verdict, next_due = await self._fire_slot(conversation, rid, lease, token, reminder)
+            else:
+                verdict, next_due = await self._fire_slot(lease, token, reminder)
         finally:
             await self._release(keys=[lease], args=[token])
         if verdict is not Fired.LOST:  # whatever a crashed firer queued is delivered too
@@ -101,25 +104,23 @@ class ReminderFirer:
         return verdict
 
     async def _fire_slot(
-        self, conversation: str, rid: str, lease: str, token: str, reminder: Reminder | None
+        self, lease: str, token: str, reminder: Reminder
     ) -> tuple[Fired, int | None]:
         """One FIRE for the reminder's current slot; its verdict and the due index's next
         entry for it (None: none)."""
         now = self.now_ms()
-        if reminder is not None and reminder.due > now:  # fired already: this is its next slot
+        if reminder.due > now:  # fired already: this is its next slot
             return Fired.STALE, reminder.due
-        slot = reminder.due if reminder is not None else 0
-        late = reminder is not None and now - slot > self.late_after_ms
-        next_due = self._next_slot(reminder, now) if reminder is not None else None
-        text, quiet_for = "", None
-        if reminder is not None:
-            text = f"⏰ Reminder: {reminder.text}"
-            if late:
-                text += f" (late: due {_local(reminder, slot)})"
-            quiet_for = (now - await self._last_heard(reminder)) / 1000
+        conversation, rid, slot = reminder.conversation, reminder.id, reminder.due
+        late = now - slot > self.late_after_ms
+        next_due = self._next_slot(reminder, now)
+        text = f"⏰ Reminder: {reminder.text}"
+        if late:
+            text += f" (late: due {_local(reminder, slot)})"
+        quiet_for = (now - await self._last_heard(reminder)) / 1000
         entry = self.outbox.entry(
             OutboundMessage(
-                channel=reminder.channel if reminder else "",
+                channel=reminder.channel,
                 conversation=conversation,
                 text=text,
                 quiet_for=quiet_for,
@@ -144,7 +145,7 @@ class ReminderFirer:
         ]
         reply = cast("list[Any]", await self._fire(keys=keys, args=args))
         verdict = Fired(reply[0])
-        if verdict is Fired.FIRED and reminder is not None:
+        if verdict is Fired.FIRED:
             self.log.info(
                 "reminder_fired",
                 channel=reminder.channel,
