@@ -56,6 +56,8 @@ def berlin(*args: int) -> datetime:
     [
         ("in 2h call mom", berlin(2026, 3, 28, 22, 0), "call mom"),
         ("in 90 minutes tea", berlin(2026, 3, 28, 21, 30), "tea"),
+        ("in 2h30m tea", berlin(2026, 3, 28, 22, 30), "tea"),
+        ("friday at 8:30 dentist", berlin(2026, 4, 3, 8, 30), "dentist"),
         ("at 18:00 pick up", berlin(2026, 3, 29, 18, 0), "pick up"),  # 18:00 passed: tomorrow
         ("at 21:15 news", berlin(2026, 3, 28, 21, 15), "news"),
         ("tomorrow at 9 water the plants", berlin(2026, 3, 29, 9, 0), "water the plants"),
@@ -101,6 +103,7 @@ def test_every_day_at_nine_stays_nine_local_across_the_march_change() -> None:
         ("on 24 Dec 2025 18:00 too late", "That time is in the past."),
         ("sometime soonish", "I could not tell when."),
         ("every day at 25:00 nope", "That time does not exist."),
+        ("at 18:00", "What should I remind you of?"),
     ],
 )
 def test_past_and_unreadable_phrases_say_what_is_accepted(phrase: str, start: str) -> None:

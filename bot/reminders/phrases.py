@@ -30,7 +30,7 @@ _EVERY = re.compile(
 )
 # The time part of a one-off phrase: "in …", "at …", "tomorrow …", "on …", then the text.
 _WHEN = re.compile(
-    r"^(?P<when>(?:in\s+\d+\s*[a-z]+(?:\s+\d+\s*[a-z]+)?)"
+    r"^(?P<when>(?:in\s+\d+\s*[a-z]+(?:,?\s*(?:and\s+)?\d+\s*[a-z]+)?)"
     r"|(?:(?:on\s+)?(?:today|tomorrow|" + "|".join(WEEKDAYS) + r"|\d{1,2}\s+[a-z]{3,9}\.?"
     r"(?:\s+\d{4})?|[a-z]{3,9}\.?\s+\d{1,2}(?:\s+\d{4})?)?\s*(?:at\s+)?"
     r"\d{1,2}(?::\d{2})?\s*(?:[ap]m)?))\s+(?P<text>\S.*)$",
@@ -113,7 +113,11 @@ def parse_reminder(phrase: str, *, now: datetime, zone: ZoneInfo) -> Schedule:
         return Schedule(due=rule.next_after(now, zone), text=every["text"].strip(), rule=rule)
     found = _WHEN.match(phrase)
     if not found:
-        raise CommandError(f"I could not tell when. {ACCEPTED}")
+        try:
+            parse_when(phrase, now=now, zone=zone)
+        except CommandError:
+            raise CommandError(f"I could not tell when. {ACCEPTED}") from None
+        raise CommandError(f"What should I remind you of? Put it after the time. {ACCEPTED}")
     due = parse_when(found["when"], now=now, zone=zone)
     return Schedule(due=due, text=found["text"].strip())
 
