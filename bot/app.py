@@ -309,6 +309,14 @@ async def open_app(
                 tools=toolbox,
                 reminders=reminders,
                 reminder_window_hint=window_hint,
+                reminder_channels=frozenset(
+                    name
+                    for name, channel in (
+                        ("whatsapp", channels.whatsapp),
+                        ("telegram", channels.telegram),
+                    )
+                    if channel.enabled
+                ),
             )
             agent = Agent(
                 redis=redis.client,

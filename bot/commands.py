@@ -165,12 +165,16 @@ class Commands:
         tools: ToolList | None = None,
         reminders: ReminderBook | None = None,
         reminder_window_hint: frozenset[str] = frozenset(),
+        reminder_channels: frozenset[str] | None = None,
     ) -> None:
         """`reminder_window_hint`: channels whose reminders may be refused outside a window
-        (WhatsApp without channels.whatsapp.reminderTemplateSid): setting one says so."""
+        (WhatsApp without channels.whatsapp.reminderTemplateSid): setting one says so.
+        `reminder_channels`: the channels a reminder can be sent on later (None: any); not the
+        terminal of `bot chat`, which nobody may be at when it fires."""
         self.choice = choice
         self.reminders = reminders
         self.reminder_window_hint = reminder_window_hint
+        self.reminder_channels = reminder_channels
         self.tools = tools
         self.registry = registry
         self.memory = memory
@@ -367,8 +371,11 @@ class Commands:
 
     @command("remind", usage="in 2h TEXT|at 18:00 TEXT|list|cancel N", summary="reminders")
     async def remind_(self, ctx: CommandContext) -> str:
-        if self.reminders is None:
-            raise CommandError("Reminders are not available here.")
+        channels = self.reminder_channels
+        if self.reminders is None or (channels is not None and ctx.message.channel not in channels):
+            raise CommandError(
+                "Reminders are not available here: set them on WhatsApp or Telegram."
+            )
         hint = ctx.message.channel in self.reminder_window_hint
         return await remind(self.reminders, ctx.message, ctx.args, window_hint=hint)
 

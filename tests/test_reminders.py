@@ -355,7 +355,8 @@ async def test_remind_list_and_cancel_in_the_persons_zone(rig: Rig) -> None:
     """/tz sets the zone /whoami shows; /remind sets, lists (numbered, local) and cancels."""
 
     async def say(text: str, n: int) -> str:
-        [reply] = await run_turn(rig.app, inbound(text, n=n))
+        message = inbound(text, n=n, conversation=PERSON, channel="whatsapp")
+        [reply] = await run_turn(rig.app, message)
         return reply.text
 
     assert "time zone UTC" in await say("/whoami", 1)
@@ -377,6 +378,13 @@ async def test_remind_list_and_cancel_in_the_persons_zone(rig: Rig) -> None:
     set_events = rig.events.events("reminder_set")
     assert [e["recurring"] for e in set_events] == [False, True]
     assert set_events[0]["due"] == "2099-12-24T17:00:00+00:00"
+
+
+async def test_the_terminal_cannot_set_reminders(rig: Rig) -> None:
+    """`bot chat`'s terminal may be closed when a reminder fires: /remind says where it works."""
+    [reply] = await run_turn(rig.app, inbound("/remind in 2h tea"))
+    assert reply.text.startswith("Reminders are not available here: set them on WhatsApp")
+    assert not await rig.redis.zcard(DUE_KEY)
 
 
 async def test_setting_a_whatsapp_reminder_beyond_a_day_warns_without_a_template(
