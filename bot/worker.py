@@ -7,7 +7,8 @@ fenced by the lease token, so a worker that lost its lease can change nothing an
 that takes over resumes where the dead one stopped: a stored reply is sent, never generated
 again, and chunks the platform took are not sent again. Wake-ups come from the `ready`
 stream's consumer group; entries of dead workers are reclaimed once idle for a lease period;
-replies waiting to be retried come from the outbox's due set.
+replies waiting to be retried come from the outbox's due set, and due reminders
+(bot.reminders) from their own due index, polled in the same round trip.
 
 Nothing wedges: whatever fails inside a turn ends in a short reply to the person, or, when
 nobody can be told (the batch is unreadable, the reply cannot go out), the batch is left for the
