@@ -35,7 +35,7 @@ from bot.reminders import (
 from bot.settings import Settings
 from bot.worker import Worker
 from tests.conftest import CapturedEvents
-from tests.fakes.openai_server import FakeOpenAI, echo
+from tests.fakes.openai_server import FakeOpenAI, Reply, echo
 from tests.fakes.twilio_server import FakeTwilio, outside_window
 from tests.helpers import Clock, bot_env, gateway_config_text, inbound, run_bot, run_turn
 
@@ -122,6 +122,7 @@ class Rig:
 
     app: App
     twilio: FakeTwilio
+    model: FakeOpenAI
     redis: aioredis.Redis
     events: CapturedEvents
     clock: Clock
@@ -215,7 +216,7 @@ async def open_rig(
         clock = Clock(SATURDAY_EVENING.timestamp())
         async with open_app(settings, config, events.log) as app:
             store = RedisReminders(app.redis.client, log=app.log, default_zone="UTC", clock=clock)
-            yield Rig(app, twilio, redis_client, events, clock, store)
+            yield Rig(app, twilio, model, redis_client, events, clock, store)
 
 
 @pytest.fixture
@@ -269,10 +270,33 @@ async def test_a_due_reminder_arrives_through_the_outbox_on_whatsapp(rig: Rig) -
         await rig.until(lambda: bool(rig.twilio.messages))
     assert rig.bodies() == ["⏰ Reminder: call mom"]
     assert rig.twilio.messages[0].to == PERSON
+    assert rig.model.requests == []  # the text never reaches a model
     assert await rig.store.pending(PERSON) == []
     assert not await rig.redis.zcard(DUE_KEY)
     fired = rig.events.events("reminder_fired")
     assert [(e["late"], e["recurring"]) for e in fired] == [(False, False)]
+
+
+async def test_a_reminder_due_during_a_turn_goes_out_after_that_turns_reply(rig: Rig) -> None:
+    """A reminder that comes due while the conversation's turn runs waits for the lease and
+    queues behind the turn's reply."""
+    rig.model.script(Reply(text="the answer", delay=0.5))
+    await rig.add("tea", START + timedelta(minutes=1))
+    async with running(rig):
+        await rig.app.intake.accept(
+            InboundMessage(
+                channel="whatsapp",
+                conversation=PERSON,
+                sender=PERSON,
+                text="a question",
+                platform_id="q1",
+                ts=time.time(),
+            )
+        )
+        await rig.until(lambda: bool(rig.model.requests))  # the turn holds the lease now
+        rig.clock.now += 60
+        await rig.until(lambda: len(rig.twilio.messages) == 2)
+    assert rig.bodies() == ["the answer", "⏰ Reminder: tea"]
 
 
 async def test_two_workers_polling_at_once_fire_a_due_reminder_once(rig: Rig) -> None:
