@@ -38,6 +38,7 @@ from bot.memory import Compactor, RedisMemory
 from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, is_cluster, open_redis
+from bot.reminders import RedisReminders
 from bot.settings import Settings
 from bot.spool import SpillIntake, Spool, SpoolDrainer, SpooledIntake
 from bot.tools import McpToolbox, tool_warnings
@@ -78,6 +79,7 @@ class App:
     usage: RedisUsage  # tokens and cost per sender, model and conversation; daily budgets
     tools: McpHub | None = None  # the MCP servers' sessions, when tools are configured here
     compactor: Compactor | None = None  # the console's "compact now" (the agent holds its own)
+    reminders: RedisReminders | None = None  # fired by workers through the outbox
 
     @property
     def senders(self) -> dict[str, Channel]:
@@ -109,6 +111,7 @@ class App:
             retry_seconds=min(5.0, defaults.lease_seconds),  # waits on a Redis that is down
             delivery_retry_seconds=defaults.delivery_retry_seconds,
             sweep_skip=(f"{ConsoleChannel.name}:",),
+            reminders=self.reminders,
         )
 
     def web_app(self) -> web.Application:
@@ -281,6 +284,17 @@ async def open_app(
                 rate_per_minute=config.session.rate_limit_per_minute,
                 log=log,
             )
+            reminders = RedisReminders(
+                redis.client,
+                log=log,
+                default_zone=defaults.timezone,
+                admins=frozenset(config.commands.admins),
+            )
+            window_hint = (
+                frozenset({"whatsapp"})
+                if not channels.whatsapp.reminder_template_sid
+                else frozenset()
+            )
             commands = Commands(
                 choice=choice,
                 registry=registry,
@@ -293,6 +307,16 @@ async def open_app(
                 usage=usage,
                 daily_token_budget=config.session.daily_token_budget,
                 tools=toolbox,
+                reminders=reminders,
+                reminder_window_hint=window_hint,
+                reminder_channels=frozenset(
+                    name
+                    for name, channel in (
+                        ("whatsapp", channels.whatsapp),
+                        ("telegram", channels.telegram),
+                    )
+                    if channel.enabled
+                ),
             )
             agent = Agent(
                 redis=redis.client,
@@ -340,6 +364,7 @@ async def open_app(
                 usage=usage,
                 tools=servers,
                 compactor=compactor,
+                reminders=reminders,
             )
         finally:
             if servers is not None:

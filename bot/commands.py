@@ -26,6 +26,7 @@ from bot.llm.types import ModelRef
 from bot.logs import Logger
 from bot.memory import Compactor, ConversationState
 from bot.messages import InboundMessage
+from bot.reminders.chat import ReminderBook, remind, timezone
 from bot.usage import GroupBy, Row, Totals
 
 
@@ -162,8 +163,18 @@ class Commands:
         usage: UsageReports | None = None,
         daily_token_budget: int = 0,
         tools: ToolList | None = None,
+        reminders: ReminderBook | None = None,
+        reminder_window_hint: frozenset[str] = frozenset(),
+        reminder_channels: frozenset[str] | None = None,
     ) -> None:
+        """`reminder_window_hint`: channels whose reminders may be refused outside a window
+        (WhatsApp without channels.whatsapp.reminderTemplateSid): setting one says so.
+        `reminder_channels`: the channels a reminder can be sent on later (None: any); not the
+        terminal of `bot chat`, which nobody may be at when it fires."""
         self.choice = choice
+        self.reminders = reminders
+        self.reminder_window_hint = reminder_window_hint
+        self.reminder_channels = reminder_channels
         self.tools = tools
         self.registry = registry
         self.memory = memory
@@ -224,7 +235,10 @@ class Commands:
 
     @command("whoami", summary="your sender id and role")
     async def whoami(self, ctx: CommandContext) -> str:
-        return f"You are {ctx.message.sender} ({ctx.role})."
+        if self.reminders is None:
+            return f"You are {ctx.message.sender} ({ctx.role})."
+        zone = await self.reminders.zone(ctx.message.sender)
+        return f"You are {ctx.message.sender} ({ctx.role}), time zone {zone}."
 
     @command("new", aliases=("reset",), summary="forget this conversation and start over")
     async def new(self, ctx: CommandContext) -> str:
@@ -354,6 +368,22 @@ class Commands:
         if not lines:
             return "No tools are enabled here: I answer from the conversation alone."
         return "\n".join(["Tools I may use for you:", *(f"• {line}" for line in lines)])
+
+    @command("remind", usage="in 2h TEXT|at 18:00 TEXT|list|cancel N", summary="reminders")
+    async def remind_(self, ctx: CommandContext) -> str:
+        channels = self.reminder_channels
+        if self.reminders is None or (channels is not None and ctx.message.channel not in channels):
+            raise CommandError(
+                "Reminders are not available here: set them on WhatsApp or Telegram."
+            )
+        hint = ctx.message.channel in self.reminder_window_hint
+        return await remind(self.reminders, ctx.message, ctx.args, window_hint=hint)
+
+    @command("tz", usage="[Area/City]", summary="show or set your time zone (for reminders)")
+    async def tz(self, ctx: CommandContext) -> str:
+        if self.reminders is None:
+            raise CommandError("Time zones are not kept here.")
+        return await timezone(self.reminders, ctx.message, ctx.args)
 
     # -- admins --------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
@@ -283,6 +284,12 @@ class Outbox:
         found = await self._claim_due(keys=[DUE_KEY], args=[now, count, now + hold_ms])
         return [str(member) for member in found]
 
+    def queue_claim_due(self, pipe: Pipeline, count: int, hold_ms: int) -> None:
+        """`claim_due` as one command of a pipeline (its reply: the conversations' ids), for a
+        poll that shares its round trip with another."""
+        now = self.now_ms()
+        CLAIM_DUE.queue(pipe, [DUE_KEY], [now, count, now + hold_ms])
+
     async def flush(
         self,
         conversation: str,
@@ -365,11 +372,13 @@ class Outbox:
                 error=str(exc),
                 part=part,
             )
+            self._reminder_failed(reply, exc)
             return Step.DROPPED
         except ChannelSendError as exc:
             if exc.retryable:
                 return await self._retry(keys, token, head, exc, part)
             self.log.error("send_failed", **fields, error=str(exc), retryable=False, part=part)
+            self._reminder_failed(reply, exc)
             return Step.DROPPED
         if head.sent + 1 == len(entry.chunks):
             self.log.info(
@@ -430,6 +439,19 @@ class Outbox:
                 await self.redis.zrem(DUE_KEY, head.entry.reply.conversation)
             return Flush.EMPTY
         return Head(entry=Entry.from_json(reply[1]), started=now, retrying=bool(reply[2]))
+
+    def _reminder_failed(self, reply: OutboundMessage, exc: ChannelSendError) -> None:
+        """Say, besides send_failed, that a reminder (a message nobody just asked for) was
+        refused; the error carries the platform's hint (WhatsApp 63016: a template)."""
+        if reply.quiet_for is None:
+            return
+        self.log.error(
+            "reminder_failed",
+            channel=reply.channel,
+            conversation=reply.conversation,
+            quiet_for=round(reply.quiet_for),
+            error=str(exc),
+        )
 
     def _decode_head(self, loaded: list[Any]) -> Head:
         """LOAD's {'head', entry, progress} reply as a Head."""

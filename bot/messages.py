@@ -107,13 +107,16 @@ class Attachment:
 class OutboundMessage:
     """One reply to send to a conversation on a channel. `failure`: why the turn failed (no
     model answered, or it crashed) when the text is an apology standing in for the answer;
-    only the console shows it."""
+    only the console shows it. `quiet_for`: set on a message the person did not just ask for
+    (a reminder): how long (s) they had been silent when it was queued, for a channel whose
+    platform refuses free-form messages after a while (WhatsApp's 24-hour window)."""
 
     channel: str
     conversation: str
     text: str
     reply_to: str | None = None
     failure: str | None = None
+    quiet_for: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -124,6 +127,8 @@ class OutboundMessage:
         }
         if self.failure is not None:
             data["failure"] = self.failure
+        if self.quiet_for is not None:
+            data["quiet_for"] = self.quiet_for
         return data
 
     @classmethod
@@ -134,6 +139,7 @@ class OutboundMessage:
             text=data["text"],
             reply_to=data.get("reply_to"),
             failure=data.get("failure"),
+            quiet_for=data.get("quiet_for"),
         )
 
 

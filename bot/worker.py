@@ -7,7 +7,8 @@ fenced by the lease token, so a worker that lost its lease can change nothing an
 that takes over resumes where the dead one stopped: a stored reply is sent, never generated
 again, and chunks the platform took are not sent again. Wake-ups come from the `ready`
 stream's consumer group; entries of dead workers are reclaimed once idle for a lease period;
-replies waiting to be retried come from the outbox's due set.
+replies waiting to be retried come from the outbox's due set, and due reminders
+(bot.reminders) from their own due index, polled in the same round trip.
 
 Nothing wedges: whatever fails inside a turn ends in a short reply to the person, or, when
 nobody can be told (the batch is unreadable, the reply cannot go out), the batch is left for the
@@ -56,6 +57,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
+from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
 from bot.scripts import Script
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
@@ -208,6 +210,7 @@ class Previewing(Protocol):
 
 TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
+REMINDERS_EVERY = 1.0  # seconds between polls of the reminders' due index
 
 
 class BatchState(StrEnum):
@@ -294,10 +297,13 @@ class Worker:
         delivery_retry_seconds: float = 3600,
         clock: Callable[[], float] = time.time,
         sweep_skip: tuple[str, ...] = (),
+        reminders: RedisReminders | None = None,
     ) -> None:
         """`retry_seconds`: the longest wait between tries while Redis is unreachable;
         `sweep_seconds`: how often lost wake-ups are looked for (default two leases);
-        `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper)."""
+        `sweep_skip`: prefixes of conversations the sweep never wakes (bot.wakeups.Sweeper);
+        `reminders`: fire due reminders (polled every REMINDERS_EVERY s with the outbox's due
+        set, in its round trip; never inside a turn)."""
         self.redis = redis
         self.agent = agent
         self.memory = memory
@@ -329,6 +335,18 @@ class Worker:
             clock=clock,
         )
         self._next_due = 0.0
+        self.reminders = (
+            ReminderFirer(
+                store=reminders,
+                outbox=self.outbox,
+                may_tell=agent.may_tell,
+                log=log,
+                lease_ms=self.lease_ms,
+            )
+            if reminders is not None
+            else None
+        )
+        self._next_reminders = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds).
@@ -359,7 +377,8 @@ class Worker:
                     if not entries:
                         entries = await self._read(free)
                     claims = await self._claim([f.get("conversation", "") for _, f in entries])
-                    due = await self._claim_due(max(free - len(entries), 1))  # never starved
+                    # Never starved: at least one due delivery and one due reminder per poll.
+                    due, reminders = await self._claim_due(max(free - len(entries), 1))
                 except TRANSIENT as exc:  # what was read is reclaimed after a lease
                     self.log.error(
                         "worker_redis_error", worker=self.name, error=str(exc), retry_in=delay
@@ -378,6 +397,8 @@ class Worker:
                     self._spawn(entry_id, fields.get("conversation", ""), claim)
                 for conversation in due:
                     self._spawn_due(conversation)
+                for conversation, rid in reminders:
+                    self._spawn_reminder(conversation, rid)
         finally:
             await self.drain()
 
@@ -792,15 +813,44 @@ class Worker:
         lease = lease_key(conversation)
         return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
 
-    async def _claim_due(self, count: int) -> list[str]:
-        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s).
-        The run loop asks for at least one, so retries never starve behind new turns: one due
-        delivery may run beyond max_concurrent."""
+    async def _claim_due(self, count: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """Conversations whose reply is due for another attempt (polled every DUE_EVERY s) and,
+        every REMINDERS_EVERY s, due reminders, in the same round trip. The run loop asks for
+        at least one of each, so retries never starve behind new turns: one due delivery may
+        run beyond max_concurrent."""
         now = time.monotonic()
         if now < self._next_due or count <= 0:
-            return []
+            return [], []
         self._next_due = now + DUE_EVERY
-        return await self.outbox.claim_due(count, hold_ms=min(self.lease_ms, 5000))
+        hold_ms = min(self.lease_ms, 5000)
+        if self.reminders is None or now < self._next_reminders:
+            return await self.outbox.claim_due(count, hold_ms=hold_ms), []
+        self._next_reminders = now + REMINDERS_EVERY
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.outbox.queue_claim_due(pipe, count, hold_ms)
+            self.reminders.queue_claim(pipe, count)
+            due, reminders = await pipe.execute()
+        return [str(member) for member in due], decode_claimed(reminders)
+
+    def _spawn_reminder(self, conversation: str, rid: str) -> None:
+        task = asyncio.create_task(self._fire_reminder(conversation, rid))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _fire_reminder(self, conversation: str, rid: str) -> None:
+        """Fire one claimed reminder; a failure leaves it claimed, so it is tried again once
+        the claim lapses (a lease later)."""
+        assert self.reminders is not None
+        try:
+            await self.reminders.fire(conversation, rid)
+        except Exception as exc:  # noqa: BLE001 - a background task: log it; due again later
+            self.log.error(
+                "reminder_failed",
+                conversation=conversation,
+                id=rid,
+                worker=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _spawn_due(self, conversation: str) -> None:
         task = asyncio.create_task(self._deliver_due(conversation))

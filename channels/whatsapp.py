@@ -51,7 +51,8 @@ from channels.base import Ack, EventLog, RawRequest, download, same_origin
 
 # Twilio error codes a person can act on: https://www.twilio.com/docs/errors/<code>
 HINTS = {
-    63016: "outside WhatsApp's 24-hour window: the person must write first (or use a template)",
+    63016: "outside WhatsApp's 24-hour window: the person must write first (or use a template; "
+    "for reminders set channels.whatsapp.reminderTemplateSid)",
     21617: "the body is over 1600 characters: lower channels.whatsapp.textChunkLimit",
     21211: "the 'To' number is not a valid phone number",
     21614: "the 'To' number is not a mobile (WhatsApp) number",
@@ -65,6 +66,7 @@ HINTS = {
     20429: "Twilio is rate limiting this account",
 }
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+SESSION_WINDOW = 24 * 3600.0  # seconds after the person's last message free-form text may go
 # Codes that say the person cannot be reached at this address: retrying would never help.
 UNREACHABLE_CODES = frozenset({21211, 21614, 63003, 21610, 63024})
 LIST_HINTS = {
@@ -341,7 +343,17 @@ class WhatsAppChannel:
             await self._send_chunk(message.conversation, chunk, part=f"{n}/{len(chunks)}")
 
     async def send_chunk(self, message: OutboundMessage, chunk: str) -> None:
-        """One Messages request for one chunk; ChannelSendError says whether to retry."""
+        """One Messages request for one chunk; ChannelSendError says whether to retry. A
+        message the person did not ask for (a reminder), after more than 24 h of their silence,
+        goes as the Content Template `reminderTemplateSid` (the chunk is its variable 1) when
+        one is set: WhatsApp refuses free-form text outside that window (63016)."""
+        template = self.config.reminder_template_sid
+        if template and message.quiet_for is not None and message.quiet_for > SESSION_WINDOW:
+            variables = json.dumps({"1": chunk}, ensure_ascii=False)
+            await self._send_chunk(
+                message.conversation, chunk, part="", attempts=1, template=(template, variables)
+            )
+            return
         await self._send_chunk(message.conversation, chunk, part="", attempts=1)
 
     async def accepted(self, message: OutboundMessage, chunk: str, since: float) -> bool:
@@ -379,8 +391,16 @@ class WhatsAppChannel:
         return self.client
 
     async def _send_chunk(
-        self, to: str, body: str, *, part: str, attempts: int | None = None
+        self,
+        to: str,
+        body: str,
+        *,
+        part: str,
+        attempts: int | None = None,
+        template: tuple[str, str] | None = None,
     ) -> None:
+        """One chunk, as `body` or, with `template` (ContentSid, ContentVariables JSON), as
+        that Content Template."""
         client = self._client()
         origin: dict[str, str] = (
             {"messaging_service_sid": self.config.messaging_service_sid}
@@ -391,7 +411,12 @@ class WhatsAppChannel:
         for attempt in range(1, attempts + 1):
             last_headers.set({})
             try:
-                await client.messages.create_async(to=to, body=body, **origin)
+                if template is not None:
+                    await client.messages.create_async(
+                        to=to, content_sid=template[0], content_variables=template[1], **origin
+                    )
+                else:
+                    await client.messages.create_async(to=to, body=body, **origin)
                 return
             except TwilioRestException as exc:
                 retryable = exc.status in RETRY_STATUSES

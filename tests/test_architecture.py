@@ -42,6 +42,7 @@ SDK_HOMES = {
     "jinja2": {"bot.console.app"},
     "aiohttp_jinja2": {"bot.console.app", "bot.console.pages"},
     "markupsafe": {"bot.console.charts"},
+    "dateparser": {"bot.reminders.phrases"},  # /remind phrases; zoneinfo places them
 }
 ASSEMBLERS = {"bot.app", "bot.cli", "bot.__main__", "bot.doctor"}  # cli: its modules; doctor: Redis
 

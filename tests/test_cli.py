@@ -262,7 +262,7 @@ def test_help_lists_every_command() -> None:
 
     parser = build_parser()
     commands = {"serve", "chat", "config", "telegram", "pairing", "model", "doctor", "logs",
-                "dead-letters", "usage", "tools", "console"}  # fmt: skip
+                "dead-letters", "usage", "tools", "console", "reminders"}  # fmt: skip
     [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(subparsers.choices) == commands
     listed = re.findall(r"^    (\S+)", parser.format_help(), flags=re.MULTILINE)
@@ -301,7 +301,7 @@ async def test_console_user_is_the_owner(
     config = write_config(tmp_path, gateway_config_text(f"http://127.0.0.1:{closed_port()}/v1"))
     env = bot_env(tmp_path, BOT_CONFIG=str(config), REDIS_URL=redis_url)
     result = await run_bot("chat", "-m", "/whoami", "--user", "ada", env=env, cwd=tmp_path)
-    assert (result.code, result.out) == (0, "You are console:ada (admin).\n")
+    assert (result.code, result.out) == (0, "You are console:ada (admin), time zone UTC.\n")
 
 
 async def ready_conversations(redis: aioredis.Redis) -> list[str]:

@@ -167,8 +167,8 @@ async def test_information_commands(app: App) -> None:
     """/help, /whoami, /models and /status answer without a model; unknown ones get help."""
     assert "/model" in (await say(app, wa("/help")) or "")
     assert "/approve" not in (await say(app, wa("/help")) or "")  # admin-only, hidden
-    assert await say(app, wa("/whoami")) == f"You are {USER} (user)."
-    assert await say(app, wa("/whoami", ADMIN)) == f"You are {ADMIN} (admin)."
+    assert await say(app, wa("/whoami")) == f"You are {USER} (user), time zone UTC."
+    assert await say(app, wa("/whoami", ADMIN)) == f"You are {ADMIN} (admin), time zone UTC."
     models = await say(app, wa("/models")) or ""
     assert "backup/backup-model (Backup) — openai-responses" in models
     status = await say(app, wa("/status")) or ""

@@ -288,7 +288,7 @@ async def test_commands_addressed_to_the_bot_work(
     """`/whoami@botname` is a command in Telegram too, answered without a model."""
     await post(gateway, dm(chat_id=5, user_id=5, text=f"/whoami@{telegram.username}"))
     await eventually(lambda: len(telegram.sent) == 1)
-    assert telegram.sent[0]["text"] == "You are telegram:5 (user)."
+    assert telegram.sent[0]["text"] == "You are telegram:5 (user), time zone UTC."
     assert model.requests == []
 
 

@@ -269,7 +269,7 @@ async def test_commands_over_whatsapp_are_answered_without_a_model(
     async for gw in open_gateway(tmp_path, redis_url, events, twilio, model):
         await gw.post(whatsapp_inbound(body="/whoami"))
         [sent] = await asyncio.wait_for(twilio.wait_for_messages(1), 10)
-        assert sent.body == f"You are {PERSON} (user)."
+        assert sent.body == f"You are {PERSON} (user), time zone UTC."
         assert model.requests == []
 
 

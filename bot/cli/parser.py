@@ -1,6 +1,6 @@
 """`bot …` argument parsing, and `main`: which subcommand module runs (each body lives in
 the module named for it: serve, chat, admin, deadletters, usage, telegram, logs, doctor,
-tools, config, console).
+tools, config, console, reminders).
 
 `main` imports a subcommand's module only when it runs: the gateway's parts (the openai SDK
 above all) take about two seconds to import, which `bot --help` and `bot config check` never
@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     drop = dead_commands.add_parser("drop", help="forget ID (its messages stay unanswered)")
     drop.add_argument("id")
 
+    reminder = commands.add_parser("reminders", help="pending reminders (set with /remind)")
+    reminder_commands = reminder.add_subparsers(
+        dest="reminders_command", required=True, metavar="ACTION"
+    )
+    listing = reminder_commands.add_parser("list", help="every pending one, soonest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object per reminder")
+    cancel = reminder_commands.add_parser("cancel", help="cancel the reminder ID")
+    cancel.add_argument("id")
+
     model = commands.add_parser("model", help="model choices")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     history = model_commands.add_parser("history", help="the latest model changes (audit)")
@@ -196,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.cli.deadletters import dead_letters
 
             return run_async(dead_letters(settings, args))
+        if args.command == "reminders":
+            from bot.cli.reminders import reminders
+
+            return run_async(reminders(settings, args))
         if args.command == "tools":
             from bot.cli.tools import tools_list
 

@@ -3,6 +3,7 @@ models; `Config` is the whole of it, resolved."""
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +71,7 @@ class AgentDefaults(_Model):
     media: MediaConfig = MediaConfig()
     # Model steps per turn when tools are offered; the last is asked for an answer without them.
     max_tool_steps: int = Field(default=8, ge=1, le=64)
+    timezone: str = "UTC"  # IANA zone for reminders of people who set none with /tz
 
     @field_validator("model", mode="before")
     @classmethod
@@ -80,6 +82,16 @@ class AgentDefaults(_Model):
         if isinstance(value, dict | ModelChoice):
             return value
         raise ValueError("expected a 'provider/model' string or { primary, fallbacks }")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """An IANA zone name this machine knows (Europe/Berlin, UTC)."""
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as UTC") from exc
+        return value
 
 
 class AgentsConfig(_Model):
@@ -132,6 +144,8 @@ class WhatsAppConfig(_Model):
     verify_signature: bool = True
     messaging_service_sid: str | None = None
     typing_indicator: bool = True  # "typing…" and the read receipt while a turn runs
+    # A Content Template (one variable: the text) for reminders outside the 24-hour window.
+    reminder_template_sid: str | None = None
 
 
 class TelegramConfig(_Model):

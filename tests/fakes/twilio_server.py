@@ -99,6 +99,7 @@ class SentMessage:
     content_sid: str | None
     at: float  # time.monotonic() when accepted
     created: float = 0.0  # time.time() when accepted: the resource's date_created
+    content_variables: str | None = None  # the Content Template's variables (JSON)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -575,6 +576,7 @@ class FakeTwilio:
             status_callback=form.get("StatusCallback"),
             media_url=list(recorded.media),
             content_sid=form.get("ContentSid"),
+            content_variables=form.get("ContentVariables"),
             at=time.monotonic(),
             created=time.time(),
         )
