@@ -96,7 +96,7 @@ async def settled(redis: aioredis.Redis, sink: Sink, member: str, conv: str) -> 
 
 
 @pytest.mark.serial
-@pytest.mark.parametrize("run", range(10))
+@pytest.mark.parametrize("run", range(len(KILL_POINTS)))  # one per kill point (looped 10x apart)
 async def test_a_worker_killed_while_firing_leaves_one_reminder(
     run: int, tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, sink: Sink
 ) -> None:
