@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from bot.config import ToolsConfig
 from bot.llm.types import ToolCall, ToolSpec
 from bot.logs import Logger
-from bot.tools.policy import Catalog, OfferedTool, ToolPolicy
+from bot.tools.policy import BUILTIN, Catalog, OfferedTool, ToolPolicy
 from bot.tools.types import ToolCallFailed, ToolResult, ToolServers, ToolUnavailable
 from bot.tools.untrusted import frame, strip_control_tokens
 
@@ -63,7 +63,7 @@ class McpToolbox:
             return self._catalog  # no servers: nothing to look at, ever
         generation = self.servers.generation
         if generation != self._seen:
-            listed = {s.name: s.tools for s in self.servers.statuses()}
+            listed = {s.name: s.tools for s in self.servers.statuses() if s.name != BUILTIN}
             self._catalog, self._seen = self.policy.catalog(listed), generation
         return self._catalog
 
