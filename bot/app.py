@@ -204,7 +204,8 @@ async def open_app(
 
     A channel is built when it is enabled and its credentials are in the environment. With
     `tools` (a process that runs turns) and `tools.mcp` configured, the MCP servers are
-    started for the life of the app.
+    started for the life of the app; with `tools`, the built-in tools `tools.allow` names
+    (`builtin.remind`) are offered too. Neither: no toolbox, a turn as without tools.
     """
     metrics = Metrics()
     async with open_redis(

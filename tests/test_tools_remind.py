@@ -23,6 +23,7 @@ from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.twilio_server import FakeTwilio
 from tests.helpers import bot_env, eventually, gateway_config_text, run_bot
 from tests.test_tools_agent import PERSON, ask, calling, open_gateway, replies_to
+from tests.test_tools_agent import config_text as agent_config_text
 
 REMIND = "builtin__remind"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -215,3 +216,19 @@ async def test_bot_tools_list_shows_builtin_remind_allowed_or_not(tmp_path: Path
         assert result.code == 0, result.err
         [line] = [line for line in result.out.splitlines() if "builtin.remind" in line]
         assert mark in line
+
+
+async def test_mcp_and_builtin_tools_are_offered_together_in_sorted_order(
+    model: FakeOpenAI, twilio: FakeTwilio, redis_url: str, tmp_path: Path,
+    events: CapturedEvents,
+) -> None:  # fmt: skip
+    """With an MCP server and `builtin.remind` allowed, a model is offered both, sorted."""
+    model.default = done
+    text = agent_config_text(model, tmp_path / "calls.txt", allow=["orders.*", "builtin.remind"])
+    async with open_gateway(text, model, twilio, redis_url, tmp_path, events) as gw:
+        await ask(gw, twilio, "hello")
+        await eventually(lambda: len(replies_to(twilio, PERSON)) == 1)
+    [request] = model.requests_to("/responses")
+    assert REMIND in request.tool_names
+    assert "orders__lookup_order" in request.tool_names
+    assert request.tool_names == sorted(request.tool_names)
