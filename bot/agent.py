@@ -305,6 +305,8 @@ class Agent:
                 conversation=conversation,
                 log=self.log,
                 preview=preview,
+                sender=last.sender,
+                channel=last.channel,
             )
             completion, remembered = looped.completion, looped.remembered()
         reply = Turn(role="assistant", text=remembered, ts=self.clock())

@@ -38,10 +38,10 @@ from bot.memory import Compactor, RedisMemory
 from bot.metrics import Metrics
 from bot.poller import Poller
 from bot.redisdb import RedisHandle, is_cluster, open_redis
-from bot.reminders import RedisReminders
+from bot.reminders import RedisReminders, RemindTool
 from bot.settings import Settings
 from bot.spool import SpillIntake, Spool, SpoolDrainer, SpooledIntake
-from bot.tools import McpToolbox, tool_warnings
+from bot.tools import BuiltinToolbox, McpToolbox, combined, tool_warnings
 from bot.usage import Prices, RedisUsage
 from bot.web import make_web_app
 from bot.worker import Worker
@@ -204,7 +204,8 @@ async def open_app(
 
     A channel is built when it is enabled and its credentials are in the environment. With
     `tools` (a process that runs turns) and `tools.mcp` configured, the MCP servers are
-    started for the life of the app.
+    started for the life of the app; with `tools`, the built-in tools `tools.allow` names
+    (`builtin.remind`) are offered too. Neither: no toolbox, a turn as without tools.
     """
     metrics = Metrics()
     async with open_redis(
@@ -250,8 +251,9 @@ async def open_app(
             tool_support=ToolSupport(note=tools_refused_note(redis.client)),
         )
         servers = start_tools(config, log) if tools and config.tools.mcp else None
-        toolbox = (
-            McpToolbox(servers, config.tools, log, include_content=config.logging.include_content)
+        content = config.logging.include_content
+        mcp_toolbox = (
+            McpToolbox(servers, config.tools, log, include_content=content)
             if servers is not None
             else None
         )
@@ -295,6 +297,22 @@ async def open_app(
                 if not channels.whatsapp.reminder_template_sid
                 else frozenset()
             )
+            reminder_channels = frozenset(
+                name
+                for name, channel in (
+                    ("whatsapp", channels.whatsapp),
+                    ("telegram", channels.telegram),
+                )
+                if channel.enabled
+            )
+            # MCP servers' tools and/or allowed built-in ones; neither: no toolbox at all.
+            builtins = BuiltinToolbox(
+                [RemindTool(reminders, channels=reminder_channels, window_hint=window_hint)],
+                config.tools,
+                log,
+                include_content=content,
+            )
+            toolbox = combined([mcp_toolbox, builtins if tools else None])
             commands = Commands(
                 choice=choice,
                 registry=registry,
@@ -309,14 +327,7 @@ async def open_app(
                 tools=toolbox,
                 reminders=reminders,
                 reminder_window_hint=window_hint,
-                reminder_channels=frozenset(
-                    name
-                    for name, channel in (
-                        ("whatsapp", channels.whatsapp),
-                        ("telegram", channels.telegram),
-                    )
-                    if channel.enabled
-                ),
+                reminder_channels=reminder_channels,
             )
             agent = Agent(
                 redis=redis.client,

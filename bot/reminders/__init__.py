@@ -11,6 +11,7 @@ from bot.reminders.store import (
     Reminder,
     decode_claimed,
 )
+from bot.reminders.tool import RemindTool
 
 __all__ = [
     "ACCEPTED",
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_PENDING",
     "Fired",
     "RedisReminders",
+    "RemindTool",
     "Reminder",
     "ReminderFirer",
     "Rule",

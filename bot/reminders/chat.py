@@ -70,7 +70,7 @@ async def remind(
         zone=zone_name,
         rule=schedule.rule,
     )
-    when = _when(reminder, zone)
+    when = local_when(reminder, zone)
     reply = f"OK: {when} ({zone_name}) I will remind you: {schedule.text}"
     if window_hint and (schedule.rule is not None or schedule.due - now > WINDOW):
         reply += WINDOW_HINT
@@ -91,7 +91,7 @@ def _listing(pending: list[Reminder], zone: ZoneInfo, zone_name: str) -> str:
     if not pending:
         return "No reminders pending. Set one with /remind in 2h call mom."
     lines = [f"Your reminders ({zone_name}):"]
-    lines += [f"{n}. {_when(r, zone)}: {r.text}" for n, r in enumerate(pending, 1)]
+    lines += [f"{n}. {local_when(r, zone)}: {r.text}" for n, r in enumerate(pending, 1)]
     lines.append("Cancel one with /remind cancel N.")
     return "\n".join(lines)
 
@@ -108,7 +108,7 @@ async def _cancel(book: ReminderBook, conversation: str, number: str) -> str:
     return f"Cancelled: {reminder.text}"
 
 
-def _when(reminder: Reminder, zone: ZoneInfo) -> str:
+def local_when(reminder: Reminder, zone: ZoneInfo) -> str:
     """A reminder's next slot as the person reads it, with its rule when it recurs."""
     local = reminder.due_at.astimezone(zone).strftime("%a %d %b %Y %H:%M")
     return f"{local}, {reminder.rule.describe()}" if reminder.rule else local

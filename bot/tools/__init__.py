@@ -4,7 +4,9 @@ allowed, run for the agent loop with their output treated as data.
 Others use: `Toolbox` (the agent loop's contract) and `ToolResult`; `run_loop` (a turn's
 model steps and their calls) and `RedisToolJournal` (its steps kept with the batch); `McpHub`
 (the sessions: `start`, `close`, `statuses`) and `McpToolbox` (a Toolbox over it), which the
-composition root and `bot tools list` build; `tool_warnings` (start-up and `bot doctor`).
+composition root and `bot tools list` build; `BuiltinToolbox` (the gateway's own tools, such as
+`builtin.remind`) and `combined` (one toolbox of several, or None); `tool_warnings` (start-up
+and `bot doctor`).
 `McpHub` is imported on first use: the MCP SDK costs half a second to import, which a
 deployment without tools never pays."""
 
@@ -12,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import ToolsConfig
 from bot.logs import Logger
+from bot.tools.builtin import BuiltinTool, BuiltinToolbox, CombinedToolbox, combined
 from bot.tools.journal import JournalStep, RedisToolJournal, steps_in
 from bot.tools.loop import Journal, LoopResult, MemoryJournal, run_loop
-from bot.tools.policy import ToolPolicy, function_names, tool_warnings
+from bot.tools.policy import BUILTIN, BUILTIN_TOOLS, ToolPolicy, function_names, tool_warnings
 from bot.tools.toolbox import McpToolbox
 from bot.tools.types import (
     CallOutcome,
@@ -61,8 +64,13 @@ async def probe_servers(
 
 
 __all__ = [
+    "BUILTIN",
+    "BUILTIN_TOOLS",
     "START_WAIT",
+    "BuiltinTool",
+    "BuiltinToolbox",
     "CallOutcome",
+    "CombinedToolbox",
     "Journal",
     "JournalStep",
     "ListedTool",
@@ -78,6 +86,7 @@ __all__ = [
     "ToolServers",
     "ToolUnavailable",
     "Toolbox",
+    "combined",
     "frame",
     "function_names",
     "probe_servers",

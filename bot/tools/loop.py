@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.llm.types import Completion, Preview, ToolCall, ToolChoice, ToolSpec, ToolStep
+from bot.llm.types import Completion, Preview, ToolChoice, ToolSpec, ToolStep
 from bot.logs import Logger
 from bot.tools.journal import JournalStep
-from bot.tools.types import Toolbox, ToolResult
+from bot.tools.types import Toolbox
 
 MEMORY_LINE_CHARS = 160  # one tool use as the turn's memory keeps it
 
@@ -73,8 +73,12 @@ async def run_loop(
     conversation: str,
     log: Logger,
     preview: Preview | None = None,
+    sender: str = "",
+    channel: str = "",
 ) -> LoopResult:
-    """Ask, run the calls, ask again with their outputs, until a step answers in text."""
+    """Ask, run the calls, ask again with their outputs, until a step answers in text.
+    The calls of one step run at once; each gives an output (a tool's own errors included).
+    `sender`, `channel`: whose turn it is, for the tools that act for them."""
     kept = journal.steps
     steps = [kept_step.step for kept_step in kept]
     used = [line for kept_step in kept for line in kept_step.summaries]
@@ -90,21 +94,17 @@ async def run_loop(
         if preview is not None:  # its text (if any) was not the answer; tools run now
             await preview.reset()
             await preview.thinking()
-        results = await _run_all(runner, completion.tool_calls, admin, conversation)
+        results = await asyncio.gather(
+            *(
+                runner.run(
+                    call, admin=admin, conversation=conversation, sender=sender, channel=channel
+                )
+                for call in completion.tool_calls
+            )
+        )
         step = ToolStep(calls=completion.tool_calls, outputs=tuple(r.output for r in results))
         summaries = tuple(r.summary for r in results)
         await journal.record(index, JournalStep(step=step, summaries=summaries))
         steps.append(step)
         used += summaries
     raise AssertionError("unreachable: the last step answers in text")
-
-
-async def _run_all(
-    runner: Toolbox, calls: Sequence[ToolCall], admin: bool, conversation: str
-) -> list[ToolResult]:
-    """The step's calls, at once; each gives an output (a tool's own errors included)."""
-    return list(
-        await asyncio.gather(
-            *(runner.run(call, admin=admin, conversation=conversation) for call in calls)
-        )
-    )

@@ -20,6 +20,8 @@ MAX_FUNCTION_NAME = 64
 NOT_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 HASH_CHARS = 8
 EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+BUILTIN = "builtin"  # the server name of the gateway's own tools (bot.tools.builtin)
+BUILTIN_TOOLS = ("remind",)  # the built-in tools there are (`builtin.remind`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +168,12 @@ def tool_warnings(
             pattern = Pattern.parse(text)
             if pattern is None:
                 found.append(f"{where}: write server.tool or server.*; this entry matches nothing")
+            elif pattern.server == BUILTIN:
+                if pattern.tool is not None and pattern.tool not in BUILTIN_TOOLS:
+                    found.append(
+                        f"{where}: there is no built-in tool {pattern.tool!r} (there are: "
+                        f"{', '.join(BUILTIN_TOOLS)}); this entry matches nothing"
+                    )
             elif pattern.server not in config.mcp:
                 found.append(
                     f"{where}: no server {pattern.server!r} in tools.mcp (configured: "
@@ -180,6 +188,11 @@ def tool_warnings(
                     f"{where}: not in tools.allow, so it is never offered, not even to admins; "
                     "add it to tools.allow too"
                 )
+    if BUILTIN in config.mcp:
+        found.append(
+            f"tools.mcp.{BUILTIN}: that name is kept for the built-in tools, so this server's "
+            "tools are never offered; rename the server"
+        )
     if not config.allow and config.mcp:
         found.append(
             "tools.allow is empty: no tool of tools.mcp is offered to any model; name the "

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from bot.config import ToolsConfig
 from bot.llm.types import ToolCall, ToolSpec
 from bot.logs import Logger
-from bot.tools.policy import Catalog, OfferedTool, ToolPolicy
+from bot.tools.policy import BUILTIN, Catalog, OfferedTool, ToolPolicy
 from bot.tools.types import ToolCallFailed, ToolResult, ToolServers, ToolUnavailable
 from bot.tools.untrusted import frame, strip_control_tokens
 
@@ -63,7 +63,7 @@ class McpToolbox:
             return self._catalog  # no servers: nothing to look at, ever
         generation = self.servers.generation
         if generation != self._seen:
-            listed = {s.name: s.tools for s in self.servers.statuses()}
+            listed = {s.name: s.tools for s in self.servers.statuses() if s.name != BUILTIN}
             self._catalog, self._seen = self.policy.catalog(listed), generation
         return self._catalog
 
@@ -82,13 +82,22 @@ class McpToolbox:
             lines.append(line if tool.server in up else f"{line} (unavailable)")
         return lines
 
-    async def run(self, call: ToolCall, *, admin: bool, conversation: str) -> ToolResult:
+    async def run(
+        self,
+        call: ToolCall,
+        *,
+        admin: bool,
+        conversation: str,
+        sender: str = "",
+        channel: str = "",
+    ) -> ToolResult:
         """Run one call of a model; every failure is an error output the model sees."""
         began = self.clock()
         tool = self.catalog().find(call.name, admin=admin)
         if tool is None:
             text = f"there is no tool named {call.name!r} here; call only the tools offered"
-            return self._done(
+            return finish(
+                self,
                 call,
                 None,
                 {},
@@ -100,7 +109,8 @@ class McpToolbox:
             )
         arguments = parse_arguments(call.arguments)
         if isinstance(arguments, str):
-            return self._done(
+            return finish(
+                self,
                 call,
                 tool,
                 {},
@@ -111,8 +121,16 @@ class McpToolbox:
                 conversation=conversation,
             )
         text, ok, error = await self._call(tool, arguments)
-        return self._done(
-            call, tool, arguments, text, ok=ok, error=error, began=began, conversation=conversation
+        return finish(
+            self,
+            call,
+            tool,
+            arguments,
+            text,
+            ok=ok,
+            error=error,
+            began=began,
+            conversation=conversation,
         )
 
     async def _call(self, tool: OfferedTool, arguments: Mapping[str, Any]) -> tuple[str, bool, str]:
@@ -136,43 +154,55 @@ class McpToolbox:
             return outcome.text or "the tool reported an error", False, "tool error"
         return outcome.text, True, ""
 
-    def _done(
-        self,
-        call: ToolCall,
-        tool: OfferedTool | None,
-        arguments: Mapping[str, Any],
-        text: str,
-        *,
-        ok: bool,
-        error: str,
-        began: float,
-        conversation: str,
-    ) -> ToolResult:
-        ms = round((self.clock() - began) * 1000, 1)
-        label = tool.label if tool is not None else strip_control_tokens(call.name)
-        output = frame(label, text, max_chars=self.config.max_output_chars, error=not ok)
-        fields: dict[str, Any] = {
-            "conversation": conversation,
-            "server": tool.server if tool is not None else "",
-            "tool": tool.tool if tool is not None else call.name,
-            "ms": ms,
-            "ok": ok,
-            "size": len(output),
-        }
-        if error:
-            fields["error"] = shorten(error, ERROR_CHARS)
-        if self.include_content:
-            fields["arguments"] = call.arguments
-            fields["output"] = text
-        (self.log.info if ok else self.log.warning)("tool_call", **fields)
-        return ToolResult(
-            output=output,
-            ok=ok,
-            server=tool.server if tool is not None else "",
-            tool=tool.tool if tool is not None else "",
-            summary=summarize(label, arguments, text, ok=ok),
-            ms=ms,
-        )
+
+class Finisher(Protocol):
+    """What `finish` reads of a toolbox: its config, log and clock."""
+
+    config: ToolsConfig
+    log: Logger
+    include_content: bool
+    clock: Callable[[], float]
+
+
+def finish(
+    box: Finisher,
+    call: ToolCall,
+    tool: OfferedTool | None,
+    arguments: Mapping[str, Any],
+    text: str,
+    *,
+    ok: bool,
+    error: str,
+    began: float,
+    conversation: str,
+) -> ToolResult:
+    """One call's result as the model sees it (framed, capped), logged `tool_call`: the same
+    for an MCP tool and a built-in one."""
+    ms = round((box.clock() - began) * 1000, 1)
+    label = tool.label if tool is not None else strip_control_tokens(call.name)
+    output = frame(label, text, max_chars=box.config.max_output_chars, error=not ok)
+    fields: dict[str, Any] = {
+        "conversation": conversation,
+        "server": tool.server if tool is not None else "",
+        "tool": tool.tool if tool is not None else call.name,
+        "ms": ms,
+        "ok": ok,
+        "size": len(output),
+    }
+    if error:
+        fields["error"] = shorten(error, ERROR_CHARS)
+    if box.include_content:
+        fields["arguments"] = call.arguments
+        fields["output"] = text
+    (box.log.info if ok else box.log.warning)("tool_call", **fields)
+    return ToolResult(
+        output=output,
+        ok=ok,
+        server=tool.server if tool is not None else "",
+        tool=tool.tool if tool is not None else "",
+        summary=summarize(label, arguments, text, ok=ok),
+        ms=ms,
+    )
 
 
 def parse_arguments(text: str) -> dict[str, Any] | str:

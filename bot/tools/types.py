@@ -103,6 +103,16 @@ class Toolbox(Protocol):
         """One line per tool this sender may use, for the `/tools` chat command."""
         ...
 
-    async def run(self, call: ToolCall, *, admin: bool, conversation: str) -> ToolResult:
-        """Run one call of a model; never raises: every failure is an error output."""
+    async def run(
+        self,
+        call: ToolCall,
+        *,
+        admin: bool,
+        conversation: str,
+        sender: str = "",
+        channel: str = "",
+    ) -> ToolResult:
+        """Run one call of a model; never raises: every failure is an error output. `sender`
+        and `channel`: whose turn it is (a built-in tool such as `builtin.remind` acts for
+        them; "" when unknown)."""
         ...
