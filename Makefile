@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.sweep
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.reminders
 	$(BIN)/python -m bench.streaming
 
 clean:

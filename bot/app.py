@@ -144,6 +144,7 @@ class App:
                 access=self.access,
                 usage=self.usage,
                 local=self.local,
+                reminders=self.reminders,
             )
         )
 

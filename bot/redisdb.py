@@ -36,7 +36,10 @@ from redis.exceptions import (
 from bot.errors import StoreUnavailable
 
 START_TIMEOUT = 10.0
-CLUSTER_MAX_CONNECTIONS = 2**31  # per node, as unbounded as the plain client's pool
+# Connections per pool (per node on a cluster): no cap. redis-py 8's asyncio pools default to
+# 100 and fail the 101st concurrent command with MaxConnectionsError instead of waiting (seen
+# in bench.reminders: 10,000 due reminders beside a turn load crashed turns).
+MAX_CONNECTIONS = 2**31
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,11 +159,10 @@ def connect(
         "socket_connect_timeout": socket_connect_timeout,
         "socket_timeout": socket_timeout,
     }
+    # No cap (MAX_CONNECTIONS): on a cluster a MaxConnectionsError in a pipeline also tears
+    # down connections other requests are using.
+    options["max_connections"] = MAX_CONNECTIONS
     if cluster:
-        # Per node, no cap (like the plain client's pool): the cluster client's default of 100
-        # fails the 101st concurrent command with MaxConnectionsError instead of waiting, and
-        # in a pipeline that also tears down connections other requests are using.
-        options["max_connections"] = CLUSTER_MAX_CONNECTIONS
         return cast("aioredis.Redis", _Cluster.from_url(url, **options))
     return aioredis.Redis.from_url(url, **options)
 

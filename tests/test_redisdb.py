@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from bot.errors import StoreUnavailable
-from bot.redisdb import EmbeddedRedis, describe_url, find_redis_server, open_redis
+from bot.redisdb import EmbeddedRedis, connect, describe_url, find_redis_server, open_redis
 
 
 def bundled_binary() -> str:
@@ -56,3 +57,19 @@ def test_passwords_never_appear_in_descriptions() -> None:
     """describe_url drops the credentials of a Redis URL."""
     assert describe_url("redis://user:hunter2@db:6379/0") == "redis://***@db:6379/0"
     assert describe_url("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_more_than_a_hundred_commands_at_once_wait_for_nothing_and_fail_none(
+    redis_url: str,
+) -> None:
+    """150 blocking commands at once on one client (a burst of turns and due reminders): each
+    gets a connection; none fails with redis-py's MaxConnectionsError (its pools cap at 100)."""
+    client = connect(redis_url)
+    try:
+        results = await asyncio.gather(
+            *(client.blpop([f"test:nothing:{n}"], timeout=0.3) for n in range(150)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+    assert [r for r in results if isinstance(r, BaseException)] == []

@@ -116,6 +116,9 @@ async def conversation(request: web.Request) -> web.Response:
         "model": str(ref),
         "source": source,
         "totals": await parts.usage.conversation(conversation),
+        "reminders": views.reminder_rows(
+            await parts.reminders.pending(conversation) if parts.reminders else []
+        ),
     }
     return await render(request, "conversation.html", context)
 

@@ -18,6 +18,7 @@ from bot.llm.lmstudio import LMStudioModels
 from bot.llm.registry import ModelRegistry
 from bot.logs import Logger
 from bot.memory import Compactor, RedisMemory
+from bot.reminders import RedisReminders
 from bot.settings import Settings
 from bot.usage import RedisUsage
 
@@ -40,6 +41,7 @@ class ConsoleParts:
     access: RedisAccess
     usage: RedisUsage
     local: LMStudioModels | None = None
+    reminders: RedisReminders | None = None  # pending ones are listed per conversation
 
     @property
     def show_text(self) -> bool:

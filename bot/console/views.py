@@ -9,7 +9,9 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 from redis.exceptions import ResponseError
 
@@ -23,6 +25,8 @@ from bot.llm.choice import conversation_model_key
 from bot.llm.types import ModelRef
 from bot.logs import EVENT_STREAM, mask_phone_numbers
 from bot.reads import fetch
+from bot.reminders import DUE_KEY as REMINDERS_DUE_KEY
+from bot.reminders import Reminder
 from bot.usage import ACTIVE_KEY, ACTIVE_MAX, CONVERSATION_KEY, Row, Totals
 from bot.wakeups import GROUP
 
@@ -77,6 +81,8 @@ class Overview:
     models: list[ModelRow]
     default: str
     activity: Activity
+    reminders_pending: int = 0
+    reminders_next: float | None = None  # epoch seconds of the soonest due reminder
 
 
 async def model_rows(parts: ConsoleParts, primary: ModelRef | None = None) -> list[ModelRow]:
@@ -116,7 +122,9 @@ async def overview(parts: ConsoleParts) -> Overview:
         pipe.zcard(DUE_KEY)
         pipe.zrange(DUE_KEY, 0, OUTBOX_LOOKED_AT - 1)
         pipe.xlen(DEAD_LETTERS)
-        length, waiting, due, dead = await pipe.execute()
+        pipe.zcard(REMINDERS_DUE_KEY)
+        pipe.zrange(REMINDERS_DUE_KEY, 0, 0, withscores=True)
+        length, waiting, due, dead, reminders, soonest = await pipe.execute()
     lag = pending = None
     with contextlib.suppress(ResponseError):  # no group yet: no worker has started
         for group in await redis.xinfo_groups(READY_STREAM):
@@ -146,6 +154,8 @@ async def overview(parts: ConsoleParts) -> Overview:
         models=await model_rows(parts),
         default=str(await parts.choice.default()),
         activity=await activity(parts),
+        reminders_pending=int(reminders),
+        reminders_next=float(soonest[0][1]) / 1000 if soonest else None,
     )
 
 
@@ -245,6 +255,35 @@ async def find_conversation(parts: ConsoleParts, key: str, ref: str) -> str | No
         if hmac.compare_digest(conversation_ref(key, conversation), ref):
             return conversation
     return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReminderRow:
+    """A pending reminder as the conversation page shows it: its slot in the zone it was set
+    in, its rule, and its text (shown only where the config logs message text)."""
+
+    when: str
+    zone: str
+    rule: str | None
+    text: str
+    created: float
+
+
+def reminder_rows(pending: list[Reminder]) -> list[ReminderRow]:
+    """A conversation's pending reminders, soonest first, as the page shows them."""
+    rows = []
+    for reminder in sorted(pending, key=lambda r: r.due):
+        local = datetime.fromtimestamp(reminder.due / 1000, UTC).astimezone(ZoneInfo(reminder.zone))
+        rows.append(
+            ReminderRow(
+                when=local.strftime("%Y-%m-%d %H:%M %Z"),
+                zone=reminder.zone,
+                rule=reminder.rule.describe() if reminder.rule else None,
+                text=reminder.text,
+                created=reminder.created / 1000,
+            )
+        )
+    return rows
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
