@@ -825,12 +825,14 @@ class Worker:
         hold_ms = min(self.lease_ms, 5000)
         if self.reminders is None or now < self._next_reminders:
             return await self.outbox.claim_due(count, hold_ms=hold_ms), []
-        self._next_reminders = now + REMINDERS_EVERY
         async with self.redis.pipeline(transaction=False) as pipe:
             self.outbox.queue_claim_due(pipe, count, hold_ms)
             self.reminders.queue_claim(pipe, count)
             due, reminders = await pipe.execute()
-        return [str(member) for member in due], decode_claimed(reminders)
+        claimed = decode_claimed(reminders)
+        # A full claim: more may be due (a burst), so look again at the next due poll.
+        self._next_reminders = now + (DUE_EVERY if len(claimed) >= count else REMINDERS_EVERY)
+        return [str(member) for member in due], claimed
 
     def _spawn_reminder(self, conversation: str, rid: str) -> None:
         task = asyncio.create_task(self._fire_reminder(conversation, rid))
