@@ -12,8 +12,8 @@ from typing import Any, Protocol
 from bot.config import ToolsConfig
 from bot.llm.types import ToolCall, ToolSpec
 from bot.logs import Logger
-from bot.tools.policy import BUILTIN, Catalog, ToolPolicy
-from bot.tools.toolbox import finish, parse_arguments, shorten
+from bot.tools.policy import BUILTIN, Catalog, OfferedTool, ToolPolicy
+from bot.tools.toolbox import run_call, shorten
 from bot.tools.types import CallOutcome, ListedTool, Toolbox, ToolResult
 
 
@@ -74,61 +74,25 @@ class BuiltinToolbox:
         channel: str = "",
     ) -> ToolResult:
         """Run one call of a model; every failure is an error output the model sees."""
-        began = self.clock()
-        tool = self.catalog.find(call.name, admin=admin)
-        if tool is None:
-            text = f"there is no tool named {call.name!r} here; call only the tools offered"
-            return finish(
-                self,
-                call,
-                None,
-                {},
-                text,
-                ok=False,
-                error="not offered",
-                began=began,
-                conversation=conversation,
-            )
-        arguments = parse_arguments(call.arguments)
-        if isinstance(arguments, str):
-            return finish(
-                self,
-                call,
-                tool,
-                {},
-                arguments,
-                ok=False,
-                error="bad arguments",
-                began=began,
-                conversation=conversation,
-            )
-        limit = self.config.timeout_seconds
-        try:
-            async with asyncio.timeout(limit):
-                outcome = await self.tools[tool.tool].call(
-                    arguments, conversation=conversation, sender=sender, channel=channel
+
+        async def invoke(tool: OfferedTool, arguments: Mapping[str, Any]) -> tuple[str, bool, str]:
+            limit = self.config.timeout_seconds
+            try:
+                async with asyncio.timeout(limit):
+                    outcome = await self.tools[tool.tool].call(
+                        arguments, conversation=conversation, sender=sender, channel=channel
+                    )
+            except TimeoutError:
+                return f"the tool timed out after {limit:g} s", False, "timeout"
+            except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to see
+                return (
+                    "the tool failed (an error in the gateway)",
+                    False,
+                    f"{type(exc).__name__}: {exc}",
                 )
-        except TimeoutError:
-            outcome, error = (
-                CallOutcome(text=f"the tool timed out after {limit:g} s", is_error=True),
-                "timeout",
-            )
-        except Exception as exc:  # noqa: BLE001 - a tool's failure of any kind is the model's to see
-            outcome = CallOutcome(text="the tool failed (an error in the gateway)", is_error=True)
-            error = f"{type(exc).__name__}: {exc}"
-        else:
-            error = "tool error" if outcome.is_error else ""
-        return finish(
-            self,
-            call,
-            tool,
-            arguments,
-            outcome.text,
-            ok=not outcome.is_error,
-            error=error,
-            began=began,
-            conversation=conversation,
-        )
+            return outcome.text, not outcome.is_error, "tool error" if outcome.is_error else ""
+
+        return await run_call(self, self.catalog, call, invoke, admin, conversation)
 
 
 class CombinedToolbox:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from bot.config import ToolsConfig
@@ -92,46 +92,7 @@ class McpToolbox:
         channel: str = "",
     ) -> ToolResult:
         """Run one call of a model; every failure is an error output the model sees."""
-        began = self.clock()
-        tool = self.catalog().find(call.name, admin=admin)
-        if tool is None:
-            text = f"there is no tool named {call.name!r} here; call only the tools offered"
-            return finish(
-                self,
-                call,
-                None,
-                {},
-                text,
-                ok=False,
-                error="not offered",
-                began=began,
-                conversation=conversation,
-            )
-        arguments = parse_arguments(call.arguments)
-        if isinstance(arguments, str):
-            return finish(
-                self,
-                call,
-                tool,
-                {},
-                arguments,
-                ok=False,
-                error="bad arguments",
-                began=began,
-                conversation=conversation,
-            )
-        text, ok, error = await self._call(tool, arguments)
-        return finish(
-            self,
-            call,
-            tool,
-            arguments,
-            text,
-            ok=ok,
-            error=error,
-            began=began,
-            conversation=conversation,
-        )
+        return await run_call(self, self.catalog(), call, self._call, admin, conversation)
 
     async def _call(self, tool: OfferedTool, arguments: Mapping[str, Any]) -> tuple[str, bool, str]:
         """(output text, ok, a short error for the log) of one run on the tool's server."""
@@ -162,6 +123,36 @@ class Finisher(Protocol):
     log: Logger
     include_content: bool
     clock: Callable[[], float]
+
+
+Invoke = Callable[[OfferedTool, Mapping[str, Any]], Awaitable[tuple[str, bool, str]]]
+
+
+async def run_call(
+    box: Finisher,
+    catalog: Catalog,
+    call: ToolCall,
+    invoke: Invoke,
+    admin: bool,
+    conversation: str,
+) -> ToolResult:
+    """One model call in any toolbox: a name not offered to this sender, or arguments that
+    are not a JSON object, are error outputs and run nothing; else `invoke` runs it and says
+    (output text, ok, a short error for the log). Then `finish`."""
+    began = box.clock()
+    tool = catalog.find(call.name, admin=admin)
+    arguments: dict[str, Any] | str = {}
+    if tool is None:
+        text = f"there is no tool named {call.name!r} here; call only the tools offered"
+        text, ok, error = text, False, "not offered"
+    elif isinstance(arguments := parse_arguments(call.arguments), str):
+        text, ok, error = arguments, False, "bad arguments"
+    else:
+        text, ok, error = await invoke(tool, arguments)
+    given = arguments if isinstance(arguments, dict) else {}
+    return finish(
+        box, call, tool, given, text, ok=ok, error=error, began=began, conversation=conversation
+    )
 
 
 def finish(
