@@ -210,6 +210,7 @@ class Previewing(Protocol):
 
 TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
+READ_BLOCK_MS = 500  # how long a read of the ready stream waits for a new entry
 REMINDERS_EVERY = 1.0  # seconds between polls of the reminders' due index
 
 
@@ -347,6 +348,7 @@ class Worker:
             else None
         )
         self._next_reminders = 0.0
+        self._burst = False  # the last claim of due reminders came back full: more are due
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take work until `stop` is set, then finish in-flight turns (up to drain_seconds).
@@ -374,8 +376,8 @@ class Worker:
                     if loop.time() >= next_reclaim:
                         entries += await self._reclaim(free)
                         next_reclaim = loop.time() + self.lease_ms / 2000
-                    if not entries:
-                        entries = await self._read(free)
+                    if not entries:  # in a burst of due reminders: no wait for new entries
+                        entries = await self._read(free, block=not self._burst)
                     claims = await self._claim([f.get("conversation", "") for _, f in entries])
                     # Never starved: at least one due delivery and one due reminder per poll.
                     due, reminders = await self._claim_due(max(free - len(entries), 1))
@@ -446,14 +448,20 @@ class Worker:
         except (RedisError, OSError) as exc:  # unacked entries are reclaimed, found empty
             self.log.warning("worker_redis_error", worker=self.name, error=str(exc))
 
-    async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
-        """New entries, up to `count`; the entries of finished conversations are acked (and
-        deleted) in the same round trip."""
+    async def _read(self, count: int, *, block: bool = True) -> list[tuple[str, dict[str, str]]]:
+        """New entries, up to `count` (waiting up to READ_BLOCK_MS for one, with `block`); the
+        entries of finished conversations are acked (and deleted) in the same round trip."""
         done, self._done = self._done, []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_acks(pipe, self.name, done)
-                pipe.xreadgroup(GROUP, self.name, {READY_STREAM: ">"}, count=count, block=500)
+                pipe.xreadgroup(
+                    GROUP,
+                    self.name,
+                    {READY_STREAM: ">"},
+                    count=count,
+                    block=READ_BLOCK_MS if block else None,
+                )
                 replies = await pipe.execute()
         except BaseException:
             self._done = done + self._done  # acked with a later read
@@ -819,7 +827,7 @@ class Worker:
         at least one of each, so retries never starve behind new turns: one due delivery may
         run beyond max_concurrent."""
         now = time.monotonic()
-        if now < self._next_due or count <= 0:
+        if (now < self._next_due and not self._burst) or count <= 0:
             return [], []
         self._next_due = now + DUE_EVERY
         hold_ms = min(self.lease_ms, 5000)
@@ -830,8 +838,10 @@ class Worker:
             self.reminders.queue_claim(pipe, count)
             due, reminders = await pipe.execute()
         claimed = decode_claimed(reminders)
-        # A full claim: more may be due (a burst), so look again at the next due poll.
-        self._next_reminders = now + (DUE_EVERY if len(claimed) >= count else REMINDERS_EVERY)
+        # A full claim: more are due (a burst), so claim again as soon as a task slot is free,
+        # without waiting on the ready stream, until a claim comes back short.
+        self._burst = len(claimed) >= count
+        self._next_reminders = now if self._burst else now + REMINDERS_EVERY
         return [str(member) for member in due], claimed
 
     def _spawn_reminder(self, conversation: str, rid: str) -> None:
