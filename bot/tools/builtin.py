@@ -13,7 +13,7 @@ from bot.config import ToolsConfig
 from bot.llm.types import ToolCall, ToolSpec
 from bot.logs import Logger
 from bot.tools.policy import BUILTIN, Catalog, OfferedTool, ToolPolicy
-from bot.tools.toolbox import run_call, shorten
+from bot.tools.toolbox import run_call, tool_line
 from bot.tools.types import CallOutcome, ListedTool, Toolbox, ToolResult
 
 
@@ -58,11 +58,7 @@ class BuiltinToolbox:
         return [tool.spec() for tool in self.catalog.for_sender(admin=admin)]
 
     def describe(self, *, admin: bool) -> list[str]:
-        lines = []
-        for tool in self.catalog.for_sender(admin=admin):
-            about = shorten(tool.description.splitlines()[0] if tool.description else "", 80)
-            lines.append(f"{tool.label} — {about}" if about else tool.label)
-        return lines
+        return [tool_line(tool) for tool in self.catalog.for_sender(admin=admin)]
 
     async def run(
         self,

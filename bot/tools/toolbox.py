@@ -75,12 +75,10 @@ class McpToolbox:
         """`orders.lookup_order — Look up an order` per tool this sender may use; a tool whose
         server is down now ends in `(unavailable)`."""
         up = {s.name for s in self.servers.statuses() if s.up}
-        lines = []
-        for tool in self.catalog().for_sender(admin=admin):
-            about = shorten(tool.description.splitlines()[0] if tool.description else "", 80)
-            line = f"{tool.label} — {about}" if about else tool.label
-            lines.append(line if tool.server in up else f"{line} (unavailable)")
-        return lines
+        return [
+            tool_line(tool) + ("" if tool.server in up else " (unavailable)")
+            for tool in self.catalog().for_sender(admin=admin)
+        ]
 
     async def run(
         self,
@@ -123,6 +121,12 @@ class Finisher(Protocol):
     log: Logger
     include_content: bool
     clock: Callable[[], float]
+
+
+def tool_line(tool: OfferedTool) -> str:
+    """`orders.lookup_order — Look up an order`: a tool as /tools lists it."""
+    about = shorten(tool.description.splitlines()[0] if tool.description else "", 80)
+    return f"{tool.label} — {about}" if about else tool.label
 
 
 Invoke = Callable[[OfferedTool, Mapping[str, Any]], Awaitable[tuple[str, bool, str]]]

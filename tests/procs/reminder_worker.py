@@ -5,18 +5,11 @@ says whether the sink already took it (so a resumed send is not repeated)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 
 import aiohttp
 
-from bot.app import open_app
-from bot.config import load_config
-from bot.logs import make_logger
 from bot.messages import OutboundMessage
-from bot.settings import Settings
-from bot.worker import Worker
+from tests.procs.worker import serve
 
 
 class HttpSink:
@@ -39,27 +32,5 @@ class HttpSink:
             return bool((await response.json())["accepted"])
 
 
-async def main() -> None:
-    settings = Settings()
-    config = load_config(settings.bot_config, os.environ)
-    log = make_logger(stream=sys.stdout, as_json=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    async with open_app(settings, config, log) as app, aiohttp.ClientSession() as http:
-        name = os.environ.get("WORKER_NAME", f"w{os.getpid()}")
-        worker = Worker(
-            redis=app.redis.client,
-            agent=app.agent,
-            memory=app.memory,
-            senders={"test": HttpSink(http, os.environ["SINK_URL"], name)},
-            log=log,
-            lease_seconds=config.agents.defaults.lease_seconds,
-            name=name,
-            reminders=app.reminders,
-        )
-        await worker.run(stop)
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve(HttpSink))

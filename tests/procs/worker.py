@@ -1,5 +1,6 @@
-"""A worker process for crash and scale-out tests: the real App and Worker; replies are
-POSTed as JSON to SINK_URL (the test's stand-in for a chat platform)."""
+"""A worker process for crash and scale-out tests: the real App and Worker (firing reminders
+too); replies are POSTed as JSON to SINK_URL (the test's stand-in for a chat platform).
+`serve` runs one with another sink (tests/procs/reminder_worker.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import aiohttp
 
 from bot.app import open_app
 from bot.config import load_config
+from bot.delivery import ReplySender
 from bot.logs import make_logger
 from bot.messages import OutboundMessage
 from bot.settings import Settings
@@ -30,7 +33,11 @@ class HttpSink:
             response.raise_for_status()
 
 
-async def main() -> None:
+Sink = Callable[[aiohttp.ClientSession, str, str], ReplySender]  # (http, SINK_URL, name)
+
+
+async def serve(sink: Sink) -> None:
+    """Run a worker until SIGTERM or SIGINT, its replies going to `sink` on channel "test"."""
     settings = Settings()
     config = load_config(settings.bot_config, os.environ)
     log = make_logger(stream=sys.stdout, as_json=True)
@@ -43,14 +50,15 @@ async def main() -> None:
             redis=app.redis.client,
             agent=app.agent,
             memory=app.memory,
-            senders={"test": HttpSink(http, os.environ["SINK_URL"], name)},
+            senders={"test": sink(http, os.environ["SINK_URL"], name)},
             log=log,
             lease_seconds=config.agents.defaults.lease_seconds,
             max_concurrent=config.agents.defaults.max_concurrent,
             name=name,
+            reminders=app.reminders,
         )
         await worker.run(stop)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve(HttpSink))
