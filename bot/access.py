@@ -34,14 +34,15 @@ Role = Literal["admin", "user", "stranger"]
 RATE = Script(
     """
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or capacity)
-local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'told')
+local tokens = tonumber(state[1] or capacity)
+local at = tonumber(state[2] or now)
 tokens = math.min(capacity, tokens + (now - at) * rate)
 local result = 1
 if tokens >= 1 then
   tokens = tokens - 1
-  redis.call('HDEL', KEYS[1], 'told')
-elseif redis.call('HGET', KEYS[1], 'told') then
+  if state[3] then redis.call('HDEL', KEYS[1], 'told') end
+elseif state[3] then
   result = -1
 else
   redis.call('HSET', KEYS[1], 'told', 1)

@@ -84,6 +84,10 @@ class Tag(enum.StrEnum):
     NEXT = "next"  # ADVANCE: the next entry, now the head, and whether it is a retry
 
 
+# What a caller queues behind ADVANCE in its pipeline (one command: its reply is `then`'s).
+Then = Callable[[Pipeline], None]
+
+
 class Flush(enum.StrEnum):
     """How a flush of a conversation's outbox ended."""
 
@@ -167,14 +171,15 @@ return {'head', entry, redis.call('HGETALL', KEYS[3])}
 ADVANCE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
-if redis.call('HGET', KEYS[3], 'id') ~= ARGV[2] then return {'lost'} end
+local head = redis.call('HMGET', KEYS[3], 'id', 'retrying')
+if head[1] ~= ARGV[2] then return {'lost'} end
 if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[3], 'sent', ARGV[3])
   if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5])
   else redis.call('HDEL', KEYS[3], 'started') end
   return {'more'}
 end
-local retrying = redis.call('HGET', KEYS[3], 'retrying') or ''
+local retrying = head[2] or ''
 redis.call('LPOP', KEYS[2])
 redis.call('DEL', KEYS[3])
 local entry = redis.call('LINDEX', KEYS[2], 0)
@@ -303,6 +308,24 @@ class Outbox:
 
         `fresh`: the reply the caller just queued at the head with a send marked started,
         so its first chunk goes out without reading the outbox first."""
+        flushed, _ = await self.flush_then(conversation, lease, token, fresh=fresh, lost=lost)
+        return flushed
+
+    async def flush_then(
+        self,
+        conversation: str,
+        lease: str,
+        token: str,
+        *,
+        fresh: Entry | None = None,
+        lost: asyncio.Event | None = None,
+        then: Then | None = None,
+    ) -> tuple[Flush, Any]:
+        """`flush`, and `then` queued behind every ADVANCE in its round trip: what the caller
+        does next once the outbox is empty (a worker finishing its turn), saving a round trip.
+        `then` runs after each ADVANCE, so it must do nothing while the outbox still holds a
+        reply; its reply is given back (else None) when the flush ended on an ADVANCE that
+        emptied the outbox."""
         keys = [lease, outbox_key(conversation), head_key(conversation)]
         head: Head | None
         if fresh is not None:
@@ -312,30 +335,30 @@ class Outbox:
             loaded = cast("list[Any]", await self._load(keys=keys, args=[token, self.ttl_seconds]))
             tag = Tag(loaded[0])
             if tag is Tag.LOST:
-                return Flush.LOST
+                return Flush.LOST, None
             head = None if tag is Tag.EMPTY else self._decode_head(loaded)
             if head is None:  # a worker may have died between emptying it and leaving the set
                 await self.redis.zrem(DUE_KEY, conversation)
             continuing = False
         while head is not None:
             if lost is not None and lost.is_set():
-                return Flush.LOST
+                return Flush.LOST, None
             now = self.now_ms()
             if head.next_at > now:
-                return Flush.WAITING
+                return Flush.WAITING, None
             if head.attempts and now >= head.entry.at + self.retry_ms:
                 self._expired(head)
                 done = len(head.entry.chunks)
             else:
                 outcome = await self._attempt(keys, token, head, continuing=continuing)
                 if isinstance(outcome, Flush):
-                    return outcome
+                    return outcome, None
                 done = head.sent + 1 if outcome is Step.SENT else len(head.entry.chunks)
-            step = await self._step(keys, token, head, done)
+            step, after = await self._step(keys, token, head, done, then)
             if isinstance(step, Flush):
-                return step
+                return step, after if step is Flush.EMPTY else None
             head, continuing = step, True
-        return Flush.EMPTY
+        return Flush.EMPTY, None
 
     async def _attempt(
         self, keys: list[str], token: str, head: Head, *, continuing: bool
@@ -423,22 +446,32 @@ class Outbox:
         marked = await self._unlist(keys=[keys[0], keys[2]], args=[token, head.entry.id])
         return False if marked else Flush.LOST
 
-    async def _step(self, keys: list[str], token: str, head: Head, done: int) -> Head | Flush:
-        """Record that the head's first `done` chunks are dealt with (one round trip), marking
-        the next send started; the head to go on with, or how the flush ends."""
+    async def _step(
+        self, keys: list[str], token: str, head: Head, done: int, then: Then | None = None
+    ) -> tuple[Head | Flush, Any]:
+        """Record that the head's first `done` chunks are dealt with (one round trip, `then`
+        queued behind), marking the next send started; the head to go on with, or how the
+        flush ends, and `then`'s reply."""
         total, now = len(head.entry.chunks), self.now_ms()
         args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
-        reply = cast("list[str]", await self._advance(keys=keys, args=args))
+        after = None
+        if then is None:
+            reply = cast("list[str]", await self._advance(keys=keys, args=args))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                ADVANCE.queue(pipe, keys, args)
+                then(pipe)
+                reply, after = await pipe.execute()
         tag = Tag(reply[0])
         if tag is Tag.LOST:
-            return Flush.LOST
+            return Flush.LOST, None
         if tag is Tag.MORE:
-            return dataclasses.replace(head, sent=done, started=now)
+            return dataclasses.replace(head, sent=done, started=now), None
         if tag is Tag.EMPTY:
             if reply[-1]:  # it was in the due set, and nothing is left to retry
                 await self.redis.zrem(DUE_KEY, head.entry.reply.conversation)
-            return Flush.EMPTY
-        return Head(entry=Entry.from_json(reply[1]), started=now, retrying=bool(reply[2]))
+            return Flush.EMPTY, after
+        return Head(entry=Entry.from_json(reply[1]), started=now, retrying=bool(reply[2])), None
 
     def _reminder_failed(self, reply: OutboundMessage, exc: ChannelSendError) -> None:
         """Say, besides send_failed, that a reminder (a message nobody just asked for) was

@@ -88,48 +88,60 @@ TRANSIENT = (
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
 # call deletes the finished batch first. Then: the batch (a stored one, else the inbox drained
-# into a new one) as a flat HGETALL list, or {'released'} when the inbox is empty (the lease is
-# given up), {'busy'} (another worker holds the lease), {'lost'} (ours expired or was taken).
-# Every take of a stored batch counts an attempt on it (a new batch starts at 1).
+# into a new one, at most TAKE_MAX messages) as a flat field list, or {'released'} when the
+# inbox is empty (the lease is given up), {'busy'} (another worker holds the lease), {'lost'}
+# (ours expired or was taken). Every take of a stored batch counts an attempt on it (a new
+# batch starts at 1). A new batch's fields are returned as written, not read back. With a 4th
+# key, the outbox, a finishing call does nothing while the outbox holds a reply ({'outbox'}):
+# queued behind each ADVANCE of the turn's reply, it finishes the turn in that round trip.
 TAKE = Script(
     """
 local holder = redis.call('GET', KEYS[1])
+local gone = false
 if ARGV[4] == '' then
   if holder then return {'busy'} end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 else
   if holder ~= ARGV[1] then return {'lost'} end
-  if redis.call('HGET', KEYS[2], 'id') == ARGV[4] then redis.call('DEL', KEYS[2]) end
+  if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'outbox'} end
+  gone = redis.call('HGET', KEYS[2], 'id') == ARGV[4]
+  if gone then redis.call('DEL', KEYS[2]) end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if not gone and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
   return redis.call('HGETALL', KEYS[2])
 end
-local messages = redis.call('LRANGE', KEYS[3], 0, -1)
-if #messages == 0 then
+local messages = redis.call('LPOP', KEYS[3], ARGV[5])
+if not messages then
   redis.call('DEL', KEYS[1])
   return {'released'}
 end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[2], 'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending', 'attempts', 1,
-  'messages', '[' .. table.concat(messages, ',') .. ']')
-return redis.call('HGETALL', KEYS[2])
+local batch = {'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending', 'attempts', '1',
+  'messages', '[' .. table.concat(messages, ',') .. ']'}
+redis.call('HSET', KEYS[2], unpack(batch))
+return batch
 """
 )
+TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 
 # KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
 # entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
-# turn to memory and queues the reply in the outbox, or nothing if fenced off. Returns 0
+# turn to memory and queues the reply in the outbox, or nothing if fenced off. The memory's
+# expiry is pushed back to ttl only when less than ttl - min(1 h, ttl/10) is left (a conversation
+# is forgotten ttl after its last turn, give or take that). Returns 0
 # (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started now),
 # 3 or more (it waits behind earlier replies).
 COMMIT = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
-if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then return 0 end
+local batch = redis.call('HMGET', KEYS[2], 'id', 'state')
+if batch[1] ~= ARGV[2] or batch[2] ~= 'pending' then return 0 end
 if #ARGV > 7 then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 8))
-  for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+  local ttl = tonumber(ARGV[4])
+  if redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
+    for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
+  end
 end
 redis.call('HSET', KEYS[2], 'state', 'replied')
 if ARGV[3] == '' then return 1 end
@@ -227,6 +239,7 @@ class Verdict(StrEnum):
     BUSY = "busy"  # another worker holds the lease
     RELEASED = "released"  # the inbox is empty: the lease is given up
     LOST = "lost"  # our lease expired or was taken
+    OUTBOX = "outbox"  # (finishing behind ADVANCE) a reply is still in the outbox: nothing done
 
 
 Taken = Verdict | list[str]  # a verdict, or the batch as a flat HGETALL list
@@ -268,6 +281,14 @@ class Batch:
 def flat_fields(flat: list[str]) -> dict[str, str]:
     """A flat HGETALL reply as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Done(NamedTuple):
+    """A finished batch, and what the TAKE made behind its reply's last send answered (None
+    when none was made: the worker takes next)."""
+
+    batch: str
+    taken: Taken | None = None
 
 
 class Claim(NamedTuple):
@@ -551,7 +572,10 @@ class Worker:
                 finished = await self._attempt(conversation, token, taken)
                 if finished is None:
                     return False  # left for the next taker: the entry stays pending
-                taken = await self._take_batch(conversation, token, finished=finished)
+                after = finished.taken
+                if after is None or after is Verdict.OUTBOX:
+                    after = await self._take_batch(conversation, token, finished=finished.batch)
+                taken = after
                 if taken is Verdict.RELEASED:
                     return True
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
@@ -575,18 +599,19 @@ class Worker:
             return  # the lease ends by itself
         self.log.info("lease_released", conversation=conversation, worker=self.name)
 
-    async def _attempt(self, conversation: str, token: str, taken: list[str]) -> str | None:
-        """Run one taken batch whatever fails inside it. The batch id once it is finished
-        (answered, apologised for, or dead-lettered); None when it is left for the next taker
-        (the lease was lost, or it failed where nobody could be told)."""
+    async def _attempt(self, conversation: str, token: str, taken: list[str]) -> Done | None:
+        """Run one taken batch whatever fails inside it. Done once it is finished (answered,
+        apologised for, or dead-lettered); None when it is left for the next taker (the lease
+        was lost, or it failed where nobody could be told)."""
         fields = flat_fields(taken)
         batch_id, attempts = fields.get("id", ""), int(fields.get("attempts") or 1)
         if attempts > self.max_attempts:  # earlier takes died without a word (a killed process)
             await self._dead_letter(conversation, fields, "the worker died during every attempt")
-            return batch_id
+            return Done(batch_id)
         try:
-            if await self._run_batch(conversation, token, Batch.from_flat(taken)):
-                return batch_id
+            ran = await self._run_batch(conversation, token, Batch.from_flat(taken))
+            if ran is not False:
+                return Done(batch_id, None if ran is True else ran)
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
             return None
         except TurnFenced:  # another worker has the turn now: it finishes it
@@ -603,10 +628,10 @@ class Worker:
                 exc_info=exc,
             )
         if await self._apologise(conversation, token, fields, error):
-            return batch_id
+            return Done(batch_id)
         if attempts >= self.max_attempts:
             await self._dead_letter(conversation, fields, error)
-            return batch_id
+            return Done(batch_id)
         await self._release(keys=[lease_key(conversation)], args=[token])
         self.log.warning("turn_left", conversation=conversation, attempt=attempts)
         return None
@@ -685,10 +710,12 @@ class Worker:
         return [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
 
     def _take_args(self, token: str, finished: str) -> list[str | int]:
-        return [token, uuid.uuid4().hex, self.lease_ms, finished]
+        return [token, uuid.uuid4().hex, self.lease_ms, finished, TAKE_MAX]
 
-    async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool:
-        """Run (or resume) one batch and deliver its reply; False if the lease was lost."""
+    async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool | Taken:
+        """Run (or resume) one batch and deliver its reply; False if the lease was lost, else
+        what the TAKE finishing it answered (sent behind the reply's last ADVANCE), or True
+        when it is still to be made."""
         if batch.owner != token:
             self.log.warning(
                 "turn_resumed", conversation=conversation, worker=self.name, state=batch.state
@@ -719,7 +746,7 @@ class Worker:
             keys = lease_key(conversation), batch_key(conversation)
             if not await self.outbox.enqueue_legacy(*keys, token, legacy):
                 return False
-        return await self._flush(conversation, token, entry)
+        return await self._flush(conversation, token, entry, finished=batch.id)
 
     @contextlib.asynccontextmanager
     async def _typing(self, message: InboundMessage) -> AsyncIterator[Callable[[], None]]:
@@ -815,11 +842,24 @@ class Worker:
         ]
         return int(await self._commit(keys=keys, args=args))
 
-    async def _flush(self, conversation: str, token: str, fresh: Entry | None) -> bool:
+    async def _flush(
+        self, conversation: str, token: str, fresh: Entry | None, *, finished: str = ""
+    ) -> bool | Taken:
         """Deliver the conversation's outbox (a reply that must wait stays there, in the due
-        set); False if the lease was lost."""
+        set); False if the lease was lost. `finished`: the batch this flush finishes, whose
+        finishing TAKE goes behind each ADVANCE: what it answered once the outbox is empty
+        (True when that did not happen: the caller takes)."""
         lease = lease_key(conversation)
-        return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
+        if not finished:
+            return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
+        keys = [*self._take_keys(conversation), outbox_key(conversation)]
+        args = self._take_args(token, finished)
+        flushed, taken = await self.outbox.flush_then(
+            conversation, lease, token, fresh=fresh, then=lambda pipe: TAKE.queue(pipe, keys, args)
+        )
+        if flushed is Flush.LOST:
+            return False
+        return True if taken is None else decode_take(taken)
 
     async def _claim_due(self, count: int) -> tuple[list[str], list[tuple[str, str]]]:
         """Conversations whose reply is due for another attempt (polled every DUE_EVERY s) and,
