@@ -1,0 +1,125 @@
+"""What one turn's usage leaves in Redis: exact sums past a double's precision, expiry only
+when needed."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from bot.config import parse_config
+from bot.usage import (
+    CONVERSATION_KEY,
+    MODEL_KEY,
+    SENDER_KEY,
+    TTL_DAY,
+    TTL_DAYS,
+    Call,
+    Prices,
+    RedisUsage,
+    Totals,
+)
+from tests.conftest import CapturedEvents
+from tests.helpers import Clock
+
+DAY = 1_795_000_000.0  # 2026-11-18 08:26:40 UTC
+TODAY = "2026-11-18"
+TTL = TTL_DAYS * 86400
+LOCAL = "local/local-model"
+
+
+def usage_on(redis: aioredis.Redis, events: CapturedEvents, clock: Clock) -> RedisUsage:
+    """A RedisUsage with no configured prices (the calls below come priced)."""
+    prices = Prices(parse_config("{}", source="t", env={}))
+    return RedisUsage(redis, prices=prices, log=events.log, clock=clock)
+
+
+def turn(model: str = LOCAL, *, tokens: tuple[int, int] = (120, 30), cost: int = 0) -> Call:
+    """A plain turn's one call: a local model's answer (or a priced one's, with `cost`)."""
+    return Call(model=model, kind="turn", tokens_in=tokens[0], tokens_out=tokens[1],
+                cost_nusd=cost, local=not cost)  # fmt: skip
+
+
+async def test_sums_stay_exact_past_a_doubles_precision(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Costs past 1e15 nano-dollars add exactly, and a field past 2^53 (where a Lua number
+    rounds) still adds exactly, through HINCRBY."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    big = 1_234_567_890_123_457  # tostring would print 1.2345678901235e+15
+    near = 2**53 - 3  # the sum passes 2^53: left to HINCRBY
+    past = 123_456_789_012_345_678  # 1.2e+17: no double holds it
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    key = SENDER_KEY.format(sender="ann", day=TODAY)
+    assert await redis_client.hget(key, "cost_nusd") == str(2 * big)
+    await redis_client.hset(key, mapping={"cost_nusd": near, "tokens_in": past})
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    totals = Totals.from_hash(await redis_client.hgetall(key))
+    assert totals.cost_nusd == near + big
+    assert totals.tokens_in == past + 120
+    assert (totals.tokens_out, totals.calls, totals.turns) == (90, 3, 3)
+    conversation = await usage.conversation("c")
+    assert conversation.cost_nusd == 3 * big
+
+
+async def test_hashes_written_by_hincrby_add_on(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Totals an earlier version wrote field by field with HINCRBY are added to, exactly, and
+    keep the TTL they had (the day's first call set it)."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    key = MODEL_KEY.format(model="hosted/m", day=TODAY)
+    old = {"tokens_in": 7_000_000_000_000_001, "tokens_out": 5, "cost_nusd": 9_000_000_000_000_000,
+           "calls": 41, "turns": 40, "budget_notice": 1}  # fmt: skip
+    for name, value in old.items():
+        await redis_client.hincrby(key, name, value)
+    await redis_client.expire(key, 3600)
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=2_000)])
+    found = await redis_client.hgetall(key)
+    assert found == {"tokens_in": "7000000000000121", "tokens_out": "35",
+                     "cost_nusd": "9000000000002000", "calls": "42", "turns": "41",
+                     "budget_notice": "1"}  # fmt: skip
+    assert 0 < await redis_client.ttl(key) <= 3600
+
+
+async def test_a_daily_key_gets_its_ttl_once(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A sender's and a model's day get TTL_DAYS at the day's first call, and later calls that
+    day leave the TTL running from then."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    daily = [SENDER_KEY.format(sender="ann", day=TODAY), MODEL_KEY.format(model=LOCAL, day=TODAY)]
+    for key in daily:
+        assert TTL - 5 < await redis_client.ttl(key) <= TTL
+        await redis_client.expire(key, 1000)  # as if the day's first call was long ago
+    clock.now += 3600
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    for key in daily:
+        assert 0 < await redis_client.ttl(key) <= 1000
+    [ann] = await usage.sender_days("ann", 1)
+    assert (ann.calls, ann.turns, ann.tokens) == (2, 2, 300)
+
+
+async def test_a_conversations_ttl_is_refreshed_once_a_day(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A conversation's TTL runs from its last call: set at its first call, left alone by the
+    same UTC day's further calls, set again by the next day's first; readers never see the
+    day it keeps."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    key = CONVERSATION_KEY.format(conversation="c")
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
+    assert await redis_client.hget(key, TTL_DAY) == "20261118"
+    await redis_client.expire(key, 1000)
+    clock.now += 3600  # the same UTC day
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert 0 < await redis_client.ttl(key) <= 1000
+    clock.now = DAY + 86400  # the next UTC day
+    await usage.record(sender="bob", conversation="c", calls=[turn()])
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
+    assert await redis_client.hget(key, TTL_DAY) == "20261119"
+    totals = await usage.conversation("c")
+    assert (totals.calls, totals.turns, totals.tokens) == (3, 3, 450)
