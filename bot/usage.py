@@ -44,6 +44,10 @@ CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
 # activity without a SCAN); written in the turn's usage pipeline, so it costs no round trip.
 ACTIVE_KEY = "usage:conversations:active"
 ACTIVE_MAX = 10_000  # the newest ones kept in the index
+# The index is trimmed to ACTIVE_MAX at a process's first record, then every ACTIVE_TRIM_EVERY-th:
+# meanwhile it holds at most ACTIVE_TRIM_EVERY - 1 more per recording process (readers take the
+# newest ones), and a turn saves the ZREMRANGEBYRANK (a scan of the index's oldest end).
+ACTIVE_TRIM_EVERY = 100
 NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
 # Field of a conversation's totals (_ADD names it): the UTC day (YYYYMMDD) its TTL was last set,
 # so the day's further calls skip the EXPIRE. An integer like the others; Totals ignores it.
@@ -267,6 +271,7 @@ class RedisUsage:
         self.clock = clock
         self.ttl_seconds = ttl_days * 86400
         self._pending: dict[str, list[Call]] = {}
+        self._records = 0  # this process's records with a conversation (ACTIVE_TRIM_EVERY)
 
     def day(self, ts: float | None = None) -> str:
         """The UTC day of `ts` (default: now), as YYYY-MM-DD."""
@@ -319,7 +324,9 @@ class RedisUsage:
             self._queue_models(pipe, calls, day, turn=turn)
             if conversation:
                 pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
-                pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
+                if self._records % ACTIVE_TRIM_EVERY == 0:
+                    pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
+                self._records += 1
             await self._execute(pipe, conversation)
 
     async def record_background(self, call: Call) -> None:

@@ -1,12 +1,22 @@
-"""What one turn's usage leaves in Redis: exact sums past a double's precision, expiry only
-when needed."""
+"""What one turn's usage costs Redis and what it leaves there: commands per record, exact sums
+past a double's precision, expiry only when needed, the active index trimmed every Nth record."""
 
 from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from bot.config import parse_config
 from bot.usage import (
+    ACTIVE_KEY,
+    ACTIVE_MAX,
+    ACTIVE_TRIM_EVERY,
     CONVERSATION_KEY,
     MODEL_KEY,
     SENDER_KEY,
@@ -24,6 +34,7 @@ DAY = 1_795_000_000.0  # 2026-11-18 08:26:40 UTC
 TODAY = "2026-11-18"
 TTL = TTL_DAYS * 86400
 LOCAL = "local/local-model"
+IDS = itertools.count(1)
 
 
 def usage_on(redis: aioredis.Redis, events: CapturedEvents, clock: Clock) -> RedisUsage:
@@ -36,6 +47,72 @@ def turn(model: str = LOCAL, *, tokens: tuple[int, int] = (120, 30), cost: int =
     """A plain turn's one call: a local model's answer (or a priced one's, with `cost`)."""
     return Call(model=model, kind="turn", tokens_in=tokens[0], tokens_out=tokens[1],
                 cost_nusd=cost, local=not cost)  # fmt: skip
+
+
+def unique() -> str:
+    """A tag for this test's sender, conversation and model (the MONITOR filter finds it)."""
+    return f"test-usage-writes-{next(IDS)}"
+
+
+@dataclass(slots=True)
+class Seen:
+    """The commands Redis ran for one test's keys, by name (a script's own calls included)."""
+
+    commands: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.commands.values())
+
+
+@asynccontextmanager
+async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Seen]:
+    """Count, through MONITOR, every command of this database that names `tag` or ACTIVE_KEY
+    while the block runs; the block's end is marked by a command MONITOR shows after them all
+    (Redis feeds monitors in execution order), so nothing is waited for by time."""
+    seen = Seen()
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
+    end = f"monitor-end-{tag}"
+    async with redis.monitor() as monitor:
+        yield seen
+        await redis.get(end)
+        async with asyncio.timeout(10):
+            while True:
+                line = await monitor.next_command()
+                if line["db"] != db:
+                    continue
+                if end in line["command"]:
+                    break
+                if tag in line["command"] or ACTIVE_KEY in line["command"]:
+                    seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
+
+
+async def test_a_plain_turn_costs_ten_commands(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A plain turn's record (3 keys) costs, once its keys exist, an EVAL, an HMGET and an HSET
+    per key and one ZADD: 10 commands, where one HINCRBY per field made it 23."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, model = f"ann-{tag}", f"local/{tag}"
+    await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    async with watched(redis_client, tag) as seen:
+        await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, ZADD=1)
+    assert seen.total == 10
+
+
+async def test_the_first_record_sets_each_ttl_and_trims(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """The day's first record also sets each new key's TTL, and a process's first record trims
+    the active index: 15 commands."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, model = f"ann-{tag}", f"local/{tag}"
+    async with watched(redis_client, tag) as seen:
+        await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
 
 
 async def test_sums_stay_exact_past_a_doubles_precision(
@@ -123,3 +200,27 @@ async def test_a_conversations_ttl_is_refreshed_once_a_day(
     assert await redis_client.hget(key, TTL_DAY) == "20261119"
     totals = await usage.conversation("c")
     assert (totals.calls, totals.turns, totals.tokens) == (3, 3, 450)
+
+
+async def test_the_active_index_is_trimmed_every_nth_record(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A process trims the active index to ACTIVE_MAX at its first record and every
+    ACTIVE_TRIM_EVERY-th after it; in between it grows by the new conversations only, and the
+    newest are the ones kept."""
+    clock = Clock(DAY)
+    await redis_client.zadd(ACTIVE_KEY, {f"old-{n}": n for n in range(ACTIVE_MAX + 50)})
+    usage = usage_on(redis_client, events, clock)
+    sizes = []
+    for n in range(2 * ACTIVE_TRIM_EVERY + 1):
+        clock.now += 1
+        await usage.record(sender="ann", conversation=f"new-{n}", calls=[turn()])
+        sizes.append(await redis_client.zcard(ACTIVE_KEY))
+    assert sizes[0] == ACTIVE_MAX
+    assert sizes[ACTIVE_TRIM_EVERY - 1] == ACTIVE_MAX + ACTIVE_TRIM_EVERY - 1
+    assert sizes[ACTIVE_TRIM_EVERY] == ACTIVE_MAX
+    assert sizes[2 * ACTIVE_TRIM_EVERY] == ACTIVE_MAX
+    assert max(sizes) == ACTIVE_MAX + ACTIVE_TRIM_EVERY - 1
+    newest = [c for c, _ in await usage.active(3)]
+    assert newest == [f"new-{2 * ACTIVE_TRIM_EVERY - n}" for n in range(3)]
+    assert await redis_client.zscore(ACTIVE_KEY, "old-0") is None
