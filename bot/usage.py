@@ -309,25 +309,37 @@ class RedisUsage:
         return self._pending.pop(conversation, [])
 
     async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None:
-        """Add a turn's calls to the sender's day, each model's day and the conversation, and
-        mark the conversation active now (ACTIVE_KEY), in one round trip. Never raises: a
+        """Write a turn's calls (`queue_record`) in a round trip of their own. Never raises: a
         Redis failure loses these numbers, not the reply."""
+        if not calls:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_record(pipe, sender=sender, conversation=conversation, calls=calls)
+            await self._execute(pipe, conversation)
+
+    def queue_record(
+        self, pipe: Pipeline, *, sender: str, conversation: str, calls: list[Call]
+    ) -> None:
+        """Queue, on a caller's non-transactional pipeline, the adds of a turn's calls to the
+        sender's day, each model's day and the conversation, and mark the conversation active
+        now (ACTIVE_KEY): a caller that already makes a round trip at the turn's end sends the
+        usage in it. Each key is its own slot, so the pipeline may be a cluster one. The
+        caller decides what a failure of these writes costs: `execute(raise_on_error=False)`
+        keeps one from failing the caller's own commands."""
         if not calls:
             return
         day = self.day()
         turn = any(c.kind == "turn" for c in calls)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            everything = _increments(calls, turn=turn)
-            self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
-            conversation_key = CONVERSATION_KEY.format(conversation=conversation)
-            self._queue(pipe, conversation_key, everything, today=day.replace("-", ""))
-            self._queue_models(pipe, calls, day, turn=turn)
-            if conversation:
-                pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
-                if self._records % ACTIVE_TRIM_EVERY == 0:
-                    pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
-                self._records += 1
-            await self._execute(pipe, conversation)
+        everything = _increments(calls, turn=turn)
+        self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
+        conversation_key = CONVERSATION_KEY.format(conversation=conversation)
+        self._queue(pipe, conversation_key, everything, today=day.replace("-", ""))
+        self._queue_models(pipe, calls, day, turn=turn)
+        if conversation:
+            pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
+            if self._records % ACTIVE_TRIM_EVERY == 0:
+                pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
+            self._records += 1
 
     async def record_background(self, call: Call) -> None:
         """Add a call no person's turn made (a probe) to its model's day."""

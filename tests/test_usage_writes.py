@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -224,3 +225,49 @@ async def test_the_active_index_is_trimmed_every_nth_record(
     newest = [c for c, _ in await usage.active(3)]
     assert newest == [f"new-{2 * ACTIVE_TRIM_EVERY - n}" for n in range(3)]
     assert await redis_client.zscore(ACTIVE_KEY, "old-0") is None
+
+
+async def test_queue_record_rides_the_callers_round_trip(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """queue_record only queues: the usage is written when the caller's pipeline runs, among
+    the caller's own commands, as record() would write it."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    calls = [turn(), turn("hosted/m", cost=900)]
+    async with redis_client.pipeline(transaction=False) as pipe:
+        pipe.set("turn:committed", 1)
+        usage.queue_record(pipe, sender="ann", conversation="c1", calls=calls)
+        pipe.get("turn:committed")
+        assert not await redis_client.exists(SENDER_KEY.format(sender="ann", day=TODAY))
+        replies = await pipe.execute()
+    assert (replies[0], replies[-1]) == (True, "1")
+    await usage.record(sender="bob", conversation="c2", calls=calls)
+    queued = await usage_hashes(redis_client, "ann", "c1")
+    recorded = await usage_hashes(redis_client, "bob", "c2")
+    assert queued == recorded
+    assert queued[0].cost_nusd == 900
+    assert [c for c, _ in await usage.active(5)] == ["c2", "c1"]  # same time: by id
+
+
+async def usage_hashes(redis: aioredis.Redis, sender: str, conversation: str) -> list[Totals]:
+    """The sender's day and the conversation's totals, as the readers see them."""
+    keys = [SENDER_KEY.format(sender=sender, day=TODAY),
+            CONVERSATION_KEY.format(conversation=conversation)]  # fmt: skip
+    return [Totals.from_hash(await redis.hgetall(key)) for key in keys]
+
+
+async def test_a_record_that_cannot_reach_redis_does_not_raise(events: CapturedEvents) -> None:
+    """With Redis unreachable, record() logs usage_not_recorded and returns: the turn's reply
+    does not depend on its accounting."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    down = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        await usage_on(down, events, Clock(DAY)).record(
+            sender="ann", conversation="c", calls=[turn()]
+        )
+    finally:
+        await down.aclose()
+    assert [e["conversation"] for e in events.events("usage_not_recorded")] == ["c"]
