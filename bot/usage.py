@@ -6,7 +6,7 @@ estimated) priced with the model's seed `cost` (USD per million tokens). A turn'
 kept in this process until the turn ends, then written in one pipeline: per sender per UTC day,
 per model per UTC day and per conversation, each key single-slot (hash tags) so the design runs
 on Redis Cluster.
-Costs are counted in whole nano-dollars (HINCRBY), so sums are exact.
+Costs are counted in whole nano-dollars, and every field is a plain integer, so sums are exact.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ NANO = 1_000_000_000  # nano-dollars in a dollar
 CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compactor's default)
 # A probe ("Answer with one word." / "ping", cut at the first token): about 10 tokens in, 1 out.
 PROBE_USAGE = Usage(tokens_in=10, tokens_out=1, estimated=True)
-TTL_DAYS = 400  # totals are kept a little over a year after their last call
+# A daily key (sender, model) expires TTL_DAYS after its day's first call; a conversation's, after
+# its last call (refreshed at most once per UTC day): totals are kept a little over a year.
+TTL_DAYS = 400
 SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
 MODEL_KEY = "usage:model:{{{model}}}:{day}"
 CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
@@ -42,17 +44,57 @@ CONVERSATION_KEY = "usage:conversation:{{{conversation}}}"
 # activity without a SCAN); written in the turn's usage pipeline, so it costs no round trip.
 ACTIVE_KEY = "usage:conversations:active"
 ACTIVE_MAX = 10_000  # the newest ones kept in the index
+# The index is trimmed to ACTIVE_MAX at a process's first record, then every ACTIVE_TRIM_EVERY-th:
+# meanwhile it holds at most ACTIVE_TRIM_EVERY - 1 more per recording process (readers take the
+# newest ones), and a turn saves the ZREMRANGEBYRANK (a scan of the index's oldest end).
+ACTIVE_TRIM_EVERY = 100
 NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
+# Field of a conversation's totals (_ADD names it): the UTC day (YYYYMMDD) its TTL was last set,
+# so the day's further calls skip the EXPIRE. An integer like the others; Totals ignores it.
+TTL_DAY = "ttl_day"
 # `bot usage` finds the daily keys by SCAN. On Redis Cluster a SCAN covers one node: the
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
-# KEYS: the totals hash. ARGV: ttl s (0: keep none), then field, increment… One key's
-# increments as one command: HINCRBY per field, then the key's expiry; one key, so one slot.
+# KEYS: the totals hash. ARGV: ttl s (0: keep none); '' for a daily key, or today (YYYYMMDD) for
+# a key whose TTL runs from its last call; then field, increment…
+# One key's add as one command that costs Redis two more: an HMGET of the fields it adds, the
+# sums made here, one HSET (HINCRBY per field cost one command each). Lua numbers are doubles:
+# a sum is written here only when it and its terms are below 2^53 (every such integer is exact,
+# and '%.0f' prints it in full where tostring would print 1.2e+17); a field past that is left
+# to HINCRBY, exact to 2^63 in Redis. The EXPIRE only when needed: a daily key's when none of
+# the fields exists yet (every add counts `calls`: the day's first), so its TTL runs from the
+# day's first call; otherwise when TTL_DAY is not today, which then becomes today.
 _ADD = Script(
     """
-for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local ttl, today, exact = tonumber(ARGV[1]), ARGV[2], 9007199254740992
+local names = {}
+for i = 3, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local count = #names
+if today ~= '' then names[count + 1] = 'ttl_day' end
+local old = redis.call('HMGET', KEYS[1], unpack(names))
+local new, sums = true, {}
+for i = 1, count do
+  local had, add = tonumber(old[i] or '0'), tonumber(ARGV[2 + 2 * i])
+  if old[i] then new = false end
+  local sum = had and add and had + add
+  if sum and math.abs(had) < exact and math.abs(add) < exact and math.abs(sum) < exact then
+    sums[#sums + 1] = names[i]
+    sums[#sums + 1] = string.format('%.0f', sum)
+  else
+    redis.call('HINCRBY', KEYS[1], names[i], ARGV[2 + 2 * i])
+  end
+end
+local expire = ttl > 0 and new
+if today ~= '' then
+  expire = ttl > 0 and old[count + 1] ~= today
+  if expire then
+    sums[#sums + 1] = 'ttl_day'
+    sums[#sums + 1] = today
+  end
+end
+if #sums > 0 then redis.call('HSET', KEYS[1], unpack(sums)) end
+if expire then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 """
 )
@@ -229,6 +271,7 @@ class RedisUsage:
         self.clock = clock
         self.ttl_seconds = ttl_days * 86400
         self._pending: dict[str, list[Call]] = {}
+        self._records = 0  # this process's records with a conversation (ACTIVE_TRIM_EVERY)
 
     def day(self, ts: float | None = None) -> str:
         """The UTC day of `ts` (default: now), as YYYY-MM-DD."""
@@ -266,22 +309,37 @@ class RedisUsage:
         return self._pending.pop(conversation, [])
 
     async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None:
-        """Add a turn's calls to the sender's day, each model's day and the conversation, and
-        mark the conversation active now (ACTIVE_KEY), in one round trip. Never raises: a
+        """Write a turn's calls (`queue_record`) in a round trip of their own. Never raises: a
         Redis failure loses these numbers, not the reply."""
+        if not calls:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_record(pipe, sender=sender, conversation=conversation, calls=calls)
+            await self._execute(pipe, conversation)
+
+    def queue_record(
+        self, pipe: Pipeline, *, sender: str, conversation: str, calls: list[Call]
+    ) -> None:
+        """Queue, on a caller's non-transactional pipeline, the adds of a turn's calls to the
+        sender's day, each model's day and the conversation, and mark the conversation active
+        now (ACTIVE_KEY): a caller that already makes a round trip at the turn's end sends the
+        usage in it. Each key is its own slot, so the pipeline may be a cluster one. The
+        caller decides what a failure of these writes costs: `execute(raise_on_error=False)`
+        keeps one from failing the caller's own commands."""
         if not calls:
             return
         day = self.day()
         turn = any(c.kind == "turn" for c in calls)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            everything = _increments(calls, turn=turn)
-            self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
-            self._queue(pipe, CONVERSATION_KEY.format(conversation=conversation), everything)
-            self._queue_models(pipe, calls, day, turn=turn)
-            if conversation:
-                pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
+        everything = _increments(calls, turn=turn)
+        self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
+        conversation_key = CONVERSATION_KEY.format(conversation=conversation)
+        self._queue(pipe, conversation_key, everything, today=day.replace("-", ""))
+        self._queue_models(pipe, calls, day, turn=turn)
+        if conversation:
+            pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
+            if self._records % ACTIVE_TRIM_EVERY == 0:
                 pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
-            await self._execute(pipe, conversation)
+            self._records += 1
 
     async def record_background(self, call: Call) -> None:
         """Add a call no person's turn made (a probe) to its model's day."""
@@ -297,10 +355,12 @@ class RedisUsage:
             totals = _increments(mine, turn=turn and model == answered)
             self._queue(pipe, MODEL_KEY.format(model=model, day=day), totals)
 
-    def _queue(self, pipe: Pipeline, key: str, totals: Totals) -> None:
+    def _queue(self, pipe: Pipeline, key: str, totals: Totals, *, today: str = "") -> None:
+        """Queue `_ADD` for one key: a daily key (no `today`) gets its TTL when new, one
+        whose TTL runs from its last call (`today`: YYYYMMDD) once per UTC day."""
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
         if pairs:
-            _ADD.queue(pipe, [key], [self.ttl_seconds, *pairs])
+            _ADD.queue(pipe, [key], [self.ttl_seconds, today, *pairs])
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:

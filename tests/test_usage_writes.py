@@ -1,0 +1,273 @@
+"""What one turn's usage costs Redis and what it leaves there: commands per record, exact sums
+past a double's precision, expiry only when needed, the active index trimmed every Nth record."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from bot.config import parse_config
+from bot.usage import (
+    ACTIVE_KEY,
+    ACTIVE_MAX,
+    ACTIVE_TRIM_EVERY,
+    CONVERSATION_KEY,
+    MODEL_KEY,
+    SENDER_KEY,
+    TTL_DAY,
+    TTL_DAYS,
+    Call,
+    Prices,
+    RedisUsage,
+    Totals,
+)
+from tests.conftest import CapturedEvents
+from tests.helpers import Clock
+
+DAY = 1_795_000_000.0  # 2026-11-18 08:26:40 UTC
+TODAY = "2026-11-18"
+TTL = TTL_DAYS * 86400
+LOCAL = "local/local-model"
+IDS = itertools.count(1)
+
+
+def usage_on(redis: aioredis.Redis, events: CapturedEvents, clock: Clock) -> RedisUsage:
+    """A RedisUsage with no configured prices (the calls below come priced)."""
+    prices = Prices(parse_config("{}", source="t", env={}))
+    return RedisUsage(redis, prices=prices, log=events.log, clock=clock)
+
+
+def turn(model: str = LOCAL, *, tokens: tuple[int, int] = (120, 30), cost: int = 0) -> Call:
+    """A plain turn's one call: a local model's answer (or a priced one's, with `cost`)."""
+    return Call(model=model, kind="turn", tokens_in=tokens[0], tokens_out=tokens[1],
+                cost_nusd=cost, local=not cost)  # fmt: skip
+
+
+def unique() -> str:
+    """A tag for this test's sender, conversation and model (the MONITOR filter finds it)."""
+    return f"test-usage-writes-{next(IDS)}"
+
+
+@dataclass(slots=True)
+class Seen:
+    """The commands Redis ran for one test's keys, by name (a script's own calls included)."""
+
+    commands: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.commands.values())
+
+
+@asynccontextmanager
+async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Seen]:
+    """Count, through MONITOR, every command of this database that names `tag` or ACTIVE_KEY
+    while the block runs; the block's end is marked by a command MONITOR shows after them all
+    (Redis feeds monitors in execution order), so nothing is waited for by time."""
+    seen = Seen()
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
+    end = f"monitor-end-{tag}"
+    async with redis.monitor() as monitor:
+        yield seen
+        await redis.get(end)
+        async with asyncio.timeout(10):
+            while True:
+                line = await monitor.next_command()
+                if line["db"] != db:
+                    continue
+                if end in line["command"]:
+                    break
+                if tag in line["command"] or ACTIVE_KEY in line["command"]:
+                    seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
+
+
+async def test_a_plain_turn_costs_ten_commands(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A plain turn's record (3 keys) costs, once its keys exist, an EVAL, an HMGET and an HSET
+    per key and one ZADD: 10 commands, where one HINCRBY per field made it 23."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, model = f"ann-{tag}", f"local/{tag}"
+    await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    async with watched(redis_client, tag) as seen:
+        await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, ZADD=1)
+    assert seen.total == 10
+
+
+async def test_the_first_record_sets_each_ttl_and_trims(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """The day's first record also sets each new key's TTL, and a process's first record trims
+    the active index: 15 commands."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, model = f"ann-{tag}", f"local/{tag}"
+    async with watched(redis_client, tag) as seen:
+        await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+
+
+async def test_sums_stay_exact_past_a_doubles_precision(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Costs past 1e15 nano-dollars add exactly, and a field past 2^53 (where a Lua number
+    rounds) still adds exactly, through HINCRBY."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    big = 1_234_567_890_123_457  # tostring would print 1.2345678901235e+15
+    near = 2**53 - 3  # the sum passes 2^53: left to HINCRBY
+    past = 123_456_789_012_345_678  # 1.2e+17: no double holds it
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    key = SENDER_KEY.format(sender="ann", day=TODAY)
+    assert await redis_client.hget(key, "cost_nusd") == str(2 * big)
+    await redis_client.hset(key, mapping={"cost_nusd": near, "tokens_in": past})
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=big)])
+    totals = Totals.from_hash(await redis_client.hgetall(key))
+    assert totals.cost_nusd == near + big
+    assert totals.tokens_in == past + 120
+    assert (totals.tokens_out, totals.calls, totals.turns) == (90, 3, 3)
+    conversation = await usage.conversation("c")
+    assert conversation.cost_nusd == 3 * big
+
+
+async def test_hashes_written_by_hincrby_add_on(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Totals an earlier version wrote field by field with HINCRBY are added to, exactly, and
+    keep the TTL they had (the day's first call set it)."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    key = MODEL_KEY.format(model="hosted/m", day=TODAY)
+    old = {"tokens_in": 7_000_000_000_000_001, "tokens_out": 5, "cost_nusd": 9_000_000_000_000_000,
+           "calls": 41, "turns": 40, "budget_notice": 1}  # fmt: skip
+    for name, value in old.items():
+        await redis_client.hincrby(key, name, value)
+    await redis_client.expire(key, 3600)
+    await usage.record(sender="ann", conversation="c", calls=[turn("hosted/m", cost=2_000)])
+    found = await redis_client.hgetall(key)
+    assert found == {"tokens_in": "7000000000000121", "tokens_out": "35",
+                     "cost_nusd": "9000000000002000", "calls": "42", "turns": "41",
+                     "budget_notice": "1"}  # fmt: skip
+    assert 0 < await redis_client.ttl(key) <= 3600
+
+
+async def test_a_daily_key_gets_its_ttl_once(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A sender's and a model's day get TTL_DAYS at the day's first call, and later calls that
+    day leave the TTL running from then."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    daily = [SENDER_KEY.format(sender="ann", day=TODAY), MODEL_KEY.format(model=LOCAL, day=TODAY)]
+    for key in daily:
+        assert TTL - 5 < await redis_client.ttl(key) <= TTL
+        await redis_client.expire(key, 1000)  # as if the day's first call was long ago
+    clock.now += 3600
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    for key in daily:
+        assert 0 < await redis_client.ttl(key) <= 1000
+    [ann] = await usage.sender_days("ann", 1)
+    assert (ann.calls, ann.turns, ann.tokens) == (2, 2, 300)
+
+
+async def test_a_conversations_ttl_is_refreshed_once_a_day(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A conversation's TTL runs from its last call: set at its first call, left alone by the
+    same UTC day's further calls, set again by the next day's first; readers never see the
+    day it keeps."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    key = CONVERSATION_KEY.format(conversation="c")
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
+    assert await redis_client.hget(key, TTL_DAY) == "20261118"
+    await redis_client.expire(key, 1000)
+    clock.now += 3600  # the same UTC day
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert 0 < await redis_client.ttl(key) <= 1000
+    clock.now = DAY + 86400  # the next UTC day
+    await usage.record(sender="bob", conversation="c", calls=[turn()])
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
+    assert await redis_client.hget(key, TTL_DAY) == "20261119"
+    totals = await usage.conversation("c")
+    assert (totals.calls, totals.turns, totals.tokens) == (3, 3, 450)
+
+
+async def test_the_active_index_is_trimmed_every_nth_record(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A process trims the active index to ACTIVE_MAX at its first record and every
+    ACTIVE_TRIM_EVERY-th after it; in between it grows by the new conversations only, and the
+    newest are the ones kept."""
+    clock = Clock(DAY)
+    await redis_client.zadd(ACTIVE_KEY, {f"old-{n}": n for n in range(ACTIVE_MAX + 50)})
+    usage = usage_on(redis_client, events, clock)
+    sizes = []
+    for n in range(2 * ACTIVE_TRIM_EVERY + 1):
+        clock.now += 1
+        await usage.record(sender="ann", conversation=f"new-{n}", calls=[turn()])
+        sizes.append(await redis_client.zcard(ACTIVE_KEY))
+    assert sizes[0] == ACTIVE_MAX
+    assert sizes[ACTIVE_TRIM_EVERY - 1] == ACTIVE_MAX + ACTIVE_TRIM_EVERY - 1
+    assert sizes[ACTIVE_TRIM_EVERY] == ACTIVE_MAX
+    assert sizes[2 * ACTIVE_TRIM_EVERY] == ACTIVE_MAX
+    assert max(sizes) == ACTIVE_MAX + ACTIVE_TRIM_EVERY - 1
+    newest = [c for c, _ in await usage.active(3)]
+    assert newest == [f"new-{2 * ACTIVE_TRIM_EVERY - n}" for n in range(3)]
+    assert await redis_client.zscore(ACTIVE_KEY, "old-0") is None
+
+
+async def test_queue_record_rides_the_callers_round_trip(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """queue_record only queues: the usage is written when the caller's pipeline runs, among
+    the caller's own commands, as record() would write it."""
+    clock = Clock(DAY)
+    usage = usage_on(redis_client, events, clock)
+    calls = [turn(), turn("hosted/m", cost=900)]
+    async with redis_client.pipeline(transaction=False) as pipe:
+        pipe.set("turn:committed", 1)
+        usage.queue_record(pipe, sender="ann", conversation="c1", calls=calls)
+        pipe.get("turn:committed")
+        assert not await redis_client.exists(SENDER_KEY.format(sender="ann", day=TODAY))
+        replies = await pipe.execute()
+    assert (replies[0], replies[-1]) == (True, "1")
+    await usage.record(sender="bob", conversation="c2", calls=calls)
+    queued = await usage_hashes(redis_client, "ann", "c1")
+    recorded = await usage_hashes(redis_client, "bob", "c2")
+    assert queued == recorded
+    assert queued[0].cost_nusd == 900
+    assert [c for c, _ in await usage.active(5)] == ["c2", "c1"]  # same time: by id
+
+
+async def usage_hashes(redis: aioredis.Redis, sender: str, conversation: str) -> list[Totals]:
+    """The sender's day and the conversation's totals, as the readers see them."""
+    keys = [SENDER_KEY.format(sender=sender, day=TODAY),
+            CONVERSATION_KEY.format(conversation=conversation)]  # fmt: skip
+    return [Totals.from_hash(await redis.hgetall(key)) for key in keys]
+
+
+async def test_a_record_that_cannot_reach_redis_does_not_raise(events: CapturedEvents) -> None:
+    """With Redis unreachable, record() logs usage_not_recorded and returns: the turn's reply
+    does not depend on its accounting."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    down = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        await usage_on(down, events, Clock(DAY)).record(
+            sender="ann", conversation="c", calls=[turn()]
+        )
+    finally:
+        await down.aclose()
+    assert [e["conversation"] for e in events.events("usage_not_recorded")] == ["c"]
