@@ -17,7 +17,7 @@ import re
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -158,6 +158,25 @@ class FileSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+def entry_events(fields: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The events one entry of EVENT_STREAM holds, oldest first: the lines of its field `e`.
+
+    Every reader unpacks entries here, so the format lives in one place. An entry written
+    before entries held several events holds one line, read the same way. Split on "\n" only,
+    not `splitlines()`: U+2028 and friends are left raw by json.dumps(ensure_ascii=False) and
+    belong to the event. A line that is not a JSON object is skipped, so it hides no neighbour.
+    """
+    events = []
+    for line in fields.get("e", "").split("\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 # KEYS: the stream. ARGV: max length, then one event line per entry. One command for a batch:
