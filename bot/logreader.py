@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.text import Text
 
-from bot.logs import EVENT_STREAM, mask_phone_numbers
+from bot.logs import EVENT_STREAM, entry_events, mask_phone_numbers
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 STYLES = {"debug": "dim", "info": "green", "warning": "yellow", "error": "bold red"}
@@ -109,8 +110,13 @@ class ReadableRenderer:
 async def recent_from_redis(
     redis: aioredis.Redis, filters: Filters, count: int
 ) -> tuple[list[dict[str, Any]], str]:
-    """The last `count` matching events, oldest first, and the stream id to follow from."""
-    found: list[dict[str, Any]] = []
+    """The last `count` matching events, oldest first, and the stream id to follow from.
+
+    Pages back by whole entries (an entry holds several events), so no event at a page's edge
+    is skipped or read twice. `since` bounds the scan by entry id, an entry's flush time, which
+    comes after its events' own times; each event is then kept or not by its own `ts`.
+    """
+    found: list[dict[str, Any]] = []  # newest first
     last_id, upper, scanned = "$", "+", 0
     floor = f"{int(filters.since * 1000)}-0" if filters.since else "-"
     while len(found) < count and scanned < MAX_SCAN:
@@ -122,18 +128,15 @@ async def recent_from_redis(
             break
         if last_id == "$":
             last_id = rows[0][0]
-        scanned += len(rows)
         for _, fields in rows:
-            event = json.loads(fields["e"])
-            if filters.match(event):
-                found.append(event)
-                if len(found) == count:
-                    break
+            events = entry_events(fields)
+            scanned += len(events)
+            found += [e for e in reversed(events) if _in_time(e, filters) and filters.match(e)]
         upper = f"({rows[-1][0]}"
     if last_id == "$":  # follow from the newest entry now, not from whenever XREAD starts
         newest = cast("list[tuple[str, Any]]", await redis.xrevrange(EVENT_STREAM, count=1))
         last_id = newest[0][0] if newest else "0-0"
-    return list(reversed(found)), last_id
+    return list(reversed(found[:count])), last_id
 
 
 async def follow_redis(
@@ -148,9 +151,9 @@ async def follow_redis(
         for _, rows in answer or []:
             for entry_id, fields in rows:
                 after = entry_id
-                event = json.loads(fields["e"])
-                if filters.match(event):
-                    yield event
+                for event in entry_events(fields):
+                    if filters.match(event):
+                        yield event
 
 
 def _parse_lines(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
@@ -198,17 +201,19 @@ async def follow_file(path: Path, filters: Filters) -> AsyncIterator[dict[str, A
                 yield event
 
 
+def event_time(event: Mapping[str, Any]) -> float | None:
+    """An event's own time, its `ts`, in epoch seconds; None where it has none that parses."""
+    try:
+        return datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def _in_time(event: dict[str, Any], filters: Filters) -> bool:
     if filters.since is None:
         return True
-    with contextlib.suppress(ValueError, TypeError):
-        from datetime import datetime
-
-        return (
-            datetime.fromisoformat(str(event["ts"]).replace("Z", "+00:00")).timestamp()
-            >= filters.since
-        )
-    return True
+    at = event_time(event)
+    return at is None or at >= filters.since
 
 
 async def show_logs(

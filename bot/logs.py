@@ -17,7 +17,7 @@ import re
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,8 +25,6 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
-
-from bot.scripts import Script
 
 Logger = FilteringBoundLogger
 
@@ -160,21 +158,40 @@ class FileSink:
         self.file.close()
 
 
-# KEYS: the stream. ARGV: max length, then one event line per entry. One command for a batch:
-# a pipeline of XADDs costs the client several times more per event.
-APPEND = Script(
+ENTRY_EVENTS = 16  # events in one stream entry at most (see RedisStreamSink)
+
+
+def entry_events(fields: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The events one entry of EVENT_STREAM holds, oldest first: the lines of its field `e`.
+
+    Every reader unpacks entries here, so the format lives in one place. An entry written
+    before entries held several events holds one line, read the same way. Split on "\n" only,
+    not `splitlines()`: U+2028 and friends are left raw by json.dumps(ensure_ascii=False) and
+    belong to the event. A line that is not a JSON object is skipped, so it hides no neighbour.
     """
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
-end
-return #ARGV - 1
-"""
-)
-FLUSH_CHUNK = 1000
+    events = []
+    for line in fields.get("e", "").split("\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 class RedisStreamSink:
-    """Events on a capped Redis stream, written in batches by a background task."""
+    """Events on a capped Redis stream, written in batches by a background task.
+
+    A flush writes one entry per ENTRY_EVENTS events at most, the field `e` holding their JSON
+    lines joined by "\n", so a chat turn's events cost one XADD rather than one each (#28);
+    readers unpack entries with `entry_events`. ENTRY_EVENTS covers a few turns' worth of
+    events (about 6 a turn) while an entry stays a few kilobytes.
+
+    Retention: `max_len` counts events (`logging.streamMaxLen`). Every entry holds at least one
+    event, so capping the stream at `max_len` entries (MAXLEN ~, which never trims below that)
+    keeps at least `max_len` events; at most ENTRY_EVENTS times as many, when every entry is full.
+    """
 
     def __init__(
         self, redis: aioredis.Redis, *, max_len: int, buffer: int = 10_000, every: float = 0.2
@@ -183,12 +200,15 @@ class RedisStreamSink:
         self.max_len = max_len
         self.every = every
         self.pending: deque[str] = deque(maxlen=buffer)  # oldest dropped if Redis lags
+        self.added = 0  # events ever buffered: where `pending` starts is `added - len(pending)`
         self.task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
-        self._append = APPEND.on(redis)
 
     def __call__(self, _: MutableMapping[str, Any], line: str) -> None:
-        self.pending.append(line)
+        # An entry's events are separated by "\n". json.dumps writes none (it escapes those in
+        # strings), and a raw one elsewhere in a JSON text is whitespace: a space is the same.
+        self.pending.append(line.replace("\n", " "))
+        self.added += 1
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="event_sink")
@@ -206,16 +226,27 @@ class RedisStreamSink:
         """Write what is buffered; keep it for the next try if Redis does not answer."""
         if not self.pending:
             return
-        batch = list(self.pending)
-        for start in range(0, len(batch), FLUSH_CHUNK):
-            chunk = batch[start : start + FLUSH_CHUNK]
-            try:
-                await self._append(keys=[EVENT_STREAM], args=[self.max_len, *chunk])
-            except (RedisError, OSError):
-                return
-            for _ in chunk:  # written: drop (events that came meanwhile stay, appended after)
-                if self.pending:
-                    self.pending.popleft()
+        batch, end = list(self.pending), self.added
+        try:
+            await self._write(batch)
+        except (RedisError, OSError):
+            return
+        # Drop the batch. Events logged meanwhile stay, after it; if the buffer overflowed
+        # meanwhile, it has already dropped the batch's oldest, so count by position.
+        for _ in range(end - (self.added - len(self.pending))):
+            self.pending.popleft()
+
+    async def _write(self, lines: list[str]) -> None:
+        """One XADD per ENTRY_EVENTS lines, sent together. Several go in MULTI/EXEC: written
+        whole or not at all, a batch tried again is never partly repeated or reordered (OOM
+        aborts the EXEC); a single one needs no MULTI, the common case of a quiet turn."""
+        entries = [lines[i : i + ENTRY_EVENTS] for i in range(0, len(lines), ENTRY_EVENTS)]
+        async with self.redis.pipeline(transaction=len(entries) > 1) as pipe:
+            for entry in entries:
+                pipe.xadd(
+                    EVENT_STREAM, {"e": "\n".join(entry)}, maxlen=self.max_len, approximate=True
+                )
+            await pipe.execute()
 
     async def close(self) -> None:
         """Stop the writer and write what is left."""

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from bot.cli.common import EXIT_CONFIG
 from bot.config import parse_config
 from bot.console import ConsoleSetupError, ProcessBeacon, console_token, processes, sign_in_url
 from bot.console.auth import TOKEN_KEY
+from bot.console.parts import PARTS
+from bot.console.views import activity
 from bot.deadletters import RedisDeadLetters
 from bot.llm.lmstudio import state_key
-from bot.logs import EventHub, make_logger
+from bot.logs import EVENT_STREAM, EventHub, entry_events, make_logger
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
@@ -439,6 +442,94 @@ async def test_the_log_stream_sends_new_events_as_they_happen(
         assert event["conversation"] == "whatsapp:+1555•••4567"
         assert "secret plans" not in line
         stream.close()
+
+
+async def sse_messages(
+    response: aiohttp.ClientResponse, count: int
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """The next `count` Server-Sent Events messages: each one's id (None if it has none) and
+    its data."""
+    found: list[tuple[str | None, dict[str, Any]]] = []
+    ident, data = None, None
+    async with asyncio.timeout(10):
+        while len(found) < count:
+            line = (await response.content.readline()).decode().rstrip("\n")
+            if line.startswith("id: "):
+                ident = line.removeprefix("id: ")
+            elif line.startswith("data: "):
+                data = json.loads(line.removeprefix("data: "))
+            elif not line and data is not None:
+                found.append((ident, data))
+                ident, data = None, None
+    return found
+
+
+def number(shown: dict[str, Any]) -> int:
+    """The `n` of an event as the log page shows it (among the rest: `n=3 proc=…`)."""
+    found = re.search(r"\bn=(\d+)", shown["rest"])
+    assert found, shown
+    return int(found[1])
+
+
+async def test_the_log_stream_sends_every_event_of_an_entry_and_resumes_after_one(
+    redis_url: str, tmp_path: Path, model: FakeOpenAI
+) -> None:
+    """/logs/stream unpacks an old one-event entry and the several-event entries after it, in
+    order, the entry's id on its last event; reconnecting with that id resumes after it."""
+    async with console(redis_url, tmp_path, model.base_url) as c:
+        await c.sign_in()
+        stream = await c.http.get("/logs/stream?event=batch_probe")
+        old = await c.app.redis.client.xadd(
+            EVENT_STREAM, {"e": json.dumps({"event": "batch_probe", "n": 0})}
+        )
+        for n in range(1, 41):  # one flush: several entries
+            c.app.log.info("batch_probe", channel="whatsapp", n=n)
+        sent = await sse_messages(stream, 41)
+        stream.close()
+        assert [number(data) for _, data in sent] == list(range(41))
+        ids = [ident for ident, _ in sent if ident is not None]
+        holding = [
+            entry_id
+            for entry_id, fields in await c.app.redis.client.xrange(EVENT_STREAM)
+            if any(e["event"] == "batch_probe" for e in entry_events(fields))
+        ]
+        assert ids == holding
+        assert len(holding) < 41
+        assert sent[0][0] == old
+        assert sent[-1][0] == holding[-1]
+        resumed = await c.http.get("/logs/stream?event=batch_probe", headers={"Last-Event-ID": old})
+        assert [number(data) for _, data in await sse_messages(resumed, 40)] == list(range(1, 41))
+        resumed.close()
+
+
+async def test_the_overview_counts_each_event_of_an_entry_at_its_own_time(
+    redis_url: str, tmp_path: Path, model: FakeOpenAI
+) -> None:
+    """The last hour's activity unpacks entries (old one-event ones too) and counts each event
+    at its own `ts`: one logged before the hour but flushed inside it is not counted."""
+    async with console(redis_url, tmp_path, model.base_url) as c:
+        redis = c.app.redis.client
+        await redis.delete(EVENT_STREAM)
+        now = time.time()
+
+        def line(event: str, ago: float, level: str = "info") -> str:
+            at = datetime.fromtimestamp(now - ago, UTC).isoformat().replace("+00:00", "Z")
+            return json.dumps({"ts": at, "level": level, "event": event})
+
+        await redis.xadd(EVENT_STREAM, {"e": line("reply_sent", 3000)})  # written before #28
+        lines = [
+            line("reply_sent", 7200),  # before the hour
+            line("turn_started", 1800),
+            line("reply_sent", 1800),
+            line("model_error", 60, level="error"),
+        ]
+        await redis.xadd(EVENT_STREAM, {"e": "\n".join(lines)})
+        found = await activity(c.http.server.app[PARTS], now=now)
+        assert (found.replies, found.turns, found.errors) == (2, 1, 1)
+        assert found.buckets[2] == (1, 0)  # 3000 s ago: the third 5-minute column
+        assert found.buckets[6] == (1, 0)  # 1800 s ago
+        assert found.buckets[-1] == (0, 1)
+        assert not found.capped
 
 
 async def test_the_console_is_not_served_on_the_gateway_port(

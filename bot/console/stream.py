@@ -14,7 +14,7 @@ from multidict import MultiMapping
 from bot.console.pages import render
 from bot.console.parts import PARTS, STOPPING, ConsoleParts
 from bot.logreader import LEVELS, Filters, recent_from_redis
-from bot.logs import CONTENT_KEYS, EVENT_STREAM, Redactor
+from bot.logs import CONTENT_KEYS, EVENT_STREAM, Redactor, entry_events
 
 RECENT = 100  # events shown when the page opens
 HEARTBEAT_SECONDS = 15.0
@@ -45,6 +45,17 @@ def shown(parts: ConsoleParts, event: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = redact.clean(value) if isinstance(value, str) else value
     rest = " ".join(f"{k}={v}" for k, v in out.items() if k not in COLUMNS)
     return {**{k: out.get(k, "") for k in COLUMNS}, "rest": rest}
+
+
+def messages(parts: ConsoleParts, entry_id: str, events: list[dict[str, Any]]) -> list[str]:
+    """One entry's matching events as SSE messages. The entry's id goes on its last one only:
+    a browser that reconnects (Last-Event-ID) after part of an entry is sent that part again,
+    rather than missing the rest."""
+    out = []
+    for n, event in enumerate(events, 1):
+        data = json.dumps(shown(parts, event), ensure_ascii=False)
+        out.append(f"id: {entry_id}\ndata: {data}\n\n" if n == len(events) else f"data: {data}\n\n")
+    return out
 
 
 async def logs_page(request: web.Request) -> web.Response:
@@ -92,13 +103,9 @@ async def logs_stream(request: web.Request) -> web.StreamResponse:
         for _, rows in answer or []:
             for entry_id, fields in rows:
                 after = entry_id
-                try:
-                    event = json.loads(fields["e"])
-                except (ValueError, KeyError):
-                    continue
-                if filters.match(event):
-                    data = json.dumps(shown(parts, event), ensure_ascii=False)
-                    chunks.append(f"id: {entry_id}\ndata: {data}\n\n")
+                chunks += messages(
+                    parts, entry_id, [e for e in entry_events(fields) if filters.match(e)]
+                )
         if not chunks and time.monotonic() - beat > HEARTBEAT_SECONDS:
             chunks.append(": ping\n\n")
         if chunks:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bot.console.beacon import Announcement, processes
@@ -23,7 +24,8 @@ from bot.errors import BotError
 from bot.intake import READY_STREAM
 from bot.llm.choice import conversation_model_key
 from bot.llm.types import ModelRef
-from bot.logs import EVENT_STREAM, mask_phone_numbers
+from bot.logreader import event_time
+from bot.logs import EVENT_STREAM, entry_events, mask_phone_numbers
 from bot.reads import fetch
 from bot.reminders import DUE_KEY as REMINDERS_DUE_KEY
 from bot.reminders import Reminder
@@ -161,29 +163,17 @@ async def overview(parts: ConsoleParts) -> Overview:
 
 async def activity(parts: ConsoleParts, *, now: float | None = None) -> Activity:
     """Replies (`reply_sent`), turns and errors (level error) of the last hour, from the
-    event stream every process writes to."""
+    event stream every process writes to, each counted at its own time."""
     now = time.time() if now is None else now
     start_ms = int((now - 3600) * 1000)
     buckets = [[0, 0] for _ in range(HOUR_BUCKETS)]
     replies = errors = turns = scanned = 0
-    lower = f"{start_ms}-0"
-    while scanned < MAX_EVENTS_SCANNED:
-        rows = cast(
-            "list[tuple[str, dict[str, str]]]",
-            await parts.redis.xrange(EVENT_STREAM, min=lower, max="+", count=1000),
-        )
-        if not rows:
-            break
-        scanned += len(rows)
-        for entry_id, fields in rows:
-            try:
-                event = json.loads(fields["e"])
-            except (ValueError, KeyError):
-                continue
-            column = min(
-                HOUR_BUCKETS - 1,
-                max(0, (int(entry_id.split("-")[0]) - start_ms) * HOUR_BUCKETS // 3_600_000),
-            )
+    async with contextlib.aclosing(events_since(parts.redis, start_ms)) as events:
+        async for at_ms, event in events:
+            if scanned == MAX_EVENTS_SCANNED:
+                break
+            scanned += 1
+            column = min(HOUR_BUCKETS - 1, max(0, (at_ms - start_ms) * HOUR_BUCKETS // 3_600_000))
             if event.get("event") == "reply_sent":
                 replies += 1
                 buckets[column][0] += 1
@@ -192,7 +182,6 @@ async def activity(parts: ConsoleParts, *, now: float | None = None) -> Activity
             if event.get("level") in ("error", "critical"):
                 errors += 1
                 buckets[column][1] += 1
-        lower = f"({rows[-1][0]}"
     return Activity(
         replies=replies,
         errors=errors,
@@ -200,6 +189,31 @@ async def activity(parts: ConsoleParts, *, now: float | None = None) -> Activity
         buckets=[(r, e) for r, e in buckets],
         capped=scanned >= MAX_EVENTS_SCANNED,
     )
+
+
+async def events_since(
+    redis: aioredis.Redis, start_ms: int
+) -> AsyncGenerator[tuple[int, dict[str, Any]]]:
+    """The stream's events logged at `start_ms` or later, oldest first, each with its own time
+    in ms (its entry's, where it has no `ts`). An entry's id is its flush time, after its
+    events': one flushed just after `start_ms` may hold events from before, left out here.
+    Pages by whole entries, so none is read twice or skipped."""
+    lower = f"{start_ms}-0"
+    while True:
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await redis.xrange(EVENT_STREAM, min=lower, max="+", count=1000),
+        )
+        if not rows:
+            return
+        for entry_id, fields in rows:
+            flushed_ms = int(entry_id.split("-")[0])
+            for event in entry_events(fields):
+                at = event_time(event)
+                at_ms = flushed_ms if at is None else int(at * 1000)
+                if at_ms >= start_ms:
+                    yield at_ms, event
+        lower = f"({rows[-1][0]}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
