@@ -1,11 +1,12 @@
 """What the one `switchboard:ready` stream costs the Redis node that holds it, per message.
 
 Every message is one XADD on the ready stream (intake) and, batched, one XREADGROUP and one
-ACK_OWNED script (one XPENDING, XACK and XDEL per batch) by a worker; everything else a turn does is on
-its conversation's slot. This drives exactly that path (`RedisIntake.accept` for N conversations,
-consumers reading and acking as `Worker` does) and reads each node's CPU (INFO cpu) before and
-after, so the ready stream's node can be compared with the others: CPU µs per message on that
-node bounds the messages/s one stream can carry (a Redis node is single-threaded).
+ACK_OWNED script (one XPENDING, XACK and XDEL per batch) by a worker; everything else a turn
+does is on its conversation's slot. This drives exactly that path (`RedisIntake.accept` for N
+conversations, consumers reading and acking as `Worker` does) and reads each node's CPU (INFO
+cpu) before and after, so the ready stream's node can be compared with the others: CPU µs per
+message on that node bounds the messages/s one stream can carry (a Redis node is single-
+threaded).
 
     REDIS_URL=redis://127.0.0.1:7000 REDIS_CLUSTER=true python -m bench.readystream --seconds 10
 

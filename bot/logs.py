@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -188,9 +189,10 @@ class RedisStreamSink:
     readers unpack entries with `entry_events`. ENTRY_EVENTS covers a few turns' worth of
     events (about 6 a turn) while an entry stays a few kilobytes.
 
-    Retention: `max_len` counts events (`logging.streamMaxLen`). Every entry holds at least one
-    event, so capping the stream at `max_len` entries (MAXLEN ~, which never trims below that)
-    keeps at least `max_len` events; at most ENTRY_EVENTS times as many, when every entry is full.
+    Retention: `max_len` counts events (`logging.streamMaxLen`), so it bounds Redis memory as
+    it did with one event an entry: the stream is capped (MAXLEN ~) at `max_len` divided by the
+    events an entry has held lately (a moving average of this sink's writes), about `max_len`
+    events whether entries are full (a busy gateway) or hold one event (a quiet one).
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class RedisStreamSink:
     ) -> None:
         self.redis = redis
         self.max_len = max_len
+        self.per_entry = 1.0  # events an entry held lately (moving average): the entry cap
         self.every = every
         self.pending: deque[str] = deque(maxlen=buffer)  # oldest dropped if Redis lags
         self.added = 0  # events ever buffered: where `pending` starts is `added - len(pending)`
@@ -241,11 +244,12 @@ class RedisStreamSink:
         whole or not at all, a batch tried again is never partly repeated or reordered (OOM
         aborts the EXEC); a single one needs no MULTI, the common case of a quiet turn."""
         entries = [lines[i : i + ENTRY_EVENTS] for i in range(0, len(lines), ENTRY_EVENTS)]
+        for entry in entries:
+            self.per_entry += (len(entry) - self.per_entry) / 16
+        cap = max(1, math.ceil(self.max_len / self.per_entry))
         async with self.redis.pipeline(transaction=len(entries) > 1) as pipe:
             for entry in entries:
-                pipe.xadd(
-                    EVENT_STREAM, {"e": "\n".join(entry)}, maxlen=self.max_len, approximate=True
-                )
+                pipe.xadd(EVENT_STREAM, {"e": "\n".join(entry)}, maxlen=cap, approximate=True)
             await pipe.execute()
 
     async def close(self) -> None:
