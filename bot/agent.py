@@ -14,12 +14,14 @@ Each turn's model calls are accounted at its end in one pipeline (bot.usage); a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bot.access import Role, Verdict
 from bot.commands import parse_command
@@ -33,7 +35,7 @@ from bot.logs import Logger
 from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
-from bot.reads import Read, RoundTrip, fetch
+from bot.reads import Read, RoundTrip, Write, fetch
 from bot.tools import Journal, MemoryJournal, Toolbox, run_loop
 from bot.usage import Call
 from bot.userturn import REPLY_FETCH_SECONDS, ReplyFetcher, quote_replies, user_text
@@ -83,6 +85,10 @@ class TurnUsage(Protocol):
     def take(self, conversation: str) -> list[Call]: ...
 
     async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None: ...
+
+    def queue_record(
+        self, pipe: Pipeline, *, sender: str, conversation: str, calls: list[Call]
+    ) -> None: ...
 
     def read_spent(self, sender: str) -> Read[int]: ...
 
@@ -157,6 +163,7 @@ class Agent:
         allowed: Callable[[], None] | None = None,
         preview: Preview | None = None,
         journal: Journal | None = None,
+        writes: list[Write] | None = None,
     ) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology.
 
@@ -164,8 +171,12 @@ class Agent:
         "typing…" indicator there, so strangers never see it). The apology's reply carries
         why (`OutboundMessage.failure`), for the console to show instead. `preview`: shown
         the model's final text as it streams (the reply itself is still the one result).
-        `journal`: where the turn's tool steps are kept (and found, when it is resumed)."""
+        `journal`: where the turn's tool steps are kept (and found, when it is resumed).
+        `writes`: where a turn that ends with a result leaves what it still has to write (its
+        usage), for the caller to send in the round trip that commits the turn; without it
+        (or when the turn raises) they are written here, in a round trip of their own."""
         last = batch[-1]
+        ended = False
         replies: list[str] = []
         for_model: list[InboundMessage] = []
         roles: list[Role] = []
@@ -201,13 +212,24 @@ class Agent:
                     self.log.error("turn_failed", conversation=last.conversation, error=str(exc))
                     answer, failure = _apology_for(exc), str(exc)
                 replies += [answer] if answer is not None else []
-        finally:  # what the turn's calls (and a /compact's) used, in one round trip
+            ended = True
+        finally:  # what the turn's calls (and a /compact's) used
             if self.usage is not None:
-                await self.usage.record(
-                    sender=(for_model or batch)[-1].sender,
-                    conversation=last.conversation,
-                    calls=self.usage.take(last.conversation),
-                )
+                sender = (for_model or batch)[-1].sender
+                calls = self.usage.take(last.conversation)
+                if writes is not None and ended:
+                    writes.append(
+                        functools.partial(
+                            self.usage.queue_record,
+                            sender=sender,
+                            conversation=last.conversation,
+                            calls=calls,
+                        )
+                    )
+                else:
+                    await self.usage.record(
+                        sender=sender, conversation=last.conversation, calls=calls
+                    )
         if not replies:
             return TurnResult(reply=None)
         reply = OutboundMessage(

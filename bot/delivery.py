@@ -31,6 +31,7 @@ from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import OutboundMessage
+from bot.reads import Write
 from bot.scripts import Script
 
 DUE_KEY = "switchboard:outbox:due"
@@ -82,10 +83,6 @@ class Tag(enum.StrEnum):
     HEAD = "head"  # LOAD: the head entry and its progress fields
     MORE = "more"  # ADVANCE: the head has chunks left
     NEXT = "next"  # ADVANCE: the next entry, now the head, and whether it is a retry
-
-
-# What a caller queues behind ADVANCE in its pipeline (one command: its reply is `then`'s).
-Then = Callable[[Pipeline], None]
 
 
 class Flush(enum.StrEnum):
@@ -319,7 +316,7 @@ class Outbox:
         *,
         fresh: Entry | None = None,
         lost: asyncio.Event | None = None,
-        then: Then | None = None,
+        then: Write | None = None,
     ) -> tuple[Flush, Any]:
         """`flush`, and `then` queued behind every ADVANCE in its round trip: what the caller
         does next once the outbox is empty (a worker finishing its turn), saving a round trip.
@@ -447,7 +444,7 @@ class Outbox:
         return False if marked else Flush.LOST
 
     async def _step(
-        self, keys: list[str], token: str, head: Head, done: int, then: Then | None = None
+        self, keys: list[str], token: str, head: Head, done: int, then: Write | None = None
     ) -> tuple[Head | Flush, Any]:
         """Record that the head's first `done` chunks are dealt with (one round trip, `then`
         queued behind), marking the next send started; the head to go on with, or how the

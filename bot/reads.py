@@ -26,6 +26,10 @@ from bot.errors import StoreUnavailable
 
 A = TypeVar("A")
 
+# A write queued on a caller's pipeline (one or more commands, whose replies the caller ignores
+# or reads): how a component's writes ride in a round trip another component makes anyway.
+Write = Callable[[Pipeline], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Read(Generic[A]):

@@ -57,6 +57,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
+from bot.reads import Write
 from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
 from bot.scripts import Script
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
@@ -184,6 +185,7 @@ class TurnRunner(Protocol):
         allowed: Callable[[], None] | None = None,
         preview: Preview | None = None,
         journal: Journal | None = None,
+        writes: list[Write] | None = None,
     ) -> TurnResult: ...
 
     async def may_tell(self, message: InboundMessage) -> bool:
@@ -727,14 +729,16 @@ class Worker:
                 self.redis, conversation=conversation, token=token, batch_id=batch.id,
                 steps=batch.steps,
             )  # fmt: skip
+            writes: list[Write] = []  # the turn's usage: sent with COMMIT, in its round trip
             async with self._typing(last) as allowed, self._preview(last) as preview:
                 result = await self.agent.run_turn(
-                    batch.messages, allowed=allowed, preview=preview, journal=journal
-                )
+                    batch.messages, allowed=allowed, preview=preview, journal=journal,
+                    writes=writes,
+                )  # fmt: skip
             entry = self.outbox.entry(result.reply) if result.reply else None
             if entry is not None and not entry.chunks:
                 entry = None  # nothing to send (an empty reply)
-            committed = await self._commit_turn(conversation, token, batch, result, entry)
+            committed = await self._commit_turn(conversation, token, batch, result, entry, writes)
             if not committed:
                 return False
             if entry is None:
@@ -819,9 +823,17 @@ class Worker:
             await guarded.close()
 
     async def _commit_turn(
-        self, conversation: str, token: str, batch: Batch, result: TurnResult, entry: Entry | None
+        self,
+        conversation: str,
+        token: str,
+        batch: Batch,
+        result: TurnResult,
+        entry: Entry | None,
+        writes: Sequence[Write] = (),
     ) -> int:
-        """Remember the turn and queue its reply in one script; COMMIT's verdict."""
+        """Remember the turn and queue its reply in one script, `writes` (the turn's usage)
+        in the same round trip; COMMIT's verdict. A failed write is logged, never the turn's
+        failure: the reply is what matters."""
         turns = [json.dumps(t.to_dict(), ensure_ascii=False) for t in result.remember]
         args: list[Any] = [
             token,
@@ -840,7 +852,19 @@ class Worker:
             outbox_key(conversation),
             head_key(conversation),
         ]
-        return int(await self._commit(keys=keys, args=args))
+        if not writes:
+            return int(await self._commit(keys=keys, args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            COMMIT.queue(pipe, keys, args)
+            for write in writes:
+                write(pipe)
+            committed, *rest = await pipe.execute(raise_on_error=False)
+        if isinstance(committed, BaseException):
+            raise committed
+        failed = next((r for r in rest if isinstance(r, BaseException)), None)
+        if failed is not None:
+            self.log.warning("usage_not_recorded", conversation=conversation, error=str(failed))
+        return int(committed)
 
     async def _flush(
         self, conversation: str, token: str, fresh: Entry | None, *, finished: str = ""
