@@ -12,7 +12,9 @@ it), and its inner commands are listed beneath it; round trips per turn are INFO
 `total_reads_processed` over the load. The figures under load include the background work of
 those seconds; the idle rate says how much of it there is.
 
-MONITOR slows Redis down, so this bench counts and never times; `bench.pipeline` times.
+MONITOR slows Redis down, so this bench counts and never times; `bench.pipeline` times. It
+does read the gateway's CPU over the idle window (all its processes, /proc): an idle gateway's
+share of a core (`--idle 60` for issue #28's measure).
 Run: `.venv/bin/python -m bench.turncost [--rate 50] [--seconds 4] [--idle 10]`.
 """
 
@@ -37,6 +39,8 @@ import bot
 from bench.pipeline import (
     MEASURED_PREFIX,
     collect_replies,
+    cpu_total,
+    family,
     free_port,
     gateway_command,
     run_loadgen,
@@ -204,9 +208,10 @@ async def measure(rate: float, seconds: float, idle: float, model_ms: float, wor
                 await asyncio.sleep(2)  # start-up writes (consumer groups, announcements) done
                 idle_tally = Tally()
                 watcher = await watching(url, idle_tally, scripts)
-                started = time.monotonic()
+                pids = family(proc.pid)
+                started, cpu_before = time.monotonic(), cpu_total(pids)
                 await asyncio.sleep(idle)
-                idle_seconds = time.monotonic() - started
+                idle_seconds, cpu_after = time.monotonic() - started, cpu_total(pids)
                 await unwatch(watcher)
 
                 turn_tally = Tally()
@@ -229,6 +234,9 @@ async def measure(rate: float, seconds: float, idle: float, model_ms: float, wor
     print(f"Redis round trips per turn (incl. background work): {trips / turns:.2f}")
     print_tally("per turn, under load", turn_tally, turns, "per turn")
     print_tally(f"idle, over {idle_seconds:.0f} s", idle_tally, idle_seconds, "per second")
+    if cpu_before is not None and cpu_after is not None:
+        share = (cpu_after - cpu_before) / idle_seconds * 100
+        print(f"\nidle gateway CPU over {idle_seconds:.0f} s: {share:.2f} % of a core")
 
 
 def main() -> None:

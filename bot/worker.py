@@ -128,8 +128,8 @@ TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 # KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
 # entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
 # turn to memory and queues the reply in the outbox, or nothing if fenced off. The memory's
-# expiry is pushed back to ttl only when less than ttl - min(1 h, ttl/10) is left (a conversation
-# is forgotten ttl after its last turn, give or take that). Returns 0
+# expiry is pushed back to ttl when its turns were just created or less than ttl - min(1 h,
+# ttl/10) is left (a conversation is forgotten ttl after its last turn, give or take that). Returns 0
 # (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started now),
 # 3 or more (it waits behind earlier replies).
 COMMIT = Script(
@@ -138,9 +138,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local batch = redis.call('HMGET', KEYS[2], 'id', 'state')
 if batch[1] ~= ARGV[2] or batch[2] ~= 'pending' then return 0 end
 if #ARGV > 7 then
-  redis.call('RPUSH', KEYS[3], unpack(ARGV, 8))
   local ttl = tonumber(ARGV[4])
-  if redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
+  local stale = redis.call('RPUSH', KEYS[3], unpack(ARGV, 8)) == #ARGV - 7
+  if stale or redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
     for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
   end
 end
