@@ -97,13 +97,11 @@ TRANSIENT = (
 # queued behind each ADVANCE of the turn's reply, it finishes the turn in that round trip.
 TAKE = Script(
     """
-local holder = redis.call('GET', KEYS[1])
 local gone = false
 if ARGV[4] == '' then
-  if holder then return {'busy'} end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return {'busy'} end
 else
-  if holder ~= ARGV[1] then return {'lost'} end
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
   if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'outbox'} end
   gone = redis.call('HGET', KEYS[2], 'id') == ARGV[4]
   if gone then redis.call('DEL', KEYS[2]) end
@@ -139,8 +137,12 @@ local batch = redis.call('HMGET', KEYS[2], 'id', 'state')
 if batch[1] ~= ARGV[2] or batch[2] ~= 'pending' then return 0 end
 if #ARGV > 7 then
   local ttl = tonumber(ARGV[4])
-  local stale = redis.call('RPUSH', KEYS[3], unpack(ARGV, 8)) == #ARGV - 7
-  if stale or redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
+  if redis.call('RPUSH', KEYS[3], unpack(ARGV, 8)) == #ARGV - 7 then
+    redis.call('EXPIRE', KEYS[3], ttl)  -- new turns: a summary, if any, is pushed back too
+    if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then
+      for i = 4, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
+    end
+  elseif redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
     for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
   end
 end
