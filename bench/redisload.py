@@ -1,0 +1,404 @@
+"""What one Redis carries: the Redis CPU one plain WhatsApp turn costs, so the turns/s one server
+takes before it runs out of its one core (issue #28, item 4).
+
+`--procs` client processes drive a plain turn's Redis work, and only that, against one
+redis-server (REDIS_URL, else an embedded one; the database is flushed first). The work is the
+gateway's own: its Script objects, key functions and argument builders (bot.intake, bot.worker,
+bot.delivery, bot.memory, bot.usage, …), in the gateway's round trips, one NEW conversation a
+turn (a distinct `whatsapp:+1555…` sender, as bench.pipeline's load):
+
+  1. intake: RedisIntake.accept (ACCEPT + XADD to the ready stream, one pipeline)
+  2. worker read: acks of finished entries (ACK_OWNED) + XREADGROUP, up to `--batch` less the
+     turns running (each client process is one consumer, like Worker._read)
+  3. claim: one TAKE per entry read, one pipeline (Worker._claim)
+  4. read-ahead, one pipeline: RATE (an open channel's non-admin sender), the model choice
+     (GETEX + GET), memory STATE, one breaker HGETALL, the LM Studio state GET
+  5. commit, one pipeline: COMMIT (two turns remembered, the reply queued) + the usage of one
+     local-model call (RedisUsage.queue_record)
+  6. deliver + finish, one pipeline: ADVANCE of the one-chunk reply + the finishing TAKE
+  + the log stream: one XADD of 16 events (about 6 a turn) every 3 turns per client.
+
+Measured on the server between the start and the drained end: INFO cpu (used_cpu_sys +
+used_cpu_user), INFO commandstats (every command, a script's own calls included; the bench's two
+INFOs left out) and INFO stats total_reads_processed (round trips; a big pipeline may take more
+than one read). The capacity figure is derived: turns/s at which this Redis is 90 % busy on its
+core = 0.9 s / (Redis CPU seconds per turn). On a small VM (2 cores) the client processes and
+Redis share the cores, so the achieved turns/s says how fast these clients went, not what Redis
+can take: read the CPU per turn and the derived figure. `--rate` paces the clients (turns/s in
+all) to see the cost at a given load rather than flat out.
+
+Checked against reality: `python -m bench.turncost --rate 50 --seconds 2 --idle 1` runs a real
+gateway against fakes and counts, with MONITOR, the commands each turn sends ("per turn, under
+load": a turn's own plus the background work of those seconds, scripts' inner calls included).
+This bench's commands per turn should be within about 10 % of that total; the difference left
+is background work (polls, heartbeats, sweeps) and batching that depends on the rate.
+
+    .venv/bin/python -m bench.redisload [--procs 2] [--seconds 10] [--rate N] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+import bench
+from bot.access import RATE
+from bot.config import parse_config
+from bot.delivery import ADVANCE, Entry, head_key, outbox_key
+from bot.intake import READY_STREAM, RedisIntake
+from bot.llm.breaker import breaker_key
+from bot.llm.choice import RedisModelChoice
+from bot.llm.lmstudio import state_key
+from bot.logs import ENTRY_EVENTS, EVENT_STREAM, make_logger
+from bot.memory.store import RedisMemory
+from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.redisdb import connect
+from bot.usage import Call, Prices, RedisUsage
+from bot.wakeups import GROUP, ensure_group, queue_acks
+from bot.worker import COMMIT, READ_BLOCK_MS, TAKE, Worker
+
+PREFIX = "whatsapp:+1555"  # bench.loadgen's measured senders
+BOT_NUMBER = "whatsapp:+14155238886"
+PROVIDER = "lmstudio"
+MODEL = f"{PROVIDER}/local-model"
+RATE_PER_MINUTE = 20  # access.ratePerMinute's default
+LOG_EVERY = 3  # turns per XADD of ENTRY_EVENTS events (a turn logs about 6)
+STREAM_MAX_LEN = 100_000  # logging.streamMaxLen's default (events)
+
+
+@dataclass(slots=True)
+class Tally:
+    """One client process's count: turns finished (before the deadline, and in all) and any
+    script reply that was not what a plain turn gets."""
+
+    on_time: int = 0
+    done: int = 0
+    odd: Counter[str] | None = None
+
+
+class Client:
+    """One client process: intake and one worker consumer, doing a turn's Redis work."""
+
+    def __init__(self, redis: aioredis.Redis, who: int, batch: int) -> None:
+        log = make_logger(stream=io.StringIO(), as_json=True)
+        self.redis = redis
+        self.who = who
+        self.batch = batch
+        self.intake = RedisIntake(redis, log=log)
+        self.memory = RedisMemory(redis)
+        # The worker's own argument builders (lease ms, batch ids, outbox entries); nothing runs.
+        self.worker = Worker(
+            redis=redis, agent=cast(Any, None), memory=self.memory, senders={}, log=log,
+            name=f"bench-{who}",
+        )  # fmt: skip
+        self.choice = RedisModelChoice(redis, cast(Any, None), ttl_seconds=self.memory.ttl_seconds)
+        prices = Prices(parse_config("{}", source="bench", env={}))
+        self.usage = RedisUsage(redis, prices=prices, log=log)
+        self.call = Call(model=MODEL, kind="turn", tokens_in=420, tokens_out=12, local=True)
+        self.events = "\n".join(event_lines())
+        self.log_cap = max(1, STREAM_MAX_LEN // ENTRY_EVENTS)
+        self.done: list[str] = []  # entry ids of finished turns, acked with the next read
+        self.odd: Counter[str] = Counter()
+        self.tally = Tally(odd=self.odd)
+
+    def message(self, n: int) -> InboundMessage:
+        """The n-th message of this client: a new conversation, as the WhatsApp adapter has it."""
+        sender = f"{PREFIX}{self.who:02d}{n:06d}"
+        return InboundMessage(
+            channel="whatsapp", conversation=sender, sender=sender, text=f"hello {n}",
+            platform_id=f"SM{uuid.uuid4().hex}", ts=time.time(), sender_name="Bench",
+            meta={"to": BOT_NUMBER},
+        )  # fmt: skip
+
+    async def produce(self, messages: list[InboundMessage], slots: asyncio.Semaphore,
+                      until: float, interval: float) -> None:  # fmt: skip
+        """Accept messages until the deadline, paced every `interval` s (0: as fast as turns
+        finish, `slots` bounding the backlog)."""
+        start = time.monotonic()
+        for n, message in enumerate(messages):
+            if interval:
+                await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
+            await slots.acquire()
+            if time.monotonic() >= until:
+                return
+            await self.intake.accept(message)
+        self.odd["messages_ran_out"] += 1
+
+    async def consume(self, slots: asyncio.Semaphore, until: float) -> None:
+        """Read, claim and run turns as Worker.run does, until the deadline and drained."""
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            if len(running) >= self.batch:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            done, self.done = self.done, []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue_acks(pipe, self.worker.name, done)
+                pipe.xreadgroup(
+                    GROUP, self.worker.name, {READY_STREAM: ">"},
+                    count=self.batch - len(running), block=100 if running else READ_BLOCK_MS,
+                )  # fmt: skip
+                replies = await pipe.execute()
+            entries = [e for _, found in replies[-1] or [] for e in found]
+            if not entries:
+                if time.monotonic() > until and not running:
+                    break
+                continue
+            conversations = [fields["conversation"] for _, fields in entries]
+            claims = []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conversation in conversations:
+                    token = self.worker._token()
+                    args = self.worker._take_args(token, "")
+                    TAKE.queue(pipe, self.worker._take_keys(conversation), args)
+                    claims.append((token, str(args[1])))
+                taken = await pipe.execute()
+            for (entry_id, _), conversation, (token, batch_id), reply in zip(
+                entries, conversations, claims, taken, strict=True
+            ):
+                if not (isinstance(reply, list) and len(reply) > 1):
+                    self.odd[f"take {reply!r}"] += 1
+                    self.done.append(entry_id)
+                    continue
+                task = asyncio.create_task(
+                    self.turn(entry_id, conversation, token, batch_id, slots, until)
+                )
+                running.add(task)
+                task.add_done_callback(running.discard)
+        if self.done:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue_acks(pipe, self.worker.name, self.done)
+                await pipe.execute()
+
+    async def turn(self, entry_id: str, conversation: str, token: str, batch_id: str,
+                   slots: asyncio.Semaphore, until: float) -> None:  # fmt: skip
+        """Steps 4 to 6 of one claimed turn: read-ahead, commit, deliver and finish."""
+        redis, worker = self.redis, self.worker
+        async with redis.pipeline(transaction=False) as pipe:
+            bucket = f"rate:{{{conversation}}}"  # RedisAccess.read_check's bucket
+            rate_args = [int(time.time() * 1000), RATE_PER_MINUTE, RATE_PER_MINUTE / 60000, 120]
+            RATE.queue(pipe, [bucket], rate_args)
+            self.choice.read_current(conversation).queue(pipe)
+            self.memory.read_state(conversation).queue(pipe)
+            pipe.hgetall(breaker_key(MODEL))
+            pipe.get(state_key(PROVIDER))
+            await pipe.execute()
+
+        now = time.time()
+        remember = [
+            Turn(role="user", text="hello", ts=now, refs=(f"SM{entry_id}",)),
+            Turn(role="assistant", text="ok", ts=now),
+        ]
+        reply = OutboundMessage(
+            channel="whatsapp", conversation=conversation, text="ok", reply_to=f"SM{entry_id}"
+        )
+        entry: Entry = worker.outbox.entry(reply)
+        args: list[Any] = [
+            token, batch_id, entry.to_json(), self.memory.ttl_seconds, entry.id, entry.at,
+            worker.outbox.ttl_seconds,
+            *(json.dumps(t.to_dict(), ensure_ascii=False) for t in remember),
+        ]  # fmt: skip
+        keys = [
+            worker._take_keys(conversation)[0], worker._take_keys(conversation)[1],
+            *self.memory.keys(conversation), outbox_key(conversation), head_key(conversation),
+        ]  # fmt: skip
+        async with redis.pipeline(transaction=False) as pipe:
+            COMMIT.queue(pipe, keys, args)
+            self.usage.queue_record(
+                pipe, sender=conversation, conversation=conversation, calls=[self.call]
+            )
+            committed = (await pipe.execute())[0]
+        if committed != 2:
+            self.odd[f"commit {committed!r}"] += 1
+
+        lease = worker._take_keys(conversation)[0]
+        step = [token, entry.id, 1, 1, int(time.time() * 1000), "1", worker.outbox.ttl_seconds]
+        finish_keys = [*worker._take_keys(conversation), outbox_key(conversation)]
+        async with redis.pipeline(transaction=False) as pipe:
+            ADVANCE.queue(pipe, [lease, outbox_key(conversation), head_key(conversation)], step)
+            TAKE.queue(pipe, finish_keys, worker._take_args(token, batch_id))
+            advanced, finished = await pipe.execute()
+        if advanced[0] != "empty" or finished != ["released"]:
+            self.odd[f"deliver {advanced[0]} / finish {finished!r}"] += 1
+
+        self.tally.done += 1
+        if time.monotonic() < until:
+            self.tally.on_time += 1
+        if self.tally.done % LOG_EVERY == 0:  # EventSink: ENTRY_EVENTS events an XADD
+            await redis.xadd(
+                EVENT_STREAM, {"e": self.events}, maxlen=self.log_cap, approximate=True
+            )
+        self.done.append(entry_id)
+        slots.release()
+
+
+def event_lines() -> list[str]:
+    """ENTRY_EVENTS JSON lines shaped like a plain turn's events (message_received, …)."""
+    names = ["message_received", "turn_started", "model_usage", "turn_done", "reply_sent"]
+    return [
+        json.dumps(
+            {
+                "ts": "2025-01-01T12:00:00.000000Z",
+                "level": "info",
+                "event": names[i % len(names)],
+                "logger": "bot",
+                "conversation": f"{PREFIX}0000{i:03d}",
+                "channel": "whatsapp",
+                "model": MODEL,
+                "tokens_in": 420,
+                "tokens_out": 12,
+                "ms": 812,
+                "text": "hello",
+            }
+        )
+        for i in range(ENTRY_EVENTS)
+    ]
+
+
+async def client_main(url: str, who: int, opts: dict[str, float], ready: Barrier, go: Event,
+                      results: Any) -> None:  # fmt: skip
+    redis = connect(url, socket_timeout=30)
+    try:
+        await redis.ping()
+        client = Client(redis, who, int(opts["batch"]))
+        rate, seconds = opts["rate"] / opts["procs"], opts["seconds"]
+        budget = int(rate * seconds * 1.05) + 50 if rate else int(opts["max_turns"])
+        messages = [client.message(n) for n in range(budget)]  # built before the clock starts
+        await asyncio.to_thread(ready.wait)
+        await asyncio.to_thread(go.wait)
+        until = time.monotonic() + seconds
+        slots = asyncio.Semaphore(int(opts["batch"]) * 2)
+        await asyncio.gather(
+            client.produce(messages, slots, until, 1 / rate if rate else 0),
+            client.consume(slots, until),
+        )
+        results.put((client.tally.on_time, client.tally.done, dict(client.odd)))
+    finally:
+        await redis.aclose()
+
+
+def client_process(url: str, who: int, opts: dict[str, float], ready: Barrier, go: Event,
+                   results: Any) -> None:  # fmt: skip
+    bench.run(client_main(url, who, opts, ready, go, results))
+
+
+Counts = tuple[float, Counter[str], int]
+
+
+async def server_counts(redis: aioredis.Redis) -> Counts:
+    """Redis's CPU seconds, calls by command (INFO's left out) and reads processed, in one
+    INFO."""
+    info = await redis.execute_command("INFO", "cpu", "commandstats", "stats")
+    commands = Counter(
+        {
+            k.removeprefix("cmdstat_"): int(v["calls"])
+            for k, v in info.items()
+            if k.startswith("cmdstat_") and k != "cmdstat_info"
+        }
+    )
+    cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return cpu, commands, int(info["total_reads_processed"])
+
+
+async def measure(opts: dict[str, float], workdir: Any) -> None:
+    procs = int(opts["procs"])
+    async with bench.redis_url(workdir) as url:
+        redis = connect(url, socket_timeout=30)
+        try:
+            await redis.flushdb()
+            await ensure_group(redis)
+            version = (await redis.info("server"))["redis_version"]
+            ctx = mp.get_context("spawn")
+            ready, go, results = ctx.Barrier(procs + 1), ctx.Event(), ctx.Queue()
+            workers = [
+                ctx.Process(target=client_process, args=(url, who, opts, ready, go, results))
+                for who in range(procs)
+            ]
+            for proc in workers:
+                proc.start()
+            await asyncio.to_thread(ready.wait, 120)
+            before = await server_counts(redis)
+            started = time.monotonic()
+            go.set()
+            tallies = [await asyncio.to_thread(results.get, True, 120) for _ in workers]
+            elapsed = time.monotonic() - started
+            after = await server_counts(redis)
+            for proc in workers:
+                await asyncio.to_thread(proc.join, 30)
+        finally:
+            await redis.aclose()
+    report(opts, version, tallies, before, after, elapsed)
+
+
+def report(
+    opts: dict[str, float],
+    version: str,
+    tallies: list[tuple[int, int, dict[str, int]]],
+    before: Counts,
+    after: Counts,
+    elapsed: float,
+) -> None:
+    on_time = sum(t[0] for t in tallies)
+    turns = sum(t[1] for t in tallies)
+    odd: Counter[str] = Counter()
+    for t in tallies:
+        odd.update(t[2])
+    if not turns:
+        raise SystemExit("no turn finished")
+    cpu = after[0] - before[0]
+    by_command = after[1] - before[1]
+    commands = sum(by_command.values())
+    reads = after[2] - before[2] - 1  # the closing INFO's own read
+    per_turn = cpu / turns
+    paced = f"paced at {opts['rate']:g}/s in all" if opts["rate"] else "flat out"
+    at_once = f"up to {int(opts['batch'])} turns each at once"
+    print(f"redis {version}; {int(opts['procs'])} client processes ({paced}), {at_once}; "
+          f"{os.cpu_count()} CPU cores here")  # fmt: skip
+    print(f"turns: {turns} ({on_time} in the {opts['seconds']:g} s window, the rest while "
+          f"draining; {elapsed:.1f} s in all)")  # fmt: skip
+    print(f"achieved: {on_time / opts['seconds']:,.0f} turns/s (clients and Redis sharing "
+          f"{os.cpu_count()} cores: not a capacity figure)")  # fmt: skip
+    print(f"Redis CPU: {cpu:.2f} s over {elapsed:.1f} s ({cpu / elapsed * 100:.0f} % of a core), "
+          f"{per_turn * 1e6:.1f} µs per turn")  # fmt: skip
+    print(f"Redis commands per turn: {commands / turns:.2f} (scripts' inner calls included, "
+          f"INFO excluded)")  # fmt: skip
+    print("  " + ", ".join(f"{c} {n / turns:.2f}" for c, n in by_command.most_common()))
+    print(f"round trips per turn: {reads / turns:.2f} (total_reads_processed)")
+    print(f"=> this Redis at 90 % of one core: ≈ {0.9 / per_turn:,.0f} turns/s "
+          f"(0.9 s / {per_turn * 1e6:.1f} µs)")  # fmt: skip
+    if odd:
+        print(f"unexpected replies (not a plain turn's): {dict(odd)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=0, help="turns/s in all (0: flat out)")
+    parser.add_argument("--batch", type=int, default=8, help="turns a client runs at once")
+    parser.add_argument("--max-turns", type=int, default=40_000, help="per process, flat out")
+    args = parser.parse_args()
+    opts = {
+        "procs": args.procs, "seconds": args.seconds, "rate": args.rate, "batch": args.batch,
+        "max_turns": args.max_turns,
+    }  # fmt: skip
+    with bench.workdir("switchboard-redisload-", keep=False) as workdir:
+        bench.run(measure(opts, workdir))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
