@@ -29,10 +29,12 @@ CODE_SECONDS = 3600
 MAX_PENDING = 3
 Role = Literal["admin", "user", "stranger"]
 
-# KEYS: bucket. ARGV: now ms, capacity, refill per ms, ttl s.
-# → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told
+# KEYS: bucket[, lease]. ARGV: now ms, capacity, refill per ms, ttl s[, lease token].
+# → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told;
+# 2: nothing spent, the lease given is not held by the token (a claim that did not succeed).
 RATE = Script(
     """
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[5] then return 2 end
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'told')
 local tokens = tonumber(state[1] or capacity)
@@ -63,6 +65,17 @@ class Verdict:
     role: Role
     reply: str | None = None
     pairing: bool = False  # a stranger to send a pairing code: see RedisAccess.pair
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checked:
+    """What the access check read for a sender on a channel: approved (pairing) and RATE's
+    answer (1 for a sender no limit applies to)."""
+
+    channel: str
+    sender: str
+    approved: bool = False
+    rate: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,26 +128,53 @@ class RedisAccess:
         policy and the rate limit, whose state is read (and the bucket spent) in one round
         trip. A verdict with `pairing` set means the sender needs a pairing code: ask `pair`
         for the reply."""
-        role = self.role_of(message.sender)
-        if role == "admin":
-            return Read.value(Verdict(allowed=True, role=role))  # the owner: no policy, no limit
-        policy, listed = self._policy(message)
+        read = self.read_sender(message.channel, message.sender)
+        return Read(
+            queue=read.queue,
+            count=read.count,
+            decode=lambda replies: self.verdict(message, read.decode(replies)),
+        )
+
+    def read_sender(
+        self, channel: str, sender: str, *, lease: str | None = None, token: str | None = None
+    ) -> Read[Checked]:
+        """The Redis half of `read_check`, for a message by `sender` on `channel` (what it
+        reads depends on nothing else): whether a pairing sender is approved, and one token
+        spent from the sender's bucket. With `lease` and `token` the token is spent only if
+        that lease is held by that token: a worker sends this with the TAKE that claims a
+        conversation (a private chat: the bucket is in the lease's slot), before it knows
+        whether the claim succeeded, and a claim that failed spends nothing."""
+        if self.role_of(sender) == "admin":
+            return Read.value(Checked(channel=channel, sender=sender))
+        policy, listed = self._sender_policy(channel, sender)
         ask_approval = policy == "pairing" and not listed
-        bucket = f"rate:{{{message.sender}}}"
+        bucket = f"rate:{{{sender}}}"
         rate_args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000]
 
         def queue(pipe: Pipeline) -> None:
             if ask_approval:
-                pipe.sismember(approved_key(message.channel), message.sender)
-            RATE.queue(pipe, [bucket], [*rate_args, 120])
+                pipe.sismember(approved_key(channel), sender)
+            if lease is None:
+                RATE.queue(pipe, [bucket], [*rate_args, 120])
+            else:
+                RATE.queue(pipe, [bucket, lease], [*rate_args, 120, token or ""])
 
-        def decode(replies: list[Any]) -> Verdict:
+        def decode(replies: list[Any]) -> Checked:
             approved = bool(replies[0]) if ask_approval else False
-            if policy == "open" or listed or approved:
-                return self._rate_verdict(message, role, int(replies[-1]))
-            return self._refused(message, policy, rate_ok=int(replies[-1]) == 1)
+            rate = int(replies[-1])
+            return Checked(channel=channel, sender=sender, approved=approved, rate=rate)
 
         return Read(queue=queue, count=2 if ask_approval else 1, decode=decode)
+
+    def verdict(self, message: InboundMessage, checked: Checked) -> Verdict:
+        """`read_check`'s verdict for `message` from what `read_sender` read for its sender."""
+        role = self.role_of(message.sender)
+        if role == "admin":
+            return Verdict(allowed=True, role=role)  # the owner: no policy, no limit
+        policy, listed = self._policy(message)
+        if policy == "open" or listed or checked.approved:
+            return self._rate_verdict(message, role, checked.rate)
+        return self._refused(message, policy, rate_ok=checked.rate == 1)
 
     async def admits(self, message: InboundMessage) -> bool:
         """Is the sender let in by the channel's policy (the rate limit aside, nothing spent)?
@@ -151,10 +191,13 @@ class RedisAccess:
     def _policy(self, message: InboundMessage) -> tuple[str, bool]:
         """The message's channel's dmPolicy (open where the channel has no config), and whether
         its sender is in that channel's allowFrom."""
-        config = getattr(self.channels, message.channel, None)
+        return self._sender_policy(message.channel, message.sender)
+
+    def _sender_policy(self, channel: str, sender: str) -> tuple[str, bool]:
+        config = getattr(self.channels, channel, None)
         if config is None:
             return "open", False
-        return config.dm_policy, message.sender in config.allow_from
+        return config.dm_policy, sender in config.allow_from
 
     def _refused(self, message: InboundMessage, policy: str, *, rate_ok: bool) -> Verdict:
         """A sender the policy does not let in: silence, or (pairing, in a DM, within the

@@ -23,7 +23,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot.access import Role, Verdict
+from bot.access import Checked, Role, Verdict
 from bot.commands import parse_command
 from bot.errors import AllModelsFailed, ContextOverflow, ModelError
 from bot.llm.breaker import Decision
@@ -35,7 +35,7 @@ from bot.logs import Logger
 from bot.media import TOO_SLOW, TurnMedia
 from bot.memory import Compactor, ConversationState
 from bot.messages import Attachment, InboundMessage, OutboundMessage, Turn
-from bot.reads import Read, RoundTrip, Write, fetch
+from bot.reads import Read, Write, fetch
 from bot.tools import Journal, MemoryJournal, Toolbox, run_loop
 from bot.usage import Call
 from bot.userturn import REPLY_FETCH_SECONDS, ReplyFetcher, quote_replies, user_text
@@ -54,12 +54,28 @@ OVERFLOW_RETRIES = 2
 TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, Decision], tuple[str, int]]
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """A turn's first reads, made by the worker in the round trip that claimed the
+    conversation (`Agent.prefetch`): the access check of the sender who woke it and the
+    turn's state."""
+
+    checked: Checked
+    turn: TurnState
+
+
 class AccessControl(Protocol):
     """Who may talk to the bot (bot.access.RedisAccess): a verdict read with the turn's
     first round trip, pairing for a stranger who sent a code, and whether a sender is let in
     at all (asked before a crashed turn's apology)."""
 
     def read_check(self, message: InboundMessage) -> Read[Verdict]: ...
+
+    def read_sender(
+        self, channel: str, sender: str, *, lease: str | None = None, token: str | None = None
+    ) -> Read[Checked]: ...
+
+    def verdict(self, message: InboundMessage, checked: Checked) -> Verdict: ...
 
     async def pair(self, message: InboundMessage) -> Verdict: ...
 
@@ -164,6 +180,7 @@ class Agent:
         preview: Preview | None = None,
         journal: Journal | None = None,
         writes: list[Write] | None = None,
+        prefetched: Prefetched | None = None,
     ) -> TurnResult:
         """Answer a burst of messages as one turn; when no model can, a short apology.
 
@@ -174,7 +191,9 @@ class Agent:
         `journal`: where the turn's tool steps are kept (and found, when it is resumed).
         `writes`: where a turn that ends with a result leaves what it still has to write (its
         usage), for the caller to send in the round trip that commits the turn; without it
-        (or when the turn raises) they are written here, in a round trip of their own."""
+        (or when the turn raises) they are written here, in a round trip of their own.
+        `prefetched`: what the worker read with its claim (`prefetch`), used when it was read
+        for the batch's first sender and the claim spent its rate token."""
         last = batch[-1]
         ended = False
         replies: list[str] = []
@@ -182,7 +201,16 @@ class Agent:
         roles: list[Role] = []
         is_command = [parse_command(m.text) is not None for m in batch]
         # A command may change what the model turn reads (/new, /model): then it reads later.
-        verdicts, ahead = await self._read_ahead(batch, with_turn_state=not any(is_command))
+        first = batch[0]
+        if prefetched is not None and (
+            prefetched.checked.rate == 2  # the claim it rode with did not succeed
+            or (prefetched.checked.channel, prefetched.checked.sender)
+            != (first.channel, first.sender)
+        ):
+            prefetched = None
+        verdicts, ahead = await self._read_ahead(
+            batch, with_turn_state=not any(is_command), prefetched=prefetched
+        )
         for message, verdict, command in zip(batch, verdicts, is_command, strict=True):
             if verdict.pairing:
                 verdict = await self.access.pair(message)
@@ -388,30 +416,64 @@ class Agent:
         cut = len(text) - self.max_inbound_chars
         return f"{text[: self.max_inbound_chars]}\n[The message was cut: {cut} characters omitted.]"
 
-    async def _read_ahead(
-        self, batch: Sequence[InboundMessage], *, with_turn_state: bool, check: bool = True
-    ) -> tuple[list[Verdict], TurnState | None]:
-        """Access verdicts for the batch and (optionally) the conversation's model choice,
-        history and breakers, in one round trip."""
-        verdicts = Read.each([self.access.read_check(m) for m in batch] if check else [])
-        if not with_turn_state:
-            return await fetch(self.redis, verdicts, what="reading the conversation"), None
-        conversation, sender = batch[-1].conversation, batch[-1].sender
-        trip = RoundTrip(self.redis, what="reading the conversation")
-        checked = trip.add(verdicts)
-        choice = trip.add(self.choice.read_current(conversation))
-        state = trip.add(self.compactor.memory.read_state(conversation))
+    def prefetch(
+        self, conversation: str, channel: str, sender: str, *, lease: str, token: str
+    ) -> Read[Prefetched] | None:
+        """The reads a turn starts with, for a worker to send with the TAKE that claims the
+        conversation (the turn then makes no round trip of its own before the model): the
+        access check of the message's sender, spending a rate token only if the claim
+        succeeded, and the turn's state. Only in a private chat (the sender is the
+        conversation: its rate bucket shares the lease's slot); None otherwise."""
+        if sender != conversation or not channel:
+            return None
+        checked = self.access.read_sender(channel, sender, lease=lease, token=token)
+        return checked.plus(self._read_turn_state(conversation, sender)).then(
+            lambda both: Prefetched(checked=both[0], turn=both[1])
+        )
+
+    def _read_turn_state(self, conversation: str, sender: str) -> Read[TurnState]:
+        """The conversation's model choice, history and breakers, and the sender's tokens
+        today (for the daily budget)."""
         no_breakers: Read[dict[str, Decision]] = Read.value({})
-        breakers = trip.add(self.llm.read_breakers() or no_breakers)
-        if self.llm.local is not None:
-            trip.add(self.llm.local.read())  # what LM Studio has loaded: llm.local keeps it
+        reads = (
+            self.choice.read_current(conversation)
+            .plus(self.compactor.memory.read_state(conversation))
+            .plus(self.llm.read_breakers() or no_breakers)
+        )
         spent = Read.value(0)
         if self.usage is not None and self.daily_token_budget:
             spent = self.usage.read_spent(sender)
-        used = trip.add(spent)  # the sender's tokens today, for the daily budget
-        await trip.run()
-        turn = (choice.value, state.value, breakers.value, (sender, used.value))
-        return checked.value, turn
+        with_spent = reads.plus(spent)
+        if self.llm.local is not None:  # what LM Studio has loaded: llm.local keeps it
+            with_spent = with_spent.plus(self.llm.local.read()).then(lambda both: both[0])
+        return with_spent.then(lambda r: (r[0][0][0], r[0][0][1], r[0][1], (sender, r[1])))
+
+    async def _read_ahead(
+        self,
+        batch: Sequence[InboundMessage],
+        *,
+        with_turn_state: bool,
+        check: bool = True,
+        prefetched: Prefetched | None = None,
+    ) -> tuple[list[Verdict], TurnState | None]:
+        """Access verdicts for the batch and (optionally) the conversation's model choice,
+        history and breakers, in one round trip; none when `prefetched` (what the worker read
+        with its claim) covers them: the first message's check and the turn's state."""
+        first: list[Verdict] = []
+        if prefetched is not None and check:
+            first = [self.access.verdict(batch[0], prefetched.checked)]
+            batch = batch[1:]
+        verdicts = Read.each([self.access.read_check(m) for m in batch] if check else [])
+        if not with_turn_state or prefetched is not None:
+            rest = await fetch(self.redis, verdicts, what="reading the conversation")
+            return first + rest, prefetched.turn if prefetched and with_turn_state else None
+        conversation, sender = batch[-1].conversation, batch[-1].sender
+        both = await fetch(
+            self.redis,
+            verdicts.plus(self._read_turn_state(conversation, sender)),
+            what="reading the conversation",
+        )
+        return both[0], both[1]
 
     async def _complete(
         self,

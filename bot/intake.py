@@ -67,7 +67,12 @@ class RedisIntake:
         body = json.dumps(message.to_dict(), ensure_ascii=False)
         keys = [seen_key(message), inbox_key(message.conversation)]
         args: list[str | int] = [DEDUPE_SECONDS, body]
-        entry: Any = {"conversation": message.conversation}  # redis-py types values narrowly
+        # Who wrote, for the worker to read the turn's first reads with its claim (Agent.prefetch).
+        entry: Any = {  # redis-py types values narrowly
+            "conversation": message.conversation,
+            "channel": message.channel,
+            "sender": message.sender,
+        }
         try:
             if self.ordered:
                 async with self.redis.pipeline(transaction=False) as pipe:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from bot.errors import StoreUnavailable
 
 A = TypeVar("A")
+B = TypeVar("B")
 
 # A write queued on a caller's pipeline (one or more commands, whose replies the caller ignores
 # or reads): how a component's writes ride in a round trip another component makes anyway.
@@ -61,6 +62,22 @@ class Read(Generic[A]):
             return values
 
         return Read(queue=queue, count=sum(r.count for r in reads), decode=decode)
+
+    def then(self, f: Callable[[A], B]) -> Read[B]:
+        """The same commands, their value passed through `f`."""
+        return Read(queue=self.queue, count=self.count, decode=lambda r: f(self.decode(r)))
+
+    def plus(self, other: Read[B]) -> Read[tuple[A, B]]:
+        """Both reads' commands, one after the other, and both values."""
+
+        def queue(pipe: Pipeline) -> None:
+            self.queue(pipe)
+            other.queue(pipe)
+
+        def decode(replies: list[Any]) -> tuple[A, B]:
+            return self.decode(replies[: self.count]), other.decode(replies[self.count :])
+
+        return Read(queue=queue, count=self.count + other.count, decode=decode)
 
 
 class Fetched(Generic[A]):

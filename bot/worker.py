@@ -48,7 +48,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.agent import TurnResult
+from bot.agent import Prefetched, TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
 from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
 from bot.errors import ChannelSendError, TurnFenced
@@ -57,7 +57,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
-from bot.reads import Write
+from bot.reads import Read, Write
 from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
 from bot.scripts import Script
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
@@ -127,9 +127,9 @@ TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 # entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
 # turn to memory and queues the reply in the outbox, or nothing if fenced off. The memory's
 # expiry is pushed back to ttl when its turns were just created or less than ttl - min(1 h,
-# ttl/10) is left (a conversation is forgotten ttl after its last turn, give or take that). Returns 0
-# (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started now),
-# 3 or more (it waits behind earlier replies).
+# ttl/10) is left (a conversation is forgotten ttl after its last turn, give or take that).
+# Returns 0 (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started
+# now), 3 or more (it waits behind earlier replies).
 COMMIT = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -188,10 +188,18 @@ class TurnRunner(Protocol):
         preview: Preview | None = None,
         journal: Journal | None = None,
         writes: list[Write] | None = None,
+        prefetched: Prefetched | None = None,
     ) -> TurnResult: ...
 
     async def may_tell(self, message: InboundMessage) -> bool:
         """May this message's sender get a reply at all (not a stranger)?"""
+        ...
+
+    def prefetch(
+        self, conversation: str, channel: str, sender: str, *, lease: str, token: str
+    ) -> Read[Prefetched] | None:
+        """A turn's first reads, to send with the TAKE claiming the conversation (None: the
+        turn reads them itself)."""
         ...
 
 
@@ -296,10 +304,12 @@ class Done(NamedTuple):
 
 
 class Claim(NamedTuple):
-    """A first TAKE made for a turn's task: its lease token and what TAKE returned."""
+    """A first TAKE made for a turn's task: its lease token, what TAKE returned, and the
+    turn's first reads made with it (None: the turn reads them)."""
 
     token: str
     taken: Taken
+    prefetched: Prefetched | None = None
 
 
 class Worker:
@@ -403,7 +413,7 @@ class Worker:
                         next_reclaim = loop.time() + self.lease_ms / 2000
                     if not entries:  # in a burst of due reminders: no wait for new entries
                         entries = await self._read(free, block=not self._burst)
-                    claims = await self._claim([f.get("conversation", "") for _, f in entries])
+                    claims = await self._claim([fields for _, fields in entries])
                     # Never starved: at least one due delivery and one due reminder per poll.
                     due, reminders = await self._claim_due(max(free - len(entries), 1))
                 except TRANSIENT as exc:  # what was read is reclaimed after a lease
@@ -514,20 +524,46 @@ class Worker:
             self.log.info("turn_reclaimed", conversation=fields.get("conversation"), entry=entry_id)
         return claimed
 
-    async def _claim(self, conversations: list[str]) -> list[Claim | None]:
-        """The first TAKE of every conversation just read, in one round trip (None where it
-        failed: the turn's task claims again)."""
-        if not conversations:
+    async def _claim(self, entries: list[dict[str, str]]) -> list[Claim | None]:
+        """The first TAKE of every conversation just read, each with its turn's first reads
+        (Agent.prefetch: for a private chat, the wake-up's sender's access check and the
+        turn's state), in one round trip (None where the TAKE failed: the turn's task claims
+        again; a prefetch that failed is left to the turn)."""
+        if not entries:
             return []
-        tokens = [self._token() for _ in conversations]
+        tokens = [self._token() for _ in entries]
+        reads: list[Read[Prefetched] | None] = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for conversation, token in zip(conversations, tokens, strict=True):
+            for fields, token in zip(entries, tokens, strict=True):
+                conversation = fields.get("conversation", "")
                 TAKE.queue(pipe, self._take_keys(conversation), self._take_args(token, ""))
+                read = self.agent.prefetch(
+                    conversation,
+                    fields.get("channel", ""),
+                    fields.get("sender", ""),
+                    lease=lease_key(conversation),
+                    token=token,
+                )
+                if read is not None:
+                    read.queue(pipe)
+                reads.append(read)
             replies = await pipe.execute(raise_on_error=False)
-        return [
-            None if isinstance(reply, Exception) else Claim(token, decode_take(reply))
-            for token, reply in zip(tokens, replies, strict=True)
-        ]
+        claims: list[Claim | None] = []
+        at = 0
+        for token, read in zip(tokens, reads, strict=True):
+            taken, at = replies[at], at + 1
+            if isinstance(taken, Exception):
+                claims.append(None)
+                at += read.count if read is not None else 0
+                continue
+            prefetched = None
+            if read is not None:
+                mine, at = replies[at : at + read.count], at + read.count
+                if not any(isinstance(r, Exception) for r in mine):
+                    with contextlib.suppress(Exception):  # unreadable: the turn meets it itself
+                        prefetched = read.decode(mine)
+            claims.append(Claim(token, decode_take(taken), prefetched))
+        return claims
 
     def _spawn(self, entry_id: str, conversation: str, claim: Claim | None = None) -> None:
         task = asyncio.create_task(self._guarded(entry_id, conversation, claim))
@@ -558,11 +594,12 @@ class Worker:
         `claim`: the first TAKE, when the caller made it already."""
         if not conversation:
             return True
+        prefetched = None
         if claim is None:
             token = self._token()
             taken = await self._take_batch(conversation, token, finished="")
         else:
-            token, taken = claim
+            token, taken, prefetched = claim
         if taken is Verdict.BUSY or taken is Verdict.RELEASED:
             return True  # another worker has it and will see the inbox before it lets go
         lost = asyncio.Event()
@@ -573,7 +610,8 @@ class Worker:
         interrupted = False
         try:
             while not isinstance(taken, Verdict) and not lost.is_set():
-                finished = await self._attempt(conversation, token, taken)
+                finished = await self._attempt(conversation, token, taken, prefetched)
+                prefetched = None  # read for the first batch only
                 if finished is None:
                     return False  # left for the next taker: the entry stays pending
                 after = finished.taken
@@ -603,17 +641,24 @@ class Worker:
             return  # the lease ends by itself
         self.log.info("lease_released", conversation=conversation, worker=self.name)
 
-    async def _attempt(self, conversation: str, token: str, taken: list[str]) -> Done | None:
+    async def _attempt(
+        self,
+        conversation: str,
+        token: str,
+        taken: list[str],
+        prefetched: Prefetched | None = None,
+    ) -> Done | None:
         """Run one taken batch whatever fails inside it. Done once it is finished (answered,
         apologised for, or dead-lettered); None when it is left for the next taker (the lease
-        was lost, or it failed where nobody could be told)."""
+        was lost, or it failed where nobody could be told). `prefetched`: the turn's first
+        reads, made with the claim."""
         fields = flat_fields(taken)
         batch_id, attempts = fields.get("id", ""), int(fields.get("attempts") or 1)
         if attempts > self.max_attempts:  # earlier takes died without a word (a killed process)
             await self._dead_letter(conversation, fields, "the worker died during every attempt")
             return Done(batch_id)
         try:
-            ran = await self._run_batch(conversation, token, Batch.from_flat(taken))
+            ran = await self._run_batch(conversation, token, Batch.from_flat(taken), prefetched)
             if ran is not False:
                 return Done(batch_id, None if ran is True else ran)
             self.log.warning("lease_lost", conversation=conversation, worker=self.name)
@@ -716,7 +761,9 @@ class Worker:
     def _take_args(self, token: str, finished: str) -> list[str | int]:
         return [token, uuid.uuid4().hex, self.lease_ms, finished, TAKE_MAX]
 
-    async def _run_batch(self, conversation: str, token: str, batch: Batch) -> bool | Taken:
+    async def _run_batch(
+        self, conversation: str, token: str, batch: Batch, prefetched: Prefetched | None = None
+    ) -> bool | Taken:
         """Run (or resume) one batch and deliver its reply; False if the lease was lost, else
         what the TAKE finishing it answered (sent behind the reply's last ADVANCE), or True
         when it is still to be made."""
@@ -735,7 +782,7 @@ class Worker:
             async with self._typing(last) as allowed, self._preview(last) as preview:
                 result = await self.agent.run_turn(
                     batch.messages, allowed=allowed, preview=preview, journal=journal,
-                    writes=writes,
+                    writes=writes, prefetched=prefetched,
                 )  # fmt: skip
             entry = self.outbox.entry(result.reply) if result.reply else None
             if entry is not None and not entry.chunks:

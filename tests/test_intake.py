@@ -18,13 +18,15 @@ CONV = "whatsapp:+15550001111"
 async def test_accept_stores_the_message_and_wakes_a_worker(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """A new message lands in its conversation's inbox and on the ready stream."""
+    """A new message lands in its conversation's inbox and on the ready stream, the wake-up
+    naming who wrote (a worker reads the turn's first reads with its claim)."""
     intake = RedisIntake(redis_client, log=events.log)
-    assert await intake.accept(inbound("hello", conversation=CONV)) is True
+    message = inbound("hello", conversation=CONV)
+    assert await intake.accept(message) is True
     [stored] = await redis_client.lrange(inbox_key(CONV), 0, -1)
     assert json.loads(stored)["text"] == "hello"
     [(_, fields)] = await redis_client.xrange(READY_STREAM)
-    assert fields == {"conversation": CONV}
+    assert fields == {"conversation": CONV, "channel": message.channel, "sender": message.sender}
     assert events.events("message_received")[0]["msg_id"] == "m1"
 
 
