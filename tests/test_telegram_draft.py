@@ -95,7 +95,8 @@ async def test_a_draft_in_flight_lands_before_the_reply(
     """A draft the Bot API answers slowly while the model finishes: the reply waits for it,
     so no draft lands after the reply (the person would see a stale preview)."""
     telegram.script("sendMessageDraft", TgReply(delay=0.5))
-    model.script(Reply(text="short answer", reasoning=None))
+    # Streamed over ~0.3 s: the first draft goes out, and is still in flight, before the end.
+    model.script(Reply(text="a short answer", reasoning=None, token_delay=0.1))
     await post(gateway, dm(43))
     await eventually(lambda: len(telegram.sent) == 1)
     check_drafts_preview_the_reply(telegram, 43)
