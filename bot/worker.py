@@ -88,7 +88,8 @@ TRANSIENT = (
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
-# call deletes the finished batch first. Then: the batch (a stored one, else the inbox drained
+# call deletes the finished batch first (the only one stored: only the lease's holder writes it,
+# and the token proves the lease was held since the claim). Then: the batch (a stored one, else the inbox drained
 # into a new one, at most TAKE_MAX messages) as a flat field list, or {'released'} when the
 # inbox is empty (the lease is given up), {'busy'} (another worker holds the lease), {'lost'}
 # (ours expired or was taken). Every take of a stored batch counts an attempt on it (a new
@@ -103,8 +104,8 @@ if ARGV[4] == '' then
 else
   if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
   if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'outbox'} end
-  gone = redis.call('HGET', KEYS[2], 'id') == ARGV[4]
-  if gone then redis.call('DEL', KEYS[2]) end
+  redis.call('DEL', KEYS[2])  -- the lease was ours throughout: so is the batch it finished
+  gone = true
 end
 if not gone and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
