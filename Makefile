@@ -42,6 +42,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.turncost
+	$(BIN)/python -m bench.redisload
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.lmstudio

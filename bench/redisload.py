@@ -10,12 +10,13 @@ turn (a distinct `whatsapp:+1555…` sender, as bench.pipeline's load):
   1. intake: RedisIntake.accept (ACCEPT + XADD to the ready stream, one pipeline)
   2. worker read: acks of finished entries (ACK_OWNED) + XREADGROUP, up to `--batch` less the
      turns running (each client process is one consumer, like Worker._read)
-  3. claim: one TAKE per entry read, one pipeline (Worker._claim)
-  4. read-ahead, one pipeline: RATE (an open channel's non-admin sender), the model choice
-     (GETEX + GET), memory STATE, one breaker HGETALL, the LM Studio state GET
-  5. commit, one pipeline: COMMIT (two turns remembered, the reply queued) + the usage of one
+  3. claim, one pipeline (Worker._claim): per entry read, a TAKE and behind it the turn's
+     first reads (Agent.prefetch for a private chat): RATE spending the token only if the
+     claim's lease is held (an open channel's non-admin sender), the model choice (GETEX +
+     GET), memory STATE, one breaker HGETALL, the LM Studio state GET
+  4. commit, one pipeline: COMMIT (two turns remembered, the reply queued) + the usage of one
      local-model call (RedisUsage.queue_record)
-  6. deliver + finish, one pipeline: ADVANCE of the one-chunk reply + the finishing TAKE
+  5. deliver + finish, one pipeline: ADVANCE of the one-chunk reply + the finishing TAKE
   + the log stream: one XADD of 16 events (about 6 a turn) every 3 turns per client.
 
 Measured on the server between the start and the drained end: INFO cpu (used_cpu_sys +
@@ -50,9 +51,11 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier, Event
+from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 import bench
 from bot.access import RATE
@@ -65,10 +68,11 @@ from bot.llm.lmstudio import state_key
 from bot.logs import ENTRY_EVENTS, EVENT_STREAM, make_logger
 from bot.memory.store import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage, Turn
-from bot.redisdb import connect
+from bot.redisdb import connect, is_cluster
 from bot.usage import Call, Prices, RedisUsage
 from bot.wakeups import GROUP, ensure_group, queue_acks
 from bot.worker import COMMIT, READ_BLOCK_MS, TAKE, Worker
+from tests.helpers import redis_cluster
 
 PREFIX = "whatsapp:+1555"  # bench.loadgen's measured senders
 BOT_NUMBER = "whatsapp:+14155238886"
@@ -97,7 +101,7 @@ class Client:
         self.redis = redis
         self.who = who
         self.batch = batch
-        self.intake = RedisIntake(redis, log=log)
+        self.intake = RedisIntake(redis, log=log, ordered=not is_cluster(redis))
         self.memory = RedisMemory(redis)
         # The worker's own argument builders (lease ms, batch ids, outbox entries); nothing runs.
         self.worker = Worker(
@@ -105,6 +109,8 @@ class Client:
             name=f"bench-{who}",
         )  # fmt: skip
         self.choice = RedisModelChoice(redis, cast(Any, None), ttl_seconds=self.memory.ttl_seconds)
+        reads = self.choice.read_current("c").count + self.memory.read_state("c").count
+        self.prefetch_count = 1 + reads + 2  # RATE, the choice and state, breaker, LM Studio
         prices = Prices(parse_config("{}", source="bench", env={}))
         self.usage = RedisUsage(redis, prices=prices, log=log)
         self.call = Call(model=MODEL, kind="turn", tokens_in=420, tokens_out=12, local=True)
@@ -113,6 +119,19 @@ class Client:
         self.done: list[str] = []  # entry ids of finished turns, acked with the next read
         self.odd: Counter[str] = Counter()
         self.tally = Tally(odd=self.odd)
+
+    def prefetch(self, pipe: Any, conversation: str, lease: str, token: str) -> None:
+        """The turn's first reads, queued behind its TAKE as Agent.prefetch does for a private
+        chat (`prefetch_count` commands): RATE spending a token only if the lease is the
+        claim's (RedisAccess.read_sender with lease and token), the model choice (GETEX +
+        GET), memory STATE, one breaker HGETALL, the LM Studio state GET."""
+        bucket = f"rate:{{{conversation}}}"  # RedisAccess.read_sender's bucket
+        rate_args = [int(time.time() * 1000), RATE_PER_MINUTE, RATE_PER_MINUTE / 60000, 120]
+        RATE.queue(pipe, [bucket, lease], [*rate_args, token])
+        self.choice.read_current(conversation).queue(pipe)
+        self.memory.read_state(conversation).queue(pipe)
+        pipe.hgetall(breaker_key(MODEL))
+        pipe.get(state_key(PROVIDER))
 
     def message(self, n: int) -> InboundMessage:
         """The n-th message of this client: a new conversation, as the WhatsApp adapter has it."""
@@ -163,9 +182,12 @@ class Client:
                 for conversation in conversations:
                     token = self.worker._token()
                     args = self.worker._take_args(token, "")
-                    TAKE.queue(pipe, self.worker._take_keys(conversation), args)
+                    keys = self.worker._take_keys(conversation)
+                    TAKE.queue(pipe, keys, args)
+                    self.prefetch(pipe, conversation, keys[0], token)
                     claims.append((token, str(args[1])))
-                taken = await pipe.execute()
+                replies = await pipe.execute()
+            taken = replies[:: 1 + self.prefetch_count]
             for (entry_id, _), conversation, (token, batch_id), reply in zip(
                 entries, conversations, claims, taken, strict=True
             ):
@@ -185,18 +207,8 @@ class Client:
 
     async def turn(self, entry_id: str, conversation: str, token: str, batch_id: str,
                    slots: asyncio.Semaphore, until: float) -> None:  # fmt: skip
-        """Steps 4 to 6 of one claimed turn: read-ahead, commit, deliver and finish."""
+        """Steps 4 and 5 of one claimed turn: commit, deliver and finish."""
         redis, worker = self.redis, self.worker
-        async with redis.pipeline(transaction=False) as pipe:
-            bucket = f"rate:{{{conversation}}}"  # RedisAccess.read_check's bucket
-            rate_args = [int(time.time() * 1000), RATE_PER_MINUTE, RATE_PER_MINUTE / 60000, 120]
-            RATE.queue(pipe, [bucket], rate_args)
-            self.choice.read_current(conversation).queue(pipe)
-            self.memory.read_state(conversation).queue(pipe)
-            pipe.hgetall(breaker_key(MODEL))
-            pipe.get(state_key(PROVIDER))
-            await pipe.execute()
-
         now = time.time()
         remember = [
             Turn(role="user", text="hello", ts=now, refs=(f"SM{entry_id}",)),
@@ -270,7 +282,7 @@ def event_lines() -> list[str]:
 
 async def client_main(url: str, who: int, opts: dict[str, float], ready: Barrier, go: Event,
                       results: Any) -> None:  # fmt: skip
-    redis = connect(url, socket_timeout=30)
+    redis = connect(url, cluster=bool(opts["cluster"]), socket_timeout=30)
     try:
         await redis.ping()
         client = Client(redis, who, int(opts["batch"]))
@@ -295,32 +307,51 @@ def client_process(url: str, who: int, opts: dict[str, float], ready: Barrier, g
     bench.run(client_main(url, who, opts, ready, go, results))
 
 
-Counts = tuple[float, Counter[str], int]
+Counts = tuple[float, Counter[str], int]  # CPU s, calls by command, reads
 
 
-async def server_counts(redis: aioredis.Redis) -> Counts:
-    """Redis's CPU seconds, calls by command (INFO's left out) and reads processed, in one
-    INFO."""
-    info = await redis.execute_command("INFO", "cpu", "commandstats", "stats")
-    commands = Counter(
-        {
-            k.removeprefix("cmdstat_"): int(v["calls"])
-            for k, v in info.items()
-            if k.startswith("cmdstat_") and k != "cmdstat_info"
-        }
-    )
-    cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return cpu, commands, int(info["total_reads_processed"])
+async def server_counts(redis: aioredis.Redis) -> dict[str, Counts]:
+    """Each node's CPU seconds, calls by command (INFO's left out) and reads processed, one
+    INFO a node (a plain server: one node)."""
+    nodes: list[Any] = [None]
+    if is_cluster(redis):
+        nodes = cast("RedisCluster", redis).get_primaries()
+    found: dict[str, Counts] = {}
+    for node in nodes:
+        if node is None:
+            info = await redis.execute_command("INFO", "cpu", "commandstats", "stats")
+        else:
+            info = await cast("RedisCluster", redis).execute_command(
+                "INFO", "cpu", "commandstats", "stats", target_nodes=node
+            )
+        commands = Counter(
+            {
+                k.removeprefix("cmdstat_"): int(v["calls"])
+                for k, v in info.items()
+                if k.startswith("cmdstat_") and k != "cmdstat_info"
+            }
+        )
+        cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        found["server" if node is None else node.name] = (
+            cpu,
+            commands,
+            int(info["total_reads_processed"]),
+        )
+    return found
 
 
 async def measure(opts: dict[str, float], workdir: Any) -> None:
     procs = int(opts["procs"])
-    async with bench.redis_url(workdir) as url:
-        redis = connect(url, socket_timeout=30)
+    async with contextlib.AsyncExitStack() as stack:
+        if opts["cluster"]:
+            url = stack.enter_context(redis_cluster(Path(workdir)))
+        else:
+            url = await stack.enter_async_context(bench.redis_url(workdir))
+        redis = connect(url, cluster=bool(opts["cluster"]), socket_timeout=30)
         try:
             await redis.flushdb()
             await ensure_group(redis)
-            version = (await redis.info("server"))["redis_version"]
+            version = redis_version(await redis.info("server"))
             ctx = mp.get_context("spawn")
             ready, go, results = ctx.Barrier(procs + 1), ctx.Event(), ctx.Queue()
             workers = [
@@ -343,12 +374,19 @@ async def measure(opts: dict[str, float], workdir: Any) -> None:
     report(opts, version, tallies, before, after, elapsed)
 
 
+def redis_version(info: dict[str, Any]) -> str:
+    """INFO server's version (a cluster client answers per node)."""
+    if "redis_version" in info:
+        return str(info["redis_version"])
+    return str(next(iter(info.values()))["redis_version"])
+
+
 def report(
     opts: dict[str, float],
     version: str,
     tallies: list[tuple[int, int, dict[str, int]]],
-    before: Counts,
-    after: Counts,
+    before: dict[str, Counts],
+    after: dict[str, Counts],
     elapsed: float,
 ) -> None:
     on_time = sum(t[0] for t in tallies)
@@ -358,27 +396,34 @@ def report(
         odd.update(t[2])
     if not turns:
         raise SystemExit("no turn finished")
-    cpu = after[0] - before[0]
-    by_command = after[1] - before[1]
+    cpu = {node: after[node][0] - before[node][0] for node in after}
+    by_command: Counter[str] = Counter()
+    for node in after:
+        by_command.update(after[node][1] - before[node][1])
     commands = sum(by_command.values())
-    reads = after[2] - before[2] - 1  # the closing INFO's own read
-    per_turn = cpu / turns
+    reads = sum(after[n][2] - before[n][2] for n in after) - len(after)  # the closing INFOs
+    per_turn = sum(cpu.values()) / turns
+    busiest = max(cpu, key=lambda node: cpu[node])
     paced = f"paced at {opts['rate']:g}/s in all" if opts["rate"] else "flat out"
     at_once = f"up to {int(opts['batch'])} turns each at once"
-    print(f"redis {version}; {int(opts['procs'])} client processes ({paced}), {at_once}; "
-          f"{os.cpu_count()} CPU cores here")  # fmt: skip
+    where = f"a {len(after)}-node Redis Cluster" if opts["cluster"] else "one Redis"
+    print(f"redis {version}, {where}; {int(opts['procs'])} client processes ({paced}), "
+          f"{at_once}; {os.cpu_count()} CPU cores here")  # fmt: skip
     print(f"turns: {turns} ({on_time} in the {opts['seconds']:g} s window, the rest while "
           f"draining; {elapsed:.1f} s in all)")  # fmt: skip
     print(f"achieved: {on_time / opts['seconds']:,.0f} turns/s (clients and Redis sharing "
           f"{os.cpu_count()} cores: not a capacity figure)")  # fmt: skip
-    print(f"Redis CPU: {cpu:.2f} s over {elapsed:.1f} s ({cpu / elapsed * 100:.0f} % of a core), "
-          f"{per_turn * 1e6:.1f} µs per turn")  # fmt: skip
+    for node in sorted(cpu):
+        print(f"Redis CPU ({node}): {cpu[node]:.2f} s over {elapsed:.1f} s "
+              f"({cpu[node] / elapsed * 100:.0f} % of a core), "
+              f"{cpu[node] / turns * 1e6:.1f} µs per turn")  # fmt: skip
     print(f"Redis commands per turn: {commands / turns:.2f} (scripts' inner calls included, "
           f"INFO excluded)")  # fmt: skip
     print("  " + ", ".join(f"{c} {n / turns:.2f}" for c, n in by_command.most_common()))
-    print(f"round trips per turn: {reads / turns:.2f} (total_reads_processed)")
-    print(f"=> this Redis at 90 % of one core: ≈ {0.9 / per_turn:,.0f} turns/s "
-          f"(0.9 s / {per_turn * 1e6:.1f} µs)")  # fmt: skip
+    print(f"round trips per turn: {reads / turns:.2f} (total_reads_processed, all nodes)")
+    bound = cpu[busiest] / turns
+    print(f"=> the busiest node ({busiest}) at 90 % of one core: ≈ {0.9 / bound:,.0f} turns/s "
+          f"(0.9 s / {bound * 1e6:.1f} µs); all nodes: {per_turn * 1e6:.1f} µs a turn")  # fmt: skip
     if odd:
         print(f"unexpected replies (not a plain turn's): {dict(odd)}")
 
@@ -390,10 +435,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0, help="turns/s in all (0: flat out)")
     parser.add_argument("--batch", type=int, default=8, help="turns a client runs at once")
     parser.add_argument("--max-turns", type=int, default=40_000, help="per process, flat out")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a 3-node Redis Cluster (tests.helpers)"
+    )
     args = parser.parse_args()
     opts = {
         "procs": args.procs, "seconds": args.seconds, "rate": args.rate, "batch": args.batch,
-        "max_turns": args.max_turns,
+        "max_turns": args.max_turns, "cluster": args.cluster,
     }  # fmt: skip
     with bench.workdir("switchboard-redisload-", keep=False) as workdir:
         bench.run(measure(opts, workdir))
