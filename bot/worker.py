@@ -89,13 +89,14 @@ TRANSIENT = (
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call). The first call claims the lease (or finds another worker holding it); a later
 # call deletes the finished batch first (the only one stored: only the lease's holder writes it,
-# and the token proves the lease was held since the claim). Then: the batch (a stored one, else the inbox drained
-# into a new one, at most TAKE_MAX messages) as a flat field list, or {'released'} when the
-# inbox is empty (the lease is given up), {'busy'} (another worker holds the lease), {'lost'}
-# (ours expired or was taken). Every take of a stored batch counts an attempt on it (a new
-# batch starts at 1). A new batch's fields are returned as written, not read back. With a 4th
-# key, the outbox, a finishing call does nothing while the outbox holds a reply ({'outbox'}):
-# queued behind each ADVANCE of the turn's reply, it finishes the turn in that round trip.
+# and the token proves the lease was held since the claim). Then: the batch (a stored one, else
+# the inbox drained into a new one, at most TAKE_MAX messages) as a flat field list, or
+# {'released'} when the inbox is empty (the lease is given up), {'busy'} (another worker holds the
+# lease), {'lost'} (ours expired or was taken). Every take of a stored batch counts an attempt on
+# it (a new batch starts at 1). A new batch's fields are returned as written, not read back. With
+# a 4th key, the outbox, a finishing call does nothing while the outbox holds a reply
+# ({'outbox'}): queued behind each ADVANCE of the turn's reply, it finishes the turn in that round
+# trip.
 TAKE = Script(
     """
 local gone = false

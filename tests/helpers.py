@@ -214,6 +214,40 @@ def inbound(
     )
 
 
+@contextlib.asynccontextmanager
+async def running_worker(worker: Worker) -> AsyncIterator[Worker]:
+    """`worker` taking turns and due deliveries inside the block; stopped (and drained) after."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def monitored(redis_client: aioredis.Redis) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every command Redis ran in this client's database while the block ran, through MONITOR
+    (redis-py's dict per command: `command`, `client_type` "lua" for a script's own calls),
+    filled in when the block ends. The end is marked by a command MONITOR shows after them all
+    (Redis feeds monitors in execution order), so nothing is waited for by time."""
+    seen: list[dict[str, Any]] = []
+    db = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
+    end = f"monitor-end-{os.urandom(8).hex()}"
+    async with redis_client.monitor() as monitor:
+        yield seen
+        await redis_client.get(end)
+        async with asyncio.timeout(10):
+            while True:
+                line = await monitor.next_command()
+                if line["db"] != db:
+                    continue
+                if end in line["command"]:
+                    break
+                seen.append(line)
+
+
 async def eventually(condition: Callable[[], bool], within: float = 20) -> None:
     """Poll a condition until it holds; fail if `within` seconds pass first."""
     async with asyncio.timeout(within):

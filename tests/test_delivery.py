@@ -46,7 +46,7 @@ from tests.fakes.twilio_server import (
     too_many_requests,
     unreachable,
 )
-from tests.helpers import Clock, eventually, gateway_config_text
+from tests.helpers import Clock, eventually, gateway_config_text, running_worker
 
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
@@ -329,17 +329,9 @@ async def test_another_worker_delivers_after_the_first_one_stopped(rig: Rig) -> 
     assert len(rig.model.requests_to("/responses")) == 1
 
 
-@contextlib.asynccontextmanager
-async def working(rig: Rig) -> AsyncIterator[Worker]:
+def working(rig: Rig) -> contextlib.AbstractAsyncContextManager[Worker]:
     """One worker taking turns and due deliveries inside the block."""
-    worker = rig.worker()
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await task
+    return running_worker(rig.worker())
 
 
 def twilio_calls(rig: Rig, method: str) -> list[str]:

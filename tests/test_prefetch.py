@@ -8,8 +8,8 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,10 +17,18 @@ import redis.asyncio as aioredis
 from bot.app import App, open_app
 from bot.intake import READY_STREAM
 from bot.settings import Settings
-from bot.worker import Worker, lease_key
+from bot.wakeups import lease_key
+from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import RecordingSender, eventually, gateway_config, inbound
+from tests.helpers import (
+    RecordingSender,
+    eventually,
+    gateway_config,
+    inbound,
+    monitored,
+    running_worker,
+)
 
 
 @pytest.fixture
@@ -38,42 +46,22 @@ async def app(
         yield running
 
 
-@asynccontextmanager
-async def worker_running(app: App, sender: RecordingSender) -> AsyncIterator[Worker]:
-    worker = Worker(
+def worker(app: App, sender: RecordingSender) -> Worker:
+    return Worker(
         redis=app.redis.client, agent=app.agent, memory=app.memory, senders={"test": sender},
         log=app.log,
     )  # fmt: skip
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await task
 
 
-@asynccontextmanager
-async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Counter[str]]:
-    """The top-level commands of this database naming `tag`, seen through MONITOR while the
-    block runs, by (command, how many of the tag's keys it names: the rate bucket, the lease).
-    The block's end is a command MONITOR shows after them all: nothing waits on time."""
+def rate_calls(lines: list[dict[str, Any]], conversation: str) -> Counter[str]:
+    """The top-level commands naming the conversation's rate bucket, by whether they also
+    name its lease (RATE sent with the claim, conditional on it) or not (on its own)."""
     seen: Counter[str] = Counter()
-    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
-    end = f"monitor-end-{uuid.uuid4().hex}"
-    async with redis.monitor() as monitor:
-        yield seen
-        await redis.get(end)
-        async with asyncio.timeout(10):
-            while True:
-                line = await monitor.next_command()
-                if line["db"] != db or line.get("client_type") == "lua":
-                    continue
-                if end in line["command"]:
-                    break
-                if f"rate:{{{tag}}}" in line["command"]:
-                    with_lease = lease_key(tag) in line["command"]
-                    seen["rate with the claim" if with_lease else "rate on its own"] += 1
+    for line in lines:
+        if line.get("client_type") != "lua" and f"rate:{{{conversation}}}" in line["command"]:
+            with_lease = lease_key(conversation) in line["command"]
+            seen["rate with the claim" if with_lease else "rate on its own"] += 1
+    return seen
 
 
 async def test_a_private_chat_spends_its_rate_token_with_the_claim(
@@ -83,14 +71,14 @@ async def test_a_private_chat_spends_its_rate_token_with_the_claim(
     (RATE names the lease it is conditional on), and none spends another on its own."""
     conversation = f"test:+1555{uuid.uuid4().int % 10**7:07d}"
     sender = RecordingSender()
-    async with worker_running(app, sender), watched(redis_client, conversation) as seen:
+    async with running_worker(worker(app, sender)), monitored(redis_client) as lines:
         for n in range(1, 4):
             message = inbound(f"m{n}", conversation=conversation, n=n, channel="test")
             assert message.sender == conversation  # a private chat
             await app.intake.accept(message)
             await eventually(lambda n=n: len(sender.sent) == n)  # type: ignore[misc]
     assert [m.text for m in sender.sent] == ["hi"] * 3
-    assert seen == Counter({"rate with the claim": 3})
+    assert rate_calls(lines, conversation) == Counter({"rate with the claim": 3})
     tokens = float(await redis_client.hget(f"rate:{{{conversation}}}", "tokens") or 0)
     capacity = app.access.rate_per_minute
     assert capacity - 3 <= tokens < capacity - 2.5  # three spent (a little refilled meanwhile)
@@ -105,7 +93,7 @@ async def test_a_claim_that_finds_the_lease_held_spends_no_rate_token(
     conversation = f"test:+1555{uuid.uuid4().int % 10**7:07d}"
     await redis_client.set(lease_key(conversation), "another-worker:1", px=60_000)
     sender = RecordingSender()
-    async with worker_running(app, sender):
+    async with running_worker(worker(app, sender)):
         await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
         async with asyncio.timeout(20):  # the wake-up acked and deleted: the claim was made
             while await redis_client.xlen(READY_STREAM):  # noqa: ASYNC110 - a deadline bounds it

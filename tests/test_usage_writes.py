@@ -3,7 +3,6 @@ past a double's precision, expiry only when needed, the active index trimmed eve
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import socket
 from collections import Counter
@@ -29,7 +28,7 @@ from bot.usage import (
     Totals,
 )
 from tests.conftest import CapturedEvents
-from tests.helpers import Clock
+from tests.helpers import Clock, monitored
 
 DAY = 1_795_000_000.0  # 2026-11-18 08:26:40 UTC
 TODAY = "2026-11-18"
@@ -68,24 +67,14 @@ class Seen:
 
 @asynccontextmanager
 async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Seen]:
-    """Count, through MONITOR, every command of this database that names `tag` or ACTIVE_KEY
-    while the block runs; the block's end is marked by a command MONITOR shows after them all
-    (Redis feeds monitors in execution order), so nothing is waited for by time."""
+    """Count every top-level command and script call of this database that names `tag` or
+    ACTIVE_KEY while the block runs (tests.helpers.monitored)."""
     seen = Seen()
-    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
-    end = f"monitor-end-{tag}"
-    async with redis.monitor() as monitor:
+    async with monitored(redis) as lines:
         yield seen
-        await redis.get(end)
-        async with asyncio.timeout(10):
-            while True:
-                line = await monitor.next_command()
-                if line["db"] != db:
-                    continue
-                if end in line["command"]:
-                    break
-                if tag in line["command"] or ACTIVE_KEY in line["command"]:
-                    seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
+    for line in lines:
+        if tag in line["command"] or ACTIVE_KEY in line["command"]:
+            seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
 
 
 async def test_a_plain_turn_costs_ten_commands(
