@@ -24,6 +24,8 @@ READY_MAXLEN = 100_000
 DEDUPE_SECONDS = 24 * 3600
 
 # KEYS: seen marker, inbox. ARGV: dedupe ttl, message JSON. Returns 1 if new, 0 if a duplicate.
+# Sent with its source (EVAL): the wake-up queued after it must never go out before the message
+# is stored, which a NOSCRIPT answered and run again (bot.scripts.ScriptPipeline) would allow.
 ACCEPT = Script(
     """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
@@ -76,7 +78,7 @@ class RedisIntake:
         try:
             if self.ordered:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    ACCEPT.queue(pipe, keys, args)
+                    ACCEPT.queue(pipe, keys, args, by_source=True)
                     if wake:
                         pipe.xadd(READY_STREAM, entry, maxlen=READY_MAXLEN, approximate=True)
                     fresh = (await pipe.execute())[0]
@@ -85,7 +87,7 @@ class RedisIntake:
                 # connection when hundreds of plain commands open connections to one node at
                 # once (AttributeError in send_packed_command); its pipeline path does not.
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    ACCEPT.queue(pipe, keys, args)
+                    ACCEPT.queue(pipe, keys, args, by_source=True)
                     (fresh,) = await pipe.execute()
                 if wake:
                     async with self.redis.pipeline(transaction=False) as pipe:

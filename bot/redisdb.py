@@ -34,6 +34,7 @@ from redis.exceptions import (
 )
 
 from bot.errors import StoreUnavailable
+from bot.scripts import ScriptRedis
 
 START_TIMEOUT = 10.0
 # Connections per pool (per node on a cluster): no cap. redis-py 8's asyncio pools default to
@@ -164,7 +165,7 @@ def connect(
     options["max_connections"] = MAX_CONNECTIONS
     if cluster:
         return cast("aioredis.Redis", _Cluster.from_url(url, **options))
-    return aioredis.Redis.from_url(url, **options)
+    return ScriptRedis.from_url(url, **options)  # scripts in pipelines go as EVALSHA
 
 
 def is_cluster(client: aioredis.Redis) -> bool:

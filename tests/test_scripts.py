@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from bot.scripts import Script
+from bot.scripts import Script, ScriptRedis
 
 # KEYS: a counter. ARGV: step. → the counter after the step.
 BUMP = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
@@ -78,3 +78,39 @@ async def test_a_bound_script_reloads_on_every_node_of_a_cluster(
     await cluster_client.script_flush()
     for key in keys:
         assert await bump(keys=[key], args=[2]) == 3
+
+
+async def test_a_script_redis_pipeline_sends_the_hash_and_recovers_a_lost_script(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """The gateway's client (ScriptRedis, what bot.redisdb.connect makes) queues a script as
+    EVALSHA; after SCRIPT FLUSH (a Redis restarted) the calls Redis refused are run once more
+    after one SCRIPT LOAD, each script's effect happening exactly once, the plain commands'
+    replies kept in their places. `by_source` still sends EVAL."""
+    client = ScriptRedis.from_url(redis_url, decode_responses=True)
+    try:
+        before = await script_commands(redis_client)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("n", 10)
+            BUMP.queue(pipe, ["n"], [5])
+            BUMP.queue(pipe, ["n"], [1], by_source=True)
+            replies = await pipe.execute()
+        assert replies == [True, 15, 16]
+        assert grew(before, await script_commands(redis_client)) == {"evalsha": 1, "eval": 1}
+
+        await redis_client.script_flush()
+        before = await script_commands(redis_client)
+        async with client.pipeline(transaction=False) as pipe:
+            BUMP.queue(pipe, ["n"], [1])
+            pipe.incr("m")
+            BUMP.queue(pipe, ["n"], [2])
+            replies = await pipe.execute()
+        assert replies == [17, 1, 19]
+        assert await redis_client.get("n") == "19"
+        assert await redis_client.get("m") == "1"
+        assert grew(before, await script_commands(redis_client)) == {
+            "evalsha": 4,  # two refused (NOSCRIPT), the same two run again
+            "script": 1,  # one LOAD for the one script
+        }
+    finally:
+        await client.aclose()
