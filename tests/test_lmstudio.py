@@ -3,6 +3,7 @@ small windows compact sometimes, not every turn; servers without LM Studio's API
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from bot.app import App
 from bot.config import parse_config
-from bot.llm.lmstudio import LocalModelState, NoNativeApi, fetch_states
+from bot.llm.lmstudio import READ_EVERY, LocalModelState, NoNativeApi, fetch_states
 from bot.llm.types import ModelRef
 from bot.memory.compaction import SUMMARIZER
 from tests.conftest import CapturedEvents
@@ -233,3 +234,26 @@ async def test_ttl_seconds_asks_lm_studio_to_keep_the_model_loaded(
                 await app.agent.run_turn([inbound("hello", conversation=CONV)])
     sent = [r.json.get("ttl") for r in chats(fake) if r.json]
     assert sent == [None, 86400]
+
+
+async def test_a_busy_process_reads_the_shared_states_once_a_second(
+    redis_url: str, tmp_path: Path, data_dir: Path, events: CapturedEvents
+) -> None:
+    """A turn's read of LM Studio's stored states goes to Redis at most every READ_EVERY s;
+    in between, turns plan with what this process knows (its own refreshes included)."""
+    async with (
+        FakeLMStudio(model=MODEL, loaded_context=8192) as fake,
+        gateway(seed_config(data_dir, fake.base_url), redis_url, tmp_path, events) as app,
+    ):
+        assert app.local is not None
+        await asyncio.sleep(READ_EVERY)  # past any read made while the gateway started
+        first = app.local.read()
+        assert first.count == len(app.local.providers) > 0
+        async with app.redis.client.pipeline(transaction=False) as pipe:
+            first.queue(pipe)
+            known = first.decode(await pipe.execute())
+        again = app.local.read()
+        assert again.count == 0
+        assert again.decode([]) is known
+        await asyncio.sleep(READ_EVERY)  # the window has passed: a lower bound, not a race
+        assert app.local.read().count == len(app.local.providers)

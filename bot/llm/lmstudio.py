@@ -30,6 +30,7 @@ from bot.reads import Read
 
 REFRESH_SECONDS = 60.0
 HTTP_SECONDS = 3.0
+READ_EVERY = 1.0  # s: a busy process reads the shared states once a second, not every turn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,13 +165,18 @@ class LMStudioModels:
         self.clock = clock
         self.states: dict[str, ProviderStates] = {}  # what this process last read or fetched
         self._stale = asyncio.Event()
+        self._read_at = -READ_EVERY  # time.monotonic() of the last read from Redis
 
     def state(self, provider: str, model: str) -> LocalModelState | None:
         """The last known state of `provider/model` (None: unknown, or no LM Studio API)."""
         return self.states.get(provider, {}).get(model)
 
     def read(self) -> Read[dict[str, ProviderStates]]:
-        """The stored states of every local provider, to read with a turn's other state."""
+        """The stored states of every local provider, to read with a turn's other state: from
+        Redis at most every READ_EVERY s (another process's refresh is seen that much later;
+        this process's own are kept as it makes them), else what this process knows."""
+        if time.monotonic() - self._read_at < READ_EVERY:
+            return Read.value(self.states)
         ids = list(self.providers)
 
         def queue(pipe: Pipeline) -> None:
@@ -180,6 +186,7 @@ class LMStudioModels:
         def decode(replies: list[Any]) -> dict[str, ProviderStates]:
             for pid, raw in zip(ids, replies, strict=True):
                 self.states[pid] = _decode(raw)
+            self._read_at = time.monotonic()
             return self.states
 
         return Read(queue=queue, count=len(ids), decode=decode)
