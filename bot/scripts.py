@@ -80,7 +80,9 @@ class ScriptPipeline(Pipeline):
             if isinstance(reply, NoScriptError) and str(stack[i][0][1]) in _SOURCES
         ]
         if failed:
-            again = ScriptPipeline(self.connection_pool, self.response_callbacks, False, None)
+            # A plain pipeline: if Redis still refuses (it would not load them), that is the
+            # reply, not another round of loading.
+            again = Pipeline(self.connection_pool, self.response_callbacks, False, None)
             for sha in dict.fromkeys(str(stack[i][0][1]) for i in failed):
                 again.script_load(_SOURCES[sha])
             for i in failed:
