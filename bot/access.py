@@ -129,11 +129,7 @@ class RedisAccess:
         trip. A verdict with `pairing` set means the sender needs a pairing code: ask `pair`
         for the reply."""
         read = self.read_sender(message.channel, message.sender)
-        return Read(
-            queue=read.queue,
-            count=read.count,
-            decode=lambda replies: self.verdict(message, read.decode(replies)),
-        )
+        return read.then(lambda checked: self.verdict(message, checked))
 
     def read_sender(
         self, channel: str, sender: str, *, lease: str | None = None, token: str | None = None

@@ -52,6 +52,10 @@ OVERFLOW_RETRIES = 2
 # What a model turn reads first: the model choice, the history, the breaker decisions, and
 # (sender, tokens the sender used today) for the daily budget.
 TurnState = tuple[tuple[ModelRef, Source], ConversationState, dict[str, Decision], tuple[str, int]]
+# The same reads as `Read.plus` nests them: ((choice, history), breakers), tokens today.
+TurnReads = tuple[
+    tuple[tuple[tuple[ModelRef, Source], ConversationState], dict[str, Decision]], int
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,18 +439,23 @@ class Agent:
         """The conversation's model choice, history and breakers, and the sender's tokens
         today (for the daily budget)."""
         no_breakers: Read[dict[str, Decision]] = Read.value({})
+        spent = Read.value(0)
+        if self.usage is not None and self.daily_token_budget:
+            spent = self.usage.read_spent(sender)
         reads = (
             self.choice.read_current(conversation)
             .plus(self.compactor.memory.read_state(conversation))
             .plus(self.llm.read_breakers() or no_breakers)
+            .plus(spent)
         )
-        spent = Read.value(0)
-        if self.usage is not None and self.daily_token_budget:
-            spent = self.usage.read_spent(sender)
-        with_spent = reads.plus(spent)
         if self.llm.local is not None:  # what LM Studio has loaded: llm.local keeps it
-            with_spent = with_spent.plus(self.llm.local.read()).then(lambda both: both[0])
-        return with_spent.then(lambda r: (r[0][0][0], r[0][0][1], r[0][1], (sender, r[1])))
+            reads = reads.plus(self.llm.local.read()).then(lambda both: both[0])
+
+        def turn(values: TurnReads) -> TurnState:
+            ((choice, state), breakers), used = values
+            return choice, state, breakers, (sender, used)
+
+        return reads.then(turn)
 
     async def _read_ahead(
         self,
