@@ -214,6 +214,30 @@ def inbound(
     )
 
 
+def make_worker(app: App, sender: Any, **kwargs: Any) -> Worker:
+    """A worker on `app`'s parts whose one channel, "test", replies through `sender`."""
+    return Worker(
+        redis=app.redis.client,
+        agent=app.agent,
+        memory=app.memory,
+        senders={"test": sender},
+        log=app.log,
+        **kwargs,
+    )
+
+
+def twilio_settings(twilio: FakeTwilio, sender: str = TWILIO_FROM) -> dict[str, Any]:
+    """The Settings fields of a gateway replying on WhatsApp through the fake `twilio`, from
+    `sender`."""
+    return {
+        "twilio_account_sid": twilio.account_sid,
+        "twilio_auth_token": twilio.auth_token,
+        "twilio_whatsapp_from": sender,
+        "twilio_api_base_url": twilio.base_url,
+        "twilio_messaging_base_url": twilio.base_url,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_worker(worker: Worker) -> AsyncIterator[Worker]:
     """`worker` taking turns and due deliveries inside the block; stopped (and drained) after."""

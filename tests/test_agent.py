@@ -24,8 +24,14 @@ from tests.fakes.openai_server import (
     llamacpp_refusal,
     server_error,
 )
-from tests.helpers import RecordingSender, eventually, gateway_config, inbound, run_turn
-from tests.test_worker import make_worker
+from tests.helpers import (
+    RecordingSender,
+    eventually,
+    gateway_config,
+    inbound,
+    make_worker,
+    run_turn,
+)
 
 
 async def converse(app: App, *batch: InboundMessage) -> str:

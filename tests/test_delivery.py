@@ -46,7 +46,7 @@ from tests.fakes.twilio_server import (
     too_many_requests,
     unreachable,
 )
-from tests.helpers import Clock, eventually, gateway_config_text, running_worker
+from tests.helpers import Clock, eventually, gateway_config_text, running_worker, twilio_settings
 
 SENDER = "whatsapp:+14155238886"
 PERSON = "whatsapp:+15551234567"
@@ -165,9 +165,7 @@ async def open_rig(
         config = parse_config(text, source="test.json5", env={})
         settings = Settings(
             redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
-            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-            twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
-            twilio_messaging_base_url=twilio.base_url,
+            **twilio_settings(twilio, SENDER),
             telegram_bot_token=telegram.token, telegram_api_base_url=telegram.base_url,
             **keys,
         )  # type: ignore[call-arg]  # fmt: skip

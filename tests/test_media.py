@@ -30,7 +30,7 @@ from tests.fakes.telegram_server import (
     private_voice_update,
 )
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
-from tests.helpers import Gateway, eventually, running_gateway
+from tests.helpers import Gateway, eventually, running_gateway, twilio_settings
 
 PUBLIC = "https://bot.example.com"
 SECRET = "tg-secret"
@@ -119,9 +119,7 @@ def whatsapp_gateway(
     return running_gateway(
         model_url="unused", redis_url=redis_url, data_dir=tmp_path, log=events.log,
         channels=f"whatsapp: {{ {access} }}", config_text=config, bot_public_url=PUBLIC,
-        twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-        twilio_whatsapp_from="whatsapp:+14155238886", twilio_api_base_url=twilio.base_url,
-        twilio_messaging_base_url=twilio.base_url,
+        **twilio_settings(twilio),
     )  # fmt: skip
 
 

@@ -37,7 +37,15 @@ from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply, echo
 from tests.fakes.twilio_server import FakeTwilio, outside_window
-from tests.helpers import Clock, bot_env, gateway_config_text, inbound, run_bot, run_turn
+from tests.helpers import (
+    Clock,
+    bot_env,
+    gateway_config_text,
+    inbound,
+    run_bot,
+    run_turn,
+    twilio_settings,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SENDER = "whatsapp:+14155238886"
@@ -209,9 +217,7 @@ async def open_rig(
         config = parse_config(text, source="test.json5", env={})
         settings = Settings(
             redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None,
-            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-            twilio_whatsapp_from=SENDER, twilio_api_base_url=twilio.base_url,
-            twilio_messaging_base_url=twilio.base_url,
+            **twilio_settings(twilio, SENDER),
         )  # type: ignore[call-arg]  # fmt: skip
         clock = Clock(SATURDAY_EVENING.timestamp())
         async with open_app(settings, config, events.log) as app:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.twilio_server import FakeTwilio, new_api_key, signed_form, whatsapp_inbound
-from tests.helpers import Gateway, running_gateway
+from tests.helpers import Gateway, running_gateway, twilio_settings
 
 PUBLIC = "https://bot.example.com"
 BOT_NUMBER = "whatsapp:+14155238886"
@@ -30,9 +30,7 @@ async def gateway(
     async with running_gateway(
         model_url=model.base_url, redis_url=redis_url, data_dir=tmp_path, log=events.log,
         channels='whatsapp: { dmPolicy: "open" }', bot_public_url=PUBLIC,
-        twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-        twilio_whatsapp_from=BOT_NUMBER, twilio_api_base_url=twilio.base_url,
-        twilio_messaging_base_url=twilio.base_url,
+        **twilio_settings(twilio, BOT_NUMBER),
     ) as gw:  # fmt: skip
         yield gw
 

@@ -38,6 +38,7 @@ from tests.helpers import (
     gateway_config,
     gateway_config_text,
     inbound,
+    make_worker,
     whatsapp_env,
 )
 
@@ -71,17 +72,6 @@ async def app(
     settings = Settings(redis_url=redis_url, bot_data_dir=str(tmp_path), _env_file=None)  # type: ignore[call-arg]
     async with open_app(settings, gateway_config(model.base_url), events.log) as running:
         yield running
-
-
-def make_worker(app: App, sender: RecordingSender, **kwargs: float) -> Worker:
-    return Worker(
-        redis=app.redis.client,
-        agent=app.agent,
-        memory=app.memory,
-        senders={"test": sender},
-        log=app.log,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 async def running(*workers: Worker) -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
