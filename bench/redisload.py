@@ -58,7 +58,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 import bench
-from bot.access import RATE
+from bot.access import RedisAccess
 from bot.config import parse_config
 from bot.delivery import ADVANCE, Entry, head_key, outbox_key
 from bot.intake import READY_STREAM, RedisIntake
@@ -109,9 +109,18 @@ class Client:
             name=f"bench-{who}",
         )  # fmt: skip
         self.choice = RedisModelChoice(redis, cast(Any, None), ttl_seconds=self.memory.ttl_seconds)
-        reads = self.choice.read_current("c").count + self.memory.read_state("c").count
-        self.prefetch_count = 1 + reads + 2  # RATE, the choice and state, breaker, LM Studio
-        prices = Prices(parse_config("{}", source="bench", env={}))
+        config = parse_config(
+            '{ channels: { whatsapp: { dmPolicy: "open" } } }', source="bench", env={}
+        )
+        # The access check of an open channel's non-admin sender, as bench.pipeline's gateway.
+        self.access = RedisAccess(
+            redis, channels=config.channels, commands=config.commands,
+            rate_per_minute=RATE_PER_MINUTE, log=log,
+        )  # fmt: skip
+        reads = self.access.read_sender("whatsapp", "c", lease="l", token="t").count
+        reads += self.choice.read_current("c").count + self.memory.read_state("c").count
+        self.prefetch_count = reads + 2  # the access check, choice and state, breaker, LM Studio
+        prices = Prices(config)
         self.usage = RedisUsage(redis, prices=prices, log=log)
         self.call = Call(model=MODEL, kind="turn", tokens_in=420, tokens_out=12, local=True)
         self.events = "\n".join(event_lines())
@@ -125,9 +134,7 @@ class Client:
         chat (`prefetch_count` commands): RATE spending a token only if the lease is the
         claim's (RedisAccess.read_sender with lease and token), the model choice (GETEX +
         GET), memory STATE, one breaker HGETALL, the LM Studio state GET."""
-        bucket = f"rate:{{{conversation}}}"  # RedisAccess.read_sender's bucket
-        rate_args = [int(time.time() * 1000), RATE_PER_MINUTE, RATE_PER_MINUTE / 60000, 120]
-        RATE.queue(pipe, [bucket, lease], [*rate_args, token])
+        self.access.read_sender("whatsapp", conversation, lease=lease, token=token).queue(pipe)
         self.choice.read_current(conversation).queue(pipe)
         self.memory.read_state(conversation).queue(pipe)
         pipe.hgetall(breaker_key(MODEL))
