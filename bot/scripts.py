@@ -98,6 +98,18 @@ class ScriptPipeline(Pipeline):
         return replies
 
 
+async def load_scripts(redis: aioredis.Redis) -> None:
+    """Put every script this process knows into Redis's cache, in one round trip, so that its
+    pipelines' first EVALSHAs are not refused: a worker does this when it starts and when it
+    finds Redis restarted empty. Nothing on a cluster client (its pipelines send EVAL)."""
+    if not isinstance(redis, ScriptRedis):
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for source in _SOURCES.values():
+            pipe.script_load(source)
+        await pipe.execute()
+
+
 class ScriptRedis(aioredis.Redis):
     """A client for one Redis server whose pipelines are ScriptPipelines."""
 

@@ -59,7 +59,7 @@ from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.reads import Read, Write
 from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
-from bot.scripts import Script
+from bot.scripts import Script, load_scripts
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
     GROUP,
@@ -442,11 +442,13 @@ class Worker:
             await self.drain()
 
     async def _wait_for_redis(self, stop: asyncio.Event) -> bool:
-        """Create the group once Redis answers, retrying with backoff; False if stopped first."""
+        """Create the group (and load the scripts) once Redis answers, retrying with backoff; False
+        if stopped first."""
         delay = FIRST_RETRY
         while not stop.is_set():
             try:
                 await ensure_group(self.redis)
+                await load_scripts(self.redis)
             except TRANSIENT as exc:
                 self.log.warning(
                     "redis_unavailable", worker=self.name, error=str(exc), retry_in=delay
@@ -462,6 +464,7 @@ class Worker:
         went with the stream). A transient error here is retried by the run loop."""
         try:
             await ensure_group(self.redis)
+            await load_scripts(self.redis)
             woken = await self.sweeper.sweep(force=True)
         except TRANSIENT as exc:
             self.log.error("worker_redis_error", worker=self.name, error=str(exc))

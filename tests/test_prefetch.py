@@ -18,7 +18,6 @@ from bot.app import App, open_app
 from bot.intake import READY_STREAM
 from bot.settings import Settings
 from bot.wakeups import lease_key
-from bot.worker import Worker
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import (
@@ -26,6 +25,7 @@ from tests.helpers import (
     eventually,
     gateway_config,
     inbound,
+    make_worker,
     monitored,
     running_worker,
 )
@@ -46,13 +46,6 @@ async def app(
         yield running
 
 
-def worker(app: App, sender: RecordingSender) -> Worker:
-    return Worker(
-        redis=app.redis.client, agent=app.agent, memory=app.memory, senders={"test": sender},
-        log=app.log,
-    )  # fmt: skip
-
-
 def rate_calls(lines: list[dict[str, Any]], conversation: str) -> Counter[str]:
     """The top-level commands naming the conversation's rate bucket, by whether they also
     name its lease (RATE sent with the claim, conditional on it) or not (on its own)."""
@@ -71,12 +64,17 @@ async def test_a_private_chat_spends_its_rate_token_with_the_claim(
     (RATE names the lease it is conditional on), and none spends another on its own."""
     conversation = f"test:+1555{uuid.uuid4().int % 10**7:07d}"
     sender = RecordingSender()
-    async with running_worker(worker(app, sender)), monitored(redis_client) as lines:
+    async with running_worker(make_worker(app, sender)), monitored(redis_client) as lines:
         for n in range(1, 4):
             message = inbound(f"m{n}", conversation=conversation, n=n, channel="test")
             assert message.sender == conversation  # a private chat
             await app.intake.accept(message)
             await eventually(lambda n=n: len(sender.sent) == n)  # type: ignore[misc]
+            # The turn has let go of the conversation: the next message wakes a new claim
+            # (sent sooner, it would be taken by this turn's finishing TAKE instead).
+            async with asyncio.timeout(20):
+                while await redis_client.exists(lease_key(conversation)):  # noqa: ASYNC110 - bounded
+                    await asyncio.sleep(0.01)
     assert [m.text for m in sender.sent] == ["hi"] * 3
     assert rate_calls(lines, conversation) == Counter({"rate with the claim": 3})
     tokens = float(await redis_client.hget(f"rate:{{{conversation}}}", "tokens") or 0)
@@ -93,7 +91,7 @@ async def test_a_claim_that_finds_the_lease_held_spends_no_rate_token(
     conversation = f"test:+1555{uuid.uuid4().int % 10**7:07d}"
     await redis_client.set(lease_key(conversation), "another-worker:1", px=60_000)
     sender = RecordingSender()
-    async with running_worker(worker(app, sender)):
+    async with running_worker(make_worker(app, sender)):
         await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
         async with asyncio.timeout(20):  # the wake-up acked and deleted: the claim was made
             while await redis_client.xlen(READY_STREAM):  # noqa: ASYNC110 - a deadline bounds it
