@@ -32,26 +32,31 @@ Role = Literal["admin", "user", "stranger"]
 # KEYS: bucket[, lease]. ARGV: now ms, capacity, refill per ms, ttl s[, lease token].
 # → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told;
 # 2: nothing spent, the lease given is not held by the token (a claim that did not succeed).
+# The bucket is one string, "tokens at-ms[ told]", read with GET and written with one SET EX.
 RATE = Script(
     """
 if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[5] then return 2 end
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'told')
-local tokens = tonumber(state[1] or capacity)
-local at = tonumber(state[2] or now)
+local tokens, at, told = capacity, now, false
+local state = redis.call('GET', KEYS[1])
+if state then
+  local t, a, f = string.match(state, '^(%S+) (%S+) ?(%S*)$')
+  tokens, at, told = tonumber(t) or capacity, tonumber(a) or now, f == 'told'
+end
 tokens = math.min(capacity, tokens + (now - at) * rate)
 local result = 1
 if tokens >= 1 then
   tokens = tokens - 1
-  if state[3] then redis.call('HDEL', KEYS[1], 'told') end
-elseif state[3] then
+  told = false
+elseif told then
   result = -1
 else
-  redis.call('HSET', KEYS[1], 'told', 1)
+  told = true
   result = 0
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+local value = tostring(tokens) .. ' ' .. string.format('%.0f', now)
+if told then value = value .. ' told' end
+redis.call('SET', KEYS[1], value, 'EX', ARGV[4])
 return result
 """
 )
@@ -93,6 +98,13 @@ def approved_key(channel: str) -> str:
 
 def pending_key(channel: str) -> str:
     return f"access:{{{channel}}}:pending"
+
+
+def rate_key(sender: str) -> str:
+    """The sender's rate bucket (a string: RATE). In the sender's slot, which is a private
+    chat's: a claim's prefetch spends from it in the lease's script call. Named apart from the
+    hash an earlier version kept at `rate:{sender}`, which expires on its own."""
+    return f"rate:{{{sender}}}:bucket"
 
 
 def code_key(code: str) -> str:
@@ -144,7 +156,7 @@ class RedisAccess:
             return Read.value(Checked(channel=channel, sender=sender))
         policy, listed = self._sender_policy(channel, sender)
         ask_approval = policy == "pairing" and not listed
-        bucket = f"rate:{{{sender}}}"
+        bucket = rate_key(sender)
         rate_args = [int(self.clock() * 1000), self.rate_per_minute, self.rate_per_minute / 60000]
 
         def queue(pipe: Pipeline) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from bot.access import RedisAccess, rate_key
 from bot.app import App
 from bot.commands import parse_command
+from bot.config import ChannelsConfig, CommandsConfig
 from bot.messages import InboundMessage
+from bot.reads import fetch
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import bot_env, open_gateway, provider_block, run_bot, run_turn
@@ -277,6 +281,31 @@ async def test_rate_limit_notices_once_then_drops(
     assert replies[4:] == [None, None]
     assert len(events.events("rate_limited")) == 3
     assert len(local.requests_to("/responses")) == 4
+
+
+async def test_a_sender_past_the_limit_is_let_in_again_as_the_bucket_refills(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """The bucket refills at the limit's rate: a minute after a burst that was told off, the
+    sender has the whole limit again, and the next burst past it is told once more."""
+    now = [1_700_000_000.0]
+    access = RedisAccess(
+        redis_client, channels=ChannelsConfig(), commands=CommandsConfig(), rate_per_minute=2,
+        log=events.log, clock=lambda: now[0],
+    )  # fmt: skip
+    sender = f"whatsapp:+1555{uuid.uuid4().int % 10**7:07d}"
+
+    async def burst(count: int) -> list[int]:
+        read = access.read_sender
+        return [(await fetch(redis_client, read("whatsapp", sender), what="rate")).rate
+                for _ in range(count)]  # fmt: skip
+
+    assert await burst(4) == [1, 1, 0, -1]  # two allowed, one notice, then silence
+    now[0] += 30  # half a minute: one token back, and the notice may be given again
+    assert await burst(3) == [1, 0, -1]
+    now[0] += 3600  # an hour idle: full, never past capacity
+    assert await burst(3) == [1, 1, 0]
+    assert 0 < await redis_client.ttl(rate_key(sender)) <= 120  # an idle sender's bucket goes
 
 
 async def test_strangers_over_the_rate_limit_still_get_no_reply(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.access import rate_key
 from bot.app import App, open_app
 from bot.intake import READY_STREAM
 from bot.settings import Settings
@@ -51,7 +52,7 @@ def rate_calls(lines: list[dict[str, Any]], conversation: str) -> Counter[str]:
     name its lease (RATE sent with the claim, conditional on it) or not (on its own)."""
     seen: Counter[str] = Counter()
     for line in lines:
-        if line.get("client_type") != "lua" and f"rate:{{{conversation}}}" in line["command"]:
+        if line.get("client_type") != "lua" and rate_key(conversation) in line["command"]:
             with_lease = lease_key(conversation) in line["command"]
             seen["rate with the claim" if with_lease else "rate on its own"] += 1
     return seen
@@ -77,7 +78,8 @@ async def test_a_private_chat_spends_its_rate_token_with_the_claim(
                     await asyncio.sleep(0.01)
     assert [m.text for m in sender.sent] == ["hi"] * 3
     assert rate_calls(lines, conversation) == Counter({"rate with the claim": 3})
-    tokens = float(await redis_client.hget(f"rate:{{{conversation}}}", "tokens") or 0)
+    bucket = await redis_client.get(rate_key(conversation))  # "tokens at-ms[ told]"
+    tokens = float(bucket.split()[0]) if bucket else 0.0
     capacity = app.access.rate_per_minute
     assert capacity - 3 <= tokens < capacity - 2.5  # three spent (a little refilled meanwhile)
 
@@ -97,4 +99,4 @@ async def test_a_claim_that_finds_the_lease_held_spends_no_rate_token(
             while await redis_client.xlen(READY_STREAM):  # noqa: ASYNC110 - a deadline bounds it
                 await asyncio.sleep(0.01)
     assert sender.sent == []
-    assert await redis_client.exists(f"rate:{{{conversation}}}") == 0
+    assert await redis_client.exists(rate_key(conversation)) == 0
