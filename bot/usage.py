@@ -56,45 +56,50 @@ TTL_DAY = "ttl_day"
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
-# KEYS: the totals hash. ARGV: ttl s (0: keep none); '' for a daily key, or today (YYYYMMDD) for
-# a key whose TTL runs from its last call; then field, increment…
-# One key's add as one command that costs Redis two more: an HMGET of the fields it adds, the
-# sums made here, one HSET (HINCRBY per field cost one command each). Lua numbers are doubles:
-# a sum is written here only when it and its terms are below 2^53 (every such integer is exact,
-# and '%.0f' prints it in full where tostring would print 1.2e+17); a field past that is left
-# to HINCRBY, exact to 2^63 in Redis. The EXPIRE only when needed: a daily key's when none of
-# the fields exists yet (every add counts `calls`: the day's first), so its TTL runs from the
-# day's first call; otherwise when TTL_DAY is not today, which then becomes today.
+# KEYS: totals hashes of one slot (a private chat's sender day and conversation share the
+# sender's). ARGV: ttl s (0: keep none); for each key '' (a daily key) or today (YYYYMMDD, a key
+# whose TTL runs from its last call); then field, increment… added to every key.
+# Per key two commands: an HMGET of the fields it adds, the sums made here, one HSET (HINCRBY
+# per field cost one command each). Lua numbers are doubles: a sum is written here only when it
+# and its terms are below 2^53 (every such integer is exact, and '%.0f' prints it in full where
+# tostring would print 1.2e+17); a field past that is left to HINCRBY, exact to 2^63 in Redis.
+# The EXPIRE only when needed: a daily key's when none of the fields exists yet (every add
+# counts `calls`: the day's first), so its TTL runs from the day's first call; otherwise when
+# TTL_DAY is not today, which then becomes today.
 _ADD = Script(
     """
-local ttl, today, exact = tonumber(ARGV[1]), ARGV[2], 9007199254740992
+local ttl, exact, first = tonumber(ARGV[1]), 9007199254740992, #KEYS + 2
 local names = {}
-for i = 3, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+for i = first, #ARGV, 2 do names[#names + 1] = ARGV[i] end
 local count = #names
-if today ~= '' then names[count + 1] = 'ttl_day' end
-local old = redis.call('HMGET', KEYS[1], unpack(names))
-local new, sums = true, {}
-for i = 1, count do
-  local had, add = tonumber(old[i] or '0'), tonumber(ARGV[2 + 2 * i])
-  if old[i] then new = false end
-  local sum = had and add and had + add
-  if sum and math.abs(had) < exact and math.abs(add) < exact and math.abs(sum) < exact then
-    sums[#sums + 1] = names[i]
-    sums[#sums + 1] = string.format('%.0f', sum)
-  else
-    redis.call('HINCRBY', KEYS[1], names[i], ARGV[2 + 2 * i])
+local function add(key, today)
+  local asked = {unpack(names)}
+  if today ~= '' then asked[count + 1] = 'ttl_day' end
+  local old = redis.call('HMGET', key, unpack(asked))
+  local new, sums = true, {}
+  for i = 1, count do
+    local had, inc = tonumber(old[i] or '0'), tonumber(ARGV[first - 1 + 2 * i])
+    if old[i] then new = false end
+    local sum = had and inc and had + inc
+    if sum and math.abs(had) < exact and math.abs(inc) < exact and math.abs(sum) < exact then
+      sums[#sums + 1] = names[i]
+      sums[#sums + 1] = string.format('%.0f', sum)
+    else
+      redis.call('HINCRBY', key, names[i], ARGV[first - 1 + 2 * i])
+    end
   end
-end
-local expire = ttl > 0 and new
-if today ~= '' then
-  expire = ttl > 0 and old[count + 1] ~= today
-  if expire then
-    sums[#sums + 1] = 'ttl_day'
-    sums[#sums + 1] = today
+  local expire = ttl > 0 and new
+  if today ~= '' then
+    expire = ttl > 0 and old[count + 1] ~= today
+    if expire then
+      sums[#sums + 1] = 'ttl_day'
+      sums[#sums + 1] = today
+    end
   end
+  if #sums > 0 then redis.call('HSET', key, unpack(sums)) end
+  if expire then redis.call('EXPIRE', key, ttl) end
 end
-if #sums > 0 then redis.call('HSET', KEYS[1], unpack(sums)) end
-if expire then redis.call('EXPIRE', KEYS[1], ttl) end
+for k = 1, #KEYS do add(KEYS[k], ARGV[1 + k]) end
 return 1
 """
 )
@@ -323,7 +328,8 @@ class RedisUsage:
         """Queue, on a caller's non-transactional pipeline, the adds of a turn's calls to the
         sender's day, each model's day and the conversation, and mark the conversation active
         now (ACTIVE_KEY): a caller that already makes a round trip at the turn's end sends the
-        usage in it. Each key is its own slot, so the pipeline may be a cluster one. The
+        usage in it. Each script call's keys share a slot (a private chat's sender day and
+        conversation go in one), so the pipeline may be a cluster one. The
         caller decides what a failure of these writes costs: `execute(raise_on_error=False)`
         keeps one from failing the caller's own commands."""
         if not calls:
@@ -331,9 +337,14 @@ class RedisUsage:
         day = self.day()
         turn = any(c.kind == "turn" for c in calls)
         everything = _increments(calls, turn=turn)
-        self._queue(pipe, SENDER_KEY.format(sender=sender, day=day), everything)
+        sender_key = SENDER_KEY.format(sender=sender, day=day)
         conversation_key = CONVERSATION_KEY.format(conversation=conversation)
-        self._queue(pipe, conversation_key, everything, today=day.replace("-", ""))
+        today = day.replace("-", "")
+        if sender == conversation:  # a private chat: one slot, one script call
+            self._queue(pipe, {sender_key: "", conversation_key: today}, everything)
+        else:
+            self._queue(pipe, {sender_key: ""}, everything)
+            self._queue(pipe, {conversation_key: today}, everything)
         self._queue_models(pipe, calls, day, turn=turn)
         if conversation:
             pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
@@ -353,14 +364,15 @@ class RedisUsage:
         for model in models:
             mine = [c for c in calls if c.model == model]
             totals = _increments(mine, turn=turn and model == answered)
-            self._queue(pipe, MODEL_KEY.format(model=model, day=day), totals)
+            self._queue(pipe, {MODEL_KEY.format(model=model, day=day): ""}, totals)
 
-    def _queue(self, pipe: Pipeline, key: str, totals: Totals, *, today: str = "") -> None:
-        """Queue `_ADD` for one key: a daily key (no `today`) gets its TTL when new, one
-        whose TTL runs from its last call (`today`: YYYYMMDD) once per UTC day."""
+    def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> None:
+        """Queue `_ADD` of `totals` to each key (all in one slot), mapped to '' for a daily
+        key (its TTL set when new) or today (YYYYMMDD) for one whose TTL runs from its last
+        call (set once per UTC day)."""
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
         if pairs:
-            _ADD.queue(pipe, [key], [self.ttl_seconds, today, *pairs])
+            _ADD.queue(pipe, list(keys), [self.ttl_seconds, *keys.values(), *pairs])
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:

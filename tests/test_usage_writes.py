@@ -77,32 +77,51 @@ async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Seen]:
             seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
 
 
-async def test_a_plain_turn_costs_ten_commands(
+async def test_a_plain_turn_costs_nine_commands(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """A plain turn's record (3 keys) costs, once its keys exist, an EVAL, an HMGET and an HSET
-    per key and one ZADD: 10 commands, where one HINCRBY per field made it 23."""
+    """A private chat's record (3 keys) costs, once its keys exist, an HMGET and an HSET per
+    key, an EVAL for the model's day and one for the sender's day and conversation (one slot),
+    and one ZADD: 9 commands, where one HINCRBY per field made it 23."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, ZADD=1)
-    assert seen.total == 10
+    assert seen.commands == Counter(EVAL=2, HMGET=3, HSET=3, ZADD=1)
+    assert seen.total == 9
+
+
+async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """In a group the sender's day and the conversation are in different slots: a script call
+    each (cluster-safe), and both get the same totals."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, group, model = f"ann-{tag}", f"group-{tag}", f"local/{tag}"
+    call = turn(model)
+    async with watched(redis_client, tag) as seen:
+        await usage.record(sender=sender, conversation=group, calls=[call])
+    assert seen.commands["EVAL"] == 3
+    key = SENDER_KEY.format(sender=sender, day=TODAY)
+    mine = Totals.from_hash(await redis_client.hgetall(key))
+    assert mine == await usage.conversation(group)
+    assert (mine.calls, mine.turns, mine.tokens_in) == (1, 1, call.tokens_in)
 
 
 async def test_the_first_record_sets_each_ttl_and_trims(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
     """The day's first record also sets each new key's TTL, and a process's first record trims
-    the active index: 15 commands."""
+    the active index: 14 commands."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    assert seen.commands == Counter(EVAL=3, HMGET=3, HSET=3, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    assert seen.commands == Counter(EVAL=2, HMGET=3, HSET=3, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
 
 
 async def test_sums_stay_exact_past_a_doubles_precision(
