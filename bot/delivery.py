@@ -2,7 +2,15 @@
 
 A conversation's replies wait in `conv:{id}:outbox` (oldest first, each with its chunks); the
 head's progress (chunks accepted, whether a send of the next one may have begun, the next
-attempt) lives in `conv:{id}:outbox:head`. Every write is fenced by the conversation's lease.
+attempt) lives in `conv:{id}:outbox:progress`, one string: a small JSON object (see `Head`),
+written whole with one SET (its expiry with it, or KEEPTTL) and read with one GET. Every write
+is fenced by the conversation's lease. Versions before it kept the progress in a hash,
+`conv:{id}:outbox:head`: the new name means such a hash, left by a reply in flight during an
+upgrade, is never read as the string (WRONGTYPE). That reply simply has no progress under the
+new name, which LOAD treats as lost progress: from its first chunk, with `started` 0 (a send
+may have begun, so the platform is asked first where it can tell; a longer reply's later chunks
+that the old version sent go again). The old hash is left to expire.
+
 A retryable failure (5xx, 429, network) leaves the reply there with a backoff time in the
 shared due set that every worker polls; later replies wait behind it; a reply older than
 `agents.defaults.deliveryRetrySeconds` is dropped with a `reply_expired` error event; one to a
@@ -80,7 +88,7 @@ class Tag(enum.StrEnum):
 
     LOST = "lost"  # the lease is another worker's (or the head changed hands): nothing
     EMPTY = "empty"  # the outbox is empty (ADVANCE: then whether it was in the due set)
-    HEAD = "head"  # LOAD: the head entry and its progress fields
+    HEAD = "head"  # LOAD: the head entry and its progress (JSON)
     MORE = "more"  # ADVANCE: the head has chunks left
     NEXT = "next"  # ADVANCE: the next entry, now the head, and whether it is a retry
 
@@ -122,7 +130,11 @@ class Head:
     """The reply being delivered and its progress. `started` (epoch ms): a send of chunk
     `sent` may have begun then (None: not tried yet). `retrying`: the conversation is in
     the due set. `unlisted`: the platform refused a lookup for it (`reconcile_failed`), so
-    its resends go without one."""
+    its resends go without one.
+
+    In Redis (`head_key`) the progress is a JSON object: `id` (the entry's), `sent`, and
+    when set `started`, `attempts`, `next` (next_at), `retrying` (1), `unlisted` (1); a field
+    not set is left out."""
 
     entry: Entry
     sent: int = 0
@@ -138,11 +150,14 @@ def outbox_key(conversation: str) -> str:
 
 
 def head_key(conversation: str) -> str:
-    return conversation_key(conversation, "outbox:head")
+    """The head's progress, a JSON string (not `outbox:head`: that name held a hash)."""
+    return conversation_key(conversation, "outbox:progress")
 
 
-# KEYS: lease, outbox, head. ARGV: token, ttl s. The head and its progress (a head whose
-# progress is missing gets `started` 0: a send may have begun since it was queued).
+# KEYS: lease, outbox, head. ARGV: token, ttl s. Replies {'lost'}, {'empty'} or {'head', entry,
+# progress JSON}. A head whose progress is missing (or another reply's: lost, expired, or left
+# under the old hash name by an earlier version) gets new progress, expiring in ttl s, with
+# `started` 0: a send may have begun since it was queued.
 LOAD = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
@@ -152,74 +167,90 @@ if not entry then
   return {'empty'}
 end
 local id = cjson.decode(entry)['id']
-if redis.call('HGET', KEYS[3], 'id') ~= id then
-  redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[3], 'id', id, 'sent', 0, 'started', 0)
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
+local progress = redis.call('GET', KEYS[3])
+if not progress or cjson.decode(progress)['id'] ~= id then
+  progress = cjson.encode({id = id, sent = 0, started = 0})
+  redis.call('SET', KEYS[3], progress, 'EX', ARGV[2])
 end
-return {'head', entry, redis.call('HGETALL', KEYS[3])}
+return {'head', entry, progress}
 """
 )
 
 # KEYS: lease, outbox, head. ARGV: token, head id, chunks now accepted (or skipped), chunks
-# in all, now ms, '1' when the next chunk is sent at once, ttl s. Records progress; once the
-# head is done, pops it and makes the next reply the head. Replies {'lost'}, {'more'},
-# {'next', entry, retrying} or {'empty', retrying}.
+# in all, now ms, '1' when the next chunk is sent at once, ttl s. Records progress (its expiry
+# kept); once the head is done, pops it and makes the next reply the head (`started` now if
+# ARGV[6] is '1', `retrying` carried over, expiring in ttl s). Replies {'lost'}, {'more'},
+# {'next', entry, retrying} or {'empty', retrying} (retrying: '1' or ''). A done head's
+# progress is read and deleted in one GETDEL; if it is not the caller's head it is put back as
+# it was (its expiry then ttl s again) and nothing else changes.
 ADVANCE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
-local head = redis.call('HMGET', KEYS[3], 'id', 'retrying')
-if head[1] ~= ARGV[2] then return {'lost'} end
-if tonumber(ARGV[3]) < tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[3], 'sent', ARGV[3])
-  if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5])
-  else redis.call('HDEL', KEYS[3], 'started') end
+local more = tonumber(ARGV[3]) < tonumber(ARGV[4])
+local raw = redis.call(more and 'GET' or 'GETDEL', KEYS[3])
+local head = raw and cjson.decode(raw)
+if not head or head['id'] ~= ARGV[2] then
+  if raw and not more then redis.call('SET', KEYS[3], raw, 'EX', ARGV[7]) end
+  return {'lost'}
+end
+if more then
+  head['sent'] = tonumber(ARGV[3])
+  if ARGV[6] == '1' then head['started'] = tonumber(ARGV[5]) else head['started'] = nil end
+  redis.call('SET', KEYS[3], cjson.encode(head), 'KEEPTTL')
   return {'more'}
 end
-local retrying = head[2] or ''
+local retrying = head['retrying'] and '1' or ''
 redis.call('LPOP', KEYS[2])
-redis.call('DEL', KEYS[3])
 local entry = redis.call('LINDEX', KEYS[2], 0)
 if not entry then return {'empty', retrying} end
-redis.call('HSET', KEYS[3], 'id', cjson.decode(entry)['id'], 'sent', 0)
-if retrying ~= '' then redis.call('HSET', KEYS[3], 'retrying', retrying) end
-if ARGV[6] == '1' then redis.call('HSET', KEYS[3], 'started', ARGV[5]) end
-redis.call('EXPIRE', KEYS[3], ARGV[7])
+local progress = {id = cjson.decode(entry)['id'], sent = 0}
+if retrying ~= '' then progress['retrying'] = 1 end
+if ARGV[6] == '1' then progress['started'] = tonumber(ARGV[5]) end
+redis.call('SET', KEYS[3], cjson.encode(progress), 'EX', ARGV[7])
 return {'next', entry, retrying}
 """
 )
 
-# KEYS: lease, head. ARGV: token, head id, attempts, next attempt ms.
+# KEYS: lease, head. ARGV: token, head id, attempts, next attempt ms. Sets them and `retrying`
+# in the head's progress (its expiry kept). 1, or 0 (fenced off, or not that head).
 SCHEDULE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[2], 'attempts', ARGV[3], 'next', ARGV[4], 'retrying', 1)
+local raw = redis.call('GET', KEYS[2])
+local head = raw and cjson.decode(raw)
+if not head or head['id'] ~= ARGV[2] then return 0 end
+head['attempts'] = tonumber(ARGV[3])
+head['next'] = tonumber(ARGV[4])
+head['retrying'] = 1
+redis.call('SET', KEYS[2], cjson.encode(head), 'KEEPTTL')
 return 1
 """
 )
 
-# KEYS: lease, head. ARGV: token, head id. Marks the head `unlisted` (its lookup was refused).
+# KEYS: lease, head. ARGV: token, head id. Marks the head `unlisted` (its lookup was refused;
+# its expiry kept). 1, or 0 (fenced off, or not that head).
 UNLIST = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[2], 'unlisted', 1)
+local raw = redis.call('GET', KEYS[2])
+local head = raw and cjson.decode(raw)
+if not head or head['id'] ~= ARGV[2] then return 0 end
+head['unlisted'] = 1
+redis.call('SET', KEYS[2], cjson.encode(head), 'KEEPTTL')
 return 1
 """
 )
 
 # KEYS: lease, outbox, head, batch. ARGV: token, entry JSON, entry id, ttl s. Moves a reply
-# stored in its batch by an earlier version to the outbox; the head gets `started` 0 (it may
-# have been sent).
+# stored in its batch by an earlier version to the outbox; a new head gets `started` 0 (it may
+# have been sent), its progress replacing any left (one SET with the ttl).
 ENQUEUE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HDEL', KEYS[4], 'reply') == 0 then return 1 end
 if redis.call('RPUSH', KEYS[2], ARGV[2]) == 1 then
-  redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[3], 'id', ARGV[3], 'sent', 0, 'started', 0)
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  local progress = cjson.encode({id = ARGV[3], sent = 0, started = 0})
+  redis.call('SET', KEYS[3], progress, 'EX', ARGV[4])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -484,9 +515,8 @@ class Outbox:
         )
 
     def _decode_head(self, loaded: list[Any]) -> Head:
-        """LOAD's {'head', entry, progress} reply as a Head."""
-        flat = cast("list[str]", loaded[2])
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        """LOAD's {'head', entry, progress JSON} reply as a Head."""
+        fields: dict[str, Any] = json.loads(loaded[2])
         started = fields.get("started")
         return Head(
             entry=Entry.from_json(loaded[1]),

@@ -131,7 +131,8 @@ TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 # expiry is pushed back to ttl when its turns were just created or less than ttl - min(1 h,
 # ttl/10) is left (a conversation is forgotten ttl after its last turn, give or take that).
 # Returns 0 (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started
-# now), 3 or more (it waits behind earlier replies).
+# now: its progress, bot.delivery's JSON string, written whole with the outbox ttl), 3 or more
+# (it waits behind earlier replies).
 COMMIT = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -153,9 +154,8 @@ if ARGV[3] == '' then return 1 end
 local queued = redis.call('RPUSH', KEYS[6], ARGV[3])
 redis.call('EXPIRE', KEYS[6], ARGV[7])
 if queued == 1 then
-  redis.call('DEL', KEYS[7])
-  redis.call('HSET', KEYS[7], 'id', ARGV[5], 'sent', 0, 'started', ARGV[6])
-  redis.call('EXPIRE', KEYS[7], ARGV[7])
+  local progress = cjson.encode({id = ARGV[5], sent = 0, started = tonumber(ARGV[6])})
+  redis.call('SET', KEYS[7], progress, 'EX', ARGV[7])
 end
 return queued + 1
 """

@@ -1,11 +1,13 @@
 """The outbox on real Redis against fake Twilio and Telegram: retries with backoff, order,
 chunks never repeated after a crash, non-retryable failures, expiry, takeover by any worker,
-lookups Twilio refuses, unreachable recipients and Twilio API keys."""
+lookups Twilio refuses, unreachable recipients and Twilio API keys; the head's progress as one
+JSON string, and a hash an earlier version left under its old name."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,8 +20,9 @@ import redis.asyncio as aioredis
 
 from bot.app import App, open_app
 from bot.config import parse_config
-from bot.delivery import DUE_KEY, head_key, outbox_key
-from bot.messages import InboundMessage
+from bot.delivery import ADVANCE, DUE_KEY, LOAD, ChunkSender, head_key, outbox_key
+from bot.memory import conversation_key
+from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.worker import Worker, lease_key
 from channels.whatsapp import TwilioMediaFetcher
@@ -292,6 +295,10 @@ async def test_a_resumed_send_repeats_no_chunk_the_platform_took(rig: Rig) -> No
     await asyncio.gather(turn, return_exceptions=True)
     await rig.twilio.wait_for_messages(2)  # Twilio took chunk 2 all the same
     await rig.until(lambda: lease_gone(rig.redis))
+    progress = json.loads(await rig.redis.get(head_key(PERSON)))  # one string, as the first left it
+    assert progress["sent"] == 1
+    assert progress["started"] > 0  # chunk 2's send had begun: the next worker looks it up
+    assert await rig.redis.ttl(head_key(PERSON)) > 0  # updates keep the expiry it was made with
 
     second = rig.worker(lease_seconds=0.5)
     stop = asyncio.Event()
@@ -325,6 +332,56 @@ async def test_another_worker_delivers_after_the_first_one_stopped(rig: Rig) -> 
     await task
     assert rig.bodies() == ["echo:hello"]
     assert len(rig.model.requests_to("/responses")) == 1
+
+
+async def test_a_head_hash_left_by_an_earlier_version_is_not_read(rig: Rig) -> None:
+    """An upgrade while a reply was in flight: it is in the outbox, the earlier version's
+    progress for it a hash under the old name `…:outbox:head` (its send begun), and Twilio took
+    it. The progress now lives under another name, so that hash is never read (a GET of it would
+    fail, WRONGTYPE). When the person writes again, the old reply has no progress: it counts as
+    possibly sent, is looked up and found, not sent again, and the new reply follows it. The
+    hash is left alone to expire."""
+    reply = OutboundMessage(channel="whatsapp", conversation=PERSON, text="hi there", reply_to="p0")
+    entry = rig.worker().outbox.entry(reply)
+    old_head = conversation_key(PERSON, "outbox:head")
+    await rig.redis.hset(old_head, mapping={"id": entry.id, "sent": 0, "started": entry.at})
+    await rig.redis.expire(old_head, 3600)
+    await rig.redis.rpush(outbox_key(PERSON), entry.to_json())
+    sender = rig.app.senders["whatsapp"]
+    assert isinstance(sender, ChunkSender)
+    await sender.send_chunk(reply, entry.chunks[0])  # the earlier version's send: taken
+    async with working(rig):
+        await rig.say("again")
+        await rig.until(rig.settled)
+    assert rig.bodies() == ["hi there", "echo:again"]
+    assert len(rig.events.events("send_reconciled")) == 1
+    assert len(twilio_calls(rig, "GET")) == 1
+    assert await rig.redis.exists(head_key(PERSON)) == 0
+    assert await rig.redis.type(old_head) == "hash"
+    assert 0 < await rig.redis.ttl(old_head) <= 3600
+
+
+async def test_advance_is_fenced_by_the_lease_and_the_head_id(rig: Rig) -> None:
+    """ADVANCE by a worker without the lease, or for a reply that is not the head, changes
+    nothing: the reply stays queued, its progress as it was, expiring; the right call pops it
+    and deletes the progress."""
+    reply = OutboundMessage(channel="whatsapp", conversation=PERSON, text="hi", reply_to="p1")
+    entry = rig.worker().outbox.entry(reply)
+    keys = [lease_key(PERSON), outbox_key(PERSON), head_key(PERSON)]
+    await rig.redis.set(keys[0], "ours")
+    await rig.redis.rpush(keys[1], entry.to_json())
+    tag, _, progress = await LOAD.on(rig.redis)(keys=keys, args=["ours", 600])
+    assert tag == "head"
+    assert json.loads(progress) == {"id": entry.id, "sent": 0, "started": 0}
+    advance = ADVANCE.on(rig.redis)
+    for token, head in (("theirs", entry.id), ("ours", "another")):
+        assert await advance(keys=keys, args=[token, head, 1, 1, 5, "1", 600]) == ["lost"]
+        assert await rig.outbox() == [entry.to_json()]
+        assert await rig.redis.get(keys[2]) == progress
+        assert 0 < await rig.redis.ttl(keys[2]) <= 600
+    assert await advance(keys=keys, args=["ours", entry.id, 1, 1, 5, "1", 600]) == ["empty", ""]
+    assert await rig.outbox() == []
+    assert await rig.redis.exists(keys[2]) == 0
 
 
 def working(rig: Rig) -> contextlib.AbstractAsyncContextManager[Worker]:

@@ -133,8 +133,9 @@ return 1
 # KEYS: lease, hash, index, outbox, outbox head. ARGV: token, slot ms, outbox entry JSON,
 # entry id, started ms, outbox ttl s, next slot ms ('' when it does not recur), rid.
 # Fires the slot the hash holds (once), queueing the entry behind the conversation's other
-# replies (a new head is marked as possibly started: a resumed send checks first), and moves
-# the reminder on to its next slot or deletes it.
+# replies (a new head's progress, bot.delivery's JSON string, is written whole with the outbox
+# ttl and marks it as possibly started: a resumed send checks first), and moves the reminder
+# on to its next slot or deletes it.
 FIRE = Script(
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
@@ -147,9 +148,8 @@ if due ~= ARGV[2] then return {'stale', due} end
 local queued = redis.call('RPUSH', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 if queued == 1 then
-  redis.call('DEL', KEYS[5])
-  redis.call('HSET', KEYS[5], 'id', ARGV[4], 'sent', 0, 'started', ARGV[5])
-  redis.call('EXPIRE', KEYS[5], ARGV[6])
+  local progress = cjson.encode({id = ARGV[4], sent = 0, started = tonumber(ARGV[5])})
+  redis.call('SET', KEYS[5], progress, 'EX', ARGV[6])
 end
 if ARGV[7] == '' then
   redis.call('DEL', KEYS[2])
