@@ -16,7 +16,7 @@ turn (a distinct `whatsapp:+1555…` sender, as bench.pipeline's load):
      GET), memory STATE, one breaker HGETALL, the LM Studio state GET
   4. commit, one pipeline: COMMIT (two turns remembered, the reply queued) + the usage of one
      local-model call (RedisUsage.queue_record)
-  5. deliver + finish, one pipeline: ADVANCE of the one-chunk reply + the finishing TAKE
+  5. deliver + finish: FINISH, the ADVANCE of the one-chunk reply that finishes the turn (TAKE)
   + the log stream: one XADD of 16 events (about 6 a turn) every 3 turns per client.
 
 Measured on the server between the start and the drained end: INFO cpu (used_cpu_sys +
@@ -60,7 +60,7 @@ from redis.asyncio.cluster import RedisCluster
 import bench
 from bot.access import RedisAccess
 from bot.config import parse_config
-from bot.delivery import ADVANCE, Entry, head_key, outbox_key
+from bot.delivery import Entry, head_key, outbox_key
 from bot.intake import READY_STREAM, RedisIntake
 from bot.llm.breaker import breaker_key
 from bot.llm.choice import RedisModelChoice
@@ -69,9 +69,10 @@ from bot.logs import ENTRY_EVENTS, EVENT_STREAM, make_logger
 from bot.memory.store import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage, Turn
 from bot.redisdb import connect, is_cluster
+from bot.scripts import load_scripts
 from bot.usage import Call, Prices, RedisUsage
 from bot.wakeups import GROUP, ensure_group, queue_acks
-from bot.worker import COMMIT, READ_BLOCK_MS, TAKE, Worker
+from bot.worker import COMMIT, FINISH, READ_BLOCK_MS, TAKE, Worker
 from tests.helpers import redis_cluster
 
 PREFIX = "whatsapp:+1555"  # bench.loadgen's measured senders
@@ -245,13 +246,13 @@ class Client:
 
         lease = worker._take_keys(conversation)[0]
         step = [token, entry.id, 1, 1, int(time.time() * 1000), "1", worker.outbox.ttl_seconds]
-        finish_keys = [*worker._take_keys(conversation), outbox_key(conversation)]
+        keys = [lease, outbox_key(conversation), head_key(conversation)]
+        keys += worker._take_keys(conversation)
         async with redis.pipeline(transaction=False) as pipe:
-            ADVANCE.queue(pipe, [lease, outbox_key(conversation), head_key(conversation)], step)
-            TAKE.queue(pipe, finish_keys, worker._take_args(token, batch_id))
-            advanced, finished = await pipe.execute()
-        if advanced[0] != "empty" or finished != ["released"]:
-            self.odd[f"deliver {advanced[0]} / finish {finished!r}"] += 1
+            FINISH.queue(pipe, keys, step + worker._take_args(token, batch_id, checked=True))
+            replies = (await pipe.execute())[0]
+        if replies[0][0] != "empty" or replies[1:] != [["released"]]:
+            self.odd[f"deliver/finish {replies!r}"] += 1
 
         self.tally.done += 1
         if time.monotonic() < until:
@@ -292,6 +293,7 @@ async def client_main(url: str, who: int, opts: dict[str, float], ready: Barrier
     redis = connect(url, cluster=bool(opts["cluster"]), socket_timeout=30)
     try:
         await redis.ping()
+        await load_scripts(redis)  # as a worker does at start: no EVALSHA refused mid-turn
         client = Client(redis, who, int(opts["batch"]))
         rate, seconds = opts["rate"] / opts["procs"], opts["seconds"]
         budget = int(rate * seconds * 1.05) + 50 if rate else int(opts["max_turns"])

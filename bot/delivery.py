@@ -34,12 +34,12 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
 from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import OutboundMessage
-from bot.reads import Write
 from bot.scripts import Script
 
 DUE_KEY = "switchboard:outbox:due"
@@ -183,8 +183,7 @@ return {'head', entry, progress}
 # {'next', entry, retrying} or {'empty', retrying} (retrying: '1' or ''). A done head's
 # progress is read and deleted in one GETDEL; if it is not the caller's head it is put back as
 # it was (its expiry then ttl s again) and nothing else changes.
-ADVANCE = Script(
-    """
+_ADVANCE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
 local more = tonumber(ARGV[3]) < tonumber(ARGV[4])
 local raw = redis.call(more and 'GET' or 'GETDEL', KEYS[3])
@@ -209,7 +208,40 @@ if ARGV[6] == '1' then progress['started'] = tonumber(ARGV[5]) end
 redis.call('SET', KEYS[3], cjson.encode(progress), 'EX', ARGV[7])
 return {'next', entry, retrying}
 """
-)
+ADVANCE = Script(_ADVANCE)
+
+
+def advance_then(then: str) -> Script:
+    """ADVANCE with `then`, a Lua body, run in the same script call once ADVANCE has emptied
+    the outbox: what a caller does next (a worker finishing its turn), in the call that
+    records the last send. KEYS: ADVANCE's three, then `then`'s; ARGV: ADVANCE's seven, then
+    `then`'s (in `then`, KEYS and ARGV are its own). `then` runs only after ADVANCE found the
+    lease held by the token and left the outbox empty. Replies {ADVANCE's reply} or, after
+    `then`, {ADVANCE's reply, then's reply}."""
+    return Script(
+        f"""
+local function advance(KEYS, ARGV)
+{_ADVANCE}
+end
+local function after(KEYS, ARGV)
+{then}
+end
+local done = advance({{KEYS[1], KEYS[2], KEYS[3]}}, {{unpack(ARGV, 1, 7)}})
+if done[1] ~= 'empty' then return {{done}} end
+return {{done, after({{unpack(KEYS, 4)}}, {{unpack(ARGV, 8)}})}}
+"""
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Then:
+    """What a flush runs in the ADVANCE that empties the outbox: a script made by
+    `advance_then`, and its own keys and arguments."""
+
+    script: Script
+    keys: list[str]
+    args: list[str | int]
+
 
 # KEYS: lease, head. ARGV: token, head id, attempts, next attempt ms. Sets them and `retrying`
 # in the head's progress (its expiry kept). 1, or 0 (fenced off, or not that head).
@@ -291,6 +323,13 @@ class Outbox:
         self._enqueue = ENQUEUE.on(redis)
         self._claim_due = CLAIM_DUE.on(redis)
         self._unlist = UNLIST.on(redis)
+        self._scripts: dict[str, AsyncScript] = {}  # callers' scripts (Then), bound once
+
+    def _bound(self, script: Script) -> AsyncScript:
+        bound = self._scripts.get(script.sha)
+        if bound is None:
+            bound = self._scripts[script.sha] = script.on(self.redis)
+        return bound
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -347,13 +386,11 @@ class Outbox:
         *,
         fresh: Entry | None = None,
         lost: asyncio.Event | None = None,
-        then: Write | None = None,
+        then: Then | None = None,
     ) -> tuple[Flush, Any]:
-        """`flush`, and `then` queued behind every ADVANCE in its round trip: what the caller
-        does next once the outbox is empty (a worker finishing its turn), saving a round trip.
-        `then` runs after each ADVANCE, so it must do nothing while the outbox still holds a
-        reply; its reply is given back (else None) when the flush ended on an ADVANCE that
-        emptied the outbox."""
+        """`flush`, and `then` run by the ADVANCE that empties the outbox, in its script call:
+        what the caller does next (a worker finishing its turn), saving a script call and a
+        round trip. Its reply is given back (else None) when the flush ended that way."""
         keys = [lease, outbox_key(conversation), head_key(conversation)]
         head: Head | None
         if fresh is not None:
@@ -475,21 +512,22 @@ class Outbox:
         return False if marked else Flush.LOST
 
     async def _step(
-        self, keys: list[str], token: str, head: Head, done: int, then: Write | None = None
+        self, keys: list[str], token: str, head: Head, done: int, then: Then | None = None
     ) -> tuple[Head | Flush, Any]:
-        """Record that the head's first `done` chunks are dealt with (one round trip, `then`
-        queued behind), marking the next send started; the head to go on with, or how the
-        flush ends, and `then`'s reply."""
+        """Record that the head's first `done` chunks are dealt with (one script call, running
+        `then` if it empties the outbox), marking the next send started; the head to go on
+        with, or how the flush ends, and `then`'s reply (None if it did not run)."""
         total, now = len(head.entry.chunks), self.now_ms()
         args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
         after = None
         if then is None:
             reply = cast("list[str]", await self._advance(keys=keys, args=args))
         else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                ADVANCE.queue(pipe, keys, args)
-                then(pipe)
-                reply, after = await pipe.execute()
+            replies = cast(
+                "list[Any]",
+                await self._bound(then.script)(keys=keys + then.keys, args=args + then.args),
+            )
+            reply, after = replies[0], replies[1] if len(replies) > 1 else None
         tag = Tag(reply[0])
         if tag is Tag.LOST:
             return Flush.LOST, None

@@ -16,9 +16,9 @@ next taker and, after MAX_ATTEMPTS takes (counted on the batch in Redis), moved 
 letters. A lost consumer group (Redis came back empty) is recreated, and a periodic sweep wakes
 every conversation whose wake-up was lost.
 
-One module, over 400 lines, on purpose: the Lua scripts (TAKE, COMMIT, RENEW, RELEASE), the
-lease keeper and the turn loop fence one another, and a change to one is only safe read
-beside the others.
+One module, over 400 lines, on purpose: the Lua scripts (TAKE, FINISH, COMMIT, RENEW,
+RELEASE), the lease keeper and the turn loop fence one another, and a change to one is only
+safe read beside the others.
 """
 
 from __future__ import annotations
@@ -50,7 +50,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.agent import Prefetched, TurnResult
 from bot.deadletters import MAX_ATTEMPTS, RedisDeadLetters
-from bot.delivery import ChunkSender, Entry, Flush, Outbox, ReplySender, head_key, outbox_key
+from bot.delivery import (
+    ChunkSender,
+    Entry,
+    Flush,
+    Outbox,
+    ReplySender,
+    Then,
+    advance_then,
+    head_key,
+    outbox_key,
+)
 from bot.errors import ChannelSendError, TurnFenced
 from bot.intake import READY_STREAM, inbox_key
 from bot.llm.preview import GuardedPreview, TurnPreview
@@ -87,24 +97,21 @@ TRANSIENT = (
 )
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
-# the first call). The first call claims the lease (or finds another worker holding it); a later
-# call deletes the finished batch first (the only one stored: only the lease's holder writes it,
-# and the token proves the lease was held since the claim). Then: the batch (a stored one, else
-# the inbox drained into a new one, at most TAKE_MAX messages) as a flat field list, or
-# {'released'} when the inbox is empty (the lease is given up), {'busy'} (another worker holds the
-# lease), {'lost'} (ours expired or was taken). Every take of a stored batch counts an attempt on
-# it (a new batch starts at 1). A new batch's fields are returned as written, not read back. With
-# a 4th key, the outbox, a finishing call does nothing while the outbox holds a reply
-# ({'outbox'}): queued behind each ADVANCE of the turn's reply, it finishes the turn in that round
-# trip.
-TAKE = Script(
-    """
+# the first call), TAKE_MAX. The first call claims the lease (or finds another worker holding
+# it); a later call deletes the finished batch first (the only one stored: only the lease's
+# holder writes it, and the token proves the lease was held since the claim). Then: the batch (a
+# stored one, else the inbox drained into a new one, at most TAKE_MAX messages) as a flat field
+# list, or {'released'} when the inbox is empty (the lease is given up), {'busy'} (another worker
+# holds the lease), {'lost'} (ours expired or was taken). Every take of a stored batch counts an
+# attempt on it (a new batch starts at 1). A new batch's fields are returned as written, not read
+# back. With ARGV[6] '1' the caller has just found the lease held by the token, in the same
+# script call: FINISH, the ADVANCE that sends a turn's reply's last chunk and finishes the turn.
+_TAKE = """
 local gone = false
 if ARGV[4] == '' then
   if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return {'busy'} end
 else
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
-  if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return {'outbox'} end
+  if ARGV[6] ~= '1' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
   redis.call('DEL', KEYS[2])  -- the lease was ours throughout: so is the batch it finished
   gone = true
 end
@@ -122,7 +129,10 @@ local batch = {'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending', 'attempts', 
 redis.call('HSET', KEYS[2], unpack(batch))
 return batch
 """
-)
+TAKE = Script(_TAKE)
+# The ADVANCE of a reply's last chunk that, once the outbox is empty, finishes the turn as TAKE
+# (bot.delivery.advance_then): one script call, the lease checked once.
+FINISH = advance_then(_TAKE)
 TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 
 # KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
@@ -253,7 +263,6 @@ class Verdict(StrEnum):
     BUSY = "busy"  # another worker holds the lease
     RELEASED = "released"  # the inbox is empty: the lease is given up
     LOST = "lost"  # our lease expired or was taken
-    OUTBOX = "outbox"  # (finishing behind ADVANCE) a reply is still in the outbox: nothing done
 
 
 Taken = Verdict | list[str]  # a verdict, or the batch as a flat HGETALL list
@@ -298,8 +307,8 @@ def flat_fields(flat: list[str]) -> dict[str, str]:
 
 
 class Done(NamedTuple):
-    """A finished batch, and what the TAKE made behind its reply's last send answered (None
-    when none was made: the worker takes next)."""
+    """A finished batch, and what the TAKE made by its reply's last ADVANCE answered (FINISH;
+    None when none was made: the worker takes next)."""
 
     batch: str
     taken: Taken | None = None
@@ -620,7 +629,7 @@ class Worker:
                 if finished is None:
                     return False  # left for the next taker: the entry stays pending
                 after = finished.taken
-                if after is None or after is Verdict.OUTBOX:
+                if after is None:
                     after = await self._take_batch(conversation, token, finished=finished.batch)
                 taken = after
                 if taken is Verdict.RELEASED:
@@ -763,14 +772,14 @@ class Worker:
     def _take_keys(conversation: str) -> list[str]:
         return [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
 
-    def _take_args(self, token: str, finished: str) -> list[str | int]:
-        return [token, uuid.uuid4().hex, self.lease_ms, finished, TAKE_MAX]
+    def _take_args(self, token: str, finished: str, *, checked: bool = False) -> list[str | int]:
+        return [token, uuid.uuid4().hex, self.lease_ms, finished, TAKE_MAX, "1" if checked else ""]
 
     async def _run_batch(
         self, conversation: str, token: str, batch: Batch, prefetched: Prefetched | None = None
     ) -> bool | Taken:
         """Run (or resume) one batch and deliver its reply; False if the lease was lost, else
-        what the TAKE finishing it answered (sent behind the reply's last ADVANCE), or True
+        what the TAKE finishing it answered (made by the reply's last ADVANCE: FINISH), or True
         when it is still to be made."""
         if batch.owner != token:
             self.log.warning(
@@ -924,16 +933,19 @@ class Worker:
         self, conversation: str, token: str, fresh: Entry | None, *, finished: str = ""
     ) -> bool | Taken:
         """Deliver the conversation's outbox (a reply that must wait stays there, in the due
-        set); False if the lease was lost. `finished`: the batch this flush finishes, whose
-        finishing TAKE goes behind each ADVANCE: what it answered once the outbox is empty
-        (True when that did not happen: the caller takes)."""
+        set); False if the lease was lost. `finished`: the batch this flush finishes, taken
+        (TAKE) by the ADVANCE that empties the outbox, in its script call (FINISH): what that
+        answered (True when it did not happen: the caller takes)."""
         lease = lease_key(conversation)
         if not finished:
             return await self.outbox.flush(conversation, lease, token, fresh=fresh) != Flush.LOST
-        keys = [*self._take_keys(conversation), outbox_key(conversation)]
-        args = self._take_args(token, finished)
+        then = Then(
+            FINISH,
+            self._take_keys(conversation),
+            self._take_args(token, finished, checked=True),
+        )
         flushed, taken = await self.outbox.flush_then(
-            conversation, lease, token, fresh=fresh, then=lambda pipe: TAKE.queue(pipe, keys, args)
+            conversation, lease, token, fresh=fresh, then=then
         )
         if flushed is Flush.LOST:
             return False

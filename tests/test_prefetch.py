@@ -72,7 +72,7 @@ async def test_a_private_chat_spends_its_rate_token_with_the_claim(
             await app.intake.accept(message)
             await eventually(lambda n=n: len(sender.sent) == n)  # type: ignore[misc]
             # The turn has let go of the conversation: the next message wakes a new claim
-            # (sent sooner, it would be taken by this turn's finishing TAKE instead).
+            # (sent sooner, it would be taken by this turn's FINISH instead).
             async with asyncio.timeout(20):
                 while await redis_client.exists(lease_key(conversation)):  # noqa: ASYNC110 - bounded
                     await asyncio.sleep(0.01)

@@ -21,12 +21,13 @@ from aiohttp import web
 from bot.app import App, open_app
 from bot.config import parse_config
 from bot.deadletters import RedisDeadLetters
+from bot.delivery import ADVANCE, head_key, outbox_key
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
-from bot.worker import CRASHED, GROUP, BatchState, Worker, batch_key, lease_key
+from bot.worker import CRASHED, FINISH, GROUP, TAKE, BatchState, Worker, batch_key, lease_key
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.telegram_server import FakeTelegram
@@ -39,6 +40,8 @@ from tests.helpers import (
     gateway_config_text,
     inbound,
     make_worker,
+    monitored,
+    running_worker,
     whatsapp_env,
 )
 
@@ -152,6 +155,57 @@ async def test_a_burst_becomes_one_turn(app: App, model: FakeOpenAI) -> None:
     await asyncio.gather(*tasks)
     assert [r.text for r in sender.sent] == ["echo:one\ntwo\nthree"]
     assert len(model.requests_to("/responses")) == 1
+
+
+async def test_a_turns_last_send_and_its_end_are_one_script_call(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """The ADVANCE recording a reply's last chunk also finishes the turn (FINISH: the batch
+    deleted, the inbox found empty, the lease given up): no TAKE of its own after it."""
+    conversation = "test:finish"
+    sender = RecordingSender()
+    worker = make_worker(app, sender, sweep_skip=("test:",))  # no second wake-up from a sweep
+    async with running_worker(worker), monitored(redis_client) as lines:
+        await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
+        await eventually(lambda: len(sender.sent) == 1)
+        async with asyncio.timeout(20):
+            while await redis_client.exists(lease_key(conversation)):  # noqa: ASYNC110 - bounded
+                await asyncio.sleep(0.01)
+    names = {TAKE.sha: "TAKE", FINISH.sha: "FINISH", ADVANCE.sha: "ADVANCE"}
+    calls = [
+        names[line["command"].split()[1]]
+        for line in lines
+        if line.get("client_type") != "lua"
+        and line["command"].lower().startswith(("evalsha", "eval "))
+        and line["command"].split()[1] in names
+    ]
+    assert calls == ["TAKE", "FINISH"]  # the claim, then the last send and the turn's end
+    assert [r.text for r in sender.sent] == ["echo:hello"]
+    assert await redis_client.exists(batch_key(conversation), inbox_key(conversation)) == 0
+
+
+async def test_finish_changes_nothing_for_a_worker_that_lost_its_lease(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """FINISH trusts TAKE's part to ADVANCE's lease check: with another worker's lease it
+    records nothing, deletes no batch, drains no inbox and keeps the lease."""
+    conversation = "test:finish-fenced"
+    worker = make_worker(app, RecordingSender())
+    await app.intake.accept(inbound("hello", conversation=conversation, channel="test"))
+    claim = await worker._take_batch(conversation, "mine:1", finished="")
+    assert isinstance(claim, list)
+    batch = dict(zip(claim[::2], claim[1::2], strict=True))
+    await redis_client.set(lease_key(conversation), "theirs:1", px=60_000)
+    await app.intake.accept(inbound("again", conversation=conversation, n=2, channel="test"))
+    keys = [lease_key(conversation), outbox_key(conversation), head_key(conversation)]
+    keys += [lease_key(conversation), batch_key(conversation), inbox_key(conversation)]
+    step = ["mine:1", "entry-1", 1, 1, 0, "1", 60]
+    take = ["mine:1", "batch-2", 30_000, batch["id"], 1000, "1"]
+    replies = await FINISH.on(redis_client)(keys=keys, args=step + take)
+    assert replies == [["lost"]]
+    assert await redis_client.get(lease_key(conversation)) == "theirs:1"
+    assert await redis_client.hget(batch_key(conversation), "id") == batch["id"]
+    assert await redis_client.llen(inbox_key(conversation)) == 1
 
 
 async def test_a_duplicate_id_gives_one_turn(app: App, model: FakeOpenAI) -> None:
