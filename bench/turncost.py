@@ -73,7 +73,8 @@ def script_names() -> dict[str, str]:
         except ImportError:  # an optional extra that is not installed (the mcp SDK)
             continue
         for attr, value in vars(module).items():
-            if isinstance(value, Script) and f"\n{attr} = Script(" in source(module):
+            # Defined here (`NAME = Script(…)` or made, like FINISH), not imported from elsewhere.
+            if isinstance(value, Script) and f"\n{attr} = " in source(module):
                 name = f"{info.name.removeprefix('bot.')}.{attr}"
                 names[value.source] = name
                 names[hashlib.sha1(value.source.encode()).hexdigest()] = name
