@@ -15,7 +15,12 @@ those seconds; the idle rate says how much of it there is.
 MONITOR slows Redis down, so this bench counts and never times; `bench.pipeline` times. It
 does read the gateway's CPU over the idle window (all its processes, /proc): an idle gateway's
 share of a core (`--idle 60` for issue #28's measure).
-Run: `.venv/bin/python -m bench.turncost [--rate 50] [--seconds 4] [--idle 10]`.
+
+`--returning`: the same load is sent once before the measured one, unmeasured, so the measured
+turns are every sender's second: conversations that exist (their memory, usage keys and daily
+totals already made), as in a deployment's steady state; without it, every turn is a new
+conversation's first (bench.pipeline's load), which creates its keys.
+Run: `.venv/bin/python -m bench.turncost [--rate 50] [--seconds 4] [--idle 10] [--returning]`.
 """
 
 from __future__ import annotations
@@ -186,11 +191,24 @@ def print_tally(title: str, tally: Tally, per: float, unit: str) -> None:
             print(f"    {'· ' + command:<32} {'':>7} {count / per:>11.2f}")
 
 
+async def replies_to(twilio: FakeTwilio, results: list[dict], before: int, wait: float) -> None:
+    """Poll until every 2xx-answered message of `results` has a reply after the first `before`
+    messages (senders may have had replies before), or `wait` s after the last send."""
+    expected = sum(1 for r in results if r["status"] and 200 <= r["status"] < 300)
+    deadline = max((r["sent_at"] for r in results), default=time.time()) + wait
+    while time.time() < deadline:
+        if len(twilio.messages) - before >= expected:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def reads(redis: aioredis.Redis) -> int:
     return int((await redis.info("stats"))["total_reads_processed"])
 
 
-async def measure(rate: float, seconds: float, idle: float, model_ms: float, workdir: Path) -> None:
+async def measure(
+    rate: float, seconds: float, idle: float, model_ms: float, workdir: Path, *, returning: bool
+) -> None:
     scripts = script_names()
     async with bench.redis_url(workdir) as url:
         redis = connect(url, decode_responses=False)
@@ -215,21 +233,29 @@ async def measure(rate: float, seconds: float, idle: float, model_ms: float, wor
                 idle_seconds, cpu_after = time.monotonic() - started, cpu_total(pids)
                 await unwatch(watcher)
 
+                url_in = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+                if returning:  # every sender's first turn, unmeasured
+                    first = await run_loadgen(
+                        url_in, rate, seconds, twilio.auth_token, workdir / "first.json", log
+                    )
+                    await collect_replies(twilio, first, wait=15)
+                before = len(twilio.messages)
                 turn_tally = Tally()
                 watcher = await watching(url, turn_tally, scripts)
                 reads_before = await reads(redis)
-                url_in = f"http://127.0.0.1:{port}/webhooks/whatsapp"
                 results = await run_loadgen(
                     url_in, rate, seconds, twilio.auth_token, workdir / "load.json", log
                 )
-                await collect_replies(twilio, results, wait=15)
+                await replies_to(twilio, results, before, wait=15)
                 await unwatch(watcher)
                 trips = await reads(redis) - reads_before - 2  # the two INFOs
             finally:
                 await stop(proc)
                 await redis.aclose()
-            turns = len({m.to for m in twilio.messages if m.to.startswith(MEASURED_PREFIX)})
-    print(f"gateway: bot serve --role all; {turns} plain WhatsApp turns at {rate:g}/s")
+            measured = twilio.messages[before:]
+            turns = sum(1 for m in measured if m.to.startswith(MEASURED_PREFIX))
+    kind = "returning conversations' turns" if returning else "new conversations' first turns"
+    print(f"gateway: bot serve --role all; {turns} plain WhatsApp turns at {rate:g}/s ({kind})")
     if not turns:
         raise SystemExit(f"no replies; see {log}")
     print(f"Redis round trips per turn (incl. background work): {trips / turns:.2f}")
@@ -247,9 +273,15 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10, help="seconds watched while idle")
     parser.add_argument("--model-ms", type=float, default=50)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument(
+        "--returning", action="store_true", help="measure each sender's second turn, not its first"
+    )
     args = parser.parse_args()
     with bench.workdir("switchboard-turncost-", keep=args.keep) as workdir:
-        bench.run(measure(args.rate, args.seconds, args.idle, args.model_ms, workdir))
+        run = measure(
+            args.rate, args.seconds, args.idle, args.model_ms, workdir, returning=args.returning
+        )
+        bench.run(run)
 
 
 if __name__ == "__main__":
