@@ -43,6 +43,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.turncost
+	$(BIN)/python -m bench.turncost --rate 300 --returning --idle 1
 	$(BIN)/python -m bench.redisload
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.memory
