@@ -34,12 +34,12 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 
 from bot.errors import ChannelSendError, RecipientUnreachable
 from bot.logs import Logger
 from bot.memory import conversation_key
 from bot.messages import OutboundMessage
+from bot.roundtrips import coalescer_for
 from bot.scripts import Script
 
 DUE_KEY = "switchboard:outbox:due"
@@ -319,17 +319,10 @@ class Outbox:
         self.ttl_seconds = int(retry_seconds) + 86400  # a safety net; expiry normally drops it
         self.clock = clock
         self._load = LOAD.on(redis)
-        self._advance = ADVANCE.on(redis)
+        self._trips = coalescer_for(redis)  # ADVANCE/FINISH's round trip, shared
         self._enqueue = ENQUEUE.on(redis)
         self._claim_due = CLAIM_DUE.on(redis)
         self._unlist = UNLIST.on(redis)
-        self._scripts: dict[str, AsyncScript] = {}  # callers' scripts (Then), bound once
-
-    def _bound(self, script: Script) -> AsyncScript:
-        bound = self._scripts.get(script.sha)
-        if bound is None:
-            bound = self._scripts[script.sha] = script.on(self.redis)
-        return bound
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -520,13 +513,17 @@ class Outbox:
         total, now = len(head.entry.chunks), self.now_ms()
         args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
         after = None
+        # One round trip with the other turns committing or finishing in this loop iteration.
         if then is None:
-            reply = cast("list[str]", await self._advance(keys=keys, args=args))
+            (reply,) = await self._trips.run(lambda pipe: ADVANCE.queue(pipe, keys, args))
         else:
-            replies = cast(
-                "list[Any]",
-                await self._bound(then.script)(keys=keys + then.keys, args=args + then.args),
+            (reply,) = await self._trips.run(
+                lambda pipe: then.script.queue(pipe, keys + then.keys, args + then.args)
             )
+        if isinstance(reply, Exception):
+            raise reply
+        if then is not None:
+            replies = cast("list[Any]", reply)
             reply, after = replies[0], replies[1] if len(replies) > 1 else None
         tag = Tag(reply[0])
         if tag is Tag.LOST:

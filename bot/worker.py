@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import (
     ClusterDownError,
     MasterDownError,
@@ -69,6 +70,7 @@ from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
 from bot.reads import Read, Write
 from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
+from bot.roundtrips import coalescer_for
 from bot.scripts import Script, load_scripts
 from bot.tools import Journal, JournalStep, RedisToolJournal, steps_in
 from bot.wakeups import (
@@ -371,7 +373,7 @@ class Worker:
         self._typing_calls: set[asyncio.Task[None]] = set()  # typing calls still in flight
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
         self._take = TAKE.on(redis)
-        self._commit = COMMIT.on(redis)
+        self._trips = coalescer_for(redis)  # COMMIT's round trip, shared (group commit)
         self._renew = RENEW.on(redis)
         self._release = RELEASE.on(redis)
         self.outbox = Outbox(
@@ -915,13 +917,14 @@ class Worker:
             outbox_key(conversation),
             head_key(conversation),
         ]
-        if not writes:
-            return int(await self._commit(keys=keys, args=args))
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def queue(pipe: Pipeline) -> None:
             COMMIT.queue(pipe, keys, args)
             for write in writes:
                 write(pipe)
-            committed, *rest = await pipe.execute(raise_on_error=False)
+
+        # One round trip with the other turns committing or finishing in this loop iteration.
+        committed, *rest = await self._trips.run(queue)
         if isinstance(committed, BaseException):
             raise committed
         failed = next((r for r in rest if isinstance(r, BaseException)), None)
