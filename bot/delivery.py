@@ -512,17 +512,15 @@ class Outbox:
         with, or how the flush ends, and `then`'s reply (None if it did not run)."""
         total, now = len(head.entry.chunks), self.now_ms()
         args: list[str | int] = [token, head.entry.id, done, total, now, "1", self.ttl_seconds]
-        after = None
+        script = ADVANCE if then is None else then.script
+        if then is not None:
+            keys, args = keys + then.keys, args + then.args
         # One round trip with the other turns committing or finishing in this loop iteration.
-        if then is None:
-            (reply,) = await self._trips.run(lambda pipe: ADVANCE.queue(pipe, keys, args))
-        else:
-            (reply,) = await self._trips.run(
-                lambda pipe: then.script.queue(pipe, keys + then.keys, args + then.args)
-            )
+        (reply,) = await self._trips.run(lambda pipe: script.queue(pipe, keys, args))
         if isinstance(reply, Exception):
             raise reply
-        if then is not None:
+        after = None
+        if then is not None:  # {ADVANCE's reply} or {ADVANCE's reply, then's reply}
             replies = cast("list[Any]", reply)
             reply, after = replies[0], replies[1] if len(replies) > 1 else None
         tag = Tag(reply[0])
