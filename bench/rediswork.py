@@ -1,0 +1,291 @@
+"""The Redis work of one plain WhatsApp turn, by step, in CPU instructions: a figure that does
+not move with the machine's load or hour, so two versions compare in one run each.
+
+bench.redisload reads Redis's CPU time a turn, which on a shared VM moves by 30 % from one hour
+to the next. Here a redis-server runs under valgrind's callgrind, which counts the instructions
+it executes (its own, its Lua's, its libc's and allocator's; not the kernel's: the system calls
+of reading and writing sockets are left out, so are the append-only file's writes: this server
+keeps nothing on disk). One client does `--turns` turns the way bench.redisload's clients do,
+with the gateway's own scripts, keys and arguments, step by step: every turn's intake, then
+every turn's claim, and so on, each step's calls pipelined 50 at a time (so a round trip's cost
+is spread thin: this is the commands' and scripts' work, not the network's). The counters are
+zeroed before a step and read after it (callgrind_control), so each step's instructions are its
+own; per turn = the step's instructions / turns.
+
+`--returning`: the same senders' second turns (their memory and usage keys exist), measured
+after an unmeasured first round.
+
+    .venv/bin/python -m bench.rediswork [--turns 300] [--returning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+import bench
+from bench.redisload import MODEL, PROVIDER, Client, event_lines
+from bot.delivery import Entry, head_key, outbox_key
+from bot.intake import ACCEPT, DEDUPE_SECONDS, READY_MAXLEN, READY_STREAM, inbox_key, seen_key
+from bot.llm.breaker import breaker_key
+from bot.llm.lmstudio import state_key
+from bot.logs import EVENT_STREAM
+from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.redisdb import connect
+from bot.scripts import load_scripts
+from bot.wakeups import GROUP, ensure_group, queue_acks
+from bot.worker import COMMIT, FINISH, TAKE
+
+PER_PIPELINE = 50
+READ_EVERY = 8  # wake-ups a worker read returns (bench.redisload's --batch)
+DUMP_WAIT = 30.0  # seconds a callgrind dump may take to appear
+
+
+class Callgrind:
+    """A redis-server under callgrind: its instruction count between zero() and read()."""
+
+    def __init__(self, workdir: Path) -> None:
+        for tool, package in [("valgrind", "valgrind"), ("redis-server", "redis-server")]:
+            if shutil.which(tool) is None:
+                raise SystemExit(f"bench.rediswork needs {tool} (Debian: apt install {package})")
+        self.dir = workdir
+        self.socket = workdir / "redis.sock"
+        self.proc = subprocess.Popen(
+            [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/cg.%p",
+                "redis-server", "--port", "0", "--unixsocket", str(self.socket),
+                "--save", "", "--appendonly", "no",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _control(self, flag: str) -> None:
+        subprocess.run(
+            ["callgrind_control", flag, str(self.proc.pid)], capture_output=True, check=True
+        )
+
+    def zero(self) -> None:
+        self._control("-z")
+
+    def read(self) -> int:
+        """Instructions since the last zero(): a dump, read once it is written."""
+        before = set(self.dir.glob("cg.*"))
+        self._control("-d")
+        deadline = time.monotonic() + DUMP_WAIT
+        while time.monotonic() < deadline:
+            for dump in set(self.dir.glob("cg.*")) - before:
+                for line in dump.read_text().splitlines():
+                    if line.startswith("summary:"):
+                        return int(line.split()[1])
+            time.sleep(0.05)
+        raise SystemExit("callgrind wrote no dump")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+@contextlib.contextmanager
+def server(workdir: Path) -> Iterator[Callgrind]:
+    cg = Callgrind(workdir)
+    try:
+        yield cg
+    finally:
+        cg.stop()
+
+
+Step = Callable[[Pipeline, int], Any]
+
+
+class Round:
+    """One round of turns, one conversation each: every step's commands for turn n, queued on
+    a pipeline as the gateway queues them (bench.redisload's Client supplies the parts)."""
+
+    def __init__(self, client: Client, senders: list[InboundMessage], tag: str) -> None:
+        self.client = client
+        self.worker = worker = client.worker
+        self.messages = [
+            dataclasses.replace(m, platform_id=f"{m.platform_id}-{tag}") for m in senders
+        ]
+        self.tokens = [worker._token() for _ in senders]
+        self.takes = [worker._take_args(t, "") for t in self.tokens]
+        self.commits = [
+            commit_call(client, m, t, str(a[1]))
+            for m, t, a in zip(self.messages, self.tokens, self.takes, strict=True)
+        ]
+        self.events = "\n".join(event_lines())
+        self.woken: list[str] = []  # the wake-ups' stream entry ids, as intake added them
+
+    def lease(self, n: int) -> str:
+        return self.worker._take_keys(self.messages[n].conversation)[0]
+
+    def accept(self, pipe: Pipeline, n: int) -> None:
+        """RedisIntake.accept on one server: ACCEPT, then the wake-up."""
+        message = self.messages[n]
+        body = json.dumps(message.to_dict(), ensure_ascii=False)
+        keys = [seen_key(message), inbox_key(message.conversation)]
+        ACCEPT.queue(pipe, keys, [DEDUPE_SECONDS, body], by_source=True)
+        wake: Any = {"conversation": message.conversation, "channel": "whatsapp"}
+        wake["sender"] = message.sender
+        pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
+
+    def read(self, pipe: Pipeline, n: int) -> None:
+        """Every READ_EVERY turns a worker's read, the last read's entries acked with it."""
+        if n % READ_EVERY == 0:
+            queue_acks(pipe, self.worker.name, self.woken[max(0, n - READ_EVERY) : n])
+            pipe.xreadgroup(GROUP, self.worker.name, {READY_STREAM: ">"}, count=READ_EVERY)
+
+    def take(self, pipe: Pipeline, n: int) -> None:
+        TAKE.queue(pipe, self.worker._take_keys(self.messages[n].conversation), self.takes[n])
+
+    def rate(self, pipe: Pipeline, n: int) -> None:
+        conversation, access = self.messages[n].conversation, self.client.access
+        lease, token = self.lease(n), self.tokens[n]
+        access.read_sender("whatsapp", conversation, lease=lease, token=token).queue(pipe)
+
+    def state(self, pipe: Pipeline, n: int) -> None:
+        conversation = self.messages[n].conversation
+        self.client.choice.read_current(conversation).queue(pipe)
+        self.client.memory.read_state(conversation).queue(pipe)
+        pipe.hgetall(breaker_key(MODEL))
+        pipe.get(state_key(PROVIDER))
+
+    def commit(self, pipe: Pipeline, n: int) -> None:
+        keys, args, _ = self.commits[n]
+        COMMIT.queue(pipe, keys, args)
+
+    def usage(self, pipe: Pipeline, n: int) -> None:
+        conversation, client = self.messages[n].conversation, self.client
+        calls = [client.call]
+        client.usage.queue_record(pipe, sender=conversation, conversation=conversation, calls=calls)
+
+    def finish(self, pipe: Pipeline, n: int) -> None:
+        conversation, worker = self.messages[n].conversation, self.worker
+        entry: Entry = self.commits[n][2]
+        keys = [self.lease(n), outbox_key(conversation), head_key(conversation)]
+        keys += worker._take_keys(conversation)
+        now = int(time.time() * 1000)
+        args = [self.tokens[n], entry.id, 1, 1, now, "1", worker.outbox.ttl_seconds]
+        args += worker._take_args(self.tokens[n], str(self.takes[n][1]), checked=True)
+        FINISH.queue(pipe, keys, args)
+
+    def log(self, pipe: Pipeline, n: int) -> None:
+        if n % 3 == 0:  # bench.redisload's LOG_EVERY
+            cap = self.client.log_cap
+            pipe.xadd(EVENT_STREAM, {"e": self.events}, maxlen=cap, approximate=True)
+
+    def steps(self) -> list[tuple[str, Step]]:
+        return [
+            ("worker: XREADGROUP, acks (8 entries a read)", self.read),
+            ("claim: TAKE", self.take),
+            ("claim: RATE (the access check)", self.rate),
+            ("claim: choice, STATE, breaker, LM Studio", self.state),
+            ("commit: COMMIT", self.commit),
+            ("commit: usage (queue_record)", self.usage),
+            ("FINISH (last ADVANCE + TAKE)", self.finish),
+            ("log events (an XADD every 3rd turn)", self.log),
+        ]
+
+
+async def measure(turns: int, returning: bool, cg: Callgrind) -> dict[str, float]:
+    redis = connect(cg.url, socket_timeout=120)
+    deadline = time.monotonic() + 120
+    while True:  # valgrind starts redis-server slowly
+        try:
+            await redis.ping()
+            break
+        except (RedisError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    await ensure_group(redis)
+    await load_scripts(redis)
+    client = Client(redis, 1, PER_PIPELINE)
+    found: dict[str, float] = {}
+
+    async def step(name: str, queue: Step, measured: bool) -> list[Any]:
+        if measured:
+            cg.zero()
+        replies: list[Any] = []
+        for start in range(0, turns, PER_PIPELINE):
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in range(start, min(turns, start + PER_PIPELINE)):
+                    queue(pipe, n)
+                replies += await pipe.execute()
+        if measured:
+            found[name] = cg.read() / turns
+        return replies
+
+    senders = [client.message(n) for n in range(turns)]
+    for measured in [False, True] if returning else [True]:
+        turn = Round(client, senders, str(measured))
+        woken = await step("intake: ACCEPT + XADD of the wake-up", turn.accept, measured)
+        turn.woken = [str(entry) for entry in woken[1::2]]
+        for name, queue in turn.steps():
+            await step(name, queue, measured)
+    await redis.aclose()
+    return found
+
+
+def commit_call(
+    client: Client, message: InboundMessage, token: str, batch_id: str
+) -> tuple[list[str], list[Any], Entry]:
+    """COMMIT's keys and arguments for a turn remembering two turns and queueing one reply, as
+    bench.redisload's."""
+    worker, memory, now = client.worker, client.memory, time.time()
+    conversation = message.conversation
+    remember = [
+        Turn(role="user", text=message.text, ts=now, refs=(message.platform_id,)),
+        Turn(role="assistant", text="ok", ts=now),
+    ]
+    reply = OutboundMessage(
+        channel="whatsapp", conversation=conversation, text="ok", reply_to=message.platform_id
+    )
+    entry = worker.outbox.entry(reply)
+    args: list[Any] = [
+        token, batch_id, entry.to_json(), memory.ttl_seconds, entry.id, entry.at,
+        worker.outbox.ttl_seconds, *(json.dumps(t.to_dict(), ensure_ascii=False) for t in remember),
+    ]  # fmt: skip
+    lease, batch = worker._take_keys(conversation)[:2]
+    keys = [lease, batch, *memory.keys(conversation)]
+    keys += [outbox_key(conversation), head_key(conversation)]
+    return keys, args, entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--returning", action="store_true", help="the senders' second turns")
+    args = parser.parse_args()
+    with bench.workdir("switchboard-rediswork-", keep=False) as workdir, server(workdir) as cg:
+        found = bench.run(measure(args.turns, args.returning, cg))
+    total = sum(found.values())
+    kind = "returning conversations' turns" if args.returning else "new conversations' first turns"
+    print(f"Redis instructions per turn (callgrind; {args.turns} {kind}; kernel not counted)")
+    for name, count in found.items():
+        print(f"  {name:44s} {count:9,.0f}  {count / total * 100:5.1f} %")
+    print(f"  {'all':44s} {total:9,.0f}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
