@@ -45,7 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.turncost
 	$(BIN)/python -m bench.turncost --rate 300 --returning --idle 1
 	$(BIN)/python -m bench.redisload
-	$(BIN)/python -m bench.rediswork
+	$(BIN)/python -m bench.rediswork --aof
+	$(BIN)/python -m bench.rediswork --aof --returning
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.lmstudio

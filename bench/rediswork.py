@@ -4,8 +4,8 @@ not move with the machine's load or hour, so two versions compare in one run eac
 bench.redisload reads Redis's CPU time a turn, which on a shared VM moves by 30 % from one hour
 to the next. Here a redis-server runs under valgrind's callgrind, which counts the instructions
 it executes (its own, its Lua's, its libc's and allocator's; not the kernel's: the system calls
-of reading and writing sockets are left out, so are the append-only file's writes: this server
-keeps nothing on disk). One client does `--turns` turns the way bench.redisload's clients do,
+of reading and writing sockets and files are left out; `--aof` turns the append-only file on,
+as the embedded Redis has it, counting the commands' formatting for it). One client does `--turns` turns the way bench.redisload's clients do,
 with the gateway's own scripts, keys and arguments, step by step: every turn's intake, then
 every turn's claim, and so on, each step's calls pipelined 50 at a time (so a round trip's cost
 is spread thin: this is the commands' and scripts' work, not the network's). The counters are
@@ -56,7 +56,7 @@ DUMP_WAIT = 30.0  # seconds a callgrind dump may take to appear
 class Callgrind:
     """A redis-server under callgrind: its instruction count between zero() and read()."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, aof: bool) -> None:
         for tool, package in [("valgrind", "valgrind"), ("redis-server", "redis-server")]:
             if shutil.which(tool) is None:
                 raise SystemExit(f"bench.rediswork needs {tool} (Debian: apt install {package})")
@@ -66,7 +66,7 @@ class Callgrind:
             [
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/cg.%p",
                 "redis-server", "--port", "0", "--unixsocket", str(self.socket),
-                "--save", "", "--appendonly", "no",
+                "--save", "", "--appendonly", "yes" if aof else "no", "--dir", str(workdir),
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -105,8 +105,8 @@ class Callgrind:
 
 
 @contextlib.contextmanager
-def server(workdir: Path) -> Iterator[Callgrind]:
-    cg = Callgrind(workdir)
+def server(workdir: Path, *, aof: bool) -> Iterator[Callgrind]:
+    cg = Callgrind(workdir, aof=aof)
     try:
         yield cg
     finally:
@@ -275,12 +275,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--returning", action="store_true", help="the senders' second turns")
+    parser.add_argument(
+        "--aof", action="store_true", help="append-only file on, as the embedded Redis has it"
+    )
     args = parser.parse_args()
-    with bench.workdir("switchboard-rediswork-", keep=False) as workdir, server(workdir) as cg:
+    with (
+        bench.workdir("switchboard-rediswork-", keep=False) as workdir,
+        server(workdir, aof=args.aof) as cg,
+    ):
         found = bench.run(measure(args.turns, args.returning, cg))
     total = sum(found.values())
-    kind = "returning conversations' turns" if args.returning else "new conversations' first turns"
-    print(f"Redis instructions per turn (callgrind; {args.turns} {kind}; kernel not counted)")
+    kind = "returning conversations' turns" if args.returning else "new conversations' turns"
+    disk = "append-only file on" if args.aof else "nothing kept on disk"
+    print(
+        f"Redis instructions per turn (callgrind; {args.turns} {kind}; {disk}; kernel not counted)"
+    )
     for name, count in found.items():
         print(f"  {name:44s} {count:9,.0f}  {count / total * 100:5.1f} %")
     print(f"  {'all':44s} {total:9,.0f}")
