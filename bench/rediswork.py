@@ -4,18 +4,19 @@ not move with the machine's load or hour, so two versions compare in one run eac
 bench.redisload reads Redis's CPU time a turn, which on a shared VM moves by 30 % from one hour
 to the next. Here a redis-server runs under valgrind's callgrind, which counts the instructions
 it executes (its own, its Lua's, its libc's and allocator's; not the kernel's: the system calls
-of reading and writing sockets and files are left out; `--aof` turns the append-only file on,
-as the embedded Redis has it, counting the commands' formatting for it). One client does `--turns` turns the way bench.redisload's clients do,
-with the gateway's own scripts, keys and arguments, step by step: every turn's intake, then
-every turn's claim, and so on, each step's calls pipelined 50 at a time (so a round trip's cost
-is spread thin: this is the commands' and scripts' work, not the network's). The counters are
-zeroed before a step and read after it (callgrind_control), so each step's instructions are its
-own; per turn = the step's instructions / turns.
+that read and write sockets and files are left out). `--aof` turns the append-only file on, as
+the embedded Redis has it: its formatting of every write is counted. One client does `--turns`
+turns the way bench.redisload's clients do, with the gateway's own scripts, keys and
+arguments, step by step: every turn's intake, then every turn's claim, and so on, each step's
+calls pipelined 50 at a time (so a round trip's cost is spread thin: this is the commands' and
+scripts' work, not the network's). The counters are zeroed before a step and read after it
+(callgrind_control), so each step's instructions are its own; per turn = the step's
+instructions / turns.
 
 `--returning`: the same senders' second turns (their memory and usage keys exist), measured
 after an unmeasured first round.
 
-    .venv/bin/python -m bench.rediswork [--turns 300] [--returning]
+    .venv/bin/python -m bench.rediswork [--turns 300] [--returning] [--aof]
 """
 
 from __future__ import annotations
