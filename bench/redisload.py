@@ -217,28 +217,46 @@ class Client:
                 queue_acks(pipe, self.worker.name, self.done)
                 await pipe.execute()
 
-    async def turn(self, entry_id: str, conversation: str, token: str, batch_id: str,
-                   slots: asyncio.Semaphore, until: float) -> None:  # fmt: skip
-        """Steps 4 and 5 of one claimed turn: commit, deliver and finish."""
-        redis, worker = self.redis, self.worker
-        now = time.time()
+    def commit_call(
+        self, conversation: str, token: str, batch_id: str, ref: str
+    ) -> tuple[list[str], list[Any], Entry]:
+        """COMMIT's keys and arguments for a turn that remembers two turns (the message `ref`
+        and the answer) and queues a one-chunk reply; and the reply's outbox entry."""
+        worker, memory, now = self.worker, self.memory, time.time()
         remember = [
-            Turn(role="user", text="hello", ts=now, refs=(f"SM{entry_id}",)),
+            Turn(role="user", text="hello", ts=now, refs=(ref,)),
             Turn(role="assistant", text="ok", ts=now),
         ]
         reply = OutboundMessage(
-            channel="whatsapp", conversation=conversation, text="ok", reply_to=f"SM{entry_id}"
+            channel="whatsapp", conversation=conversation, text="ok", reply_to=ref
         )
         entry: Entry = worker.outbox.entry(reply)
         args: list[Any] = [
-            token, batch_id, entry.to_json(), self.memory.ttl_seconds, entry.id, entry.at,
+            token, batch_id, entry.to_json(), memory.ttl_seconds, entry.id, entry.at,
             worker.outbox.ttl_seconds,
             *(json.dumps(t.to_dict(), ensure_ascii=False) for t in remember),
         ]  # fmt: skip
-        keys = [
-            worker._take_keys(conversation)[0], worker._take_keys(conversation)[1],
-            *self.memory.keys(conversation), outbox_key(conversation), head_key(conversation),
-        ]  # fmt: skip
+        lease, batch = worker._take_keys(conversation)[:2]
+        keys = [lease, batch, *memory.keys(conversation)]
+        return [*keys, outbox_key(conversation), head_key(conversation)], args, entry
+
+    def finish_call(
+        self, conversation: str, token: str, batch_id: str, entry: Entry
+    ) -> tuple[list[str], list[Any]]:
+        """FINISH's keys and arguments: the one-chunk reply `entry` sent, the turn finished."""
+        worker = self.worker
+        lease = worker._take_keys(conversation)[0]
+        now = int(time.time() * 1000)
+        step = [token, entry.id, 1, 1, now, "1", worker.outbox.ttl_seconds]
+        keys = [lease, outbox_key(conversation), head_key(conversation)]
+        keys += worker._take_keys(conversation)
+        return keys, step + worker._take_args(token, batch_id, checked=True)
+
+    async def turn(self, entry_id: str, conversation: str, token: str, batch_id: str,
+                   slots: asyncio.Semaphore, until: float) -> None:  # fmt: skip
+        """Steps 4 and 5 of one claimed turn: commit, deliver and finish."""
+        redis = self.redis
+        keys, args, entry = self.commit_call(conversation, token, batch_id, f"SM{entry_id}")
         trips = coalescer_for(redis)  # group commit, as Worker._commit_turn and Outbox._step
 
         def commit(pipe: Pipeline) -> None:
@@ -251,12 +269,8 @@ class Client:
         if committed != 2:
             self.odd[f"commit {committed!r}"] += 1
 
-        lease = worker._take_keys(conversation)[0]
-        step = [token, entry.id, 1, 1, int(time.time() * 1000), "1", worker.outbox.ttl_seconds]
-        keys = [lease, outbox_key(conversation), head_key(conversation)]
-        keys += worker._take_keys(conversation)
-        take = worker._take_args(token, batch_id, checked=True)
-        replies = (await trips.run(lambda pipe: FINISH.queue(pipe, keys, step + take)))[0]
+        keys, step = self.finish_call(conversation, token, batch_id, entry)
+        replies = (await trips.run(lambda pipe: FINISH.queue(pipe, keys, step)))[0]
         if replies[0][0] != "empty" or replies[1:] != [["released"]]:
             self.odd[f"deliver/finish {replies!r}"] += 1
 

@@ -38,12 +38,11 @@ from redis.exceptions import RedisError
 
 import bench
 from bench.redisload import MODEL, PROVIDER, Client, event_lines
-from bot.delivery import Entry, head_key, outbox_key
 from bot.intake import ACCEPT, DEDUPE_SECONDS, READY_MAXLEN, READY_STREAM, inbox_key, seen_key
 from bot.llm.breaker import breaker_key
 from bot.llm.lmstudio import state_key
 from bot.logs import EVENT_STREAM
-from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.messages import InboundMessage
 from bot.redisdb import connect
 from bot.scripts import load_scripts
 from bot.wakeups import GROUP, ensure_group, queue_acks
@@ -130,7 +129,7 @@ class Round:
         self.tokens = [worker._token() for _ in senders]
         self.takes = [worker._take_args(t, "") for t in self.tokens]
         self.commits = [
-            commit_call(client, m, t, str(a[1]))
+            client.commit_call(m.conversation, t, str(a[1]), m.platform_id)
             for m, t, a in zip(self.messages, self.tokens, self.takes, strict=True)
         ]
         self.events = "\n".join(event_lines())
@@ -180,14 +179,14 @@ class Round:
         client.usage.queue_record(pipe, sender=conversation, conversation=conversation, calls=calls)
 
     def finish(self, pipe: Pipeline, n: int) -> None:
-        conversation, worker = self.messages[n].conversation, self.worker
-        entry: Entry = self.commits[n][2]
-        keys = [self.lease(n), outbox_key(conversation), head_key(conversation)]
-        keys += worker._take_keys(conversation)
-        now = int(time.time() * 1000)
-        args = [self.tokens[n], entry.id, 1, 1, now, "1", worker.outbox.ttl_seconds]
-        args += worker._take_args(self.tokens[n], str(self.takes[n][1]), checked=True)
-        FINISH.queue(pipe, keys, args)
+        conversation, token, batch_id = (
+            self.messages[n].conversation,
+            self.tokens[n],
+            self.takes[n][1],
+        )
+        FINISH.queue(
+            pipe, *self.client.finish_call(conversation, token, str(batch_id), self.commits[n][2])
+        )
 
     def log(self, pipe: Pipeline, n: int) -> None:
         if n % 3 == 0:  # bench.redisload's LOG_EVERY
@@ -245,31 +244,6 @@ async def measure(turns: int, returning: bool, cg: Callgrind) -> dict[str, float
             await step(name, queue, measured)
     await redis.aclose()
     return found
-
-
-def commit_call(
-    client: Client, message: InboundMessage, token: str, batch_id: str
-) -> tuple[list[str], list[Any], Entry]:
-    """COMMIT's keys and arguments for a turn remembering two turns and queueing one reply, as
-    bench.redisload's."""
-    worker, memory, now = client.worker, client.memory, time.time()
-    conversation = message.conversation
-    remember = [
-        Turn(role="user", text=message.text, ts=now, refs=(message.platform_id,)),
-        Turn(role="assistant", text="ok", ts=now),
-    ]
-    reply = OutboundMessage(
-        channel="whatsapp", conversation=conversation, text="ok", reply_to=message.platform_id
-    )
-    entry = worker.outbox.entry(reply)
-    args: list[Any] = [
-        token, batch_id, entry.to_json(), memory.ttl_seconds, entry.id, entry.at,
-        worker.outbox.ttl_seconds, *(json.dumps(t.to_dict(), ensure_ascii=False) for t in remember),
-    ]  # fmt: skip
-    lease, batch = worker._take_keys(conversation)[:2]
-    keys = [lease, batch, *memory.keys(conversation)]
-    keys += [outbox_key(conversation), head_key(conversation)]
-    return keys, args, entry
 
 
 def main() -> None:
