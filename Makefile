@@ -19,12 +19,13 @@ run: $(STAMP)
 
 # Two phases, one coverage report: the in-process tests on TEST_WORKERS pytest-xdist workers
 # (the Redis Cluster tests together on one), then the `serial` ones (processes, kills,
-# deadlines; see tests/conftest.py) alone. A phase that selects no test fails (pytest's exit 5).
+# deadlines; see tests/conftest.py) one at a time, beside the few that only wait out a timeout
+# (a second worker). A phase that selects no test fails (pytest's exit 5).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial" --cov --cov-report=
-	$(BIN)/pytest -m serial --cov --cov-append --cov-report=term:skip-covered
+	$(BIN)/pytest -n 2 --dist loadgroup -m serial --cov --cov-append --cov-report=term:skip-covered
 
 # Builds llama.cpp's llama-server and fetches a small model into var/real/ (minutes, once),
 # then runs the tests that talk to it.

@@ -45,17 +45,26 @@ SERIAL_TESTS = frozenset({
     "test_spool.py::test_two_spools_never_adopt_the_same_file",
     "test_cluster.py::test_one_web_and_two_worker_processes_answer_everyone_on_the_cluster",
 })  # fmt: skip
+# Serial tests that spend most of their time waiting out a default timeout or an outage, with
+# their processes idle: the serial phase runs them on a second xdist worker beside the others,
+# which still run one at a time (its `--dist loadgroup` gives each group one worker).
+WAITING_TESTS = frozenset({
+    "test_chaos_models.py::test_a_hung_lm_studio_hands_over_to_the_hosted_fallback_in_time",
+    "test_chaos_outbox.py::test_a_reply_due_during_a_12_s_twilio_outage_arrives_once_after_it",
+})  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects and xdist groups by these marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the process tests `serial`, and put every test of the Redis Cluster on one xdist
+    """Mark the process tests `serial`, in two xdist groups: those that mostly wait, and the
+    rest, which run one after another. Put every other test of the Redis Cluster on one xdist
     worker (`--dist loadgroup`), so a run starts one cluster, not one per worker."""
     for item in items:
-        name = getattr(item, "originalname", item.name)
-        if item.path.stem in SERIAL_MODULES or f"{item.path.name}::{name}" in SERIAL_TESTS:
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if item.path.stem in SERIAL_MODULES or name in SERIAL_TESTS | WAITING_TESTS:
             item.add_marker(pytest.mark.serial)
-        if "redis_cluster_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("waits" if name in WAITING_TESTS else "serial"))
+        elif "redis_cluster_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
