@@ -34,7 +34,7 @@ from redis.exceptions import (
 )
 
 from bot.errors import StoreUnavailable
-from bot.scripts import ScriptRedis
+from bot.scripts import ScriptRedis, raise_first_error, refused, source
 
 START_TIMEOUT = 10.0
 # Connections per pool (per node on a cluster): no cap. redis-py 8's asyncio pools default to
@@ -123,6 +123,21 @@ class _Cluster(RedisCluster):
         with _reported(*_OUTAGES):
             return await super().execute_command(*args, **kwargs)
 
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """XREADGROUP's slot found here: redis-py cannot read its keys (they follow the word
+        STREAMS) and asks a node (COMMAND GETKEYS), a round trip before every worker's read.
+        (A private redis-py method: should an upgrade rename it, test_cluster's GETKEYS count
+        fails.)"""
+        if command.upper() == "XREADGROUP":
+            # GROUP group consumer [COUNT n] [BLOCK ms] [NOACK] STREAMS key… id…
+            words = [(a.decode() if isinstance(a, bytes) else str(a)).upper() for a in args[3:]]
+            if "STREAMS" in words:
+                rest = args[3 + words.index("STREAMS") + 1 :]
+                slots = {self.keyslot(key) for key in rest[: len(rest) // 2]}
+                if len(slots) == 1:
+                    return slots.pop()
+        return await super()._determine_slot(command, *args)
+
     def pipeline(
         self, transaction: Any | None = None, shard_hint: Any | None = None
     ) -> ClusterPipeline:
@@ -134,13 +149,47 @@ class _Cluster(RedisCluster):
 
 
 class _ClusterPipeline(ClusterPipeline):
-    """The cluster client's pipeline, failing as ClusterUnavailable like its commands."""
+    """The cluster client's pipeline, failing as ClusterUnavailable like its commands. Not a
+    transaction, it takes scripts as EVALSHA (bot.scripts.refused): a call a node refused
+    (NOSCRIPT: its cache was flushed, or it is new) loads the script on every primary and runs
+    again in a second round trip, the others' replies kept."""
+
+    def __init__(self, client: RedisCluster, transaction: bool | None = None) -> None:
+        super().__init__(client, transaction)
+        self._queued: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # every command, in order
+
+    @property
+    def sends_hashes(self) -> bool:
+        return not self._transaction
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self._queued.append((args, kwargs))
+        return super().execute_command(*args, **kwargs)
 
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
+        queued, self._queued = self._queued, []  # the base class empties its own queue too
         with _reported(*_OUTAGES):
-            return await super().execute(raise_on_error, allow_redirections)
+            if not self.sends_hashes:
+                return await super().execute(raise_on_error, allow_redirections)
+            replies = await super().execute(False, allow_redirections)
+            # One reply a command (none of ours is split across slots), else nothing to match.
+            commands = [args for args, _ in queued]
+            failed = refused(commands, replies) if len(replies) == len(queued) else []
+            if failed:
+                for sha in dict.fromkeys(str(commands[i][1]) for i in failed):
+                    await self.cluster_client.script_load(source(sha))  # on every primary
+                again = ClusterPipeline(self.cluster_client)  # type: ignore[abstract]
+                for i in failed:
+                    args, kwargs = queued[i]
+                    again.execute_command(*args, **kwargs)
+                retried = await again.execute(raise_on_error=False)
+                for i, reply in zip(failed, retried, strict=True):
+                    replies[i] = reply
+        if raise_on_error:
+            raise_first_error(replies)
+        return replies
 
 
 def connect(

@@ -1,21 +1,24 @@
 """Lua scripts: each one a module constant beside the code that runs it, and the two ways to run
 one (on its own, or inside a pipeline) chosen here once.
 
-In a pipeline a script goes as EVALSHA (40 bytes) where the client is this module's
-`ScriptRedis` (what bot.redisdb.connect makes for one server): its pipelines load a script
-Redis does not know (after a restart, or SCRIPT FLUSH) and run again the calls that failed so,
-in their order, the others' replies kept. Elsewhere (a cluster client, a test's plain client)
-it goes as EVAL with its source. EVAL makes Redis hash the source on every call and the client
-pack it: bench.redisload measured 12 % more Redis CPU a turn that way."""
+In a pipeline a script goes as EVALSHA (40 bytes) where the pipeline `sends_hashes`: this
+module's `ScriptPipeline` (bot.redisdb.connect's client for one server) or bot.redisdb's cluster
+pipeline, neither a transaction. Such a pipeline loads a script Redis does not know (after a
+restart, or SCRIPT FLUSH) and runs again the calls that failed so, in their order, the others'
+replies kept. Elsewhere (a test's plain client, a transaction) it goes as EVAL with its source.
+EVAL makes Redis hash the source on every call and the client pack it: bench.redisload measured
+12 % more Redis CPU a turn that way."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeyT
@@ -27,8 +30,9 @@ class Script:
     `on(redis)` gives the script to call on its own: EVALSHA (only the hash travels), loading
     the script on NOSCRIPT (on Redis Cluster, on every primary) and trying again.
 
-    `queue(pipe, keys, args)` adds it to a pipeline: as EVALSHA in a ScriptPipeline (which
-    loads a script Redis lost and runs the failed calls again), else as EVAL with its source
+    `queue(pipe, keys, args)` adds it to a pipeline: as EVALSHA where the pipeline `sends_hashes`
+    (it loads a script Redis lost and runs the failed calls again: see `refused`), else as EVAL
+    with its source
     (redis-py's own way, a registered script in a pipeline, first costs a round trip of its
     own: SCRIPT EXISTS, to load it if missing). `by_source=True`: EVAL always, for a call that
     must not be run again after the pipeline's later commands (see ScriptPipeline).
@@ -54,7 +58,7 @@ class Script:
         by_source: bool = False,
     ) -> None:
         """Queue one call in `pipe`; its reply is the pipeline's reply at that place."""
-        if isinstance(pipe, ScriptPipeline) and not pipe.is_transaction and not by_source:
+        if not by_source and getattr(pipe, "sends_hashes", False):
             pipe.evalsha(self.sha, len(keys), *keys, *args)
         else:
             pipe.eval(self.source, len(keys), *keys, *args)
@@ -63,22 +67,46 @@ class Script:
 _SOURCES: dict[str, str] = {}  # every Script's source by its SHA1
 
 
-class ScriptPipeline(Pipeline):
-    """A non-transactional pipeline whose EVALSHAs Redis did not know (NOSCRIPT: nothing ran)
-    are run again once their scripts are loaded, in their order, in a second round trip.
+def refused(commands: Sequence[Sequence[Any]], replies: Sequence[Any]) -> list[int]:
+    """The places, among a pipeline's `commands` (each its arguments, the command's name first)
+    and their `replies`, of the EVALSHAs of a Script refused with NOSCRIPT (nothing ran).
 
-    Only the calls that failed run again: the other commands ran once, their replies are kept.
-    So a script must not depend on a plain command queued after it in the same pipeline having
-    not run yet (intake's message and its wake-up: ACCEPT goes `by_source`)."""
+    A pipeline whose `sends_hashes` is true (ScriptPipeline, bot.redisdb's cluster pipeline; not
+    a transaction) takes scripts as EVALSHA (Script.queue) and runs those calls again once their
+    scripts are loaded, in their order, in a second round trip. Only the calls that failed run
+    again: the other commands ran once, their replies are kept. So a script must not depend on
+    a plain command queued after it in the same pipeline having not run yet (intake's message
+    and its wake-up: ACCEPT goes `by_source`)."""
+    return [
+        i
+        for i, reply in enumerate(replies)
+        if isinstance(reply, NoScriptError) and str(commands[i][1]) in _SOURCES
+    ]
+
+
+def source(sha: str) -> str:
+    """The source of the Script whose SHA1 is `sha`."""
+    return _SOURCES[sha]
+
+
+def raise_first_error(replies: Sequence[Any]) -> None:
+    """Raise the first error among a pipeline's replies, as `execute()` does by default."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+class ScriptPipeline(Pipeline):
+    """The pipeline of one Redis server: scripts as EVALSHA when not a transaction (`refused`)."""
+
+    @property
+    def sends_hashes(self) -> bool:
+        return not self.is_transaction
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = list(self.command_stack)
         replies = await super().execute(raise_on_error=False)
-        failed = [
-            i
-            for i, reply in enumerate(replies)
-            if isinstance(reply, NoScriptError) and str(stack[i][0][1]) in _SOURCES
-        ]
+        failed = refused([args for args, _ in stack], replies)
         if failed:
             # A plain pipeline: if Redis still refuses (it would not load them), that is the
             # reply, not another round of loading.
@@ -92,21 +120,21 @@ class ScriptPipeline(Pipeline):
             for i, reply in zip(failed, retried[-len(failed) :], strict=True):
                 replies[i] = reply
         if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            raise_first_error(replies)
         return replies
 
 
 async def load_scripts(redis: aioredis.Redis) -> None:
-    """Put every script this process knows into Redis's cache, in one round trip, so that its
-    pipelines' first EVALSHAs are not refused: a worker does this when it starts and when it
-    finds Redis restarted empty. Nothing on a cluster client (its pipelines send EVAL)."""
-    if not isinstance(redis, ScriptRedis):
+    """Put every script this process knows into Redis's cache (every primary's, on a cluster),
+    so that its pipelines' first EVALSHAs are not refused: a worker does this when it starts and
+    when it finds Redis restarted empty. One round trip on one server; one per script (each to
+    every primary, together) on a cluster."""
+    if isinstance(redis, RedisCluster):  # its SCRIPT LOAD goes to every primary
+        await asyncio.gather(*(redis.script_load(text) for text in _SOURCES.values()))
         return
     async with redis.pipeline(transaction=False) as pipe:
-        for source in _SOURCES.values():
-            pipe.script_load(source)
+        for text in _SOURCES.values():
+            pipe.script_load(text)
         await pipe.execute()
 
 

@@ -103,12 +103,25 @@ async def app(
             yield up
 
 
+async def command_calls(client: aioredis.Redis) -> dict[str, int]:
+    """Calls so far of each command (`command|getkeys` its own), every primary's summed."""
+    cluster = cast("RedisCluster", client)
+    calls: dict[str, int] = defaultdict(int)
+    for node in cluster.get_primaries():
+        for name, row in (await cluster.info("commandstats", target_nodes=node)).items():
+            calls[name.removeprefix("cmdstat_")] += int(row["calls"])
+    return calls
+
+
 async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     app: App, cluster_client: aioredis.Redis
 ) -> None:
     """Intake, two workers (take, commit, acks), memory, access, choice and the breaker on the
     cluster client: 12 conversations x 3 messages answered once each, in order; each
-    conversation's keys share a slot and the conversations land on every node."""
+    conversation's keys share a slot and the conversations land on every node. The workers'
+    scripts go as EVALSHA (only intake's ACCEPT as EVAL, on purpose), and their reads of the
+    ready stream ask no node for XREADGROUP's keys (COMMAND GETKEYS, a round trip each)."""
+    before = await command_calls(cluster_client)
     sender = RecordingSender()
     stop = asyncio.Event()
     workers = [
@@ -135,6 +148,12 @@ async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(
     assert await cluster_client.xpending(READY_STREAM, "workers") == {
         "pending": 0, "min": None, "max": None, "consumers": []
     }  # fmt: skip
+    after = await command_calls(cluster_client)
+    calls = {name: n - before.get(name, 0) for name, n in after.items()}
+    assert calls["xreadgroup"] > 0
+    assert calls.get("command|getkeys", 0) == 0
+    assert calls["eval"] == 36  # one ACCEPT a message
+    assert calls["evalsha"] > 36
 
 
 async def test_a_refused_reply_is_retried_from_the_due_set_on_the_cluster(

@@ -4,6 +4,7 @@ round trip."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from bot.scripts import Script, ScriptRedis
 
@@ -13,13 +14,17 @@ BUMP = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 
 async def script_commands(redis: aioredis.Redis) -> dict[str, int]:
     """Calls so far of EVAL, EVALSHA and SCRIPT (its subcommands together: Redis 6 counts
-    them as one), from INFO commandstats."""
-    stats = await redis.info("commandstats")
+    them as one), from INFO commandstats (of every primary, summed, on a cluster)."""
+    if isinstance(redis, RedisCluster):
+        every = [await redis.info("commandstats", target_nodes=n) for n in redis.get_primaries()]
+    else:
+        every = [await redis.info("commandstats")]
     calls: dict[str, int] = {}
-    for name, row in stats.items():
-        command = name.removeprefix("cmdstat_").split("|")[0]
-        if command in ("eval", "evalsha", "script"):
-            calls[command] = calls.get(command, 0) + int(row["calls"])
+    for stats in every:
+        for name, row in stats.items():
+            command = name.removeprefix("cmdstat_").split("|")[0]
+            if command in ("eval", "evalsha", "script"):
+                calls[command] = calls.get(command, 0) + int(row["calls"])
     return calls
 
 
@@ -114,3 +119,34 @@ async def test_a_script_redis_pipeline_sends_the_hash_and_recovers_a_lost_script
         }
     finally:
         await client.aclose()
+
+
+async def test_a_cluster_pipeline_sends_the_hash_and_recovers_a_lost_script(
+    cluster_client: aioredis.Redis,
+) -> None:
+    """On Redis Cluster (bot.redisdb.connect's cluster client) a pipeline's scripts go as
+    EVALSHA too, whichever node their keys live on; after every primary's script cache was
+    flushed the refused calls run once more after the script is loaded on every primary, each
+    effect happening exactly once, the plain commands' replies kept in their places."""
+    keys = [f"n{i}" for i in range(12)]  # spread over the three primaries
+    before = await script_commands(cluster_client)
+    async with cluster_client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            BUMP.queue(pipe, [key], [1])
+        replies = await pipe.execute()
+    assert replies == [1] * len(keys)
+    assert grew(before, await script_commands(cluster_client)) == {"evalsha": len(keys)}
+
+    await cluster_client.script_flush()
+    before = await script_commands(cluster_client)
+    async with cluster_client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            BUMP.queue(pipe, [key], [2])
+            pipe.incr(f"m{key}")
+        replies = await pipe.execute()
+    assert replies == [3, 1] * len(keys)
+    assert [await cluster_client.get(key) for key in keys] == ["3"] * len(keys)
+    assert grew(before, await script_commands(cluster_client)) == {
+        "evalsha": 2 * len(keys),  # every call refused once (NOSCRIPT), then run
+        "script": 3,  # one LOAD, on each of the three primaries
+    }
