@@ -159,6 +159,11 @@ async def watch(url: str, tally: Tally, scripts: dict[str, str]) -> None:
     client = aioredis.from_url(url, decode_responses=True)
     try:
         async with client.monitor() as monitor:
+            # A monitored command can be longer than asyncio's 64 KiB line limit (a script's
+            # source sent as EVAL, a long argument list): raise it for this connection.
+            reader = monitor.connection._reader
+            if reader is not None:
+                reader._limit = 1 << 26
             current: list[str] = []
             while True:
                 tally.add(str(await monitor.connection.read_response()), scripts, current)
