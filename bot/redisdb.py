@@ -34,7 +34,7 @@ from redis.exceptions import (
 )
 
 from bot.errors import StoreUnavailable
-from bot.scripts import ScriptRedis, raise_first_error, refused, source
+from bot.scripts import ScriptRedis, raise_first_error, refused, sources
 
 START_TIMEOUT = 10.0
 # Connections per pool (per node on a cluster): no cap. redis-py 8's asyncio pools default to
@@ -175,11 +175,10 @@ class _ClusterPipeline(ClusterPipeline):
                 return await super().execute(raise_on_error, allow_redirections)
             replies = await super().execute(False, allow_redirections)
             # One reply a command (none of ours is split across slots), else nothing to match.
-            commands = [args for args, _ in queued]
-            failed = refused(commands, replies) if len(replies) == len(queued) else []
+            failed = refused(queued, replies) if len(replies) == len(queued) else []
             if failed:
-                for sha in dict.fromkeys(str(commands[i][1]) for i in failed):
-                    await self.cluster_client.script_load(source(sha))  # on every primary
+                for text in sources(queued, failed):
+                    await self.cluster_client.script_load(text)  # on every primary
                 again = ClusterPipeline(self.cluster_client)  # type: ignore[abstract]
                 for i in failed:
                     args, kwargs = queued[i]

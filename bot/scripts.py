@@ -67,26 +67,27 @@ class Script:
 _SOURCES: dict[str, str] = {}  # every Script's source by its SHA1
 
 
-def refused(commands: Sequence[Sequence[Any]], replies: Sequence[Any]) -> list[int]:
-    """The places, among a pipeline's `commands` (each its arguments, the command's name first)
-    and their `replies`, of the EVALSHAs of a Script refused with NOSCRIPT (nothing ran).
+def refused(queued: Sequence[tuple[Sequence[Any], Any]], replies: Sequence[Any]) -> list[int]:
+    """The places, among a pipeline's `queued` commands (each its arguments, the command's name
+    first, and its options) and their `replies`, of the EVALSHAs of a Script refused with
+    NOSCRIPT (nothing ran).
 
     A pipeline whose `sends_hashes` is true (ScriptPipeline, bot.redisdb's cluster pipeline; not
     a transaction) takes scripts as EVALSHA (Script.queue) and runs those calls again once their
-    scripts are loaded, in their order, in a second round trip. Only the calls that failed run
-    again: the other commands ran once, their replies are kept. So a script must not depend on
-    a plain command queued after it in the same pipeline having not run yet (intake's message
-    and its wake-up: ACCEPT goes `by_source`)."""
+    scripts are loaded (`sources`), in their order, in a second round trip. Only the calls that
+    failed run again: the other commands ran once, their replies are kept. So a script must not
+    depend on a plain command queued after it in the same pipeline having not run yet (intake's
+    message and its wake-up: ACCEPT goes `by_source`)."""
     return [
         i
         for i, reply in enumerate(replies)
-        if isinstance(reply, NoScriptError) and str(commands[i][1]) in _SOURCES
+        if isinstance(reply, NoScriptError) and str(queued[i][0][1]) in _SOURCES
     ]
 
 
-def source(sha: str) -> str:
-    """The source of the Script whose SHA1 is `sha`."""
-    return _SOURCES[sha]
+def sources(queued: Sequence[tuple[Sequence[Any], Any]], failed: Iterable[int]) -> list[str]:
+    """The sources of the scripts the `failed` calls of `queued` (see `refused`) ran, each once."""
+    return [_SOURCES[sha] for sha in dict.fromkeys(str(queued[i][0][1]) for i in failed)]
 
 
 def raise_first_error(replies: Sequence[Any]) -> None:
@@ -106,13 +107,13 @@ class ScriptPipeline(Pipeline):
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = list(self.command_stack)
         replies = await super().execute(raise_on_error=False)
-        failed = refused([args for args, _ in stack], replies)
+        failed = refused(stack, replies)
         if failed:
             # A plain pipeline: if Redis still refuses (it would not load them), that is the
             # reply, not another round of loading.
             again = Pipeline(self.connection_pool, self.response_callbacks, False, None)
-            for sha in dict.fromkeys(str(stack[i][0][1]) for i in failed):
-                again.script_load(_SOURCES[sha])
+            for text in sources(stack, failed):
+                again.script_load(text)
             for i in failed:
                 args, options = stack[i]
                 again.execute_command(*args, **options)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 from aiohttp import test_utils
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -41,6 +43,20 @@ from tests.fakes.twilio_server import FakeTwilio
 
 TWILIO_FROM = "whatsapp:+14155238886"  # the sandbox number the tests' gateways send from
 TELEGRAM_SECRET = "s3cret-Token_for-tests"  # TELEGRAM_WEBHOOK_SECRET of the tests' gateways
+
+
+async def command_calls(client: aioredis.Redis) -> Counter[str]:
+    """Calls so far of each command (a subcommand such as `command|getkeys` its own), from INFO
+    commandstats: every primary's summed on a cluster."""
+    if isinstance(client, RedisCluster):
+        every = [await client.info("commandstats", target_nodes=n) for n in client.get_primaries()]
+    else:
+        every = [await client.info("commandstats")]
+    calls: Counter[str] = Counter()
+    for stats in every:
+        for name, row in stats.items():
+            calls[name.removeprefix("cmdstat_")] += int(row["calls"])
+    return calls
 
 
 def provider_block(

@@ -41,6 +41,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, closed_port, echo
 from tests.fakes.twilio_server import FakeTwilio, signed_form, whatsapp_inbound
 from tests.helpers import (
     cluster_ok,
+    command_calls,
     eventually,
     free_ports,
     gateway_config,
@@ -101,16 +102,6 @@ async def app(
         config = gateway_config(model.base_url)
         async with open_app(settings_for(redis_cluster_url, tmp_path), config, events.log) as up:
             yield up
-
-
-async def command_calls(client: aioredis.Redis) -> dict[str, int]:
-    """Calls so far of each command (`command|getkeys` its own), every primary's summed."""
-    cluster = cast("RedisCluster", client)
-    calls: dict[str, int] = defaultdict(int)
-    for node in cluster.get_primaries():
-        for name, row in (await cluster.info("commandstats", target_nodes=node)).items():
-            calls[name.removeprefix("cmdstat_")] += int(row["calls"])
-    return calls
 
 
 async def test_turns_keep_order_on_the_cluster_and_keys_spread_over_nodes(

@@ -4,9 +4,9 @@ round trip."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
 from bot.scripts import Script, ScriptRedis
+from tests.helpers import command_calls
 
 # KEYS: a counter. ARGV: step. → the counter after the step.
 BUMP = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
@@ -15,16 +15,11 @@ BUMP = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 async def script_commands(redis: aioredis.Redis) -> dict[str, int]:
     """Calls so far of EVAL, EVALSHA and SCRIPT (its subcommands together: Redis 6 counts
     them as one), from INFO commandstats (of every primary, summed, on a cluster)."""
-    if isinstance(redis, RedisCluster):
-        every = [await redis.info("commandstats", target_nodes=n) for n in redis.get_primaries()]
-    else:
-        every = [await redis.info("commandstats")]
     calls: dict[str, int] = {}
-    for stats in every:
-        for name, row in stats.items():
-            command = name.removeprefix("cmdstat_").split("|")[0]
-            if command in ("eval", "evalsha", "script"):
-                calls[command] = calls.get(command, 0) + int(row["calls"])
+    for name, n in (await command_calls(redis)).items():
+        command = name.split("|")[0]
+        if command in ("eval", "evalsha", "script"):
+            calls[command] = calls.get(command, 0) + n
     return calls
 
 
