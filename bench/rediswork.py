@@ -174,6 +174,8 @@ class Round:
         COMMIT.queue(pipe, keys, args)
 
     def usage(self, pipe: Pipeline, n: int) -> None:
+        """A lone turn's usage: its model's day written by its own call (on the gateway's group
+        commit the turns that commit together share that call: bench.redisload, bench.turncost)."""
         conversation, client = self.messages[n].conversation, self.client
         calls = [client.call]
         client.usage.queue_record(pipe, sender=conversation, conversation=conversation, calls=calls)

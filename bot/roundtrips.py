@@ -16,6 +16,14 @@ them: an EVALSHA that Redis refuses (NOSCRIPT) runs again after the other caller
 (bot.scripts.ScriptPipeline), so a caller whose script must not queues it `by_source`. A
 cluster client's pipelines split by node: there each caller keeps its own.
 
+Adds that every turn makes to the same keys (each model's day of usage, the index of active
+conversations: hot keys, one per deployment) are summed over a flush, not sent once a caller: a
+caller asks `tally(pipe, key, make)` for the flush's accumulator (a `Tally`) and adds to it; the
+flush queues each accumulator once, after every caller's commands, and hands it its replies. A
+caller's adds join the flush's only once its whole queueing succeeded, so a caller that sends
+nothing adds nothing. They go in the same round trip as the callers' own commands: a crash loses
+them only with those commands.
+
 Used for a turn's COMMIT (with its usage writes) and its reply's ADVANCE/FINISH. Not intake's
 ACCEPT: waiting for the next iteration added to the webhook's ack latency and the gateway's CPU
 per reply at 200/s on a 2-core VM (issue 28, measured), where commits rarely coincide anyway.
@@ -25,13 +33,30 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol, Self, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from bot.reads import Write
+
+
+class Tally(Protocol):
+    """Adds to keys that many callers write, summed over one flush (see the module's doc)."""
+
+    def merge(self, other: Self) -> None:
+        """Add another caller's adds (of the same key) to these."""
+
+    def queue(self, pipe: Pipeline) -> int:
+        """Queue the summed adds on `pipe`; how many commands."""
+
+    def settle(self, replies: list[Any]) -> None:
+        """The replies of those commands (errors as values, a connection error in each)."""
+
+
+T = TypeVar("T", bound=Tally)
 
 
 class _Caller:
@@ -46,12 +71,23 @@ class _Caller:
 class Coalescer:
     """One client's shared round trip per event-loop iteration (see the module's doc)."""
 
-    __slots__ = ("__weakref__", "_callers", "_pipe", "_tasks", "redis", "trips")
+    __slots__ = (
+        "__weakref__",
+        "_callers",
+        "_pipe",
+        "_staged",
+        "_tallies",
+        "_tasks",
+        "redis",
+        "trips",
+    )
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._pipe: Pipeline | None = None
         self._callers: list[_Caller] = []
+        self._tallies: dict[Hashable, Tally] = {}  # the flush's, summed
+        self._staged: dict[Hashable, Tally] | None = None  # the queueing caller's
         self._tasks: set[asyncio.Task[None]] = set()
         self.trips = 0  # round trips sent (tests and benchmarks read it)
 
@@ -70,22 +106,45 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
         pipe = self._pipe
         start = len(pipe.command_stack)
+        self._staged = {}
         try:
             queue(pipe)
         except BaseException:
             del pipe.command_stack[start:]  # nothing of a caller that failed to queue goes out
             raise
+        else:
+            for key, adds in self._staged.items():
+                if key in self._tallies:
+                    self._tallies[key].merge(adds)
+                else:
+                    self._tallies[key] = adds
+        finally:
+            self._staged = None
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._callers.append(_Caller(future, start, len(pipe.command_stack) - start))
         return await future
 
+    def tally(self, pipe: Pipeline, key: Hashable, make: Callable[[], T]) -> T | None:
+        """The accumulator `key` (made by `make` at its first use) of the flush that `pipe`
+        belongs to, for the caller queueing on it now; None when `pipe` is no flush's (a
+        caller's own pipeline): that caller queues its adds itself."""
+        if self._staged is None or pipe is not self._pipe:
+            return None
+        found = self._staged.get(key)
+        if found is None:
+            found = self._staged[key] = make()
+        return found  # type: ignore[return-value]
+
     async def _flush(self) -> None:
-        pipe, callers = self._pipe, self._callers
-        self._pipe, self._callers = None, []
+        pipe, callers, tallies = self._pipe, self._callers, self._tallies
+        self._pipe, self._callers, self._tallies = None, [], {}
         assert pipe is not None
         if not callers:
             return
+        counted: list[tuple[Tally, int, int]] = []  # each tally, its first command, how many
         try:
+            for tally in tallies.values():
+                counted.append((tally, len(pipe.command_stack), tally.queue(pipe)))
             async with pipe:
                 self.trips += 1
                 replies = await pipe.execute(raise_on_error=False)
@@ -93,12 +152,16 @@ class Coalescer:
             for caller in callers:
                 if not caller.future.done():
                     caller.future.set_exception(exc)
+            for tally, _, count in counted:
+                tally.settle([exc] * count)
             if not isinstance(exc, Exception):
                 raise
             return
         for caller in callers:
             if not caller.future.done():
                 caller.future.set_result(replies[caller.start : caller.start + caller.count])
+        for tally, start, count in counted:
+            tally.settle(replies[start : start + count])
 
 
 _COALESCERS: weakref.WeakKeyDictionary[aioredis.Redis, Coalescer] = weakref.WeakKeyDictionary()

@@ -5,7 +5,8 @@ becomes a `Call`: the tokens the server reported (an estimate where it reported 
 estimated) priced with the model's seed `cost` (USD per million tokens). A turn's calls are
 kept in this process until the turn ends, then written in one pipeline: per sender per UTC day,
 per model per UTC day and per conversation, each key single-slot (hash tags) so the design runs
-on Redis Cluster.
+on Redis Cluster. The turns that commit together (bot.roundtrips' group commit) add to each
+model's day, a key every turn writes, once, summed.
 Costs are counted in whole nano-dollars, and every field is a plain integer, so sums are exact.
 """
 
@@ -26,6 +27,7 @@ from bot.config import CATALOG_KEYS, Config, ModelCost
 from bot.llm.types import Usage
 from bot.logs import Logger
 from bot.reads import Read
+from bot.roundtrips import coalescer_for
 from bot.scripts import Script
 
 CallKind = Literal["turn", "compaction", "probe", "transcription"]
@@ -241,6 +243,57 @@ def _increments(calls: Iterable[Call], *, turn: bool) -> Totals:
     return totals
 
 
+class _Shared:
+    """The adds every turn makes to the same keys, summed (a `bot.roundtrips.Tally`): each
+    model's day, and the active index's members (its trim, when a record asks for one). One
+    turn's when its caller sends them itself; the turns' of a group commit otherwise."""
+
+    __slots__ = ("active", "models", "trim", "usage")
+
+    def __init__(self, usage: RedisUsage) -> None:
+        self.usage = usage
+        self.models: dict[str, Totals] = {}  # model day key -> its adds
+        self.active: dict[str, float] = {}  # conversation -> its last turn's time
+        self.trim = False
+
+    def add_models(self, calls: list[Call], day: str, *, turn: bool) -> None:
+        """Each model's share of a turn's calls; the turn counts for the model that answered."""
+        answered = next((c.model for c in reversed(calls) if c.kind == "turn"), None)
+        for model in dict.fromkeys(c.model for c in calls):
+            mine = [c for c in calls if c.model == model]
+            key = MODEL_KEY.format(model=model, day=day)
+            self.models.setdefault(key, Totals()).add(
+                _increments(mine, turn=turn and model == answered)
+            )
+
+    def merge(self, other: _Shared) -> None:
+        for key, totals in other.models.items():
+            self.models.setdefault(key, Totals()).add(totals)
+        self.active.update(other.active)
+        self.trim |= other.trim
+
+    def queue(self, pipe: Pipeline) -> int:
+        count = sum(self.usage._queue(pipe, {key: ""}, t) for key, t in self.models.items())
+        if self.active:
+            pipe.zadd(ACTIVE_KEY, self.active)
+            count += 1
+            if self.trim:
+                pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
+                count += 1
+        return count
+
+    def settle(self, replies: list[Any]) -> None:
+        failed = next((r for r in replies if isinstance(r, BaseException)), None)
+        if failed is not None:
+            self.usage.log.warning(
+                "usage_not_recorded",
+                conversation="",
+                models=sorted(self.models),
+                conversations=len(self.active),
+                error=str(failed),
+            )
+
+
 class RedisUsage:
     """Prices every model call, keeps a turn's calls until the turn ends, writes the totals."""
 
@@ -311,7 +364,9 @@ class RedisUsage:
         """Queue, on a caller's non-transactional pipeline, the adds of a turn's calls to the
         sender's day, each model's day and the conversation, and mark the conversation active
         now (ACTIVE_KEY): a caller that already makes a round trip at the turn's end sends the
-        usage in it. Each script call's keys share a slot (a private chat's sender day and
+        usage in it. On a group commit's pipeline (bot.roundtrips) the adds to keys every turn
+        writes (a model's day, the active index) join the other turns' and go once, summed,
+        after them. Each script call's keys share a slot (a private chat's sender day and
         conversation go in one), so the pipeline may be a cluster one. The
         caller decides what a failure of these writes costs: `execute(raise_on_error=False)`
         keeps one from failing the caller's own commands."""
@@ -328,34 +383,33 @@ class RedisUsage:
         else:
             self._queue(pipe, {sender_key: ""}, everything)
             self._queue(pipe, {conversation_key: today}, everything)
-        self._queue_models(pipe, calls, day, turn=turn)
+        shared = coalescer_for(self.redis).tally(pipe, _Shared, lambda: _Shared(self))
+        adds = shared or _Shared(self)
+        adds.add_models(calls, day, turn=turn)
         if conversation:
-            pipe.zadd(ACTIVE_KEY, {conversation: self.clock()})
-            if self._records % ACTIVE_TRIM_EVERY == 0:
-                pipe.zremrangebyrank(ACTIVE_KEY, 0, -ACTIVE_MAX - 1)
+            adds.active[conversation] = self.clock()
+            adds.trim |= self._records % ACTIVE_TRIM_EVERY == 0
             self._records += 1
+        if shared is None:  # the caller's own pipeline: no other turn's adds to join
+            adds.queue(pipe)
 
     async def record_background(self, call: Call) -> None:
         """Add a call no person's turn made (a probe) to its model's day."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_models(pipe, [call], self.day(), turn=False)
+            adds = _Shared(self)
+            adds.add_models([call], self.day(), turn=False)
+            adds.queue(pipe)
             await self._execute(pipe, "")
 
-    def _queue_models(self, pipe: Pipeline, calls: list[Call], day: str, *, turn: bool) -> None:
-        models = list(dict.fromkeys(c.model for c in calls))
-        answered = next((c.model for c in reversed(calls) if c.kind == "turn"), None)
-        for model in models:
-            mine = [c for c in calls if c.model == model]
-            totals = _increments(mine, turn=turn and model == answered)
-            self._queue(pipe, {MODEL_KEY.format(model=model, day=day): ""}, totals)
-
-    def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> None:
+    def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> int:
         """Queue `_ADD` of `totals` to each key (all in one slot), mapped to '' for a daily
         key (its TTL set when new) or today (YYYYMMDD) for one whose TTL runs from its last
-        call (set once per UTC day)."""
+        call (set once per UTC day); how many commands (0: nothing to add)."""
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
-        if pairs:
-            _ADD.queue(pipe, list(keys), [self.ttl_seconds, *keys.values(), *pairs])
+        if not pairs:
+            return 0
+        _ADD.queue(pipe, list(keys), [self.ttl_seconds, *keys.values(), *pairs])
+        return 1
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:

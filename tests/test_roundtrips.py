@@ -158,3 +158,106 @@ async def test_a_caller_that_fails_to_queue_sends_nothing(script_client: aioredi
     assert isinstance(results[0], ValueError)
     assert results[1] == [1]
     assert await script_client.get("half") is None
+
+
+class Sum:
+    """A Tally for the tests: INCRBY of the callers' adds to one counter, summed."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.amount = 0
+        self.settled: list[Any] = []
+
+    def merge(self, other: Sum) -> None:
+        self.amount += other.amount
+
+    def queue(self, pipe: Pipeline) -> int:
+        pipe.incrby(self.key, self.amount)
+        return 1
+
+    def settle(self, replies: list[Any]) -> None:
+        self.settled.append(replies)
+
+
+def adding(trips: Coalescer, key: str, amount: int, made: list[Sum]) -> Any:
+    """A caller that sets its own key and adds `amount` to the flush's Sum of `key`."""
+
+    def make() -> Sum:
+        made.append(Sum(key))
+        return made[-1]
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.set(f"own-{amount}", amount)
+        tally = trips.tally(pipe, key, make)
+        assert tally is not None
+        tally.amount += amount
+
+    return trips.run(queue)
+
+
+async def test_a_flushs_adds_to_one_key_go_once_summed_after_the_callers(
+    script_client: aioredis.Redis,
+) -> None:
+    """Five callers of one iteration add to the same counter: one INCRBY of the sum, sent after
+    every caller's own commands (their replies are theirs alone), its reply handed to the
+    tally; outside a flush's queueing there is no tally to add to."""
+    trips = Coalescer(script_client)
+    made: list[Sum] = []
+    await script_client.set("total", 100)
+    replies = await asyncio.gather(*(adding(trips, "total", n, made) for n in range(1, 6)))
+    assert replies == [[True]] * 5
+    assert await script_client.get("total") == "115"
+    merged = [tally for tally in made if tally.settled]
+    assert len(merged) == 1
+    assert merged[0].settled == [[115]]
+    assert merged[0].amount == 15
+    async with script_client.pipeline(transaction=False) as own:
+        assert trips.tally(own, "total", lambda: Sum("total")) is None
+
+
+async def test_a_caller_that_fails_to_queue_adds_nothing_to_the_tally(
+    script_client: aioredis.Redis,
+) -> None:
+    trips = Coalescer(script_client)
+    made: list[Sum] = []
+
+    def fails(pipe: Pipeline) -> None:
+        tally = trips.tally(pipe, "total", lambda: Sum("total"))
+        assert tally is not None
+        tally.amount += 1000
+        raise ValueError("bad input")
+
+    async def failing() -> None:
+        await trips.run(fails)
+
+    results = await asyncio.gather(
+        adding(trips, "total", 2, made), failing(), adding(trips, "total", 3, made),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert isinstance(results[1], ValueError)
+    assert await script_client.get("total") == "5"
+
+
+async def test_a_connection_error_settles_the_tally_with_the_error(redis_url: str) -> None:
+    client = ScriptRedis.from_url(redis_url, decode_responses=True)
+    trips = Coalescer(client)
+    made: list[Sum] = []
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("gone")
+
+    pipe_class = type(client.pipeline(transaction=False))
+    original = pipe_class.execute
+    pipe_class.execute = broken  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(
+            adding(trips, "total", 1, made), adding(trips, "total", 2, made),
+            return_exceptions=True,
+        )  # fmt: skip
+    finally:
+        pipe_class.execute = original  # type: ignore[method-assign]
+        await client.aclose()
+    assert all(isinstance(r, RedisConnectionError) for r in results)
+    settled = [tally.settled for tally in made if tally.settled]
+    assert len(settled) == 1
+    assert [type(r) for r in settled[0][0]] == [RedisConnectionError]

@@ -3,6 +3,8 @@ past a double's precision, expiry only when needed, the active index trimmed eve
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import socket
 from collections import Counter
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from bot.config import parse_config
+from bot.roundtrips import coalescer_for
 from bot.usage import (
     ACTIVE_KEY,
     ACTIVE_MAX,
@@ -257,6 +260,42 @@ async def test_queue_record_rides_the_callers_round_trip(
     assert queued == recorded
     assert queued[0].cost_nusd == 900
     assert [c for c, _ in await usage.active(5)] == ["c2", "c1"]  # same time: by id
+
+
+async def test_turns_committed_together_add_to_their_models_day_once(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """Five private chats' turns on one model, committed in one group commit: a script call
+    each for its sender's day and conversation, ONE for the model's day (the five turns'
+    sums) and one ZADD of the five conversations; the model's day holds what five records
+    apart leave, and each conversation its own."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    model, apart = f"local/{tag}", f"local/apart-{tag}"
+    senders = [f"p{n}-{tag}" for n in range(5)]
+    calls = [[turn(model, tokens=(100 + n, 10 + n))] for n in range(5)]
+    trips = coalescer_for(redis_client)  # the worker's, the one usage finds
+    async with watched(redis_client, tag) as seen:
+        await asyncio.gather(*(
+            trips.run(functools.partial(usage.queue_record, sender=s, conversation=s, calls=c))
+            for s, c in zip(senders, calls, strict=True)
+        ))  # fmt: skip
+    assert (seen.commands["EVAL"], seen.commands["ZADD"]) == (6, 1)
+    for sender, mine in zip(senders, calls, strict=True):
+        await usage.record(sender=f"{sender}-apart", conversation="", calls=[
+            Call(model=apart, kind="turn", tokens_in=mine[0].tokens_in,
+                 tokens_out=mine[0].tokens_out, local=True)
+        ])  # fmt: skip
+    together, separately = [
+        Totals.from_hash(await redis_client.hgetall(MODEL_KEY.format(model=m, day=TODAY)))
+        for m in (model, apart)
+    ]
+    assert together == separately
+    assert (together.calls, together.turns, together.tokens_in) == (5, 5, 510)
+    assert await redis_client.ttl(MODEL_KEY.format(model=model, day=TODAY)) > TTL - 60
+    totals = [await usage.conversation(s) for s in senders]
+    assert [t.tokens_out for t in totals] == [10, 11, 12, 13, 14]
+    assert {c for c, _ in await usage.active(10)} >= set(senders)
 
 
 async def usage_hashes(redis: aioredis.Redis, sender: str, conversation: str) -> list[Totals]:
