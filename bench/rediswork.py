@@ -14,9 +14,11 @@ scripts' work, not the network's). The counters are zeroed before a step and rea
 instructions / turns.
 
 `--returning`: the same senders' second turns (their memory and usage keys exist), measured
-after an unmeasured first round.
+after an unmeasured first round. `--together K`: the usage step goes through the gateway's group
+commit (bot.roundtrips), K turns to a flush, so the model's day they all add to is written once
+for the K (bench.turncost at 300/s sees about 7 turns a flush; 1, the default, is a lone turn's).
 
-    .venv/bin/python -m bench.rediswork [--turns 300] [--returning] [--aof]
+    .venv/bin/python -m bench.rediswork [--turns 300] [--returning] [--aof] [--together K]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -44,6 +47,7 @@ from bot.llm.lmstudio import state_key
 from bot.logs import EVENT_STREAM
 from bot.messages import InboundMessage
 from bot.redisdb import connect
+from bot.roundtrips import coalescer_for
 from bot.scripts import load_scripts
 from bot.wakeups import GROUP, ensure_group, queue_acks
 from bot.worker import COMMIT, FINISH, TAKE
@@ -174,8 +178,8 @@ class Round:
         COMMIT.queue(pipe, keys, args)
 
     def usage(self, pipe: Pipeline, n: int) -> None:
-        """A lone turn's usage: its model's day written by its own call (on the gateway's group
-        commit the turns that commit together share that call: bench.redisload, bench.turncost)."""
+        """A turn's usage: on a plain pipeline a lone turn's (its model's day written by its own
+        call); on a group commit's, the model's day summed over the flush's turns."""
         conversation, client = self.messages[n].conversation, self.client
         calls = [client.call]
         client.usage.queue_record(pipe, sender=conversation, conversation=conversation, calls=calls)
@@ -208,7 +212,7 @@ class Round:
         ]
 
 
-async def measure(turns: int, returning: bool, cg: Callgrind) -> dict[str, float]:
+async def measure(turns: int, returning: bool, cg: Callgrind, together: int) -> dict[str, float]:
     redis = connect(cg.url, socket_timeout=120)
     deadline = time.monotonic() + 120
     while True:  # valgrind starts redis-server slowly
@@ -224,11 +228,19 @@ async def measure(turns: int, returning: bool, cg: Callgrind) -> dict[str, float
     client = Client(redis, 1, PER_PIPELINE)
     found: dict[str, float] = {}
 
-    async def step(name: str, queue: Step, measured: bool) -> list[Any]:
+    async def step(name: str, queue: Step, measured: bool, *, grouped: bool = False) -> list[Any]:
         if measured:
             cg.zero()
         replies: list[Any] = []
-        for start in range(0, turns, PER_PIPELINE):
+        for start in range(0, turns, together if grouped else PER_PIPELINE):
+            if grouped:  # K callers of one loop iteration: one flush (bot.roundtrips)
+                flush = coalescer_for(redis)
+                group = range(start, min(turns, start + together))
+                for mine in await asyncio.gather(
+                    *(flush.run(functools.partial(queue, n=n)) for n in group)
+                ):
+                    replies += mine
+                continue
             async with redis.pipeline(transaction=False) as pipe:
                 for n in range(start, min(turns, start + PER_PIPELINE)):
                     queue(pipe, n)
@@ -243,7 +255,7 @@ async def measure(turns: int, returning: bool, cg: Callgrind) -> dict[str, float
         woken = await step("intake: ACCEPT + XADD of the wake-up", turn.accept, measured)
         turn.woken = [str(entry) for entry in woken[1::2]]
         for name, queue in turn.steps():
-            await step(name, queue, measured)
+            await step(name, queue, measured, grouped=together > 1 and queue == turn.usage)
     await redis.aclose()
     return found
 
@@ -255,17 +267,22 @@ def main() -> None:
     parser.add_argument(
         "--aof", action="store_true", help="append-only file on, as the embedded Redis has it"
     )
+    parser.add_argument(
+        "--together", type=int, default=1, help="turns a group commit flushes together (usage)"
+    )
     args = parser.parse_args()
     with (
         bench.workdir("switchboard-rediswork-", keep=False) as workdir,
         server(workdir, aof=args.aof) as cg,
     ):
-        found = bench.run(measure(args.turns, args.returning, cg))
+        found = bench.run(measure(args.turns, args.returning, cg, args.together))
     total = sum(found.values())
     kind = "returning conversations' turns" if args.returning else "new conversations' turns"
     disk = "append-only file on" if args.aof else "nothing kept on disk"
+    grouped = f"; usage {args.together} turns a flush" if args.together > 1 else ""
     print(
-        f"Redis instructions per turn (callgrind; {args.turns} {kind}; {disk}; kernel not counted)"
+        f"Redis instructions per turn (callgrind; {args.turns} {kind}; {disk}{grouped}; "
+        "kernel not counted)"
     )
     for name, count in found.items():
         print(f"  {name:44s} {count:9,.0f}  {count / total * 100:5.1f} %")
