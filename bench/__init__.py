@@ -92,13 +92,17 @@ def gateway_env(
     twilio: FakeTwilio,
     sender: str,
     data_dir: Path,
+    typing: bool = True,
     **config: Any,
 ) -> dict[str, str]:
-    """Write `workdir/bot.json5` (WhatsApp open to everyone, `config` as for
-    gateway_config_text) and return the environment of a `bot serve` pointed at the fakes."""
+    """Write `workdir/bot.json5` (WhatsApp open to everyone, its typing indicator on unless
+    `typing` is False, `config` as for gateway_config_text) and return the environment of a
+    `bot serve` pointed at the fakes."""
     path = workdir / "bot.json5"
     text = gateway_config_text(model_url, **config).rstrip().rstrip("}")
-    path.write_text(text + 'channels: { whatsapp: { enabled: true, dmPolicy: "open" } } }')
+    typing_off = "" if typing else ", typingIndicator: false"
+    whatsapp = f'{{ enabled: true, dmPolicy: "open"{typing_off} }}'
+    path.write_text(text + f"channels: {{ whatsapp: {whatsapp} }} }}")
     return {
         **serve_env(workdir, config=path, port=port, data_dir=data_dir, redis_url=redis_url),
         "TWILIO_ACCOUNT_SID": twilio.account_sid,

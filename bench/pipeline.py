@@ -81,6 +81,7 @@ class Shape:
     loadgen_procs: int = 1
     cluster: bool = False
     max_inflight: int | None = None  # BOT_MAX_INFLIGHT of the web processes
+    typing: bool = True  # WhatsApp's typing indicator (a Twilio call a turn the relay lacks)
 
     def describe(self) -> str:
         role = "web" if self.workers else "all"
@@ -88,7 +89,8 @@ class Shape:
         workers = f" + {self.workers} `--role worker`" if self.workers else ""
         redis = "3-node Redis Cluster" if self.cluster else "one Redis"
         limit = f", BOT_MAX_INFLIGHT={self.max_inflight}" if self.max_inflight else ""
-        return f"{web}{workers}, {redis}, {self.loadgen_procs} load generator(s){limit}"
+        typing = "" if self.typing else ", typing indicator off"
+        return f"{web}{workers}, {redis}, {self.loadgen_procs} load generator(s){limit}{typing}"
 
 
 @dataclass
@@ -238,11 +240,13 @@ def gateway_command(
     procs: int = 1,
     cluster: bool = False,
     max_inflight: int | None = None,
+    typing: bool = True,
 ) -> tuple[list[str], dict[str, str]]:
     """`bot serve --role ROLE [--procs N]` and its environment, pointed at the fakes."""
     env = bench.gateway_env(
         workdir, port=port, redis_url=redis_url, model_url=model.base_url, twilio=twilio,
         sender=SENDER, data_dir=workdir / f"var-{port}", max_concurrent=MAX_CONCURRENT,
+        typing=typing,
     )  # fmt: skip
     if cluster:
         env["REDIS_CLUSTER"] = "true"
@@ -440,12 +444,14 @@ async def run_target(
                 shape.procs,
                 shape.cluster,
                 shape.max_inflight,
+                shape.typing,
             )
             listeners = shape.procs
             for _ in range(shape.workers):
                 worker_args, worker_env = gateway_command(
-                    workdir, free_port(), redis_url, model, twilio, "worker", 1, shape.cluster
-                )
+                    workdir, free_port(), redis_url, model, twilio, "worker", 1, shape.cluster,
+                    typing=shape.typing,
+                )  # fmt: skip
                 extra.append(await spawn(worker_args, worker_env, log))
         else:
             args, env = relay_command(workdir, port, model, twilio)
@@ -704,11 +710,16 @@ def main() -> None:
     parser.add_argument(
         "--max-inflight", type=int, help="BOT_MAX_INFLIGHT of the gateway (overload runs)"
     )
+    parser.add_argument(
+        "--no-typing",
+        action="store_true",
+        help="channels.whatsapp.typingIndicator: false (the relay sends no typing indicator)",
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     shapes = tuple(
         Shape(procs=int(n), workers=args.workers, loadgen_procs=args.loadgen_procs,
-              cluster=args.cluster, max_inflight=args.max_inflight)
+              cluster=args.cluster, max_inflight=args.max_inflight, typing=not args.no_typing)
         for n in args.procs.split(",") if n.strip()
     )  # fmt: skip
     with bench.workdir("switchboard-pipeline-", keep=args.keep or args.profile) as workdir:
