@@ -34,6 +34,41 @@ async def script_client(redis_url: str) -> Any:
     await client.aclose()
 
 
+class Sum:
+    """A Tally for the tests: INCRBY of the callers' adds to one counter, summed."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.amount = 0
+        self.settled: list[Any] = []
+
+    def merge(self, other: Sum) -> None:
+        self.amount += other.amount
+
+    def queue(self, pipe: Pipeline) -> int:
+        pipe.incrby(self.key, self.amount)
+        return 1
+
+    def settle(self, replies: list[Any]) -> None:
+        self.settled.append(replies)
+
+
+def adding(trips: Coalescer, key: str, amount: int, made: list[Sum]) -> Any:
+    """A caller that sets its own key and adds `amount` to the flush's Sum of `key`."""
+
+    def make() -> Sum:
+        made.append(Sum(key))
+        return made[-1]
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.set(f"own-{amount}", amount)
+        tally = trips.tally(pipe, key, make)
+        assert tally is not None
+        tally.amount += amount
+
+    return trips.run(queue)
+
+
 async def test_each_caller_gets_its_own_replies_in_its_order(
     script_client: aioredis.Redis,
 ) -> None:
@@ -85,8 +120,10 @@ async def test_a_script_redis_forgot_runs_again_for_its_caller(
 
 
 async def test_a_connection_error_fails_every_caller_of_the_flush(redis_url: str) -> None:
+    """Every caller gets the error, and the flush's tally is settled with it."""
     client = ScriptRedis.from_url(redis_url, decode_responses=True)
     trips = Coalescer(client)
+    made: list[Sum] = []
     await client.ping()
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
@@ -99,12 +136,15 @@ async def test_a_connection_error_fails_every_caller_of_the_flush(redis_url: str
         results = await asyncio.gather(
             trips.run(lambda pipe: pipe.incr("x")),
             trips.run(lambda pipe: pipe.incr("y")),
+            adding(trips, "total", 1, made),
             return_exceptions=True,
         )
     finally:
         pipe_class.execute = original  # type: ignore[method-assign]
         await client.aclose()
     assert all(isinstance(r, RedisConnectionError) for r in results)
+    settled = [[type(r) for r in replies] for tally in made for replies in tally.settled]
+    assert settled == [[RedisConnectionError]]
     # The next iteration's callers are not affected.
     client = ScriptRedis.from_url(redis_url, decode_responses=True)
     try:
@@ -160,41 +200,6 @@ async def test_a_caller_that_fails_to_queue_sends_nothing(script_client: aioredi
     assert await script_client.get("half") is None
 
 
-class Sum:
-    """A Tally for the tests: INCRBY of the callers' adds to one counter, summed."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.amount = 0
-        self.settled: list[Any] = []
-
-    def merge(self, other: Sum) -> None:
-        self.amount += other.amount
-
-    def queue(self, pipe: Pipeline) -> int:
-        pipe.incrby(self.key, self.amount)
-        return 1
-
-    def settle(self, replies: list[Any]) -> None:
-        self.settled.append(replies)
-
-
-def adding(trips: Coalescer, key: str, amount: int, made: list[Sum]) -> Any:
-    """A caller that sets its own key and adds `amount` to the flush's Sum of `key`."""
-
-    def make() -> Sum:
-        made.append(Sum(key))
-        return made[-1]
-
-    def queue(pipe: Pipeline) -> None:
-        pipe.set(f"own-{amount}", amount)
-        tally = trips.tally(pipe, key, make)
-        assert tally is not None
-        tally.amount += amount
-
-    return trips.run(queue)
-
-
 async def test_a_flushs_adds_to_one_key_go_once_summed_after_the_callers(
     script_client: aioredis.Redis,
 ) -> None:
@@ -236,28 +241,3 @@ async def test_a_caller_that_fails_to_queue_adds_nothing_to_the_tally(
     )  # fmt: skip
     assert isinstance(results[1], ValueError)
     assert await script_client.get("total") == "5"
-
-
-async def test_a_connection_error_settles_the_tally_with_the_error(redis_url: str) -> None:
-    client = ScriptRedis.from_url(redis_url, decode_responses=True)
-    trips = Coalescer(client)
-    made: list[Sum] = []
-
-    async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RedisConnectionError("gone")
-
-    pipe_class = type(client.pipeline(transaction=False))
-    original = pipe_class.execute
-    pipe_class.execute = broken  # type: ignore[method-assign]
-    try:
-        results = await asyncio.gather(
-            adding(trips, "total", 1, made), adding(trips, "total", 2, made),
-            return_exceptions=True,
-        )  # fmt: skip
-    finally:
-        pipe_class.execute = original  # type: ignore[method-assign]
-        await client.aclose()
-    assert all(isinstance(r, RedisConnectionError) for r in results)
-    settled = [tally.settled for tally in made if tally.settled]
-    assert len(settled) == 1
-    assert [type(r) for r in settled[0][0]] == [RedisConnectionError]
