@@ -14,6 +14,7 @@ command: a script), so the turn pays one round trip instead of one per component
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -26,6 +27,9 @@ from bot.errors import StoreUnavailable
 
 A = TypeVar("A")
 B = TypeVar("B")
+
+# Reads that `execute_sharing` may send once for several identical copies in one pipeline.
+SHARED_READS = frozenset({"GET", "HGETALL", "HMGET"})
 
 # A write queued on a caller's pipeline (one or more commands, whose replies the caller ignores
 # or reads): how a component's writes ride in a round trip another component makes anyway.
@@ -139,3 +143,45 @@ async def fetch(redis: aioredis.Redis, read: Read[A], *, what: str) -> A:
     fetched = trip.add(read)
     await trip.run()
     return fetched.value
+
+
+async def execute_sharing(pipe: Pipeline) -> list[Any]:
+    """`pipe.execute(raise_on_error=False)`, with a read repeated in the pipeline sent once and
+    its reply given to every copy: what a worker's claim of several conversations reads for
+    each (the default model, each model's breaker). A read is shared only when it is a GET,
+    HGETALL or HMGET and no other command of the pipeline names its key (a write, a script's
+    key), so every copy would have read the same value anyway. A cluster pipeline (no
+    `command_stack` of (args, options) pairs) is sent as it is."""
+    stack = getattr(pipe, "command_stack", None)
+    if stack is None or not all(isinstance(command, tuple) for command in stack):
+        return list(await pipe.execute(raise_on_error=False))
+    copies: Counter[tuple[Any, ...]] = Counter()
+    touched: set[Any] = set()  # what a command other than a shareable read names
+    try:
+        for args, _ in stack:
+            copies[args] += 1
+            if str(args[0]).upper() in SHARED_READS:
+                touched.update(args[2:])
+            else:
+                touched.update(args[1:])
+    except TypeError:  # an argument that cannot be compared (a bytearray): nothing shared
+        return list(await pipe.execute(raise_on_error=False))
+    sent: dict[tuple[Any, ...], int] = {}
+    kept: list[Any] = []
+    at: list[int] = []  # each queued command's reply, by its place in what is sent
+    for args, options in stack:
+        shared = (
+            copies[args] > 1 and str(args[0]).upper() in SHARED_READS and args[1] not in touched
+        )
+        if shared and args in sent:
+            at.append(sent[args])
+            continue
+        if shared:
+            sent[args] = len(kept)
+        at.append(len(kept))
+        kept.append((args, options))
+    if len(kept) == len(stack):
+        return list(await pipe.execute(raise_on_error=False))
+    pipe.command_stack = kept
+    replies = await pipe.execute(raise_on_error=False)
+    return [replies[i] for i in at]

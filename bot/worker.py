@@ -68,7 +68,7 @@ from bot.llm.preview import GuardedPreview, TurnPreview
 from bot.llm.types import Preview
 from bot.logs import Logger
 from bot.messages import InboundMessage, OutboundMessage
-from bot.reads import Read, Write
+from bot.reads import Read, Write, execute_sharing
 from bot.reminders import RedisReminders, ReminderFirer, decode_claimed
 from bot.roundtrips import coalescer_for
 from bot.scripts import Script, load_scripts
@@ -544,7 +544,8 @@ class Worker:
         """The first TAKE of every conversation just read, each with its turn's first reads
         (Agent.prefetch: for a private chat, the wake-up's sender's access check and the
         turn's state), in one round trip (None where the TAKE failed: the turn's task claims
-        again; a prefetch that failed is left to the turn)."""
+        again; a prefetch that failed is left to the turn). A read every claimed turn makes of
+        the same key (the default model, a breaker) is sent once (bot.reads.execute_sharing)."""
         if not entries:
             return []
         tokens = [self._token() for _ in entries]
@@ -563,7 +564,7 @@ class Worker:
                 if read is not None:
                     read.queue(pipe)
                 reads.append(read)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await execute_sharing(pipe)  # one GET of the default model for them all
         claims: list[Claim | None] = []
         at = 0
         for token, read in zip(tokens, reads, strict=True):

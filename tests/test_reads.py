@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from bot.errors import StoreUnavailable
-from bot.reads import Read, RoundTrip
-from tests.helpers import dead_redis
+from bot.reads import Read, RoundTrip, execute_sharing
+from tests.helpers import dead_redis, monitored
 
 
 def read_int(key: str) -> Read[int]:
@@ -57,3 +59,56 @@ async def test_redis_down_names_what_was_being_read() -> None:
     with pytest.raises(StoreUnavailable, match="while reading the test"):
         await trip.run()
     await redis.aclose()
+
+
+async def test_a_pipelines_repeated_reads_go_once(redis_client: aioredis.Redis) -> None:
+    """Three claims' reads of the same keys (a GET, an HGETALL, an HMGET) go once each, and
+    every copy gets the reply the unshared pipeline gives it; a read of a key that another
+    command of the pipeline writes or names (a SET, a script's key) is sent each time."""
+    await redis_client.mset({"default": "m1", "moved": "before", "scripted": "s"})
+    await redis_client.hset("breaker", mapping={"state": "open", "until": "5"})
+
+    def queue(pipe: Pipeline) -> None:
+        for n in range(3):
+            pipe.incr(f"own-{n}")
+            pipe.get("default")
+            pipe.hgetall("breaker")
+            pipe.hmget("breaker", "state", "until")
+            pipe.get("moved")
+            pipe.set("moved", f"after-{n}")
+            pipe.get("scripted")
+            pipe.eval("return redis.call('GET', KEYS[1])", 1, "scripted")
+
+    async with redis_client.pipeline(transaction=False) as pipe:
+        queue(pipe)
+        plain = await pipe.execute()
+    await redis_client.delete("own-0", "own-1", "own-2", "moved")
+    await redis_client.set("moved", "before")
+    async with monitored(redis_client) as lines, redis_client.pipeline(transaction=False) as pipe:
+        queue(pipe)
+        shared = await execute_sharing(pipe)
+    assert shared == plain
+    assert shared[1:5] == ["m1", {"state": "open", "until": "5"}, ["open", "5"], "before"]
+    sent = Counter(
+        " ".join(line["command"].split()[:2]).lower()
+        for line in lines
+        if line.get("client_type") != "lua"  # the client's commands, not the script's own
+    )
+    assert sent["get default"] == 1
+    assert (sent["hgetall breaker"], sent["hmget breaker"]) == (1, 1)
+    assert (sent["get moved"], sent["get scripted"]) == (3, 3)
+
+
+async def test_sharing_leaves_a_pipeline_without_repeats_as_it_is(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Nothing repeated, or an error among the replies: the pipeline's own replies, errors
+    as values."""
+    await redis_client.set("text", "not a number")
+    async with redis_client.pipeline(transaction=False) as pipe:
+        pipe.get("text")
+        pipe.incr("text")
+        pipe.get("text")
+        replies = await execute_sharing(pipe)
+    assert replies[0] == replies[2] == "not a number"
+    assert isinstance(replies[1], ResponseError)
