@@ -153,22 +153,31 @@ async def execute_sharing(pipe: Pipeline) -> list[Any]:
     key), so every copy would have read the same value anyway. A cluster pipeline (no
     `command_stack` of (args, options) pairs) is sent as it is."""
     stack = getattr(pipe, "command_stack", None)
-    if stack is None or not all(isinstance(command, tuple) for command in stack):
+    plan = _shared(stack) if stack is not None else None
+    if plan is None:
         return list(await pipe.execute(raise_on_error=False))
+    pipe.command_stack, at = plan
+    replies = await pipe.execute(raise_on_error=False)
+    return [replies[i] for i in at]
+
+
+def _shared(stack: list[Any]) -> tuple[list[Any], list[int]] | None:
+    """The commands of `stack` to send, each shared read once, and where each queued command's
+    reply is among theirs; None when nothing is shared (or the stack is not (args, options)
+    pairs of comparable arguments)."""
+    if not all(isinstance(command, tuple) for command in stack):
+        return None
     copies: Counter[tuple[Any, ...]] = Counter()
     touched: set[Any] = set()  # what a command other than a shareable read names
     try:
         for args, _ in stack:
             copies[args] += 1
-            if str(args[0]).upper() in SHARED_READS:
-                touched.update(args[2:])
-            else:
-                touched.update(args[1:])
+            touched.update(args[2:] if str(args[0]).upper() in SHARED_READS else args[1:])
     except TypeError:  # an argument that cannot be compared (a bytearray): nothing shared
-        return list(await pipe.execute(raise_on_error=False))
-    sent: dict[tuple[Any, ...], int] = {}
+        return None
+    sent: dict[tuple[Any, ...], int] = {}  # a shared read -> its place among what is sent
     kept: list[Any] = []
-    at: list[int] = []  # each queued command's reply, by its place in what is sent
+    at: list[int] = []
     for args, options in stack:
         shared = (
             copies[args] > 1 and str(args[0]).upper() in SHARED_READS and args[1] not in touched
@@ -180,8 +189,4 @@ async def execute_sharing(pipe: Pipeline) -> list[Any]:
             sent[args] = len(kept)
         at.append(len(kept))
         kept.append((args, options))
-    if len(kept) == len(stack):
-        return list(await pipe.execute(raise_on_error=False))
-    pipe.command_stack = kept
-    replies = await pipe.execute(raise_on_error=False)
-    return [replies[i] for i in at]
+    return (kept, at) if len(kept) < len(stack) else None

@@ -313,6 +313,7 @@ class RedisUsage:
         self.ttl_seconds = ttl_days * 86400
         self._pending: dict[str, list[Call]] = {}
         self._records = 0  # this process's records with a conversation (ACTIVE_TRIM_EVERY)
+        self._trips = coalescer_for(redis)  # the group commit whose flushes sum _Shared adds
 
     def day(self, ts: float | None = None) -> str:
         """The UTC day of `ts` (default: now), as YYYY-MM-DD."""
@@ -383,7 +384,7 @@ class RedisUsage:
         else:
             self._queue(pipe, {sender_key: ""}, everything)
             self._queue(pipe, {conversation_key: today}, everything)
-        shared = coalescer_for(self.redis).tally(pipe, _Shared, lambda: _Shared(self))
+        shared = self._trips.tally(pipe, _Shared, lambda: _Shared(self))
         adds = shared or _Shared(self)
         adds.add_models(calls, day, turn=turn)
         if conversation:
