@@ -182,7 +182,9 @@ return {'head', entry, progress}
 # ARGV[6] is '1', `retrying` carried over, expiring in ttl s). Replies {'lost'}, {'more'},
 # {'next', entry, retrying} or {'empty', retrying} (retrying: '1' or ''). A done head's
 # progress is read and deleted in one GETDEL; if it is not the caller's head it is put back as
-# it was (its expiry then ttl s again) and nothing else changes.
+# it was (its expiry then ttl s again) and nothing else changes. The head is popped with the
+# next reply (LPOP of two: one command when it was the last, the common case), the next pushed
+# back (the outbox's expiry set again to ttl s if that emptied it).
 _ADVANCE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
 local more = tonumber(ARGV[3]) < tonumber(ARGV[4])
@@ -199,9 +201,10 @@ if more then
   return {'more'}
 end
 local retrying = head['retrying'] and '1' or ''
-redis.call('LPOP', KEYS[2])
-local entry = redis.call('LINDEX', KEYS[2], 0)
+local popped = redis.call('LPOP', KEYS[2], 2)  -- the head and the next, if any
+local entry = popped and popped[2]
 if not entry then return {'empty', retrying} end
+if redis.call('LPUSH', KEYS[2], entry) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[7]) end
 local progress = {id = cjson.decode(entry)['id'], sent = 0}
 if retrying ~= '' then progress['retrying'] = 1 end
 if ARGV[6] == '1' then progress['started'] = tonumber(ARGV[5]) end

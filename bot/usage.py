@@ -37,7 +37,7 @@ CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compact
 # A probe ("Answer with one word." / "ping", cut at the first token): about 10 tokens in, 1 out.
 PROBE_USAGE = Usage(tokens_in=10, tokens_out=1, estimated=True)
 # A daily key (sender, model) expires TTL_DAYS after its day's first call; a conversation's, after
-# its last call (refreshed at most once per UTC day): totals are kept a little over a year.
+# its last call (refreshed at most once a day): totals are kept a little over a year.
 TTL_DAYS = 400
 SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
 MODEL_KEY = "usage:model:{{{model}}}:{day}"
@@ -51,38 +51,36 @@ ACTIVE_MAX = 10_000  # the newest ones kept in the index
 # newest ones), and a turn saves the ZREMRANGEBYRANK (a scan of the index's oldest end).
 ACTIVE_TRIM_EVERY = 100
 NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
-# Field of a conversation's totals (_ADD names it): the UTC day (YYYYMMDD) its TTL was last set,
-# so the day's further calls skip the EXPIRE. An integer like the others; Totals ignores it.
-TTL_DAY = "ttl_day"
+# A conversation's TTL, which runs from its last call, is set again once this much of it has
+# run: at most one EXPIRE a day. (An earlier version kept the day of the last one in the field
+# `ttl_day`; Totals ignores it.)
+REFRESH_SECONDS = 86400
 # `bot usage` finds the daily keys by SCAN. On Redis Cluster a SCAN covers one node: the
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
 # KEYS: totals hashes of one slot (a private chat's sender day and conversation share the
-# sender's). ARGV: ttl s (0: keep none); for each key '' (a daily key) or today (YYYYMMDD, a key
-# whose TTL runs from its last call); then field, increment… added to every key.
+# sender's). ARGV: ttl s (0: keep none); for each key '' (a daily key) or '1' (a key whose TTL
+# runs from its last call); then field, increment… added to every key.
 # One HINCRBY per field: exact to 2^63, and the least work for Redis. Adding in Lua (an HMGET
 # and an HSET a key) made fewer commands but twice the instructions (bench.rediswork: Lua's
 # numbers are parsed and printed by libc's strtod and printf, which HINCRBY's C code is not).
-# The EXPIRE only when needed: a daily key's when its `calls` (every add counts one) was just
-# created, so its TTL runs from the day's first call; a key's with a day when TTL_DAY is not
-# today, which then becomes today.
+# The EXPIRE only when needed: a key's when its `calls` (every add counts one) was just created
+# (a daily key's TTL runs from the day's first call); else, for a key whose TTL runs from its
+# last call, when over REFRESH_SECONDS (a tenth of a shorter TTL) of it have run: one TTL a call,
+# one EXPIRE a day.
 _ADD = Script(
-    """
+    f"""
 local ttl, first = tonumber(ARGV[1]), #KEYS + 2
+local young = ttl - math.min({REFRESH_SECONDS}, math.floor(ttl / 10))  -- a TTL above: not yet
 for k = 1, #KEYS do
-  local key, today, new = KEYS[k], ARGV[1 + k], false
+  local key, new = KEYS[k], false
   for i = first, #ARGV, 2 do
     local sum = redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
     if ARGV[i] == 'calls' then new = sum == tonumber(ARGV[i + 1]) end
   end
-  if ttl > 0 then
-    if today == '' then
-      if new then redis.call('EXPIRE', key, ttl) end
-    elseif redis.call('HGET', key, 'ttl_day') ~= today then
-      redis.call('HSET', key, 'ttl_day', today)
-      redis.call('EXPIRE', key, ttl)
-    end
+  if ttl > 0 and (new or ARGV[1 + k] ~= '' and redis.call('TTL', key) < young) then
+    redis.call('EXPIRE', key, ttl)
   end
 end
 return 1
@@ -378,12 +376,11 @@ class RedisUsage:
         everything = _increments(calls, turn=turn)
         sender_key = SENDER_KEY.format(sender=sender, day=day)
         conversation_key = CONVERSATION_KEY.format(conversation=conversation)
-        today = day.replace("-", "")
         if sender == conversation:  # a private chat: one slot, one script call
-            self._queue(pipe, {sender_key: "", conversation_key: today}, everything)
+            self._queue(pipe, {sender_key: "", conversation_key: "1"}, everything)
         else:
             self._queue(pipe, {sender_key: ""}, everything)
-            self._queue(pipe, {conversation_key: today}, everything)
+            self._queue(pipe, {conversation_key: "1"}, everything)
         shared = self._trips.tally(pipe, _Shared, lambda: _Shared(self))
         adds = shared or _Shared(self)
         adds.add_models(calls, day, turn=turn)
@@ -404,8 +401,8 @@ class RedisUsage:
 
     def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> int:
         """Queue `_ADD` of `totals` to each key (all in one slot), mapped to '' for a daily
-        key (its TTL set when new) or today (YYYYMMDD) for one whose TTL runs from its last
-        call (set once per UTC day); how many commands (0: nothing to add)."""
+        key (its TTL set when new) or '1' for one whose TTL runs from its last call (set again
+        once a day has run); how many commands (0: nothing to add)."""
         pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
         if not pairs:
             return 0

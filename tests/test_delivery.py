@@ -384,6 +384,39 @@ async def test_advance_is_fenced_by_the_lease_and_the_head_id(rig: Rig) -> None:
     assert await rig.redis.exists(keys[2]) == 0
 
 
+async def test_advance_makes_the_next_reply_the_head_and_keeps_the_outbox_expiring(
+    rig: Rig,
+) -> None:
+    """The ADVANCE of a done head pops it and its next together and puts the next back as the
+    new head, with fresh progress: behind a third reply the outbox keeps its expiry; when the
+    next was the last one the outbox expires ttl s from now, never not at all."""
+    replies = [
+        OutboundMessage(channel="whatsapp", conversation=PERSON, text=t, reply_to=f"p{n}")
+        for n, t in enumerate(["one", "two", "three"])
+    ]
+    entries = [rig.worker().outbox.entry(r) for r in replies]
+    keys = [lease_key(PERSON), outbox_key(PERSON), head_key(PERSON)]
+    await rig.redis.set(keys[0], "ours")
+    await rig.redis.rpush(keys[1], *[e.to_json() for e in entries])
+    await rig.redis.expire(keys[1], 900)
+    advance = ADVANCE.on(rig.redis)
+    for n, left in ((0, 2), (1, 1)):
+        await LOAD.on(rig.redis)(keys=keys, args=["ours", 600])
+        done = await advance(keys=keys, args=["ours", entries[n].id, 1, 1, 5, "", 600])
+        assert done == ["next", entries[n + 1].to_json(), ""]
+        assert await rig.outbox() == [e.to_json() for e in entries[n + 1 :]]
+        assert len(await rig.outbox()) == left
+        progress = json.loads(await rig.redis.get(keys[2]))
+        assert progress == {"id": entries[n + 1].id, "sent": 0}
+        ttl = await rig.redis.ttl(keys[1])
+        assert (600 < ttl <= 900) if left == 2 else (0 < ttl <= 600)
+    assert await advance(keys=keys, args=["ours", entries[2].id, 1, 1, 5, "", 600]) == [
+        "empty",
+        "",
+    ]
+    assert await rig.redis.exists(keys[1], keys[2]) == 0
+
+
 def working(rig: Rig) -> contextlib.AbstractAsyncContextManager[Worker]:
     """One worker taking turns and due deliveries inside the block."""
     return running_worker(rig.worker())

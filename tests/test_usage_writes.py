@@ -22,8 +22,8 @@ from bot.usage import (
     ACTIVE_TRIM_EVERY,
     CONVERSATION_KEY,
     MODEL_KEY,
+    REFRESH_SECONDS,
     SENDER_KEY,
-    TTL_DAY,
     TTL_DAYS,
     Call,
     Prices,
@@ -85,15 +85,15 @@ async def test_a_plain_turns_record_is_two_script_calls_of_a_hincrby_a_field(
 ) -> None:
     """A private chat's record (3 keys) costs, once its keys exist, a script call for the
     model's day and one for the sender's day and conversation (one slot), in them a HINCRBY per
-    field of each key (5 here) and the conversation's HGET of its TTL day, and one ZADD: no
-    EXPIRE once the keys have their TTLs."""
+    field of each key (5 here) and the conversation's TTL, and one ZADD: no EXPIRE once the
+    keys have their TTLs."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    assert seen.commands == Counter(EVAL=2, HINCRBY=15, HGET=1, ZADD=1)
+    assert seen.commands == Counter(EVAL=2, HINCRBY=15, TTL=1, ZADD=1)
 
 
 async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
@@ -117,14 +117,14 @@ async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
 async def test_the_first_record_sets_each_ttl_and_trims(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """The day's first record also sets each new key's TTL (the conversation's TTL day kept with
-    it), and a process's first record trims the active index."""
+    """The day's first record also sets each new key's TTL, reading none (a new key's is
+    known from its first add), and a process's first record trims the active index."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    want = Counter(EVAL=2, HINCRBY=15, HGET=1, HSET=1, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    want = Counter(EVAL=2, HINCRBY=15, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
     assert seen.commands == want
 
 
@@ -194,25 +194,27 @@ async def test_a_daily_key_gets_its_ttl_once(
 async def test_a_conversations_ttl_is_refreshed_once_a_day(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """A conversation's TTL runs from its last call: set at its first call, left alone by the
-    same UTC day's further calls, set again by the next day's first; readers never see the
-    day it keeps."""
+    """A conversation's TTL runs from its last call: set at its first call, left alone by
+    further calls until a day of it has run, then set again; an earlier version's `ttl_day`
+    field is left alone and never read as a total."""
     clock = Clock(DAY)
     usage = usage_on(redis_client, events, clock)
     key = CONVERSATION_KEY.format(conversation="c")
     await usage.record(sender="ann", conversation="c", calls=[turn()])
     assert TTL - 5 < await redis_client.ttl(key) <= TTL
-    assert await redis_client.hget(key, TTL_DAY) == "20261118"
-    await redis_client.expire(key, 1000)
-    clock.now += 3600  # the same UTC day
+    await redis_client.hset(key, "ttl_day", "20261118")
+    young = TTL - REFRESH_SECONDS + 100  # less than a day of it has run
+    await redis_client.expire(key, young)
     await usage.record(sender="ann", conversation="c", calls=[turn()])
-    assert 0 < await redis_client.ttl(key) <= 1000
-    clock.now = DAY + 86400  # the next UTC day
+    assert young - 5 < await redis_client.ttl(key) <= young
+    await redis_client.expire(key, young - 200)  # over a day has run
     await usage.record(sender="bob", conversation="c", calls=[turn()])
     assert TTL - 5 < await redis_client.ttl(key) <= TTL
-    assert await redis_client.hget(key, TTL_DAY) == "20261119"
     totals = await usage.conversation("c")
     assert (totals.calls, totals.turns, totals.tokens) == (3, 3, 450)
+    await redis_client.persist(key)  # a key left without a TTL gets one at its next call
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
 
 
 async def test_the_active_index_is_trimmed_every_nth_record(

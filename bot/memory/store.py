@@ -47,8 +47,8 @@ return 1
 # KEYS: turns, summary, base. → {turns, summary or nil, base or nil}, read atomically.
 STATE = Script(
     """
-return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('GET', KEYS[2]),
-  redis.call('GET', KEYS[3])}
+local rest = redis.call('MGET', KEYS[2], KEYS[3])
+return {redis.call('LRANGE', KEYS[1], 0, -1), rest[1], rest[2]}
 """
 )
 
