@@ -32,13 +32,20 @@ Role = Literal["admin", "user", "stranger"]
 # KEYS: bucket[, lease]. ARGV: now ms, capacity, refill per ms, ttl s[, lease token].
 # → 1 allowed, 0 over the limit (first time in this burst: notify), -1 over, already told;
 # 2: nothing spent, the lease given is not held by the token (a claim that did not succeed).
-# The bucket is one string, "tokens at-ms[ told]", read with GET and written with one SET EX.
+# The bucket is one string, "tokens at-ms[ told]", read with GET (with the lease: MGET) and
+# written with one SET EX.
 RATE = Script(
     """
-if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[5] then return 2 end
+local state
+if KEYS[2] then  -- the bucket and the lease read together
+  local read = redis.call('MGET', KEYS[1], KEYS[2])
+  if read[2] ~= ARGV[5] then return 2 end
+  state = read[1]
+else
+  state = redis.call('GET', KEYS[1])
+end
 local now, capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens, at, told = capacity, now, false
-local state = redis.call('GET', KEYS[1])
 if state then
   local t, a, f = string.match(state, '^(%S+) (%S+) ?(%S*)$')
   tokens, at, told = tonumber(t) or capacity, tonumber(a) or now, f == 'told'

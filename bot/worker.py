@@ -100,8 +100,8 @@ TRANSIENT = (
 
 # KEYS: lease, batch, inbox. ARGV: token, new batch id, lease ms, the batch just finished ('' on
 # the first call), TAKE_MAX. The first call claims the lease (or finds another worker holding
-# it); a later call deletes the finished batch first (the only one stored: only the lease's
-# holder writes it, and the token proves the lease was held since the claim). Then: the batch (a
+# it); a later call deletes the finished batch (the only one stored: only the lease's holder
+# writes it, and the token proves the lease was held since the claim). Then: the batch (a
 # stored one, else the inbox drained into a new one, at most TAKE_MAX messages) as a flat field
 # list, or {'released'} when the inbox is empty (the lease is given up), {'busy'} (another worker
 # holds the lease), {'lost'} (ours expired or was taken). Every take of a stored batch counts an
@@ -109,23 +109,24 @@ TRANSIENT = (
 # back. With ARGV[6] '1' the caller has just found the lease held by the token, in the same
 # script call: FINISH, the ADVANCE that sends a turn's reply's last chunk and finishes the turn.
 _TAKE = """
-local gone = false
-if ARGV[4] == '' then
+local finished = ARGV[4] ~= ''
+if not finished then
   if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return {'busy'} end
-else
-  if ARGV[6] ~= '1' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
-  redis.call('DEL', KEYS[2])  -- the lease was ours throughout: so is the batch it finished
-  gone = true
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+    return redis.call('HGETALL', KEYS[2])
+  end
+elseif ARGV[6] ~= '1' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'lost'}
 end
-if not gone and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-  return redis.call('HGETALL', KEYS[2])
-end
+-- A finished batch is deleted (the lease was ours throughout: so is the batch it finished),
+-- with the lease in one DEL when the inbox is empty.
 local messages = redis.call('LPOP', KEYS[3], ARGV[5])
 if not messages then
-  redis.call('DEL', KEYS[1])
+  if finished then redis.call('DEL', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
   return {'released'}
 end
+if finished then redis.call('DEL', KEYS[2]) end
 local batch = {'id', ARGV[2], 'owner', ARGV[1], 'state', 'pending', 'attempts', '1',
   'messages', '[' .. table.concat(messages, ',') .. ']'}
 redis.call('HSET', KEYS[2], unpack(batch))
