@@ -4,7 +4,8 @@ Every model call (a turn's answer, a voice note's transcription, a compaction su
 becomes a `Call`: the tokens the server reported (an estimate where it reported none, marked
 estimated) priced with the model's seed `cost` (USD per million tokens). A turn's calls are
 kept in this process until the turn ends, then written in one pipeline: per sender per UTC day,
-per model per UTC day and per conversation, each key single-slot (hash tags) so the design runs
+per model per UTC day (every field) and per conversation (what the console shows of it:
+tokens, cost, turns), each key single-slot (hash tags) so the design runs
 on Redis Cluster. The turns that commit together (bot.roundtrips' group commit) add to each
 model's day, a key every turn writes, once, summed.
 Costs are counted in whole nano-dollars, and every field is a plain integer, so sums are exact.
@@ -55,31 +56,35 @@ NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was s
 # run: at most one EXPIRE a day. (An earlier version kept the day of the last one in the field
 # `ttl_day`; Totals ignores it.)
 REFRESH_SECONDS = 86400
+# What a conversation's totals keep: what the console shows of it. The daily keys keep every
+# field of Totals (`bot usage` reports them by sender, model and day).
+CONVERSATION_FIELDS = ("tokens_in", "tokens_out", "cost_nusd", "turns")
 # `bot usage` finds the daily keys by SCAN. On Redis Cluster a SCAN covers one node: the
 # reader must scan every primary (redis-py's RedisCluster.scan_iter does).
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
 # KEYS: totals hashes of one slot (a private chat's sender day and conversation share the
 # sender's). ARGV: ttl s (0: keep none); for each key '' (a daily key) or '1' (a key whose TTL
-# runs from its last call); then field, increment… added to every key.
+# runs from its last call), and how many of the field pairs it takes (the first n); then field,
+# increment… (CONVERSATION_FIELDS first).
 # One HINCRBY per field: exact to 2^63, and the least work for Redis. Adding in Lua (an HMGET
 # and an HSET a key) made fewer commands but twice the instructions (bench.rediswork: Lua's
 # numbers are parsed and printed by libc's strtod and printf, which HINCRBY's C code is not).
-# The EXPIRE only when needed: a key's when its `calls` (every add counts one) was just created
-# (a daily key's TTL runs from the day's first call); else, for a key whose TTL runs from its
-# last call, when over REFRESH_SECONDS (a tenth of a shorter TTL) of it have run: one TTL a call,
-# one EXPIRE a day.
+# The EXPIRE only when needed: a key's when its first field was just created (new: a daily
+# key's TTL runs from the day's first call; every add's fields are positive); else, for a key
+# whose TTL runs from its last call, when over REFRESH_SECONDS (a tenth of a shorter TTL) of it
+# have run: one TTL a call, one EXPIRE a day.
 _ADD = Script(
     f"""
-local ttl, first = tonumber(ARGV[1]), #KEYS + 2
+local ttl, first = tonumber(ARGV[1]), 2 * #KEYS + 2
 local young = ttl - math.min({REFRESH_SECONDS}, math.floor(ttl / 10))  -- a TTL above: not yet
 for k = 1, #KEYS do
-  local key, new = KEYS[k], false
-  for i = first, #ARGV, 2 do
+  local key, count, new = KEYS[k], tonumber(ARGV[2 * k + 1]), false
+  for i = first, first + 2 * count - 1, 2 do
     local sum = redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
-    if ARGV[i] == 'calls' then new = sum == tonumber(ARGV[i + 1]) end
+    if i == first then new = sum == tonumber(ARGV[i + 1]) end
   end
-  if ttl > 0 and (new or ARGV[1 + k] ~= '' and redis.call('TTL', key) < young) then
+  if count > 0 and ttl > 0 and (new or ARGV[2 * k] ~= '' and redis.call('TTL', key) < young) then
     redis.call('EXPIRE', key, ttl)
   end
 end
@@ -222,6 +227,13 @@ def estimate(usage: Usage, *, prompt_chars: int, answer_chars: int) -> Usage:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Totals' fields in the order _ADD takes them: a conversation's first.
+_FIELD_ORDER = (
+    *CONVERSATION_FIELDS,
+    *(f.name for f in fields(Totals) if f.name not in CONVERSATION_FIELDS),
+)
 
 
 def _increments(calls: Iterable[Call], *, turn: bool) -> Totals:
@@ -401,12 +413,17 @@ class RedisUsage:
 
     def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> int:
         """Queue `_ADD` of `totals` to each key (all in one slot), mapped to '' for a daily
-        key (its TTL set when new) or '1' for one whose TTL runs from its last call (set again
-        once a day has run); how many commands (0: nothing to add)."""
-        pairs = [v for f in fields(totals) if (n := getattr(totals, f.name)) for v in (f.name, n)]
-        if not pairs:
+        key (every field; its TTL set when new) or '1' for a conversation's (CONVERSATION_FIELDS;
+        its TTL runs from its last call, set again once a day has run); how many commands (0:
+        nothing to add)."""
+        added = {name: n for name in _FIELD_ORDER if (n := getattr(totals, name))}
+        if not added:
             return 0
-        _ADD.queue(pipe, list(keys), [self.ttl_seconds, *keys.values(), *pairs])
+        kept = sum(1 for name in added if name in CONVERSATION_FIELDS)
+        counts = [(mode, len(added) if mode == "" else kept) for mode in keys.values()]
+        pairs = [v for name, n in added.items() for v in (name, n)]
+        per_key = [v for mode, count in counts for v in (mode, count)]
+        _ADD.queue(pipe, list(keys), [self.ttl_seconds, *per_key, *pairs])
         return 1
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:

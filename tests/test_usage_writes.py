@@ -20,6 +20,7 @@ from bot.usage import (
     ACTIVE_KEY,
     ACTIVE_MAX,
     ACTIVE_TRIM_EVERY,
+    CONVERSATION_FIELDS,
     CONVERSATION_KEY,
     MODEL_KEY,
     REFRESH_SECONDS,
@@ -85,22 +86,24 @@ async def test_a_plain_turns_record_is_two_script_calls_of_a_hincrby_a_field(
 ) -> None:
     """A private chat's record (3 keys) costs, once its keys exist, a script call for the
     model's day and one for the sender's day and conversation (one slot), in them a HINCRBY per
-    field of each key (5 here) and the conversation's TTL, and one ZADD: no EXPIRE once the
-    keys have their TTLs."""
+    field of each day (5 here) and of the conversation's (3: tokens in and out, turns; what the
+    console shows, with the cost where there is one), the conversation's TTL, and one ZADD: no
+    EXPIRE once the keys have their TTLs."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    assert seen.commands == Counter(EVAL=2, HINCRBY=15, TTL=1, ZADD=1)
+    assert seen.commands == Counter(EVAL=2, HINCRBY=13, TTL=1, ZADD=1)
 
 
 async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
     """In a group the sender's day and the conversation are in different slots: a script call
-    each (cluster-safe), and both get the same totals."""
+    each (cluster-safe); the conversation gets the sender's totals of CONVERSATION_FIELDS, and
+    none of the others."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, group, model = f"ann-{tag}", f"group-{tag}", f"local/{tag}"
@@ -110,8 +113,12 @@ async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
     assert seen.commands["EVAL"] == 3
     key = SENDER_KEY.format(sender=sender, day=TODAY)
     mine = Totals.from_hash(await redis_client.hgetall(key))
-    assert mine == await usage.conversation(group)
-    assert (mine.calls, mine.turns, mine.tokens_in) == (1, 1, call.tokens_in)
+    assert (mine.calls, mine.turns, mine.tokens_in, mine.local_tokens) == (1, 1, 120, 150)
+    kept = Totals(**{name: getattr(mine, name) for name in CONVERSATION_FIELDS})
+    assert await usage.conversation(group) == kept
+    assert set(await redis_client.hkeys(CONVERSATION_KEY.format(conversation=group))) == {
+        name for name in CONVERSATION_FIELDS if getattr(mine, name)
+    }
 
 
 async def test_the_first_record_sets_each_ttl_and_trims(
@@ -124,7 +131,7 @@ async def test_the_first_record_sets_each_ttl_and_trims(
     sender, model = f"ann-{tag}", f"local/{tag}"
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    want = Counter(EVAL=2, HINCRBY=15, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    want = Counter(EVAL=2, HINCRBY=13, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
     assert seen.commands == want
 
 
@@ -211,7 +218,7 @@ async def test_a_conversations_ttl_is_refreshed_once_a_day(
     await usage.record(sender="bob", conversation="c", calls=[turn()])
     assert TTL - 5 < await redis_client.ttl(key) <= TTL
     totals = await usage.conversation("c")
-    assert (totals.calls, totals.turns, totals.tokens) == (3, 3, 450)
+    assert (totals.turns, totals.tokens) == (3, 450)
     await redis_client.persist(key)  # a key left without a TTL gets one at its next call
     await usage.record(sender="ann", conversation="c", calls=[turn()])
     assert TTL - 5 < await redis_client.ttl(key) <= TTL
