@@ -84,7 +84,7 @@ BOT_NUMBER = "whatsapp:+14155238886"
 PROVIDER = "lmstudio"
 MODEL = f"{PROVIDER}/local-model"
 RATE_PER_MINUTE = 20  # access.ratePerMinute's default
-LOG_EVERY = 3  # turns per XADD of ENTRY_EVENTS events (a turn logs about 6)
+LOG_EVERY = ENTRY_EVENTS // 6  # turns per XADD of ENTRY_EVENTS events (a turn logs about 6)
 STREAM_MAX_LEN = 100_000  # logging.streamMaxLen's default (events)
 
 
@@ -218,10 +218,11 @@ class Client:
                 await pipe.execute()
 
     def commit_call(
-        self, conversation: str, token: str, batch_id: str, ref: str
+        self, conversation: str, token: str, batch_id: str, ref: str, *, fresh: bool = True
     ) -> tuple[list[str], list[Any], Entry]:
         """COMMIT's keys and arguments for a turn that remembers two turns (the message `ref`
-        and the answer) and queues a one-chunk reply; and the reply's outbox entry."""
+        and the answer) and queues a one-chunk reply; and the reply's outbox entry. `fresh`:
+        the turn found no memory (a new conversation's, as this bench's are)."""
         worker, memory, now = self.worker, self.memory, time.time()
         remember = [
             Turn(role="user", text="hello", ts=now, refs=(ref,)),
@@ -233,7 +234,7 @@ class Client:
         entry: Entry = worker.outbox.entry(reply)
         args: list[Any] = [
             token, batch_id, entry.to_json(), memory.ttl_seconds, entry.id, entry.at,
-            worker.outbox.ttl_seconds,
+            worker.outbox.ttl_seconds, "1" if fresh else "",
             *(json.dumps(t.to_dict(), ensure_ascii=False) for t in remember),
         ]  # fmt: skip
         lease, batch = worker._take_keys(conversation)[:2]

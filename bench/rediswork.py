@@ -40,7 +40,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 import bench
-from bench.redisload import MODEL, PROVIDER, Client, event_lines
+from bench.redisload import LOG_EVERY, MODEL, PROVIDER, Client, event_lines
 from bot.intake import ACCEPT, DEDUPE_SECONDS, READY_MAXLEN, READY_STREAM, inbox_key, seen_key
 from bot.llm.breaker import breaker_key
 from bot.llm.lmstudio import state_key
@@ -124,7 +124,9 @@ class Round:
     """One round of turns, one conversation each: every step's commands for turn n, queued on
     a pipeline as the gateway queues them (bench.redisload's Client supplies the parts)."""
 
-    def __init__(self, client: Client, senders: list[InboundMessage], tag: str) -> None:
+    def __init__(
+        self, client: Client, senders: list[InboundMessage], tag: str, *, fresh: bool = True
+    ) -> None:
         self.client = client
         self.worker = worker = client.worker
         self.messages = [
@@ -133,7 +135,7 @@ class Round:
         self.tokens = [worker._token() for _ in senders]
         self.takes = [worker._take_args(t, "") for t in self.tokens]
         self.commits = [
-            client.commit_call(m.conversation, t, str(a[1]), m.platform_id)
+            client.commit_call(m.conversation, t, str(a[1]), m.platform_id, fresh=fresh)
             for m, t, a in zip(self.messages, self.tokens, self.takes, strict=True)
         ]
         self.events = "\n".join(event_lines())
@@ -195,7 +197,7 @@ class Round:
         )
 
     def log(self, pipe: Pipeline, n: int) -> None:
-        if n % 3 == 0:  # bench.redisload's LOG_EVERY
+        if n % LOG_EVERY == 0:  # a full entry every LOG_EVERY turns
             cap = self.client.log_cap
             pipe.xadd(EVENT_STREAM, {"e": self.events}, maxlen=cap, approximate=True)
 
@@ -208,7 +210,7 @@ class Round:
             ("commit: COMMIT", self.commit),
             ("commit: usage (queue_record)", self.usage),
             ("FINISH (last ADVANCE + TAKE)", self.finish),
-            ("log events (an XADD every 3rd turn)", self.log),
+            (f"log events (an XADD every {LOG_EVERY}th turn)", self.log),
         ]
 
 
@@ -251,7 +253,8 @@ async def measure(turns: int, returning: bool, cg: Callgrind, together: int) -> 
 
     senders = [client.message(n) for n in range(turns)]
     for measured in [False, True] if returning else [True]:
-        turn = Round(client, senders, str(measured))
+        first = measured is False or not returning  # a sender's first turn: no memory yet
+        turn = Round(client, senders, str(measured), fresh=first)
         woken = await step("intake: ACCEPT + XADD of the wake-up", turn.accept, measured)
         turn.woken = [str(entry) for entry in woken[1::2]]
         for name, queue in turn.steps():

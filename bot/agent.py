@@ -123,10 +123,13 @@ class AttachmentReader(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TurnResult:
-    """A turn's reply (None: send nothing) and the turns to append to memory."""
+    """A turn's reply (None: send nothing), the turns to append to memory, and whether the
+    conversation had no memory when the turn read it (no turns, summary or base: its first
+    turn, or its first after /new or expiry), so the commit has no summary to keep alive."""
 
     reply: OutboundMessage | None
     remember: tuple[Turn, ...] = ()
+    fresh: bool = False
 
 
 class Agent:
@@ -229,11 +232,12 @@ class Agent:
                 for_model.append(message)
                 roles.append(verdict.role)
         remember: tuple[Turn, ...] = ()
+        fresh = False
         failure: str | None = None
         try:
             if for_model:
                 try:
-                    answer, remember = await self._model_turn(
+                    answer, remember, fresh = await self._model_turn(
                         for_model,
                         ahead,
                         admin=roles[-1] == "admin",
@@ -271,7 +275,7 @@ class Agent:
             reply_to=last.platform_id,
             failure=failure,
         )
-        return TurnResult(reply=reply, remember=remember)
+        return TurnResult(reply=reply, remember=remember, fresh=fresh)
 
     async def _model_turn(
         self,
@@ -281,17 +285,18 @@ class Agent:
         admin: bool,
         preview: Preview | None = None,
         journal: Journal | None = None,
-    ) -> tuple[str | None, tuple[Turn, ...]]:
-        """The model's final text for these messages (None: say nothing), and the exchange
-        to remember. `ahead`: the turn's state if read already; `admin`: the sender is an admin
-        (no daily budget; admin-only tools)."""
+    ) -> tuple[str | None, tuple[Turn, ...], bool]:
+        """The model's final text for these messages (None: say nothing), the exchange to
+        remember, and whether the conversation had no memory (TurnResult.fresh). `ahead`: the
+        turn's state if read already; `admin`: the sender is an admin (no daily budget;
+        admin-only tools)."""
         last = batch[-1]
         if ahead is None or ahead[3][0] != last.sender:
             _, ahead = await self._read_ahead(batch[-1:], with_turn_state=True, check=False)
         assert ahead is not None
         (primary, _), state, breakers, (_, spent) = ahead
         if self.daily_token_budget and not admin and spent >= self.daily_token_budget:
-            return await self._over_budget(last, spent), ()
+            return await self._over_budget(last, spent), (), False
         conversation = last.conversation
         started = time.perf_counter()
         self.log.info(
@@ -311,7 +316,7 @@ class Agent:
             got = await self._read_media(batch, chain, deadline)
             if got.refusal is not None:
                 self.log.info("turn_skipped", conversation=conversation, error="media refused")
-                return got.refusal, ()
+                return got.refusal, (), False
             texts, images = got.texts, got.images
             chain = [m for m in chain if m.images] if images else chain
         if self.replied:  # a reply to the bot's message memory lacks: its channel quotes it
@@ -327,7 +332,7 @@ class Agent:
         text = "\n".join(self._clip(t) for t in texts if t.strip())
         if not text:
             self.log.info("turn_skipped", conversation=conversation, error="no text (media only)")
-            return TEXT_ONLY, ()
+            return TEXT_ONLY, (), False
         attachments = sum(len(m.media) for m in batch)
         if attachments and self.media is None:
             text += f"\n[The person also sent {attachments} attachment(s) you cannot see.]"
@@ -373,7 +378,8 @@ class Agent:
             tokens_in=completion.usage.tokens_in,
             tokens_out=completion.usage.tokens_out,
         )
-        return completion.text, (user, reply)
+        fresh = not state.turns and state.summary is None and not state.base
+        return completion.text, (user, reply), fresh
 
     async def _read_media(
         self, batch: Sequence[InboundMessage], chain: Sequence[ModelInfo], deadline: float

@@ -139,10 +139,13 @@ FINISH = advance_then(_TAKE)
 TAKE_MAX = 1000  # messages in one batch; more wait in the inbox for the next
 
 # KEYS: lease, batch, turns, summary, base, outbox, outbox head. ARGV: token, batch id, outbox
-# entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, turn JSON... Appends the
-# turn to memory and queues the reply in the outbox, or nothing if fenced off. The memory's
-# expiry is pushed back to ttl when its turns were just created or less than ttl - min(1 h,
-# ttl/10) is left (a conversation is forgotten ttl after its last turn, give or take that).
+# entry JSON ('' for no reply), ttl s, entry id, now ms, outbox ttl s, '1' when the turn found
+# no memory (TurnResult.fresh) else '', turn JSON... Appends the turn to memory and queues the
+# reply in the outbox, or nothing if fenced off. The memory's expiry is pushed back to ttl when
+# its turns were just created or less than ttl - min(1 h, ttl/10) is left (a conversation is
+# forgotten ttl after its last turn, give or take that); with new turns, a summary and base are
+# looked for (to push theirs back too) unless the turn found no memory: under the lease only
+# this turn could have written them, and compaction has no stored turns to fold then.
 # Returns 0 (fenced off), 1 (no reply), 2 (the reply is the outbox head, its send marked started
 # now: its progress, bot.delivery's JSON string, written whole with the outbox ttl), 3 or more
 # (it waits behind earlier replies).
@@ -151,11 +154,11 @@ COMMIT = Script(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local batch = redis.call('HMGET', KEYS[2], 'id', 'state')
 if batch[1] ~= ARGV[2] or batch[2] ~= 'pending' then return 0 end
-if #ARGV > 7 then
+if #ARGV > 8 then
   local ttl = tonumber(ARGV[4])
-  if redis.call('RPUSH', KEYS[3], unpack(ARGV, 8)) == #ARGV - 7 then
+  if redis.call('RPUSH', KEYS[3], unpack(ARGV, 9)) == #ARGV - 8 then
     redis.call('EXPIRE', KEYS[3], ttl)  -- new turns: a summary, if any, is pushed back too
-    if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then
+    if ARGV[8] == '' and redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then
       for i = 4, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
     end
   elseif redis.call('TTL', KEYS[3]) < ttl - math.min(3600, math.floor(ttl / 10)) then
@@ -910,6 +913,7 @@ class Worker:
             entry.id if entry else "",
             entry.at if entry else 0,
             self.outbox.ttl_seconds,
+            "1" if result.fresh else "",
             *turns,
         ]
         keys = [

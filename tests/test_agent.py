@@ -245,3 +245,16 @@ async def test_provider_without_key_is_skipped_without_a_call(
     assert "ANTHROPIC_API_KEY is not set" in (result.reply.failure or "")
     [skipped] = events.events("model_skipped")
     assert skipped["model"] == "anthropic/claude-sonnet-4-5"
+
+
+async def test_a_turn_says_whether_it_found_the_conversation_without_memory(
+    app: App, primary: FakeOpenAI
+) -> None:
+    """A conversation's first turn, and its first after /new, found no memory (no turns,
+    summary or base): its result says so, and the worker's COMMIT then looks for no summary to
+    keep alive. A turn that found earlier turns says it did not."""
+    assert (await app.agent.run_turn([inbound("hello")])).fresh
+    await converse(app, inbound("hello"))
+    assert not (await app.agent.run_turn([inbound("again", n=2)])).fresh
+    await converse(app, inbound("/new", n=3))
+    assert (await app.agent.run_turn([inbound("after /new", n=4)])).fresh

@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -24,10 +24,21 @@ from bot.deadletters import RedisDeadLetters
 from bot.delivery import ADVANCE, head_key, outbox_key
 from bot.intake import READY_STREAM, inbox_key
 from bot.logs import Logger
+from bot.memory.store import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
-from bot.worker import CRASHED, FINISH, GROUP, TAKE, BatchState, Worker, batch_key, lease_key
+from bot.worker import (
+    COMMIT,
+    CRASHED,
+    FINISH,
+    GROUP,
+    TAKE,
+    BatchState,
+    Worker,
+    batch_key,
+    lease_key,
+)
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Recorded, Reply
 from tests.fakes.telegram_server import FakeTelegram
@@ -155,6 +166,40 @@ async def test_a_burst_becomes_one_turn(app: App, model: FakeOpenAI) -> None:
     await asyncio.gather(*tasks)
     assert [r.text for r in sender.sent] == ["echo:one\ntwo\nthree"]
     assert len(model.requests_to("/responses")) == 1
+
+
+async def test_commit_keeps_a_summary_alive_unless_the_turn_found_no_memory(
+    redis_client: aioredis.Redis,
+) -> None:
+    """COMMIT that starts a conversation's turns list pushes the summary's and base's expiry
+    back with it (compaction may have folded every stored turn); for a turn that found no
+    memory (TurnResult.fresh) it does not look for them: one EXISTS fewer, nothing else."""
+    memory = RedisMemory(redis_client, idle_days=30)
+    ttl = memory.ttl_seconds
+    seen: dict[str, Counter[str]] = {}
+    for flag, conversation in (("", "test:compacted"), ("1", "test:new")):
+        lease, batch = lease_key(conversation), batch_key(conversation)
+        keys = [lease, batch, *memory.keys(conversation)]
+        keys += [outbox_key(conversation), head_key(conversation)]
+        await redis_client.set(lease, "token")
+        await redis_client.hset(batch, mapping={"id": "b1", "state": "pending"})
+        if not flag:  # compaction folded every stored turn: a summary and base, no turns
+            await redis_client.set(keys[3], '{"version": 1}', ex=100)
+            await redis_client.set(keys[4], 7, ex=100)
+        turns = ['{"role": "user"}', '{"role": "assistant"}']
+        args = ["token", "b1", "", ttl, "", 0, 600, flag, *turns]
+        async with monitored(redis_client) as lines:
+            assert await COMMIT.on(redis_client)(keys=keys, args=args) == 1
+        seen[conversation] = Counter(
+            line["command"].split()[0].upper() for line in lines if line.get("client_type") == "lua"
+        )
+        assert await redis_client.lrange(keys[2], 0, -1) == turns
+        assert ttl - 5 < await redis_client.ttl(keys[2]) <= ttl
+    assert ttl - 5 < await redis_client.ttl(memory.keys("test:compacted")[1]) <= ttl
+    assert ttl - 5 < await redis_client.ttl(memory.keys("test:compacted")[2]) <= ttl
+    assert seen["test:compacted"]["EXISTS"] == 1
+    assert seen["test:new"]["EXISTS"] == 0
+    assert seen["test:compacted"] - seen["test:new"] == Counter(EXISTS=1, EXPIRE=2)
 
 
 async def test_a_turns_last_send_and_its_end_are_one_script_call(
