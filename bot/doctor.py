@@ -36,6 +36,7 @@ from bot.tools import ToolPolicy, probe_servers, tool_warnings
 Status = Literal["ok", "warn", "fail"]
 
 REDIS_SECONDS = 3.0
+MIN_REDIS = (6, 2)  # GETEX, GETDEL and LPOP with a count, which a turn's reads and scripts use
 ROOMY_CONTEXT = 4096  # contextWindow minus maxTokens below this leaves little room for history
 TELEGRAM_WEBHOOK_PATH = "/webhooks/telegram"
 SET_WEBHOOK = "run: bot telegram set-webhook"
@@ -136,7 +137,10 @@ async def check_redis(settings: Settings) -> Check:
     try:
         async with asyncio.timeout(REDIS_SECONDS + 1):
             await client.ping()  # a cluster client pings every node
-            info = await cluster_info(client) if settings.redis_cluster else {}
+            if settings.redis_cluster:
+                info = await cluster_info(client)
+            else:
+                info = await client.info("server")
     except (RedisError, OSError, TimeoutError) as exc:
         return _fail("redis", f"cannot reach Redis at {where} ({_reason(exc)})", fix)
     finally:
@@ -148,7 +152,22 @@ async def check_redis(settings: Settings) -> Check:
                 "redis", f"{where}: cluster_state {state}", "see CLUSTER INFO on the nodes"
             )
         return _ok("redis", f"{where}: {size} primaries answer PING, cluster_state ok")
-    return _ok("redis", f"{where} answers PING")
+    version = str(info.get("redis_version", ""))
+    if too_old(version):
+        detail = (
+            f"{where} is Redis {version}; a turn needs {'.'.join(map(str, MIN_REDIS))} or later"
+        )
+        return _fail("redis", detail, "upgrade Redis (GETEX, GETDEL and LPOP with a count)")
+    return _ok("redis", f"{where} answers PING (Redis {version})")
+
+
+def too_old(version: str) -> bool:
+    """Whether a server's `redis_version` is older than MIN_REDIS (an unreadable one is not)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return len(found) == 2 and found < MIN_REDIS
 
 
 def _client(url: str, *, cluster: bool) -> aioredis.Redis:

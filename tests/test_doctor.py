@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bot.config import Config, parse_config
-from bot.doctor import Check, diagnose, render
+from bot.doctor import Check, diagnose, render, too_old
 from bot.settings import Settings
 from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.mcp_server import stdio_block
@@ -112,6 +112,8 @@ async def test_healthy_setup_is_all_ok(
     ]
     assert all(c.status == "ok" for c in checks), checks
     assert checks[0].detail == "t; chain: local/local-model"
+    version = (await redis_client_info(redis_url))["redis_version"]
+    assert checks[1].detail.endswith(f"answers PING (Redis {version})")
     assert "contextWindow 32000, maxTokens 1024" in checks[2].detail
     auth = lmstudio.requests_to("/models")[0].headers["Authorization"]
     assert auth == "Bearer sk-test-local"
@@ -617,3 +619,21 @@ async def test_tools_servers_allow_lists_and_models_that_refused_tools_are_repor
     warnings = [c.detail for c in checks if c.name == "tools"]
     assert any("track_parcel" in w for w in warnings)
     assert any("local/local-model refused a request with tools" in w for w in warnings)
+
+
+async def redis_client_info(url: str) -> dict[str, Any]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        return await client.info("server")
+    finally:
+        await client.aclose()
+
+
+def test_a_redis_older_than_6_2_is_too_old() -> None:
+    """The turn's GETEX, GETDEL and LPOP with a count came with Redis 6.2: doctor fails older
+    servers, and lets through a version it cannot read rather than guess."""
+    assert [too_old(v) for v in ("5.0.7", "6.0.16", "6.2.0", "7.0.15", "8.2.1")] == [
+        True, True, False, False, False,
+    ]  # fmt: skip
+    assert not too_old("")
+    assert not too_old("unstable")
