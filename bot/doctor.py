@@ -29,14 +29,13 @@ from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
 from bot.llm.toolsupport import REFUSED_KEY as TOOLS_REFUSED_KEY
 from bot.llm.types import ModelRef
 from bot.logs import make_logger
-from bot.redisdb import cluster_info, connect, describe_url, open_redis
+from bot.redisdb import MIN_REDIS, cluster_info, connect, describe_url, open_redis, too_old
 from bot.settings import Settings
 from bot.tools import ToolPolicy, probe_servers, tool_warnings
 
 Status = Literal["ok", "warn", "fail"]
 
 REDIS_SECONDS = 3.0
-MIN_REDIS = (6, 2)  # GETEX, GETDEL and LPOP with a count, which a turn's reads and scripts use
 ROOMY_CONTEXT = 4096  # contextWindow minus maxTokens below this leaves little room for history
 TELEGRAM_WEBHOOK_PATH = "/webhooks/telegram"
 SET_WEBHOOK = "run: bot telegram set-webhook"
@@ -166,15 +165,6 @@ def _versioned(detail: str, version: str) -> Check:
             "REDIS_URL to one",
         )
     return _ok("redis", f"{detail} (Redis {version})")
-
-
-def too_old(version: str) -> bool:
-    """Whether a server's `redis_version` is older than MIN_REDIS (an unreadable one is not)."""
-    try:
-        found = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return False
-    return len(found) == 2 and found < MIN_REDIS
 
 
 def _client(url: str, *, cluster: bool) -> aioredis.Redis:

