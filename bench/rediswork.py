@@ -253,8 +253,8 @@ async def measure(turns: int, returning: bool, cg: Callgrind, together: int) -> 
 
     senders = [client.message(n) for n in range(turns)]
     for measured in [False, True] if returning else [True]:
-        first = measured is False or not returning  # a sender's first turn: no memory yet
-        turn = Round(client, senders, str(measured), fresh=first)
+        # A sender's first turn finds no memory: every round but a --returning measured one.
+        turn = Round(client, senders, str(measured), fresh=not (returning and measured))
         woken = await step("intake: ACCEPT + XADD of the wake-up", turn.accept, measured)
         turn.woken = [str(entry) for entry in woken[1::2]]
         for name, queue in turn.steps():

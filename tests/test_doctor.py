@@ -100,7 +100,7 @@ async def set_webhook(fake: FakeTelegram, url: str) -> None:
 
 
 async def test_healthy_setup_is_all_ok(
-    tmp_path: Path, redis_url: str, lmstudio: FakeOpenAI
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, lmstudio: FakeOpenAI
 ) -> None:
     """A running server with the model loaded and a reachable Redis: every check ok, exit 0."""
     checks = await diagnose(settings(tmp_path, redis_url), config(lmstudio.base_url))
@@ -114,7 +114,7 @@ async def test_healthy_setup_is_all_ok(
     ]
     assert all(c.status == "ok" for c in checks), checks
     assert checks[0].detail == "t; chain: local/local-model"
-    version = (await redis_client_info(redis_url))["redis_version"]
+    version = (await redis_client.info("server"))["redis_version"]
     assert checks[1].detail.endswith(f"answers PING (Redis {version})")
     assert "contextWindow 32000, maxTokens 1024" in checks[2].detail
     auth = lmstudio.requests_to("/models")[0].headers["Authorization"]
@@ -624,14 +624,6 @@ async def test_tools_servers_allow_lists_and_models_that_refused_tools_are_repor
     warnings = [c.detail for c in checks if c.name == "tools"]
     assert any("track_parcel" in w for w in warnings)
     assert any("local/local-model refused a request with tools" in w for w in warnings)
-
-
-async def redis_client_info(url: str) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        return await client.info("server")
-    finally:
-        await client.aclose()
 
 
 def test_a_redis_older_than_6_2_is_too_old() -> None:
