@@ -89,6 +89,7 @@ async def test_a_script_redis_pipeline_sends_the_hash_and_recovers_a_lost_script
     replies kept in their places. `by_source` still sends EVAL."""
     client = ScriptRedis.from_url(redis_url, decode_responses=True)
     try:
+        await redis_client.script_load(BUMP.source)  # whatever ran before
         before = await script_commands(redis_client)
         async with client.pipeline(transaction=False) as pipe:
             pipe.set("n", 10)
@@ -124,6 +125,7 @@ async def test_a_cluster_pipeline_sends_the_hash_and_recovers_a_lost_script(
     flushed the refused calls run once more after the script is loaded on every primary, each
     effect happening exactly once, the plain commands' replies kept in their places."""
     keys = [f"n{i}" for i in range(12)]  # spread over the three primaries
+    await cluster_client.script_load(BUMP.source)  # on every primary, whatever ran before
     before = await script_commands(cluster_client)
     async with cluster_client.pipeline(transaction=False) as pipe:
         for key in keys:
