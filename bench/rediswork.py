@@ -128,6 +128,7 @@ class Round:
         self, client: Client, senders: list[InboundMessage], tag: str, *, fresh: bool = True
     ) -> None:
         self.client = client
+        self.fresh = fresh  # the turns found no memory: COMMIT and the usage are told so
         self.worker = worker = client.worker
         self.messages = [
             dataclasses.replace(m, platform_id=f"{m.platform_id}-{tag}") for m in senders
@@ -184,7 +185,9 @@ class Round:
         call); on a group commit's, the model's day summed over the flush's turns."""
         conversation, client = self.messages[n].conversation, self.client
         calls = [client.call]
-        client.usage.queue_record(pipe, sender=conversation, conversation=conversation, calls=calls)
+        client.usage.queue_record(
+            pipe, sender=conversation, conversation=conversation, calls=calls, fresh=self.fresh
+        )
 
     def finish(self, pipe: Pipeline, n: int) -> None:
         conversation, token, batch_id = (

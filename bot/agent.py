@@ -107,7 +107,13 @@ class TurnUsage(Protocol):
     async def record(self, *, sender: str, conversation: str, calls: list[Call]) -> None: ...
 
     def queue_record(
-        self, pipe: Pipeline, *, sender: str, conversation: str, calls: list[Call]
+        self,
+        pipe: Pipeline,
+        *,
+        sender: str,
+        conversation: str,
+        calls: list[Call],
+        fresh: bool = False,
     ) -> None: ...
 
     def read_spent(self, sender: str) -> Read[int]: ...
@@ -260,6 +266,7 @@ class Agent:
                             sender=sender,
                             conversation=last.conversation,
                             calls=calls,
+                            fresh=fresh,
                         )
                     )
                 else:

@@ -64,27 +64,37 @@ CONVERSATION_FIELDS = ("tokens_in", "tokens_out", "cost_nusd", "turns")
 _DAILY = re.compile(r"^usage:(sender|model):\{(.*)\}:(\d{4}-\d{2}-\d{2})$")
 
 # KEYS: totals hashes of one slot (a private chat's sender day and conversation share the
-# sender's). ARGV: ttl s (0: keep none); for each key '' (a daily key) or '1' (a key whose TTL
-# runs from its last call), and how many of the field pairs it takes (the first n); then field,
+# sender's). ARGV: ttl s (0: keep none); '1' when the keys are likely new (the turn found no
+# memory: TurnResult.fresh), else ''; for each key '' (a daily key) or '1' (a key whose TTL runs
+# from its last call), and how many of the field pairs it takes (the first n); then field,
 # increment… (CONVERSATION_FIELDS first).
 # One HINCRBY per field: exact to 2^63, and the least work for Redis. Adding in Lua (an HMGET
 # and an HSET a key) made fewer commands but twice the instructions (bench.rediswork: Lua's
 # numbers are parsed and printed by libc's strtod and printf, which HINCRBY's C code is not).
-# The EXPIRE only when needed: a key's when its first field was just created (new: a daily
-# key's TTL runs from the day's first call; every add's fields are positive); else, for a key
-# whose TTL runs from its last call, when over REFRESH_SECONDS (a tenth of a shorter TTL) of it
-# have run: one TTL a call, one EXPIRE a day.
+# A key that is likely new is asked first (EXISTS): when absent, one HSET writes every field
+# (the increments are the totals), instead of a HINCRBY each; when present, the adds go as
+# HINCRBY all the same, one EXISTS the dearer.
+# The EXPIRE only when needed: a key's when it was just created (new: a daily key's TTL runs
+# from the day's first call; every add's fields are positive, so a first field's sum equal to
+# its increment means a new key); else, for a key whose TTL runs from its last call, when over
+# REFRESH_SECONDS (a tenth of a shorter TTL) of it have run: one TTL a call, one EXPIRE a day.
 _ADD = Script(
     f"""
-local ttl, first = tonumber(ARGV[1]), 2 * #KEYS + 2
+local ttl, likely_new, first = tonumber(ARGV[1]), ARGV[2] == '1', 2 * #KEYS + 3
 local young = ttl - math.min({REFRESH_SECONDS}, math.floor(ttl / 10))  -- a TTL above: not yet
 for k = 1, #KEYS do
-  local key, count, new = KEYS[k], tonumber(ARGV[2 * k + 1]), false
-  for i = first, first + 2 * count - 1, 2 do
-    local sum = redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
-    if i == first then new = sum == tonumber(ARGV[i + 1]) end
+  local key, mode, count = KEYS[k], ARGV[2 * k + 1], tonumber(ARGV[2 * k + 2])
+  local last, new = first + 2 * count - 1, false
+  if count > 0 and likely_new and redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, unpack(ARGV, first, last))
+    new = true
+  else
+    for i = first, last, 2 do
+      local sum = redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+      if i == first then new = sum == tonumber(ARGV[i + 1]) end
+    end
   end
-  if count > 0 and ttl > 0 and (new or ARGV[2 * k] ~= '' and redis.call('TTL', key) < young) then
+  if count > 0 and ttl > 0 and (new or mode ~= '' and redis.call('TTL', key) < young) then
     redis.call('EXPIRE', key, ttl)
   end
 end
@@ -370,7 +380,13 @@ class RedisUsage:
             await self._execute(pipe, conversation)
 
     def queue_record(
-        self, pipe: Pipeline, *, sender: str, conversation: str, calls: list[Call]
+        self,
+        pipe: Pipeline,
+        *,
+        sender: str,
+        conversation: str,
+        calls: list[Call],
+        fresh: bool = False,
     ) -> None:
         """Queue, on a caller's non-transactional pipeline, the adds of a turn's calls to the
         sender's day, each model's day and the conversation, and mark the conversation active
@@ -380,7 +396,9 @@ class RedisUsage:
         after them. Each script call's keys share a slot (a private chat's sender day and
         conversation go in one), so the pipeline may be a cluster one. The
         caller decides what a failure of these writes costs: `execute(raise_on_error=False)`
-        keeps one from failing the caller's own commands."""
+        keeps one from failing the caller's own commands. `fresh`: the turn found no memory
+        (TurnResult.fresh), so the sender's day and the conversation are likely new: each one
+        that is gets its fields in one HSET."""
         if not calls:
             return
         day = self.day()
@@ -389,10 +407,10 @@ class RedisUsage:
         sender_key = SENDER_KEY.format(sender=sender, day=day)
         conversation_key = CONVERSATION_KEY.format(conversation=conversation)
         if sender == conversation:  # a private chat: one slot, one script call
-            self._queue(pipe, {sender_key: "", conversation_key: "1"}, everything)
+            self._queue(pipe, {sender_key: "", conversation_key: "1"}, everything, fresh=fresh)
         else:
-            self._queue(pipe, {sender_key: ""}, everything)
-            self._queue(pipe, {conversation_key: "1"}, everything)
+            self._queue(pipe, {sender_key: ""}, everything, fresh=fresh)
+            self._queue(pipe, {conversation_key: "1"}, everything, fresh=fresh)
         shared = self._trips.tally(pipe, _Shared, lambda: _Shared(self))
         adds = shared or _Shared(self)
         adds.add_models(calls, day, turn=turn)
@@ -411,11 +429,13 @@ class RedisUsage:
             adds.queue(pipe)
             await self._execute(pipe, "")
 
-    def _queue(self, pipe: Pipeline, keys: dict[str, str], totals: Totals) -> int:
+    def _queue(
+        self, pipe: Pipeline, keys: dict[str, str], totals: Totals, *, fresh: bool = False
+    ) -> int:
         """Queue `_ADD` of `totals` to each key (all in one slot), mapped to '' for a daily
         key (every field; its TTL set when new) or '1' for a conversation's (CONVERSATION_FIELDS;
-        its TTL runs from its last call, set again once a day has run); how many commands (0:
-        nothing to add)."""
+        its TTL runs from its last call, set again once a day has run); `fresh`: the keys are
+        likely new. How many commands (0: nothing to add)."""
         added = {name: n for name in _FIELD_ORDER if (n := getattr(totals, name))}
         if not added:
             return 0
@@ -423,7 +443,7 @@ class RedisUsage:
         counts = [(mode, len(added) if mode == "" else kept) for mode in keys.values()]
         pairs = [v for name, n in added.items() for v in (name, n)]
         per_key = [v for mode, count in counts for v in (mode, count)]
-        _ADD.queue(pipe, list(keys), [self.ttl_seconds, *per_key, *pairs])
+        _ADD.queue(pipe, list(keys), [self.ttl_seconds, "1" if fresh else "", *per_key, *pairs])
         return 1
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:

@@ -81,6 +81,15 @@ async def watched(redis: aioredis.Redis, tag: str) -> AsyncIterator[Seen]:
             seen.commands[line["command"].split(" ", 1)[0].upper()] += 1
 
 
+async def record_fresh(
+    redis: aioredis.Redis, usage: RedisUsage, sender: str, calls: list[Call]
+) -> None:
+    """What a worker's commit queues for a private chat's turn that found no memory."""
+    async with redis.pipeline(transaction=False) as pipe:
+        usage.queue_record(pipe, sender=sender, conversation=sender, calls=calls, fresh=True)
+        await pipe.execute()
+
+
 async def test_a_plain_turns_record_is_two_script_calls_of_a_hincrby_a_field(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
@@ -133,6 +142,48 @@ async def test_the_first_record_sets_each_ttl_and_trims(
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
     want = Counter(EVAL=2, HINCRBY=13, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
     assert seen.commands == want
+
+
+async def test_a_new_conversations_first_record_writes_each_new_key_with_one_hset(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """A turn that found no memory (`fresh`) likely writes new keys: each that is absent
+    (EXISTS) gets its fields in one HSET, not a HINCRBY each, and leaves the same totals and
+    TTLs as the adds would (another sender's record, not fresh, alongside)."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, other, model = f"ann-{tag}", f"bob-{tag}", f"local/{tag}"
+    async with watched(redis_client, tag) as seen:
+        await record_fresh(redis_client, usage, sender, [turn(model)])
+    want = Counter(EVAL=2, EXISTS=2, HSET=2, HINCRBY=5, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    assert seen.commands == want  # the model's day: 5 HINCRBY, as every turn's
+    await usage.record(sender=other, conversation=other, calls=[turn(model)])
+    assert await usage_hashes(redis_client, sender, sender) == await usage_hashes(
+        redis_client, other, other
+    )
+    for key in (SENDER_KEY.format(sender=sender, day=TODAY),
+                CONVERSATION_KEY.format(conversation=sender)):  # fmt: skip
+        assert TTL - 5 < await redis_client.ttl(key) <= TTL
+
+
+async def test_a_likely_new_key_that_exists_is_added_to(
+    redis_client: aioredis.Redis, events: CapturedEvents
+) -> None:
+    """After /new the next turn finds no memory, but the sender's day and the conversation's
+    totals are there: they are added to (HINCRBY), never overwritten, and keep their TTLs."""
+    usage = usage_on(redis_client, events, Clock(DAY))
+    tag = unique()
+    sender, model = f"ann-{tag}", f"local/{tag}"
+    await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
+    day = SENDER_KEY.format(sender=sender, day=TODAY)
+    await redis_client.expire(day, 1000)
+    async with watched(redis_client, tag) as seen:
+        await record_fresh(redis_client, usage, sender, [turn(model, tokens=(7, 3))])
+    assert (seen.commands["EXISTS"], seen.commands["HSET"], seen.commands["EXPIRE"]) == (2, 0, 0)
+    [mine, conversation] = await usage_hashes(redis_client, sender, sender)
+    assert (mine.turns, mine.calls, mine.tokens_in, mine.local_tokens) == (2, 2, 127, 160)
+    assert (conversation.turns, conversation.tokens_out) == (2, 33)
+    assert 0 < await redis_client.ttl(day) <= 1000
 
 
 async def test_sums_stay_exact_past_a_doubles_precision(
