@@ -128,6 +128,17 @@ async def refuse_old_server(client: aioredis.Redis, where: str) -> None:
         raise TooOldRedis(where, version)
 
 
+async def refuse_old_url(url: str, where: str) -> None:
+    """`refuse_old_server` with a client of its own, for a process that uses none itself (the
+    parent of `bot serve --procs N` checks once, rather than each child failing and being
+    restarted)."""
+    client = connect(url)
+    try:
+        await refuse_old_server(client, where)
+    finally:
+        await client.aclose()
+
+
 class ClusterUnavailable(RedisClusterException, RedisConnectionError):
     """The cluster client has no layout it can use: no node answers, or the nodes do not serve
     every slot (mid-failover, a slot being moved). A ConnectionError, so every caller waits it
@@ -317,6 +328,7 @@ class EmbeddedRedis:
         self.dir = Path(data_dir).resolve() / "redis"
         self.socket = self.dir / "redis.sock"
         self.url = f"unix://{self.socket}"
+        self.where = f"embedded Redis at {self.socket}"
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -392,7 +404,7 @@ async def open_redis(
     if url is None:
         embedded = EmbeddedRedis(data_dir)
         await embedded.start()
-        url, where = embedded.url, f"embedded Redis at {embedded.socket}"
+        url, where = embedded.url, embedded.where
     else:
         where = f"Redis Cluster via {describe_url(url)}" if cluster else describe_url(url)
     client = connect(url, cluster=cluster)

@@ -104,13 +104,17 @@ async def test_more_than_a_hundred_commands_at_once_wait_for_nothing_and_fail_no
     assert [r for r in results if isinstance(r, BaseException)] == []
 
 
-async def test_serve_refuses_a_redis_older_than_6_2_as_it_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("procs", [[], ["--procs", "2"]], ids=["one", "procs"])
+async def test_serve_refuses_a_redis_older_than_6_2_as_it_starts(
+    tmp_path: Path, procs: list[str]
+) -> None:
     """`bot serve` against a Redis 6.0 (an older distribution's package) exits 1 at once,
-    saying which server, which version and what to do, instead of failing each turn later."""
+    saying which server, which version and what to do, instead of failing each turn later;
+    with `--procs` the parent says it once and starts no child (none restarted in a loop)."""
     old = OldRedis("6.0.16")
     async with old as url:
         env = bot_env(tmp_path, REDIS_URL=url, BOT_PORT=str(closed_port()))
-        result = await run_bot("serve", env=env, cwd=tmp_path)
+        result = await run_bot("serve", *procs, env=env, cwd=tmp_path)
     assert result.code == 1
     events = [json.loads(line) for line in result.out.splitlines() if line.startswith("{")]
     [failed] = [event for event in events if event["event"] == "server_failed"]

@@ -18,7 +18,7 @@ from bot.console import ProcessBeacon, console_problems
 from bot.errors import BotError, ChannelSendError
 from bot.logs import EventHub, Logger
 from bot.procs import ProcessGroup, child_argv, child_env
-from bot.redisdb import EmbeddedRedis
+from bot.redisdb import EmbeddedRedis, describe_url, refuse_old_url
 from bot.settings import Settings
 from channels.telegram import TelegramChannel
 
@@ -36,8 +36,11 @@ async def serve_procs(settings: Settings, config: Config, log: Logger, role: str
         loop.add_signal_handler(sig, stop.set)
     embedded = None if settings.redis_url else EmbeddedRedis(settings.bot_data_dir)
     try:
-        if embedded is not None:
+        if embedded is not None:  # checked once here: a child that failed would be restarted
             await embedded.start()
+            await refuse_old_url(embedded.url, embedded.where)
+        elif not settings.redis_cluster:
+            await refuse_old_url(str(settings.redis_url), describe_url(str(settings.redis_url)))
         group = ProcessGroup(
             count=n,
             argv=child_argv(role),
