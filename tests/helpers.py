@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -409,12 +410,18 @@ def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 async def run_bot(*args: str, env: dict[str, str], cwd: Path) -> Result:
-    """Run `python -m bot ARGS` to completion (60 s at most)."""
+    """Run `python -m bot ARGS` to completion (60 s at most: then it is killed, with the
+    children it started, so that a test that fails leaves no process behind)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args,
+        sys.executable, "-m", "bot", *args, start_new_session=True,
         env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its session: the children of --procs too
+        raise
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
