@@ -117,7 +117,8 @@ class TooOldRedis(StoreUnavailable):
 async def refuse_old_server(client: aioredis.Redis, where: str) -> None:
     """TooOldRedis when the server `client` reaches is older than MIN_REDIS: refused as the
     process starts, not at a turn's first GETEX. One that does not answer now is let be: the
-    gateway waits out a Redis that is down, and a cluster is not asked (doctor checks it)."""
+    gateway waits out a Redis that is down. (A cluster client asks every node and merges
+    what they say: nodes of one cluster run one version.)"""
     try:
         async with asyncio.timeout(VERSION_SECONDS):
             info = await client.info("server")
@@ -128,11 +129,11 @@ async def refuse_old_server(client: aioredis.Redis, where: str) -> None:
         raise TooOldRedis(where, version)
 
 
-async def refuse_old_url(url: str, where: str) -> None:
+async def refuse_old_url(url: str, where: str, *, cluster: bool = False) -> None:
     """`refuse_old_server` with a client of its own, for a process that uses none itself (the
     parent of `bot serve --procs N` checks once, rather than each child failing and being
     restarted)."""
-    client = connect(url)
+    client = connect(url, cluster=cluster)
     try:
         await refuse_old_server(client, where)
     finally:
@@ -409,8 +410,7 @@ async def open_redis(
         where = f"Redis Cluster via {describe_url(url)}" if cluster else describe_url(url)
     client = connect(url, cluster=cluster)
     try:
-        if not cluster:
-            await refuse_old_server(client, where)
+        await refuse_old_server(client, where)
         yield RedisHandle(client=client, where=where)
     finally:
         await client.aclose()

@@ -39,8 +39,9 @@ async def serve_procs(settings: Settings, config: Config, log: Logger, role: str
         if embedded is not None:  # checked once here: a child that failed would be restarted
             await embedded.start()
             await refuse_old_url(embedded.url, embedded.where)
-        elif not settings.redis_cluster:
-            await refuse_old_url(str(settings.redis_url), describe_url(str(settings.redis_url)))
+        else:
+            url = str(settings.redis_url)
+            await refuse_old_url(url, describe_url(url), cluster=settings.redis_cluster)
         group = ProcessGroup(
             count=n,
             argv=child_argv(role),
