@@ -317,6 +317,9 @@ class Outbox:
     ) -> None:
         self.redis = redis
         self.senders = senders
+        # What each channel can do, found once: a runtime Protocol check costs microseconds.
+        self._chunkers = {n: s for n, s in senders.items() if isinstance(s, ChunkSender)}
+        self._checkers = {n: s for n, s in senders.items() if isinstance(s, AcceptanceCheck)}
         self.log = log
         self.retry_ms = int(retry_seconds * 1000)
         self.ttl_seconds = int(retry_seconds) + 86400  # a safety net; expiry normally drops it
@@ -332,8 +335,8 @@ class Outbox:
 
     def entry(self, reply: OutboundMessage) -> Entry:
         """A reply as it is queued: the chunks its channel sends it in (one when it has none)."""
-        sender = self.senders.get(reply.channel)
-        chunks = sender.chunks(reply) if isinstance(sender, ChunkSender) else [reply.text]
+        chunker = self._chunkers.get(reply.channel)
+        chunks = chunker.chunks(reply) if chunker is not None else [reply.text]
         return Entry(id=uuid.uuid4().hex, at=self.now_ms(), reply=reply, chunks=chunks)
 
     async def enqueue_legacy(self, lease: str, batch: str, token: str, entry: Entry) -> bool:
@@ -438,15 +441,15 @@ class Outbox:
         try:
             taken: bool | Flush = False
             if not continuing and head.started is not None and not head.unlisted:
-                taken = await self._reconcile(keys, token, head, sender, chunk, part)
+                taken = await self._reconcile(keys, token, head, chunk, part)
             if taken is Flush.LOST:
                 return Flush.LOST
             if taken:
                 self.log.info("send_reconciled", **fields, part=part, msg_id=reply.reply_to)
-            elif isinstance(sender, ChunkSender):
-                await sender.send_chunk(reply, chunk)
+            elif (chunker := self._chunkers.get(reply.channel)) is not None:
+                await chunker.send_chunk(reply, chunk)
             else:
-                await sender.send(dataclasses.replace(reply, text=chunk))
+                await cast("ReplySender", sender).send(dataclasses.replace(reply, text=chunk))
         except RecipientUnreachable as exc:
             self.log.warning(
                 "recipient_unreachable",
@@ -479,7 +482,6 @@ class Outbox:
         keys: list[str],
         token: str,
         head: Head,
-        sender: ReplySender | ChunkSender,
         chunk: str,
         part: str,
     ) -> bool | Flush:
@@ -487,9 +489,10 @@ class Outbox:
         it). A retryable lookup failure is raised, to be retried like a send; any other is
         logged once per reply (`reconcile_failed`) and the chunk is sent anyway, as are the
         reply's later resends, without a lookup. Flush.LOST if the lease went meanwhile."""
-        if not isinstance(sender, AcceptanceCheck):
-            return False
         reply = head.entry.reply
+        sender = self._checkers.get(reply.channel)
+        if sender is None:
+            return False
         try:
             return await sender.accepted(reply, chunk, self._since(head) / 1000)
         except ChannelSendError as exc:

@@ -361,6 +361,9 @@ class Worker:
         self.agent = agent
         self.memory = memory
         self.senders = senders
+        # What each channel can do, found once: a runtime Protocol check costs microseconds.
+        self._typists = {n: s for n, s in senders.items() if isinstance(s, TypingIndicator)}
+        self._previewers = {n: s for n, s in senders.items() if isinstance(s, Previewing)}
         self.log = log
         self.lease_ms = int(lease_seconds * 1000)
         self.max_concurrent = max_concurrent
@@ -830,12 +833,12 @@ class Worker:
         Each call runs in the background with a bounded time and is left to finish when the
         turn ends (it may carry a read receipt), so the indicator never delays the reply; the
         first failure of a turn is a warning, the others debug."""
-        sender = self.senders.get(message.channel)
+        sender = self._typists.get(message.channel)
         loops: list[asyncio.Task[None]] = []
         warned = False
 
         def start() -> None:
-            if isinstance(sender, TypingIndicator) and not loops:
+            if sender is not None and not loops:
                 loops.append(asyncio.create_task(keep_typing(sender)))
 
         async def show(sender: TypingIndicator) -> None:
@@ -873,9 +876,9 @@ class Worker:
     async def _preview(self, message: InboundMessage) -> AsyncIterator[Preview | None]:
         """The channel's preview of this turn (None when it offers none), guarded so that its
         failures are logged and never fail the turn, and closed when the turn ends."""
-        sender = self.senders.get(message.channel)
+        sender = self._previewers.get(message.channel)
         try:
-            sink = sender.preview(message) if isinstance(sender, Previewing) else None
+            sink = sender.preview(message) if sender is not None else None
         except Exception as exc:  # noqa: BLE001 - a best-effort preview never fails the turn
             error = f"{type(exc).__name__}: {exc}"
             where = {"channel": message.channel, "conversation": message.conversation}
