@@ -129,17 +129,6 @@ async def refuse_old_server(client: aioredis.Redis, where: str) -> None:
         raise TooOldRedis(where, version)
 
 
-async def refuse_old_url(url: str, where: str, *, cluster: bool = False) -> None:
-    """`refuse_old_server` with a client of its own, for a process that uses none itself (the
-    parent of `bot serve --procs N` checks once, rather than each child failing and being
-    restarted)."""
-    client = connect(url, cluster=cluster)
-    try:
-        await refuse_old_server(client, where)
-    finally:
-        await client.aclose()
-
-
 class ClusterUnavailable(RedisClusterException, RedisConnectionError):
     """The cluster client has no layout it can use: no node answers, or the nodes do not serve
     every slot (mid-failover, a slot being moved). A ConnectionError, so every caller waits it
@@ -329,7 +318,6 @@ class EmbeddedRedis:
         self.dir = Path(data_dir).resolve() / "redis"
         self.socket = self.dir / "redis.sock"
         self.url = f"unix://{self.socket}"
-        self.where = f"embedded Redis at {self.socket}"
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -405,7 +393,7 @@ async def open_redis(
     if url is None:
         embedded = EmbeddedRedis(data_dir)
         await embedded.start()
-        url, where = embedded.url, embedded.where
+        url, where = embedded.url, f"embedded Redis at {embedded.socket}"
     else:
         where = f"Redis Cluster via {describe_url(url)}" if cluster else describe_url(url)
     client = connect(url, cluster=cluster)

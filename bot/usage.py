@@ -440,9 +440,8 @@ class RedisUsage:
         if not added:
             return 0
         kept = sum(1 for name in added if name in CONVERSATION_FIELDS)
-        counts = [(mode, len(added) if mode == "" else kept) for mode in keys.values()]
+        per_key = [v for mode in keys.values() for v in (mode, kept if mode else len(added))]
         pairs = [v for name, n in added.items() for v in (name, n)]
-        per_key = [v for mode, count in counts for v in (mode, count)]
         _ADD.queue(pipe, list(keys), [self.ttl_seconds, "1" if fresh else "", *per_key, *pairs])
         return 1
 

@@ -18,7 +18,7 @@ from bot.console import ProcessBeacon, console_problems
 from bot.errors import BotError, ChannelSendError
 from bot.logs import EventHub, Logger
 from bot.procs import ProcessGroup, child_argv, child_env
-from bot.redisdb import EmbeddedRedis, describe_url, refuse_old_url
+from bot.redisdb import EmbeddedRedis, open_redis
 from bot.settings import Settings
 from channels.telegram import TelegramChannel
 
@@ -36,12 +36,14 @@ async def serve_procs(settings: Settings, config: Config, log: Logger, role: str
         loop.add_signal_handler(sig, stop.set)
     embedded = None if settings.redis_url else EmbeddedRedis(settings.bot_data_dir)
     try:
-        if embedded is not None:  # checked once here: a child that failed would be restarted
+        if embedded is not None:
             await embedded.start()
-            await refuse_old_url(embedded.url, embedded.where)
-        else:
-            url = str(settings.redis_url)
-            await refuse_old_url(url, describe_url(url), cluster=settings.redis_cluster)
+        # Opening Redis refuses one older than MIN_REDIS: said once here, where each child
+        # refused for it would be restarted in a loop.
+        async with open_redis(
+            settings.redis_url, settings.bot_data_dir, cluster=settings.redis_cluster
+        ):
+            pass
         group = ProcessGroup(
             count=n,
             argv=child_argv(role),
