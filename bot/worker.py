@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -253,6 +254,12 @@ class Previewing(Protocol):
 TYPING_TIMEOUT = 10.0  # seconds one typing call may take; it runs beside the turn, never before it
 DUE_EVERY = 0.25  # seconds between polls of the outbox's due set
 READ_BLOCK_MS = 500  # how long a read of the ready stream waits for a new entry
+# Finished wake-ups are acked (and deleted) with a read at most every ACK_EVERY seconds, or
+# once ACK_MAX wait: one ACK_OWNED (four commands) a period, not one a read. An entry left
+# unacked costs nothing until its worker dies: then it is reclaimed after a lease, its
+# conversation found with no work.
+ACK_EVERY = 0.25
+ACK_MAX = 256
 REMINDERS_EVERY = 1.0  # seconds between polls of the reminders' due index
 
 
@@ -379,6 +386,8 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self._typing_calls: set[asyncio.Task[None]] = set()  # typing calls still in flight
         self._done: list[str] = []  # ready entries of finished conversations, not yet acked
+        self._ack_at = -math.inf  # loop time of the last ack sent with a read
+        self.ack_every = ACK_EVERY
         self._take = TAKE.on(redis)
         self._trips = coalescer_for(redis)  # COMMIT's round trip, shared (group commit)
         self._renew = RENEW.on(redis)
@@ -508,8 +517,14 @@ class Worker:
 
     async def _read(self, count: int, *, block: bool = True) -> list[tuple[str, dict[str, str]]]:
         """New entries, up to `count` (waiting up to READ_BLOCK_MS for one, with `block`); the
-        entries of finished conversations are acked (and deleted) in the same round trip."""
-        done, self._done = self._done, []
+        entries of finished conversations are acked (and deleted) in the same round trip, once
+        ACK_EVERY has passed since the last such ack or ACK_MAX wait."""
+        now = asyncio.get_running_loop().time()
+        done: list[str] = []
+        if now - self._ack_at >= self.ack_every or len(self._done) >= ACK_MAX:
+            done, self._done = self._done, []
+            if done:
+                self._ack_at = now
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_acks(pipe, self.name, done)
@@ -597,7 +612,7 @@ class Worker:
     async def _guarded(self, entry_id: str, conversation: str, claim: Claim | None) -> None:
         try:
             if await self.process(conversation, entry_id, claim):
-                self._done.append(entry_id)  # acked with the next read
+                self._done.append(entry_id)  # acked with a read (ACK_EVERY)
         except Exception as exc:
             # A turn's task: Redis failed between turns (each turn is guarded in _attempt, and
             # a batch that keeps failing ends in the dead letters). The entry stays unacked and

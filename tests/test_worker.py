@@ -29,6 +29,7 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.settings import Settings
 from bot.wakeups import Sweeper
 from bot.worker import (
+    ACK_MAX,
     COMMIT,
     CRASHED,
     FINISH,
@@ -135,7 +136,7 @@ async def test_conversations_keep_order_and_run_one_turn_at_a_time(
 
 
 async def test_finished_entries_are_acked_while_running(app: App) -> None:
-    """A running worker acks a finished conversation's wake-up with its next read."""
+    """A running worker acks a finished conversation's wake-up with a read soon after."""
     sender = RecordingSender()
     stop, tasks = await running(make_worker(app, sender))
     await app.intake.accept(inbound("hi", conversation="test:ack", n=1, channel="test"))
@@ -770,6 +771,38 @@ async def test_a_lost_group_is_recreated_and_waiting_conversations_are_woken(
     await asyncio.gather(*tasks)
     assert [r.text for r in sender.sent] == ["echo:one", "echo:two", "echo:three"]
     assert events.events("worker_group_recreated")
+
+
+async def test_finished_wakeups_are_acked_once_a_period_with_a_read(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """Finished wake-ups wait for the first read after `ack_every` (one ACK_OWNED a period,
+    not one a read), and go at once when ACK_MAX are waiting."""
+    await redis_client.xgroup_create(READY_STREAM, GROUP, id="0", mkstream=True)
+    ids = [await redis_client.xadd(READY_STREAM, {"conversation": f"test:{n}"}) for n in range(3)]
+    worker = Worker(
+        redis=app.redis.client, agent=app.agent, memory=app.memory, senders={}, log=app.log,
+        name="me",
+    )  # fmt: skip
+    worker.ack_every = 3600.0  # a period no test outlasts: only the first read's ack is due
+    await redis_client.xreadgroup(GROUP, "me", {READY_STREAM: ">"}, count=3)
+
+    async def unacked() -> list[str]:
+        pending = await redis_client.xpending_range(READY_STREAM, GROUP, "-", "+", 10)
+        return [p["message_id"] for p in pending]
+
+    worker._done = [ids[0]]
+    assert await worker._read(10, block=False) == []
+    assert await unacked() == ids[1:]
+    worker._done.append(ids[1])
+    await worker._read(10, block=False)
+    assert await unacked() == ids[1:]  # within the period: kept for a later read
+    assert worker._done == [ids[1]]
+    worker._done += [ids[2]] * (ACK_MAX - 1)  # ACK_MAX waiting: acked whatever the time
+    await worker._read(10, block=False)
+    assert await unacked() == []
+    assert worker._done == []
+    assert await redis_client.xlen(READY_STREAM) == 0
 
 
 async def test_only_wakeups_this_worker_still_owns_are_acked(
