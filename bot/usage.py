@@ -14,6 +14,7 @@ Costs are counted in whole nano-dollars, and every field is a plain integer, so 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -37,8 +38,9 @@ NANO = 1_000_000_000  # nano-dollars in a dollar
 CHARS_PER_TOKEN = 3  # the estimate where a server reports no usage (the compactor's default)
 # A probe ("Answer with one word." / "ping", cut at the first token): about 10 tokens in, 1 out.
 PROBE_USAGE = Usage(tokens_in=10, tokens_out=1, estimated=True)
-# A daily key (sender, model) expires TTL_DAYS after its day's first call; a conversation's, after
-# its last call (refreshed at most once a day): totals are kept a little over a year.
+# A sender's day expires TTL_DAYS after its day's first call, a model's day after about its last
+# hour (HOT_TTL_EVERY), a conversation's totals after its last call (refreshed at most once a
+# day): totals are kept a little over a year.
 TTL_DAYS = 400
 SENDER_KEY = "usage:sender:{{{sender}}}:{day}"
 MODEL_KEY = "usage:model:{{{model}}}:{day}"
@@ -51,6 +53,11 @@ ACTIVE_MAX = 10_000  # the newest ones kept in the index
 # meanwhile it holds at most ACTIVE_TRIM_EVERY - 1 more per recording process (readers take the
 # newest ones), and a turn saves the ZREMRANGEBYRANK (a scan of the index's oldest end).
 ACTIVE_TRIM_EVERY = 100
+# A daily key every turn writes (a model's day) is added to with plain HINCRBYs, no script:
+# its TTL is set at a process's first add to it, then again every HOT_TTL_EVERY seconds (so
+# it runs from about the day's last hour: a day, give or take, over TTL_DAYS).
+HOT_TTL_EVERY = 3600.0
+HOT_TTL_KEPT = 1000  # hot keys whose last EXPIRE a process remembers
 NOTIFIED = "budget_notice"  # field of the sender's day: the budget notice was sent
 # A conversation's TTL, which runs from its last call, is set again once this much of it has
 # run: at most one EXPIRE a day. (An earlier version kept the day of the last one in the field
@@ -293,7 +300,9 @@ class _Shared:
         self.trim |= other.trim
 
     def queue(self, pipe: Pipeline) -> int:
-        count = sum(self.usage._queue(pipe, {key: ""}, t) for key, t in self.models.items())
+        count = 0
+        for key, totals in self.models.items():
+            count += self.usage._queue_hot(pipe, key, totals)
         if self.active:
             pipe.zadd(ACTIVE_KEY, self.active)
             count += 1
@@ -334,6 +343,7 @@ class RedisUsage:
         self._pending: dict[str, list[Call]] = {}
         self._records = 0  # this process's records with a conversation (ACTIVE_TRIM_EVERY)
         self._trips = coalescer_for(redis)  # the group commit whose flushes sum _Shared adds
+        self._hot_ttl: dict[str, float] = {}  # hot daily key -> when this process set its TTL
 
     def day(self, ts: float | None = None) -> str:
         """The UTC day of `ts` (default: now), as YYYY-MM-DD."""
@@ -444,6 +454,25 @@ class RedisUsage:
         pairs = [v for name, n in added.items() for v in (name, n)]
         _ADD.queue(pipe, list(keys), [self.ttl_seconds, "1" if fresh else "", *per_key, *pairs])
         return 1
+
+    def _queue_hot(self, pipe: Pipeline, key: str, totals: Totals) -> int:
+        """Queue the adds of `totals` to a daily key that every turn writes (a model's day) as
+        plain HINCRBYs, a field each, with no script call around them, and its EXPIRE at this
+        process's first add to it and then once every HOT_TTL_EVERY seconds (a TTL that Redis
+        lost, restarted empty, comes back within that). How many commands."""
+        added = [(name, n) for name in _FIELD_ORDER if (n := getattr(totals, name))]
+        if not added:
+            return 0
+        for name, n in added:
+            pipe.hincrby(key, name, n)
+        now = self.clock()
+        if now - self._hot_ttl.get(key, -math.inf) < HOT_TTL_EVERY:
+            return len(added)
+        if len(self._hot_ttl) >= HOT_TTL_KEPT:  # yesterday's and older among them
+            self._hot_ttl.clear()
+        self._hot_ttl[key] = now
+        pipe.expire(key, self.ttl_seconds)
+        return len(added) + 1
 
     async def _execute(self, pipe: Pipeline, conversation: str) -> None:
         try:

@@ -22,6 +22,7 @@ from bot.usage import (
     ACTIVE_TRIM_EVERY,
     CONVERSATION_FIELDS,
     CONVERSATION_KEY,
+    HOT_TTL_EVERY,
     MODEL_KEY,
     REFRESH_SECONDS,
     SENDER_KEY,
@@ -90,36 +91,36 @@ async def record_fresh(
         await pipe.execute()
 
 
-async def test_a_plain_turns_record_is_two_script_calls_of_a_hincrby_a_field(
+async def test_a_plain_turns_record_is_one_script_call_and_a_hincrby_a_field(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """A private chat's record (3 keys) costs, once its keys exist, a script call for the
-    model's day and one for the sender's day and conversation (one slot), in them a HINCRBY per
-    field of each day (5 here) and of the conversation's (3: tokens in and out, turns; what the
-    console shows, with the cost where there is one), the conversation's TTL, and one ZADD: no
-    EXPIRE once the keys have their TTLs."""
+    """A private chat's record (3 keys) costs, once its keys exist, one script call for the
+    sender's day and conversation (one slot) and plain HINCRBYs for the model's day: a HINCRBY
+    per field of each day (5 here) and of the conversation's (3: tokens in and out, turns; what
+    the console shows, with the cost where there is one), the conversation's TTL, and one ZADD:
+    no EXPIRE once the keys have their TTLs."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, model = f"ann-{tag}", f"local/{tag}"
     await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    assert seen.commands == Counter(EVAL=2, HINCRBY=13, TTL=1, ZADD=1)
+    assert seen.commands == Counter(EVAL=1, HINCRBY=13, TTL=1, ZADD=1)
 
 
 async def test_a_group_turn_adds_to_its_sender_and_conversation_apart(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
     """In a group the sender's day and the conversation are in different slots: a script call
-    each (cluster-safe); the conversation gets the sender's totals of CONVERSATION_FIELDS, and
-    none of the others."""
+    each (cluster-safe; the model's day is plain HINCRBYs); the conversation gets the sender's
+    totals of CONVERSATION_FIELDS, and none of the others."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     sender, group, model = f"ann-{tag}", f"group-{tag}", f"local/{tag}"
     call = turn(model)
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=group, calls=[call])
-    assert seen.commands["EVAL"] == 3
+    assert seen.commands["EVAL"] == 2
     key = SENDER_KEY.format(sender=sender, day=TODAY)
     mine = Totals.from_hash(await redis_client.hgetall(key))
     assert (mine.calls, mine.turns, mine.tokens_in, mine.local_tokens) == (1, 1, 120, 150)
@@ -140,7 +141,7 @@ async def test_the_first_record_sets_each_ttl_and_trims(
     sender, model = f"ann-{tag}", f"local/{tag}"
     async with watched(redis_client, tag) as seen:
         await usage.record(sender=sender, conversation=sender, calls=[turn(model)])
-    want = Counter(EVAL=2, HINCRBY=13, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    want = Counter(EVAL=1, HINCRBY=13, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
     assert seen.commands == want
 
 
@@ -155,7 +156,7 @@ async def test_a_new_conversations_first_record_writes_each_new_key_with_one_hse
     sender, other, model = f"ann-{tag}", f"bob-{tag}", f"local/{tag}"
     async with watched(redis_client, tag) as seen:
         await record_fresh(redis_client, usage, sender, [turn(model)])
-    want = Counter(EVAL=2, EXISTS=2, HSET=2, HINCRBY=5, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
+    want = Counter(EVAL=1, EXISTS=2, HSET=2, HINCRBY=5, EXPIRE=3, ZADD=1, ZREMRANGEBYRANK=1)
     assert seen.commands == want  # the model's day: 5 HINCRBY, as every turn's
     await usage.record(sender=other, conversation=other, calls=[turn(model)])
     assert await usage_hashes(redis_client, sender, sender) == await usage_hashes(
@@ -212,8 +213,8 @@ async def test_sums_stay_exact_past_a_doubles_precision(
 async def test_hashes_written_by_hincrby_add_on(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """Totals an earlier version wrote field by field with HINCRBY are added to, exactly, and
-    keep the TTL they had (the day's first call set it)."""
+    """Totals an earlier version wrote field by field with HINCRBY are added to, exactly (a
+    model's day, whose TTL this process's first add sets again)."""
     usage = usage_on(redis_client, events, Clock(DAY))
     key = MODEL_KEY.format(model="hosted/m", day=TODAY)
     old = {"tokens_in": 7_000_000_000_000_001, "tokens_out": 5, "cost_nusd": 9_000_000_000_000_000,
@@ -226,27 +227,33 @@ async def test_hashes_written_by_hincrby_add_on(
     assert found == {"tokens_in": "7000000000000121", "tokens_out": "35",
                      "cost_nusd": "9000000000002000", "calls": "42", "turns": "41",
                      "budget_notice": "1"}  # fmt: skip
-    assert 0 < await redis_client.ttl(key) <= 3600
+    assert TTL - 5 < await redis_client.ttl(key) <= TTL
 
 
 async def test_a_daily_key_gets_its_ttl_once(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
-    """A sender's and a model's day get TTL_DAYS at the day's first call, and later calls that
-    day leave the TTL running from then."""
+    """A sender's day gets TTL_DAYS at the day's first call, and later calls that day leave
+    the TTL running from then; a model's day (plain HINCRBYs, no script to see that it is new)
+    gets it at a process's first add, and again once HOT_TTL_EVERY has passed."""
     clock = Clock(DAY)
     usage = usage_on(redis_client, events, clock)
     await usage.record(sender="ann", conversation="c", calls=[turn()])
-    daily = [SENDER_KEY.format(sender="ann", day=TODAY), MODEL_KEY.format(model=LOCAL, day=TODAY)]
-    for key in daily:
+    sender_day = SENDER_KEY.format(sender="ann", day=TODAY)
+    model_day = MODEL_KEY.format(model=LOCAL, day=TODAY)
+    for key in (sender_day, model_day):
         assert TTL - 5 < await redis_client.ttl(key) <= TTL
         await redis_client.expire(key, 1000)  # as if the day's first call was long ago
-    clock.now += 3600
+    clock.now += HOT_TTL_EVERY - 1
     await usage.record(sender="ann", conversation="c", calls=[turn()])
-    for key in daily:
+    for key in (sender_day, model_day):
         assert 0 < await redis_client.ttl(key) <= 1000
+    clock.now += 1
+    await usage.record(sender="ann", conversation="c", calls=[turn()])
+    assert 0 < await redis_client.ttl(sender_day) <= 1000
+    assert TTL - 5 < await redis_client.ttl(model_day) <= TTL
     [ann] = await usage.sender_days("ann", 1)
-    assert (ann.calls, ann.turns, ann.tokens) == (2, 2, 300)
+    assert (ann.calls, ann.turns, ann.tokens) == (3, 3, 450)
 
 
 async def test_a_conversations_ttl_is_refreshed_once_a_day(
@@ -326,9 +333,9 @@ async def test_turns_committed_together_add_to_their_models_day_once(
     redis_client: aioredis.Redis, events: CapturedEvents
 ) -> None:
     """Five private chats' turns on one model, committed in one group commit: a script call
-    each for its sender's day and conversation, ONE for the model's day (the five turns'
-    sums) and one ZADD of the five conversations; the model's day holds what five records
-    apart leave, and each conversation its own."""
+    each for its sender's day and conversation, ONE set of HINCRBYs for the model's day (the
+    five turns' sums) and one ZADD of the five conversations; the model's day holds what five
+    records apart leave, and each conversation its own."""
     usage = usage_on(redis_client, events, Clock(DAY))
     tag = unique()
     model, apart = f"local/{tag}", f"local/apart-{tag}"
@@ -340,7 +347,9 @@ async def test_turns_committed_together_add_to_their_models_day_once(
             trips.run(functools.partial(usage.queue_record, sender=s, conversation=s, calls=c))
             for s, c in zip(senders, calls, strict=True)
         ))  # fmt: skip
-    assert (seen.commands["EVAL"], seen.commands["ZADD"]) == (6, 1)
+    # HINCRBY: 8 a turn in its script (5 fields of the day, 3 of the conversation), 5 in all for
+    # the model's day
+    assert (seen.commands["EVAL"], seen.commands["HINCRBY"], seen.commands["ZADD"]) == (5, 45, 1)
     for sender, mine in zip(senders, calls, strict=True):
         await usage.record(sender=f"{sender}-apart", conversation="", calls=[
             Call(model=apart, kind="turn", tokens_in=mine[0].tokens_in,
