@@ -95,7 +95,13 @@ class CommandHandler(Protocol):
 class ModelChoice(Protocol):
     """The conversation's model, as /model set it (bot.llm.choice.RedisModelChoice)."""
 
-    def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]: ...
+    ttl_seconds: int
+
+    def key(self, conversation: str) -> str: ...
+
+    def read_default(self) -> Read[str | None]: ...
+
+    def resolve(self, mine: str | None, default: str | None) -> tuple[ModelRef, Source]: ...
 
 
 class TurnUsage(Protocol):
@@ -455,9 +461,13 @@ class Agent:
         spent = Read.value(0)
         if self.usage is not None and self.daily_token_budget:
             spent = self.usage.read_spent(sender)
+        choice = self.choice  # the conversation's own choice rides on its memory's read
+        mine = self.compactor.memory.read_state_with(
+            conversation, [choice.key(conversation)], choice.ttl_seconds
+        )
         reads = (
-            self.choice.read_current(conversation)
-            .plus(self.compactor.memory.read_state(conversation))
+            mine.plus(choice.read_default())
+            .then(lambda r: (choice.resolve(r[0][1][0], r[1]), r[0][0]))
             .plus(self.llm.read_breakers() or no_breakers)
             .plus(spent)
         )

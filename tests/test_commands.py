@@ -16,11 +16,13 @@ from bot.access import RedisAccess, rate_key
 from bot.app import App
 from bot.commands import parse_command
 from bot.config import ChannelsConfig, CommandsConfig
+from bot.llm.choice import READ_EVERY, RedisModelChoice
+from bot.llm.types import ModelRef
 from bot.messages import InboundMessage
 from bot.reads import fetch
 from tests.conftest import CapturedEvents
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import bot_env, open_gateway, provider_block, run_bot, run_turn
+from tests.helpers import Clock, bot_env, open_gateway, provider_block, run_bot, run_turn
 
 ADMIN = "whatsapp:+15550000001"
 USER = "whatsapp:+15550000002"
@@ -444,6 +446,34 @@ async def test_conversation_model_expires_with_the_conversation(
     assert abs(await redis_client.ttl(key) - turns_ttl) <= 5
     await say(app, wa("/model default Backup", ADMIN))
     assert await redis_client.ttl("settings:model:default") == -1
+
+
+async def test_a_busy_process_reads_the_default_model_once_a_period(
+    app: App, redis_client: aioredis.Redis
+) -> None:
+    """Everyone's default is read from Redis at most every READ_EVERY s (a read in between
+    costs no command): another process's /model default is seen that much later, this
+    process's own at once."""
+    clock = Clock(0.0)
+    mine, theirs = (
+        RedisModelChoice(redis_client, app.choice.registry, ttl_seconds=60, clock=clock)
+        for _ in range(2)
+    )
+    backup = ModelRef.parse("backup/backup-model")
+
+    async def default() -> tuple[str | None, int]:
+        read = mine.read_default()
+        return await fetch(redis_client, read, what="reading"), read.count
+
+    assert await default() == (None, 1)
+    await theirs.set("default", backup, who=ADMIN)
+    clock.now += READ_EVERY / 2
+    assert await default() == (None, 0)  # as a turn that started before the change
+    clock.now += READ_EVERY / 2
+    assert await default() == (str(backup), 1)
+    await mine.set("default", None, who=ADMIN)
+    assert await default() == (None, 0)
+    assert await redis_client.exists("settings:model:default") == 0
 
 
 async def test_a_stored_choice_that_is_no_ref_falls_back_instead_of_crashing(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.errors import AllModelsFailed, ContextOverflow
-from bot.llm.breaker import breaker_key
+from bot.errors import AllModelsFailed, ContextOverflow, Severity
+from bot.llm.breaker import READ_EVERY, RedisBreaker, breaker_key
 from bot.llm.failover import FailoverClient
 from bot.messages import Turn
 from bot.reads import fetch
@@ -232,6 +232,31 @@ async def test_breaker_decisions_read_with_the_turn_state(
     assert (await decisions())[PRIMARY] == "clean"
     answer = await client.complete(instructions="be brief", turns=HELLO, breakers=ahead)
     assert answer.text == "from primary"
+
+
+async def test_a_busy_process_reads_the_breakers_once_a_period(
+    redis_client: aioredis.Redis, events: CapturedEvents, clock: Clock
+) -> None:
+    """A process reads the shared breakers from Redis at most every READ_EVERY s (a read in
+    between costs no command): another process's opening is seen that much later, this
+    process's own change at once."""
+    mine, theirs = (RedisBreaker(redis_client, log=events.log, clock=clock) for _ in range(2))
+
+    async def decision() -> tuple[str, int]:
+        read = mine.read_decisions([PRIMARY])
+        return (await fetch(redis_client, read, what="reading"))[PRIMARY], read.count
+
+    assert await decision() == ("clean", 1)
+    await theirs.failure(PRIMARY, severity=Severity.DOWN, probe=False)
+    clock.now += READ_EVERY / 2
+    assert await decision() == ("clean", 0)  # as a turn that started before the opening
+    clock.now += READ_EVERY / 2
+    assert await decision() == ("open", 1)
+    await mine.success(PRIMARY, probe=False)
+    assert await decision() == ("clean", 1)
+    await mine.failure(PRIMARY, severity=Severity.DOWN, probe=False)
+    assert await decision() == ("open", 1)
+    assert await decision() == ("open", 0)
 
 
 async def test_hanging_primary_costs_one_timeout_then_nothing(

@@ -43,3 +43,23 @@ async def test_keys_carry_the_conversation_hash_tag(redis_client: aioredis.Redis
     assert keys == [conversation_key("whatsapp:+15550001", "turns")]  # summary/base come later
     assert "{whatsapp:+15550001}" in keys[0]
     assert 0 < await redis_client.ttl(keys[0]) <= 86400
+
+
+async def test_riders_are_read_with_the_state_and_expire_with_it(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Other keys of the conversation read in the state's script call come back in order; one
+    that exists is given the ttl, one that does not stays absent."""
+    memory = RedisMemory(redis_client)
+    conversation = "whatsapp:+15550002"
+    await memory.append(conversation, [turn(1)])
+    present, absent = conversation_key(conversation, "x"), conversation_key(conversation, "y")
+    await redis_client.set(present, "kept", ex=100)
+    read = memory.read_state_with(conversation, [present, absent], 5000)
+    async with redis_client.pipeline(transaction=False) as pipe:
+        read.queue(pipe)
+        state, found = read.decode(await pipe.execute())
+    assert state.turns == [turn(1)]
+    assert found == ["kept", None]
+    assert 4990 <= await redis_client.ttl(present) <= 5000
+    assert await redis_client.exists(absent) == 0

@@ -9,6 +9,7 @@ processes, probes it; a success closes the breaker, a failure opens it again for
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class Decision(StrEnum):
 
 CLEAN, CLOSED, OPEN = Decision.CLEAN, Decision.CLOSED, Decision.OPEN
 PROBE, DUE = Decision.PROBE, Decision.DUE
+# A busy process reads the shared breakers with a turn's state at most every READ_EVERY s, not
+# every turn: another process's opening (or closing) is seen that much later, as by a turn that
+# started that much earlier; this process's own failures and successes are seen at once.
+READ_EVERY = 0.25
 
 # KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
 CHECK = Script(
@@ -132,6 +137,8 @@ class RedisBreaker:
         self.clock = clock
         self._check = CHECK.on(redis)
         self._fail = FAIL.on(redis)
+        self._rows: dict[str, dict[str, str]] = {}  # each model's hash as last read
+        self._read_at = -math.inf  # when (clock, ms) of that read
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -144,11 +151,16 @@ class RedisBreaker:
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return CLOSED
+        self._changed()  # asked only of a row read as due: it has changed, or this call changed it
         return Decision(result)
 
     def read_decisions(self, models: list[str]) -> Read[dict[str, Decision]]:
         """What `check` would say of each model, read only: clean, closed, open, or due (the
-        cooldown is over: call `check`, which lets one caller probe)."""
+        cooldown is over: call `check`, which lets one caller probe). From Redis at most every
+        READ_EVERY s (a row read since is judged again at the time of asking)."""
+        now = self._now()
+        if 0 <= now - self._read_at < READ_EVERY * 1000 and all(m in self._rows for m in models):
+            return Read.value({model: _decision(self._rows[model], now) for model in models})
 
         def queue(pipe: Pipeline) -> None:
             for model in models:
@@ -156,9 +168,15 @@ class RedisBreaker:
 
         def decode(rows: list[Any]) -> dict[str, Decision]:
             now = self._now()
-            return {model: _decision(row, now) for model, row in zip(models, rows, strict=True)}
+            self._rows = dict(zip(models, rows, strict=True))
+            self._read_at = now
+            return {model: _decision(row, now) for model, row in self._rows.items()}
 
         return Read(queue=queue, count=len(models), decode=decode)
+
+    def _changed(self) -> None:
+        """This process changed a breaker: the next read goes to Redis."""
+        self._read_at = -math.inf
 
     async def failure(self, model: str, *, severity: Severity, probe: bool) -> None:
         """Count a failure; opens (or re-opens, for longer) the breaker when it should."""
@@ -176,6 +194,7 @@ class RedisBreaker:
         ]
         try:
             state, cooldown_ms = await self._fail(keys=[breaker_key(model)], args=args)
+            self._changed()
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return
@@ -188,6 +207,8 @@ class RedisBreaker:
         """A model that answered is healthy: close its breaker and forget its failures."""
         try:
             removed = await self.redis.delete(breaker_key(model))
+            if removed:
+                self._changed()
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return

@@ -9,7 +9,9 @@ Every change is audited on a capped stream.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -23,6 +25,10 @@ from bot.llm.types import ModelRef
 from bot.reads import Read, fetch
 
 DEFAULT_KEY = "settings:model:default"
+# A busy process reads everyone's default at most every READ_EVERY s, not every turn: a change
+# another process made is seen that much later (as by a turn that started that much earlier);
+# one this process made, at once.
+READ_EVERY = 0.25
 AUDIT_STREAM = "audit:model"
 AUDIT_MAXLEN = 1000
 Source = Literal["conversation", "default", "config"]
@@ -46,31 +52,64 @@ class ModelChange:
 class RedisModelChoice:
     """Per-conversation and global model choices, resolved against the registry."""
 
-    def __init__(self, redis: aioredis.Redis, registry: ModelRegistry, *, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        registry: ModelRegistry,
+        *,
+        ttl_seconds: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.redis = redis
+        self.clock = clock
         self.registry = registry
         self.ttl_seconds = ttl_seconds  # the conversation's idle expiry (session.idleDays)
+        self._default: str | None = None  # the stored default as last read (read_default)
+        self._default_at = -math.inf  # when (clock) of that read
 
     def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]:
         """The model a conversation's next turn starts at, and where that choice comes from.
 
         Reading the conversation's choice refreshes its expiry (GETEX), as a turn refreshes the
-        rest of the conversation. A stored value that is no usable ref is passed over.
+        rest of the conversation. A stored value that is no usable ref is passed over. (A turn
+        reads the conversation's choice with its memory, bot.memory's riders, and resolves it
+        with `read_default` and `resolve`.)
         """
 
         def queue(pipe: Pipeline) -> None:
             pipe.getex(conversation_model_key(conversation), ex=self.ttl_seconds)
+
+        mine = Read(queue=queue, count=1, decode=lambda replies: replies[0])
+        return mine.plus(self.read_default()).then(lambda both: self.resolve(*both))
+
+    @staticmethod
+    def key(conversation: str) -> str:
+        """Where the conversation's own choice is kept (under its hash tag)."""
+        return conversation_model_key(conversation)
+
+    def read_default(self) -> Read[str | None]:
+        """Everyone's default as stored (None: unset): from Redis at most every READ_EVERY s,
+        else as last read (or as this process last set it)."""
+        if 0 <= self.clock() - self._default_at < READ_EVERY:
+            return Read.value(self._default)
+
+        def queue(pipe: Pipeline) -> None:
             pipe.get(DEFAULT_KEY)
 
-        def decode(replies: list[Any]) -> tuple[ModelRef, Source]:
-            mine, default = replies
-            for stored, source in ((mine, "conversation"), (default, "default")):
-                ref = self._usable(stored)
-                if ref is not None:
-                    return ref, source  # type: ignore[return-value]
-            return self.registry.default, "config"
+        def decode(replies: list[Any]) -> str | None:
+            self._default, self._default_at = replies[0], self.clock()
+            return self._default
 
-        return Read(queue=queue, count=2, decode=decode)
+        return Read(queue=queue, count=1, decode=decode)
+
+    def resolve(self, mine: str | None, default: str | None) -> tuple[ModelRef, Source]:
+        """The conversation's stored choice, else the stored default, else the config's; a
+        stored value that is no usable ref is passed over."""
+        for stored, source in ((mine, "conversation"), (default, "default")):
+            ref = self._usable(stored)
+            if ref is not None:
+                return ref, source  # type: ignore[return-value]
+        return self.registry.default, "config"
 
     async def current(self, conversation: str) -> tuple[ModelRef, Source]:
         """The model a conversation's next turn starts at, and where that choice comes from."""
@@ -100,6 +139,8 @@ class RedisModelChoice:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("Redis did not answer while saving the model choice") from exc
+        if scope == "default":  # this process's next turn starts at it
+            self._default, self._default_at = (str(ref) if ref else None), self.clock()
         return change
 
     async def default(self) -> ModelRef:

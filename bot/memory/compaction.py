@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.config import CompactionConfig
 from bot.errors import AllModelsFailed, ModelError
@@ -99,6 +99,10 @@ class History(Protocol):
     (bot.memory.store.RedisMemory)."""
 
     def read_state(self, conversation: str) -> Read[ConversationState]: ...
+
+    def read_state_with(
+        self, conversation: str, riders: list[str], ttl_seconds: int
+    ) -> Read[tuple[ConversationState, list[Any]]]: ...
 
     async def state(self, conversation: str) -> ConversationState: ...
 

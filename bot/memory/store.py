@@ -45,10 +45,17 @@ return 1
 
 
 # KEYS: turns, summary, base. → {turns, summary or nil, base or nil}, read atomically.
+# KEYS: turns, summary, base, then other keys of the conversation read with them ("riders").
+# ARGV: the riders' ttl s. → {turns, summary, base, rider…}; each rider found gets the ttl (it
+# expires with the conversation). One MGET for all but the list: a rider absent, as most are,
+# costs the turn no command.
 STATE = Script(
     """
-local rest = redis.call('MGET', KEYS[2], KEYS[3])
-return {redis.call('LRANGE', KEYS[1], 0, -1), rest[1], rest[2]}
+local rest = redis.call('MGET', unpack(KEYS, 2))
+for i = 4, #KEYS do
+  if rest[i - 1] then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return {redis.call('LRANGE', KEYS[1], 0, -1), unpack(rest)}
 """
 )
 
@@ -113,17 +120,26 @@ class RedisMemory:
 
     def read_state(self, conversation: str) -> Read[ConversationState]:
         """The summary and the turns after it, read together (one script: atomic)."""
+        return self.read_state_with(conversation, [], 0).then(lambda both: both[0])
+
+    def read_state_with(
+        self, conversation: str, riders: list[str], ttl_seconds: int
+    ) -> Read[tuple[ConversationState, list[Any]]]:
+        """The state and the values of `riders`, other keys under the conversation's hash tag,
+        in the same script call; each rider found is given `ttl_seconds` (it expires with the
+        conversation, as a read of it refreshes it)."""
 
         def queue(pipe: Pipeline) -> None:
-            STATE.queue(pipe, self.keys(conversation))
+            STATE.queue(pipe, [*self.keys(conversation), *riders], [ttl_seconds] if riders else [])
 
-        def decode(replies: list[Any]) -> ConversationState:
-            raw_turns, raw_summary, raw_base = replies[0]
-            return ConversationState(
+        def decode(replies: list[Any]) -> tuple[ConversationState, list[Any]]:
+            raw_turns, raw_summary, raw_base, *found = replies[0]
+            state = ConversationState(
                 summary=Summary.from_dict(json.loads(raw_summary)) if raw_summary else None,
                 turns=[Turn.from_dict(json.loads(item)) for item in raw_turns],
                 base=int(raw_base or 0),
             )
+            return state, found
 
         return Read(queue=queue, count=1, decode=decode)
 
