@@ -8,12 +8,14 @@ bot.delivery, bot.memory, bot.usage, …), in the gateway's round trips, one NEW
 turn (a distinct `whatsapp:+1555…` sender, as bench.pipeline's load):
 
   1. intake: RedisIntake.accept (ACCEPT + XADD to the ready stream, one pipeline)
-  2. worker read: acks of finished entries (ACK_OWNED) + XREADGROUP, up to `--batch` less the
-     turns running (each client process is one consumer, like Worker._read)
+  2. worker read: XREADGROUP, up to `--batch` less the turns running (each client process is
+     one consumer, like Worker._read), with the acks of finished entries (ACK_OWNED) once
+     bot.worker's ACK_EVERY has passed
   3. claim, one pipeline (Worker._claim): per entry read, a TAKE and behind it the turn's
      first reads (Agent.prefetch for a private chat): RATE spending the token only if the
-     claim's lease is held (an open channel's non-admin sender), the model choice (GETEX +
-     GET), memory STATE, one breaker HGETALL, the LM Studio state GET
+     claim's lease is held (an open channel's non-admin sender) and memory STATE with the
+     conversation's model choice in it; once a period (bot.llm's READ_EVERY), everyone's
+     default model GET, one breaker HGETALL and the LM Studio state GET
   4. commit: COMMIT (two turns remembered, the reply queued) + the usage of one local-model call
      (RedisUsage.queue_record), through the process's group commit (bot.roundtrips: the turns
      of a client process that commit in the same loop iteration share one round trip)
@@ -65,18 +67,20 @@ from bot.access import RedisAccess
 from bot.config import parse_config
 from bot.delivery import Entry, head_key, outbox_key
 from bot.intake import READY_STREAM, RedisIntake
+from bot.llm.breaker import READ_EVERY as SHARED_EVERY
 from bot.llm.breaker import breaker_key
-from bot.llm.choice import RedisModelChoice
+from bot.llm.choice import DEFAULT_KEY, RedisModelChoice
 from bot.llm.lmstudio import state_key
 from bot.logs import ENTRY_EVENTS, EVENT_STREAM, make_logger
 from bot.memory.store import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage, Turn
+from bot.reads import Read
 from bot.redisdb import connect, is_cluster
 from bot.roundtrips import coalescer_for
 from bot.scripts import load_scripts
 from bot.usage import Call, Prices, RedisUsage
 from bot.wakeups import GROUP, ensure_group, queue_acks
-from bot.worker import COMMIT, FINISH, READ_BLOCK_MS, TAKE, Worker
+from bot.worker import ACK_EVERY, ACK_MAX, COMMIT, FINISH, READ_BLOCK_MS, TAKE, Worker
 from tests.helpers import redis_cluster
 
 PREFIX = "whatsapp:+1555"  # bench.loadgen's measured senders
@@ -123,8 +127,9 @@ class Client:
             rate_per_minute=RATE_PER_MINUTE, log=log,
         )  # fmt: skip
         reads = self.access.read_sender("whatsapp", "c", lease="l", token="t").count
-        reads += self.choice.read_current("c").count + self.memory.read_state("c").count
-        self.prefetch_count = reads + 2  # the access check, choice and state, breaker, LM Studio
+        self.prefetch_count = reads + self.state("c").count  # the access check, the state
+        self.shared_at = -SHARED_EVERY  # when the period's shared reads were last made
+        self.acked_at = -ACK_EVERY
         prices = Prices(config)
         self.usage = RedisUsage(redis, prices=prices, log=log)
         self.call = Call(model=MODEL, kind="turn", tokens_in=420, tokens_out=12, local=True)
@@ -134,16 +139,29 @@ class Client:
         self.odd: Counter[str] = Counter()
         self.tally = Tally(odd=self.odd)
 
+    def state(self, conversation: str) -> Read[Any]:
+        """Memory STATE with the conversation's model choice riding in it (Agent)."""
+        key, ttl = self.choice.key(conversation), self.choice.ttl_seconds
+        return self.memory.read_state_with(conversation, [key], ttl)
+
     def prefetch(self, pipe: Any, conversation: str, lease: str, token: str) -> None:
         """The turn's first reads, queued behind its TAKE as Agent.prefetch does for a private
         chat (`prefetch_count` commands): RATE spending a token only if the lease is the
-        claim's (RedisAccess.read_sender with lease and token), the model choice (GETEX +
-        GET), memory STATE, one breaker HGETALL, the LM Studio state GET."""
+        claim's (RedisAccess.read_sender with lease and token), memory STATE with the model
+        choice."""
         self.access.read_sender("whatsapp", conversation, lease=lease, token=token).queue(pipe)
-        self.choice.read_current(conversation).queue(pipe)
-        self.memory.read_state(conversation).queue(pipe)
+        self.state(conversation).queue(pipe)
+
+    def shared(self, pipe: Any) -> int:
+        """The reads a busy process makes once a period (everyone's default model, the breaker,
+        LM Studio's state), queued when one is due; how many commands."""
+        if time.monotonic() - self.shared_at < SHARED_EVERY:
+            return 0
+        self.shared_at = time.monotonic()
+        pipe.get(DEFAULT_KEY)
         pipe.hgetall(breaker_key(MODEL))
         pipe.get(state_key(PROVIDER))
+        return 3
 
     def message(self, n: int) -> InboundMessage:
         """The n-th message of this client: a new conversation, as the WhatsApp adapter has it."""
@@ -175,7 +193,10 @@ class Client:
             if len(running) >= self.batch:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            done, self.done = self.done, []
+            done: list[str] = []
+            if time.monotonic() - self.acked_at >= ACK_EVERY or len(self.done) >= ACK_MAX:
+                done, self.done = self.done, []
+                self.acked_at = time.monotonic()
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_acks(pipe, self.worker.name, done)
                 pipe.xreadgroup(
@@ -191,6 +212,7 @@ class Client:
             conversations = [fields["conversation"] for _, fields in entries]
             claims = []
             async with self.redis.pipeline(transaction=False) as pipe:
+                first = self.shared(pipe)
                 for conversation in conversations:
                     token = self.worker._token()
                     args = self.worker._take_args(token, "")
@@ -199,7 +221,7 @@ class Client:
                     self.prefetch(pipe, conversation, keys[0], token)
                     claims.append((token, str(args[1])))
                 replies = await pipe.execute()
-            taken = replies[:: 1 + self.prefetch_count]
+            taken = replies[first :: 1 + self.prefetch_count]
             for (entry_id, _), conversation, (token, batch_id), reply in zip(
                 entries, conversations, claims, taken, strict=True
             ):

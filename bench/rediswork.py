@@ -43,6 +43,7 @@ import bench
 from bench.redisload import LOG_EVERY, MODEL, PROVIDER, Client, event_lines
 from bot.intake import ACCEPT, DEDUPE_SECONDS, READY_MAXLEN, READY_STREAM, inbox_key, seen_key
 from bot.llm.breaker import breaker_key
+from bot.llm.choice import DEFAULT_KEY
 from bot.llm.lmstudio import state_key
 from bot.logs import EVENT_STREAM
 from bot.messages import InboundMessage
@@ -156,10 +157,15 @@ class Round:
         pipe.xadd(READY_STREAM, wake, maxlen=READY_MAXLEN, approximate=True)
 
     def read(self, pipe: Pipeline, n: int) -> None:
-        """Every READ_EVERY turns a worker's read, the last read's entries acked with it."""
+        """Every READ_EVERY turns a worker's read, the last read's entries acked with it, and
+        the reads a busy process makes once a period (everyone's default model, the breaker,
+        LM Studio's state; bot.llm's READ_EVERY): here once a read, an upper bound."""
         if n % READ_EVERY == 0:
             queue_acks(pipe, self.worker.name, self.woken[max(0, n - READ_EVERY) : n])
             pipe.xreadgroup(GROUP, self.worker.name, {READY_STREAM: ">"}, count=READ_EVERY)
+            pipe.get(DEFAULT_KEY)
+            pipe.hgetall(breaker_key(MODEL))
+            pipe.get(state_key(PROVIDER))
 
     def take(self, pipe: Pipeline, n: int) -> None:
         TAKE.queue(pipe, self.worker._take_keys(self.messages[n].conversation), self.takes[n])
@@ -170,11 +176,13 @@ class Round:
         access.read_sender("whatsapp", conversation, lease=lease, token=token).queue(pipe)
 
     def state(self, pipe: Pipeline, n: int) -> None:
-        conversation = self.messages[n].conversation
-        self.client.choice.read_current(conversation).queue(pipe)
-        self.client.memory.read_state(conversation).queue(pipe)
-        pipe.hgetall(breaker_key(MODEL))
-        pipe.get(state_key(PROVIDER))
+        """The turn's state with its conversation's model choice riding in it (Agent)."""
+        conversation, client = self.messages[n].conversation, self.client
+        choice = client.choice
+        read = client.memory.read_state_with(
+            conversation, [choice.key(conversation)], choice.ttl_seconds
+        )
+        read.queue(pipe)
 
     def commit(self, pipe: Pipeline, n: int) -> None:
         keys, args, _ = self.commits[n]
@@ -206,10 +214,10 @@ class Round:
 
     def steps(self) -> list[tuple[str, Step]]:
         return [
-            ("worker: XREADGROUP, acks (8 entries a read)", self.read),
+            ("worker: XREADGROUP, acks, period reads (8)", self.read),
             ("claim: TAKE", self.take),
             ("claim: RATE (the access check)", self.rate),
-            ("claim: choice, STATE, breaker, LM Studio", self.state),
+            ("claim: STATE with the conversation's choice", self.state),
             ("commit: COMMIT", self.commit),
             ("commit: usage (queue_record)", self.usage),
             ("FINISH (last ADVANCE + TAKE)", self.finish),
