@@ -18,7 +18,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -465,9 +465,16 @@ class Agent:
         mine = self.compactor.memory.read_state_with(
             conversation, [choice.key(conversation)], choice.ttl_seconds
         )
+
+        def resolved(
+            both: tuple[tuple[ConversationState, list[Any]], str | None],
+        ) -> tuple[tuple[ModelRef, Source], ConversationState]:
+            (state, (stored,)), default = both
+            return choice.resolve(stored, default), state
+
         reads = (
             mine.plus(choice.read_default())
-            .then(lambda r: (choice.resolve(r[0][1][0], r[1]), r[0][0]))
+            .then(resolved)
             .plus(self.llm.read_breakers() or no_breakers)
             .plus(spent)
         )
