@@ -300,9 +300,7 @@ class _Shared:
         self.trim |= other.trim
 
     def queue(self, pipe: Pipeline) -> int:
-        count = 0
-        for key, totals in self.models.items():
-            count += self.usage._queue_hot(pipe, key, totals)
+        count = sum(self.usage._queue_hot(pipe, key, t) for key, t in self.models.items())
         if self.active:
             pipe.zadd(ACTIVE_KEY, self.active)
             count += 1

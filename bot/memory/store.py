@@ -44,11 +44,10 @@ return 1
 )
 
 
-# KEYS: turns, summary, base. → {turns, summary or nil, base or nil}, read atomically.
-# KEYS: turns, summary, base, then other keys of the conversation read with them ("riders").
-# ARGV: the riders' ttl s. → {turns, summary, base, rider…}; each rider found gets the ttl (it
-# expires with the conversation). One MGET for all but the list: a rider absent, as most are,
-# costs the turn no command.
+# Read atomically. KEYS: turns, summary, base, then other keys of the conversation read with
+# them ("riders"). ARGV: the riders' ttl s. → {turns, summary or nil, base or nil, rider…}; each
+# rider found gets the ttl (it expires with the conversation). One MGET for all but the list: a
+# rider absent, as most are, costs the turn no command.
 STATE = Script(
     """
 local rest = redis.call('MGET', unpack(KEYS, 2))
