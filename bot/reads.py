@@ -14,6 +14,8 @@ command: a script), so the turn pays one round trip instead of one per component
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +84,38 @@ class Read(Generic[A]):
             return self.decode(replies[: self.count]), other.decode(replies[self.count :])
 
         return Read(queue=queue, count=self.count + other.count, decode=decode)
+
+
+class Kept(Generic[A]):
+    """A value a busy process reads with a turn's other state at most every `every` seconds
+    (by `clock`), not every turn: in between, `read` gives it as last read, or as this process
+    last wrote it (`keep`), with no command; after `forget`, the next read goes to Redis. Another
+    process's change is seen up to `every` late, as by a turn that started that much earlier."""
+
+    __slots__ = ("_at", "clock", "every", "value")
+
+    def __init__(
+        self, value: A, *, every: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.value = value
+        self.every = every
+        self.clock = clock
+        self._at = -math.inf  # when (clock) the value was last read or kept
+
+    def read(self, read: Read[A]) -> Read[A]:
+        """The kept value while it is fresh, else `read`, whose value is then kept."""
+        if 0 <= self.clock() - self._at < self.every:
+            return Read.value(self.value)
+        return read.then(self.keep)
+
+    def keep(self, value: A) -> A:
+        """`value` as read now, or as this process just wrote it."""
+        self.value, self._at = value, self.clock()
+        return value
+
+    def forget(self) -> None:
+        """The next read goes to Redis (this process changed what is there)."""
+        self._at = -math.inf
 
 
 class Fetched(Generic[A]):

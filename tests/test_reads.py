@@ -11,8 +11,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from bot.errors import StoreUnavailable
-from bot.reads import Read, RoundTrip, execute_sharing
-from tests.helpers import dead_redis, monitored
+from bot.reads import Kept, Read, RoundTrip, execute_sharing, fetch
+from tests.helpers import Clock, dead_redis, monitored
 
 
 def read_int(key: str) -> Read[int]:
@@ -112,3 +112,29 @@ async def test_sharing_leaves_a_pipeline_without_repeats_as_it_is(
         replies = await execute_sharing(pipe)
     assert replies[0] == replies[2] == "not a number"
     assert isinstance(replies[1], ResponseError)
+
+
+async def test_a_kept_value_is_read_once_a_period(redis_client: aioredis.Redis) -> None:
+    """Kept reads from Redis, then gives what it read with no command until `every` has passed;
+    a value this process keeps is given at once; after forget() the next read goes to Redis."""
+    clock = Clock(0.0)
+    kept: Kept[str | None] = Kept(None, every=1.0, clock=clock)
+    await redis_client.set("test:kept", "one")
+
+    def get(pipe: Pipeline) -> None:
+        pipe.get("test:kept")
+
+    async def read() -> tuple[str | None, int]:
+        found = kept.read(Read(queue=get, count=1, decode=lambda replies: replies[0]))
+        return await fetch(redis_client, found, what="reading"), found.count
+
+    assert await read() == ("one", 1)
+    await redis_client.set("test:kept", "two")
+    clock.now += 0.5
+    assert await read() == ("one", 0)
+    clock.now += 0.5
+    assert await read() == ("two", 1)
+    kept.keep("mine")
+    assert await read() == ("mine", 0)
+    kept.forget()
+    assert await read() == ("two", 1)

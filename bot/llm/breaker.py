@@ -9,12 +9,11 @@ processes, probes it; a success closes the breaker, a failure opens it again for
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -22,7 +21,7 @@ from redis.exceptions import RedisError
 
 from bot.errors import Severity
 from bot.logs import Logger
-from bot.reads import Read
+from bot.reads import Kept, Read
 from bot.scripts import Script
 
 
@@ -38,9 +37,8 @@ class Decision(StrEnum):
 
 CLEAN, CLOSED, OPEN = Decision.CLEAN, Decision.CLOSED, Decision.OPEN
 PROBE, DUE = Decision.PROBE, Decision.DUE
-# A busy process reads the shared breakers with a turn's state at most every READ_EVERY s, not
-# every turn: another process's opening (or closing) is seen that much later, as by a turn that
-# started that much earlier; this process's own failures and successes are seen at once.
+# How often a busy process reads the shared breakers (bot.reads.Kept); its own failures,
+# successes and probes are seen at once.
 READ_EVERY = 0.25
 
 # KEYS: state hash. ARGV: now ms, probe lease ms. → clean | closed | open | probe
@@ -137,8 +135,7 @@ class RedisBreaker:
         self.clock = clock
         self._check = CHECK.on(redis)
         self._fail = FAIL.on(redis)
-        self._rows: dict[str, dict[str, str]] = {}  # each model's hash as last read
-        self._read_at = -math.inf  # when (clock, ms) of that read
+        self._rows: Kept[dict[str, dict[str, str]]] = Kept({}, every=READ_EVERY, clock=clock)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -151,32 +148,26 @@ class RedisBreaker:
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return CLOSED
-        self._changed()  # asked only of a row read as due: it has changed, or this call changed it
+        self._rows.forget()  # asked of a row read as due: it has changed, or this call changed it
         return Decision(result)
 
     def read_decisions(self, models: list[str]) -> Read[dict[str, Decision]]:
         """What `check` would say of each model, read only: clean, closed, open, or due (the
         cooldown is over: call `check`, which lets one caller probe). From Redis at most every
         READ_EVERY s (a row read since is judged again at the time of asking)."""
-        now = self._now()
-        if 0 <= now - self._read_at < READ_EVERY * 1000 and all(m in self._rows for m in models):
-            return Read.value({model: _decision(self._rows[model], now) for model in models})
+        if not all(model in self._rows.value for model in models):
+            self._rows.forget()
 
         def queue(pipe: Pipeline) -> None:
             for model in models:
                 pipe.hgetall(breaker_key(model))
 
-        def decode(rows: list[Any]) -> dict[str, Decision]:
+        def judge(rows: dict[str, dict[str, str]]) -> dict[str, Decision]:
             now = self._now()
-            self._rows = dict(zip(models, rows, strict=True))
-            self._read_at = now
-            return {model: _decision(row, now) for model, row in self._rows.items()}
+            return {model: _decision(rows[model], now) for model in models}
 
-        return Read(queue=queue, count=len(models), decode=decode)
-
-    def _changed(self) -> None:
-        """This process changed a breaker: the next read goes to Redis."""
-        self._read_at = -math.inf
+        read = Read(queue, len(models), lambda rows: dict(zip(models, rows, strict=True)))
+        return self._rows.read(read).then(judge)
 
     async def failure(self, model: str, *, severity: Severity, probe: bool) -> None:
         """Count a failure; opens (or re-opens, for longer) the breaker when it should."""
@@ -194,7 +185,7 @@ class RedisBreaker:
         ]
         try:
             state, cooldown_ms = await self._fail(keys=[breaker_key(model)], args=args)
-            self._changed()
+            self._rows.forget()
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return
@@ -208,7 +199,7 @@ class RedisBreaker:
         try:
             removed = await self.redis.delete(breaker_key(model))
             if removed:
-                self._changed()
+                self._rows.forget()
         except (RedisError, OSError) as exc:
             self.log.warning("breaker_unavailable", model=model, error=str(exc))
             return

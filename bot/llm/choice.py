@@ -9,11 +9,10 @@ Every change is audited on a capped stream.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -22,12 +21,11 @@ from redis.exceptions import RedisError
 from bot.errors import StoreUnavailable
 from bot.llm.registry import ModelRegistry
 from bot.llm.types import ModelRef
-from bot.reads import Read, fetch
+from bot.reads import Kept, Read, fetch
 
 DEFAULT_KEY = "settings:model:default"
-# A busy process reads everyone's default at most every READ_EVERY s, not every turn: a change
-# another process made is seen that much later (as by a turn that started that much earlier);
-# one this process made, at once.
+# How often a busy process reads everyone's default (bot.reads.Kept); its own change is seen at
+# once.
 READ_EVERY = 0.25
 AUDIT_STREAM = "audit:model"
 AUDIT_MAXLEN = 1000
@@ -61,11 +59,9 @@ class RedisModelChoice:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
-        self.clock = clock
         self.registry = registry
         self.ttl_seconds = ttl_seconds  # the conversation's idle expiry (session.idleDays)
-        self._default: str | None = None  # the stored default as last read (read_default)
-        self._default_at = -math.inf  # when (clock) of that read
+        self._default: Kept[str | None] = Kept(None, every=READ_EVERY, clock=clock)
 
     def read_current(self, conversation: str) -> Read[tuple[ModelRef, Source]]:
         """The model a conversation's next turn starts at, and where that choice comes from.
@@ -90,17 +86,11 @@ class RedisModelChoice:
     def read_default(self) -> Read[str | None]:
         """Everyone's default as stored (None: unset): from Redis at most every READ_EVERY s,
         else as last read (or as this process last set it)."""
-        if 0 <= self.clock() - self._default_at < READ_EVERY:
-            return Read.value(self._default)
 
         def queue(pipe: Pipeline) -> None:
             pipe.get(DEFAULT_KEY)
 
-        def decode(replies: list[Any]) -> str | None:
-            self._default, self._default_at = replies[0], self.clock()
-            return self._default
-
-        return Read(queue=queue, count=1, decode=decode)
+        return self._default.read(Read(queue=queue, count=1, decode=lambda replies: replies[0]))
 
     def resolve(self, mine: str | None, default: str | None) -> tuple[ModelRef, Source]:
         """The conversation's stored choice, else the stored default, else the config's; a
@@ -140,7 +130,7 @@ class RedisModelChoice:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("Redis did not answer while saving the model choice") from exc
         if scope == "default":  # this process's next turn starts at it
-            self._default, self._default_at = (str(ref) if ref else None), self.clock()
+            self._default.keep(str(ref) if ref else None)
         return change
 
     async def default(self) -> ModelRef:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from bot.config import ProviderConfig
 from bot.logs import Logger
-from bot.reads import Read
+from bot.reads import Kept, Read
 
 REFRESH_SECONDS = 60.0
 HTTP_SECONDS = 3.0
@@ -165,7 +165,7 @@ class LMStudioModels:
         self.clock = clock
         self.states: dict[str, ProviderStates] = {}  # what this process last read or fetched
         self._stale = asyncio.Event()
-        self._read_at = -READ_EVERY  # time.monotonic() of the last read from Redis
+        self._read = Kept(self.states, every=READ_EVERY)  # the shared states, read at most so often
 
     def state(self, provider: str, model: str) -> LocalModelState | None:
         """The last known state of `provider/model` (None: unknown, or no LM Studio API)."""
@@ -175,8 +175,6 @@ class LMStudioModels:
         """The stored states of every local provider, to read with a turn's other state: from
         Redis at most every READ_EVERY s (another process's refresh is seen that much later;
         this process's own are kept as it makes them), else what this process knows."""
-        if time.monotonic() - self._read_at < READ_EVERY:
-            return Read.value(self.states)
         ids = list(self.providers)
 
         def queue(pipe: Pipeline) -> None:
@@ -186,10 +184,9 @@ class LMStudioModels:
         def decode(replies: list[Any]) -> dict[str, ProviderStates]:
             for pid, raw in zip(ids, replies, strict=True):
                 self.states[pid] = _decode(raw)
-            self._read_at = time.monotonic()
             return self.states
 
-        return Read(queue=queue, count=len(ids), decode=decode)
+        return self._read.read(Read(queue=queue, count=len(ids), decode=decode))
 
     async def claim_load(self, ref: str, seconds: float) -> bool:
         """Take the right to load `ref` (provider/model) for `seconds`, across all processes."""
