@@ -74,13 +74,13 @@ from bot.llm.lmstudio import state_key
 from bot.logs import ENTRY_EVENTS, EVENT_STREAM, make_logger
 from bot.memory.store import RedisMemory
 from bot.messages import InboundMessage, OutboundMessage, Turn
-from bot.reads import Read
+from bot.reads import Kept, Read
 from bot.redisdb import connect, is_cluster
 from bot.roundtrips import coalescer_for
 from bot.scripts import load_scripts
 from bot.usage import Call, Prices, RedisUsage
 from bot.wakeups import GROUP, ensure_group, queue_acks
-from bot.worker import ACK_EVERY, ACK_MAX, COMMIT, FINISH, READ_BLOCK_MS, TAKE, Worker
+from bot.worker import COMMIT, FINISH, READ_BLOCK_MS, TAKE, Worker
 from tests.helpers import redis_cluster
 
 PREFIX = "whatsapp:+1555"  # bench.loadgen's measured senders
@@ -128,14 +128,12 @@ class Client:
         )  # fmt: skip
         reads = self.access.read_sender("whatsapp", "c", lease="l", token="t").count
         self.prefetch_count = reads + self.state("c").count  # the access check, the state
-        self.shared_at = -SHARED_EVERY  # when the period's shared reads were last made
-        self.acked_at = -ACK_EVERY
+        self._shared: Kept[Any] = Kept(None, every=SHARED_EVERY)  # the once-a-period reads
         prices = Prices(config)
         self.usage = RedisUsage(redis, prices=prices, log=log)
         self.call = Call(model=MODEL, kind="turn", tokens_in=420, tokens_out=12, local=True)
         self.events = "\n".join(event_lines())
         self.log_cap = max(1, STREAM_MAX_LEN // ENTRY_EVENTS)
-        self.done: list[str] = []  # entry ids of finished turns, acked with the next read
         self.odd: Counter[str] = Counter()
         self.tally = Tally(odd=self.odd)
 
@@ -152,16 +150,17 @@ class Client:
         self.access.read_sender("whatsapp", conversation, lease=lease, token=token).queue(pipe)
         self.state(conversation).queue(pipe)
 
-    def shared(self, pipe: Any) -> int:
-        """The reads a busy process makes once a period (everyone's default model, the breaker,
-        LM Studio's state), queued when one is due; how many commands."""
-        if time.monotonic() - self.shared_at < SHARED_EVERY:
-            return 0
-        self.shared_at = time.monotonic()
+    @staticmethod
+    def queue_shared(pipe: Any) -> None:
+        """The reads a busy process makes once a period: everyone's default model, the
+        breaker, LM Studio's state."""
         pipe.get(DEFAULT_KEY)
         pipe.hgetall(breaker_key(MODEL))
         pipe.get(state_key(PROVIDER))
-        return 3
+
+    def shared(self) -> Read[Any]:
+        """`queue_shared`'s reads when a period is due, else none (bot.reads.Kept)."""
+        return self._shared.read(Read(self.queue_shared, 3, lambda replies: replies))
 
     def message(self, n: int) -> InboundMessage:
         """The n-th message of this client: a new conversation, as the WhatsApp adapter has it."""
@@ -193,10 +192,7 @@ class Client:
             if len(running) >= self.batch:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            done: list[str] = []
-            if time.monotonic() - self.acked_at >= ACK_EVERY or len(self.done) >= ACK_MAX:
-                done, self.done = self.done, []
-                self.acked_at = time.monotonic()
+            done = self.worker._acks_due()  # the entries of finished turns, once a period
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_acks(pipe, self.worker.name, done)
                 pipe.xreadgroup(
@@ -212,7 +208,9 @@ class Client:
             conversations = [fields["conversation"] for _, fields in entries]
             claims = []
             async with self.redis.pipeline(transaction=False) as pipe:
-                first = self.shared(pipe)
+                shared = self.shared()
+                shared.queue(pipe)
+                first = shared.count
                 for conversation in conversations:
                     token = self.worker._token()
                     args = self.worker._take_args(token, "")
@@ -221,22 +219,23 @@ class Client:
                     self.prefetch(pipe, conversation, keys[0], token)
                     claims.append((token, str(args[1])))
                 replies = await pipe.execute()
+            shared.decode(replies[:first])  # kept until the next period is due
             taken = replies[first :: 1 + self.prefetch_count]
             for (entry_id, _), conversation, (token, batch_id), reply in zip(
                 entries, conversations, claims, taken, strict=True
             ):
                 if not (isinstance(reply, list) and len(reply) > 1):
                     self.odd[f"take {reply!r}"] += 1
-                    self.done.append(entry_id)
+                    self.worker._done.append(entry_id)
                     continue
                 task = asyncio.create_task(
                     self.turn(entry_id, conversation, token, batch_id, slots, until)
                 )
                 running.add(task)
                 task.add_done_callback(running.discard)
-        if self.done:
+        if self.worker._done:
             async with self.redis.pipeline(transaction=False) as pipe:
-                queue_acks(pipe, self.worker.name, self.done)
+                queue_acks(pipe, self.worker.name, self.worker._done)
                 await pipe.execute()
 
     def commit_call(
@@ -304,7 +303,7 @@ class Client:
             await redis.xadd(
                 EVENT_STREAM, {"e": self.events}, maxlen=self.log_cap, approximate=True
             )
-        self.done.append(entry_id)
+        self.worker._done.append(entry_id)
         slots.release()
 
 

@@ -40,11 +40,8 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 import bench
-from bench.redisload import LOG_EVERY, MODEL, PROVIDER, Client, event_lines
+from bench.redisload import LOG_EVERY, Client, event_lines
 from bot.intake import ACCEPT, DEDUPE_SECONDS, READY_MAXLEN, READY_STREAM, inbox_key, seen_key
-from bot.llm.breaker import breaker_key
-from bot.llm.choice import DEFAULT_KEY
-from bot.llm.lmstudio import state_key
 from bot.logs import EVENT_STREAM
 from bot.messages import InboundMessage
 from bot.redisdb import connect
@@ -163,9 +160,7 @@ class Round:
         if n % READ_EVERY == 0:
             queue_acks(pipe, self.worker.name, self.woken[max(0, n - READ_EVERY) : n])
             pipe.xreadgroup(GROUP, self.worker.name, {READY_STREAM: ">"}, count=READ_EVERY)
-            pipe.get(DEFAULT_KEY)
-            pipe.hgetall(breaker_key(MODEL))
-            pipe.get(state_key(PROVIDER))
+            self.client.queue_shared(pipe)
 
     def take(self, pipe: Pipeline, n: int) -> None:
         TAKE.queue(pipe, self.worker._take_keys(self.messages[n].conversation), self.takes[n])
@@ -177,12 +172,7 @@ class Round:
 
     def state(self, pipe: Pipeline, n: int) -> None:
         """The turn's state with its conversation's model choice riding in it (Agent)."""
-        conversation, client = self.messages[n].conversation, self.client
-        choice = client.choice
-        read = client.memory.read_state_with(
-            conversation, [choice.key(conversation)], choice.ttl_seconds
-        )
-        read.queue(pipe)
+        self.client.state(self.messages[n].conversation).queue(pipe)
 
     def commit(self, pipe: Pipeline, n: int) -> None:
         keys, args, _ = self.commits[n]

@@ -519,12 +519,7 @@ class Worker:
         """New entries, up to `count` (waiting up to READ_BLOCK_MS for one, with `block`); the
         entries of finished conversations are acked (and deleted) in the same round trip, once
         ACK_EVERY has passed since the last such ack or ACK_MAX wait."""
-        now = asyncio.get_running_loop().time()
-        done: list[str] = []
-        if now - self._ack_at >= self.ack_every or len(self._done) >= ACK_MAX:
-            done, self._done = self._done, []
-            if done:
-                self._ack_at = now
+        done = self._acks_due()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_acks(pipe, self.name, done)
@@ -543,6 +538,17 @@ class Worker:
             "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None", replies[-1]
         )
         return [entry for _, entries in found or [] for entry in entries]
+
+    def _acks_due(self) -> list[str]:
+        """The finished entries to ack with this read: every one waiting, once ACK_EVERY has
+        passed since the last such ack or ACK_MAX wait; else none (they wait for a later read)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._ack_at < self.ack_every and len(self._done) < ACK_MAX:
+            return []
+        done, self._done = self._done, []
+        if done:
+            self._ack_at = now
+        return done
 
     async def _ack_done(self) -> None:
         """Ack what finished since the last read (on the way out)."""
