@@ -15,8 +15,10 @@ calls delta over the run (inside scripts too; INFO itself excluded, idle polling
 / replies; Redis round trips per turn = INFO stats total_reads_processed delta / replies.
 Run: `.venv/bin/python -m bench.pipeline [--rates 100,300] [--seconds 6] [--model-ms 50]
 [--repeat N]`; after each rate's runs it counts the runs that met issue #10's targets.
-`--profile` attaches py-spy to the gateway for each load and prints where its time went (the
-functions holding the most samples, inclusive and self); the raw stacks stay in the work dir.
+`--profile` attaches py-spy to the gateway and the relay for each load and prints where the
+gateway's time went (the functions holding the most samples, inclusive and self), then both
+targets' CPU per reply split by kind of work (logs, Redis, model call, Twilio...); the raw
+stacks stay in the work dir.
 
 Shapes past one process: `--procs N` runs the gateway's web side as `bot serve --procs N`
 (`--role web` with `--workers M` worker processes beside it, else `--role all`), its
@@ -162,6 +164,60 @@ def print_profile(stacks: Path, top: int = 25) -> None:
     print(f"  {'':>11} {'self %':>7}  (top self)")
     for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {'':>11} {100 * count / total:>7.1f}  {frame}")
+
+
+# What each kind of work costs a reply: a sample goes to the first part whose rule matches a
+# frame of its stack below the event loop's, so a log call made while committing counts as
+# logs, Redis calls made by the webhook as Redis, the HTTP client under the model call as the
+# model call.
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("logs (structlog, sinks)", ("(structlog/", "(bot/logs.py")),
+    ("metrics", ("(prometheus_client/", "(bot/metrics.py")),
+    ("typing indicator", ("Worker._typing", ".typing (channels/")),
+    ("Redis (redis-py and the scripts' callers)", ("(redis/",)),
+    ("model call (openai SDK, HTTP, stream)", ("(openai/", "(httpx2/")),
+    ("Twilio send (twilio SDK, HTTP)", ("(twilio/",)),
+    ("webhook: parse, verify, answer (aiohttp server)", ("(aiohttp/web_",)),
+    ("the gateway's own code, the rest", ("(bot/", "(channels/")),
+)
+OTHER_PART = "event loop, tasks and the rest"
+
+
+def profile_parts(stacks: Path) -> dict[str, float]:
+    """The share of py-spy's samples (on-CPU: idle is not sampled) that each of PARTS holds."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        stack = stack.rpartition("Runner.run (")[2]  # not the process's own start-up frames
+        part = next(
+            (name for name, marks in PARTS if any(mark in stack for mark in marks)), OTHER_PART
+        )
+        counts[part] = counts.get(part, 0) + count
+    return {part: count / total for part, count in counts.items()} if total else {}
+
+
+def print_parts(gateway: RunResult, relay: RunResult) -> None:
+    """CPU ms per reply by kind of work, gateway against relay: the profile's shares of each
+    run's measured CPU per reply (the profiler's own cost is in both)."""
+    rows: list[tuple[str, float, float]] = []
+    shares = [
+        profile_parts(r.profile) if r.profile is not None and r.profile.exists() else {}
+        for r in (gateway, relay)
+    ]
+    cpu = [r.cpu_ms_per_reply or 0.0 for r in (gateway, relay)]
+    for part in [name for name, _ in PARTS] + [OTHER_PART]:
+        gw, rl = (share.get(part, 0.0) * ms for share, ms in zip(shares, cpu, strict=True))
+        rows.append((part, gw, rl))
+    print("\n  CPU ms per reply by kind of work (py-spy samples x the run's CPU per reply)")
+    print(f"  {'':<50} {'gateway':>8} {'relay':>8} {'diff':>8}")
+    for part, gw, rl in rows:
+        print(f"  {part:<50} {gw:>8.2f} {rl:>8.2f} {gw - rl:>+8.2f}")
+    print(f"  {'total':<50} {cpu[0]:>8.2f} {cpu[1]:>8.2f} {cpu[0] - cpu[1]:>+8.2f}")
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -670,7 +726,7 @@ async def measure(
                 shape,
             )  # fmt: skip
             rl = await run_target(
-                "relay", rate, seconds, model_ms, redis, redis_url, workdir, wait,
+                "relay", rate, seconds, model_ms, redis, redis_url, workdir, wait, profile,
                 shape=Shape(loadgen_procs=shape.loadgen_procs),
             )  # fmt: skip
             print_table(rate, seconds, model_ms, gw, rl, wait)
@@ -678,6 +734,7 @@ async def measure(
                 print(f"  gateway /readyz sampled during the load: {gw.readyz}")
             if gw.profile is not None:
                 print_profile(gw.profile)
+                print_parts(gw, rl)
             met.append(targets(gw, rl))
         print_targets(rate, met)
 
@@ -689,7 +746,9 @@ def main() -> None:
     parser.add_argument("--model-ms", type=float, default=50)
     parser.add_argument("--wait", type=float, default=15, help="reply wait after the last send")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, results)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the gateway and the relay under load"
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per rate (the machine is noisy)"
     )
