@@ -655,14 +655,16 @@ def print_scaling(rate: float, seconds: float, rows: list[tuple[Shape, RunResult
     p = percentile
     print(f"\nrate {rate:g}/s for {seconds:g} s ({round(rate * seconds)} webhooks)")
     head = (f"  {'shape':<80} {'replies/s':>9} {'x first':>7} {'ack p50/p99 ms':>15} "
-            f"{'e2e p50 ms':>10} {'lost':>5}  non-200 / readyz samples")  # fmt: skip
+            f"{'e2e p50 ms':>10} {'lost':>5} {'CPU ms/reply':>12}  "
+            "non-200 / readyz samples")  # fmt: skip
     print(head)
     base = rows[0][1].replies_per_s
     for shape, r in rows:
         odd = {k: v for k, v in r.statuses.items() if k != "200"} or "-"
         acks = f"{p(r.acks_ms, 50):.1f}/{p(r.acks_ms, 99):.1f}"
         print(f"  {shape.describe():<80} {r.replies_per_s:>9.0f} {ratio(r.replies_per_s, base):>7} "
-              f"{acks:>15} {p(r.e2e_ms, 50):>10.0f} {r.losses:>5}  {odd} / {r.readyz}")  # fmt: skip
+              f"{acks:>15} {p(r.e2e_ms, 50):>10.0f} {r.losses:>5} "
+              f"{optional(r.cpu_ms_per_reply):>12}  {odd} / {r.readyz}")  # fmt: skip
 
 
 async def run(
