@@ -41,6 +41,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,14 @@ def frame_name(frame: str) -> str:
     return f"{function} ({where.rpartition('/')[2].rpartition(':')[0]})" if where else function
 
 
+def folded(stacks: Path) -> Iterator[tuple[str, int]]:
+    """py-spy's raw output: each stack (frames joined by ';', outermost first), its samples."""
+    for line in stacks.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():  # else a frame name with a line break in it: skip the piece
+            yield stack, int(count_text)
+
+
 def print_profile(stacks: Path, top: int = 25) -> None:
     """The functions with the most samples in py-spy's folded stacks: inclusive and self %."""
     if not stacks.exists():
@@ -147,11 +156,7 @@ def print_profile(stacks: Path, top: int = 25) -> None:
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
-    for line in stacks.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():  # a frame name with a line break in it: skip the piece
-            continue
-        count = int(count_text)
+    for stack, count in folded(stacks):
         total += count
         frames = [frame_name(frame) for frame in stack.split(";")]
         for frame in set(frames):
@@ -170,42 +175,30 @@ def print_profile(stacks: Path, top: int = 25) -> None:
 # frame of its stack below the event loop's, so a log call made while committing counts as
 # logs, Redis calls made by the webhook as Redis, the HTTP client under the model call as the
 # model call.
-PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("logs (structlog, sinks)", ("(structlog/", "(bot/logs.py")),
-    ("metrics", ("(prometheus_client/", "(bot/metrics.py")),
-    ("typing indicator", ("Worker._typing", ".typing (channels/")),
-    ("Redis (redis-py and the scripts' callers)", ("(redis/",)),
-    ("model call (openai SDK, HTTP, stream)", ("(openai/", "(httpx2/")),
-    ("Twilio send (twilio SDK, HTTP)", ("(twilio/",)),
-    ("webhook: parse, verify, answer (aiohttp server)", ("(aiohttp/web_",)),
-    ("the gateway's own code, the rest", ("(bot/", "(channels/")),
+# Each part: its name, the marks of its frames, and whether it is work a relay does without.
+PARTS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("logs (structlog, sinks)", ("(structlog/", "(bot/logs.py"), True),
+    ("metrics", ("(prometheus_client/", "(bot/metrics.py"), True),
+    ("typing indicator", ("Worker._typing", ".typing (channels/"), True),
+    ("Redis (redis-py and the scripts' callers)", ("(redis/",), True),
+    ("model call (openai SDK, HTTP, stream)", ("(openai/", "(httpx2/"), False),
+    ("Twilio send (twilio SDK, HTTP)", ("(twilio/",), False),
+    ("webhook: parse, verify, answer (aiohttp server)", ("(aiohttp/web_",), False),
+    ("the gateway's own code, the rest", ("(bot/", "(channels/"), True),
 )
 OTHER_PART = "event loop, tasks and the rest"
-# The work a relay does without (it has no Redis, logs, metrics, typing call or turn logic).
-EXTRA_PARTS = frozenset(
-    {
-        "logs (structlog, sinks)",
-        "metrics",
-        "typing indicator",
-        "Redis (redis-py and the scripts' callers)",
-        "the gateway's own code, the rest",
-    }
-)
 
 
 def profile_parts(stacks: Path) -> dict[str, float]:
     """The share of py-spy's samples (on-CPU: idle is not sampled) that each of PARTS holds."""
     counts: dict[str, int] = {}
     total = 0
-    for line in stacks.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in folded(stacks):
         total += count
-        stack = stack.rpartition("Runner.run (")[2]  # not the process's own start-up frames
+        below = stack.rpartition("Runner.run (")[2]  # not the process's own start-up frames
         part = next(
-            (name for name, marks in PARTS if any(mark in stack for mark in marks)), OTHER_PART
+            (name for name, marks, _ in PARTS if any(mark in below for mark in marks)),
+            OTHER_PART,
         )
         counts[part] = counts.get(part, 0) + count
     return {part: count / total for part, count in counts.items()} if total else {}
@@ -214,21 +207,21 @@ def profile_parts(stacks: Path) -> dict[str, float]:
 def print_parts(gateway: RunResult, relay: RunResult) -> None:
     """CPU ms per reply by kind of work, gateway against relay: the profile's shares of each
     run's measured CPU per reply (the profiler's own cost is in both)."""
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, bool]] = []
     shares = [
         profile_parts(r.profile) if r.profile is not None and r.profile.exists() else {}
         for r in (gateway, relay)
     ]
     cpu = [r.cpu_ms_per_reply or 0.0 for r in (gateway, relay)]
-    for part in [name for name, _ in PARTS] + [OTHER_PART]:
+    for part, extra in [(name, extra) for name, _, extra in PARTS] + [(OTHER_PART, False)]:
         gw, rl = (share.get(part, 0.0) * ms for share, ms in zip(shares, cpu, strict=True))
-        rows.append((part, gw, rl))
+        rows.append((part, gw, rl, extra))
     print("\n  CPU ms per reply by kind of work (py-spy samples x the run's CPU per reply)")
     print(f"  {'':<50} {'gateway':>8} {'relay':>8} {'diff':>8}")
-    for part, gw, rl in rows:
+    for part, gw, rl, _ in rows:
         print(f"  {part:<50} {gw:>8.2f} {rl:>8.2f} {gw - rl:>+8.2f}")
     print(f"  {'total':<50} {cpu[0]:>8.2f} {cpu[1]:>8.2f} {cpu[0] - cpu[1]:>+8.2f}")
-    extras = sum(gw for part, gw, _ in rows if part in EXTRA_PARTS)
+    extras = sum(gw for _, gw, _, extra in rows if extra)
     print(f"  the gateway's extras (the parts a relay does without): {extras:.2f} ms a reply; "
           f"1.15x the relay leaves {0.15 * cpu[1]:.2f} ms over the relay's own total")  # fmt: skip
 
